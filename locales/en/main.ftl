@@ -1,0 +1,10 @@
+callback-ok = Callback delivered for { $name }.
+callback-failed = Callback to { $url } failed (status { $status }).
+deal-small = New deal “{ $title }” with a budget of { $budget }.
+deal-big = Big deal “{ $title }”: budget { $budget }. Please take it personally.
+confirm-question = Your appointment is on { $when }. Reply 1 to confirm, 2 to cancel.
+confirm-thanks = Thank you, your appointment is confirmed.
+confirm-declined = The customer { $phone } declined the appointment.
+confirm-no-answer = The customer { $phone } did not answer; please call them.
+cart-reminder = You left { $items } item(s) in your cart.
+payment-received = Payment received: { $amount }.

@@ -1,0 +1,10 @@
+callback-ok = Wywołanie zwrotne dla { $name } dostarczone.
+callback-failed = Wywołanie zwrotne do { $url } nie powiodło się (status { $status }).
+deal-small = Nowa transakcja „{ $title }” z budżetem { $budget }.
+deal-big = Duża transakcja „{ $title }”: budżet { $budget }. Proszę zająć się nią osobiście.
+confirm-question = Twoja wizyta jest { $when }. Odpowiedz 1, aby potwierdzić, 2, aby odwołać.
+confirm-thanks = Dziękujemy, wizyta potwierdzona.
+confirm-declined = Klient { $phone } odwołał wizytę.
+confirm-no-answer = Klient { $phone } nie odpowiedział; proszę zadzwonić.
+cart-reminder = W koszyku zostało produktów: { $items }.
+payment-received = Otrzymano płatność: { $amount }.

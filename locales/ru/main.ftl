@@ -1,0 +1,10 @@
+callback-ok = Обратный вызов для { $name } доставлен.
+callback-failed = Обратный вызов на { $url } не удался (статус { $status }).
+deal-small = Новая сделка «{ $title }» с бюджетом { $budget }.
+deal-big = Крупная сделка «{ $title }»: бюджет { $budget }. Займитесь ею лично.
+confirm-question = Ваша запись на { $when }. Ответьте 1 для подтверждения, 2 для отмены.
+confirm-thanks = Спасибо, ваша запись подтверждена.
+confirm-declined = Клиент { $phone } отказался от записи.
+confirm-no-answer = Клиент { $phone } не ответил; позвоните ему.
+cart-reminder = В вашей корзине осталось товаров: { $items }.
+payment-received = Оплата получена: { $amount }.

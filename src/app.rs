@@ -1,0 +1,169 @@
+//! Building and running the gateway: config, store, engine, workers and the HTTP server,
+//! started together and stopped together. Tests start it the same way `switchboard run` does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::{self, Config};
+use crate::engine::ingest::Ingest;
+use crate::engine::{Engine, EventItem, Work};
+use crate::store::{self, Store};
+
+pub struct Options {
+    pub config_dir: PathBuf,
+    pub database: String,
+    /// Overrides the gateway file's `server.listen`; `127.0.0.1:8080` when neither is set.
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub clock: Clock,
+}
+
+pub struct App {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    pub config: Arc<Config>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    pub async fn start(opts: Options) -> anyhow::Result<App> {
+        let cfg = Arc::new(config::load(&opts.config_dir)?);
+        let store = store::open(&opts.database)
+            .await
+            .with_context(|| format!("opening the database {}", opts.database))?;
+        let clock = opts.clock.clone();
+        let (stop, stop_rx) = watch::channel(false);
+        let (work_tx, work_rx) = mpsc::unbounded_channel::<Work>();
+        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let timer_wake = Arc::new(Notify::new());
+
+        let engine = Engine::new(
+            cfg.clone(),
+            store.clone(),
+            clock.clone(),
+            outbox_tx.clone(),
+            timer_wake.clone(),
+            work_tx.clone(),
+        )
+        .await?;
+        let mut tasks = vec![tokio::spawn(engine.run(work_rx, stop_rx.clone()))];
+        let (ingest, ingest_task) = Ingest::start(store.clone(), work_tx.clone());
+        tasks.push(ingest_task);
+
+        // Whatever a previous process left unfinished continues now.
+        let mut after = 0;
+        loop {
+            let page = store.pending_events(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for ev in page {
+                let _ = work_tx.send(Work::Event(EventItem::from(ev)));
+            }
+        }
+        let open = store.open_outbox().await?;
+        if !open.is_empty() {
+            tracing::info!(rows = open.len(), "resuming outbox deliveries");
+        }
+        for row in open {
+            let _ = outbox_tx.send(crate::outbox::job_from_row(row));
+        }
+
+        tasks.push(tokio::spawn(crate::outbox::worker(
+            cfg.clone(),
+            clock.clone(),
+            work_tx.clone(),
+            outbox_rx,
+        )));
+        tasks.push(tokio::spawn(crate::timers::timer_worker(
+            store.clone(),
+            clock.clone(),
+            work_tx.clone(),
+            timer_wake,
+            stop_rx.clone(),
+        )));
+        tasks.extend(crate::timers::start_schedules(
+            &cfg, &store, &clock, &ingest, &stop_rx,
+        ));
+
+        let listen = opts
+            .listen
+            .or_else(|| cfg.gateway.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let state = crate::http::AppState {
+            cfg: cfg.clone(),
+            ingest,
+            clock: clock.clone(),
+        };
+        let app = crate::http::router(state);
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, scenarios = cfg.scenarios.len(), "switchboard is up");
+        Ok(App {
+            addr,
+            store,
+            clock,
+            config: cfg,
+            stop,
+            server,
+            tasks,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        ctrl_c.await?;
+        tracing::info!("stopping");
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops accepting requests, lets in-flight work finish briefly, then ends the workers.
+    /// Everything unfinished is durable and continues at the next start.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Wall-clock time as Unix milliseconds, with an offset that tests move forward instead of
+//! waiting (timers and waits then fire as if the time had passed).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+#[derive(Clone, Default)]
+pub struct Clock {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    offset_ms: AtomicI64,
+    changed: Notify,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.inner.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves this clock forward; sleepers on it wake and re-check.
+    pub fn advance(&self, by: Duration) {
+        self.inner
+            .offset_ms
+            .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Sleeps until the clock reads `at_ms` (or `extra` wakes it first).
+    pub async fn sleep_until(&self, at_ms: i64, extra: Option<&Notify>) {
+        let changed = self.inner.changed.notified();
+        let wait = at_ms - self.now_ms();
+        if wait <= 0 {
+            return;
+        }
+        let sleep = tokio::time::sleep(Duration::from_millis(wait as u64));
+        match extra {
+            Some(n) => {
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = changed => {}
+                    _ = n.notified() => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = changed => {}
+                }
+            }
+        }
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,984 @@
+//! From raw files to the checked model: every problem is reported with its position and
+//! all of them are collected before the load fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::model::*;
+use super::raw::{self, Sp};
+use super::{interpolate, ConfigError, Position, GATEWAY_FILE};
+use crate::engine::expr::{CompileError, Expr, Templates, Tmpl, ValueTmpl};
+use crate::i18n::I18n;
+
+/// One file being checked: its text (for positions) and the shared problem list.
+struct FileCx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    problems: &'a mut Vec<ConfigError>,
+}
+
+impl FileCx<'_> {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let pos = Position::of(self.text, span.start);
+        self.problems.push(ConfigError::new(self.file, pos, msg));
+    }
+
+    /// An error inside a string value: `offset` is a byte offset into the string's content.
+    fn err_in(&mut self, span: Range<usize>, offset: usize, msg: impl Into<String>) {
+        let raw = self.text.get(span.clone()).unwrap_or("");
+        let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
+            3
+        } else if raw.starts_with('"') || raw.starts_with('\'') {
+            1
+        } else {
+            0
+        };
+        self.err(span.start + quote + offset..span.end, msg)
+    }
+
+    fn expr(&mut self, t: &Templates, s: &Sp<String>) -> Option<Expr> {
+        match t.expr(s.get()) {
+            Ok(e) => Some(e),
+            Err(CompileError { message, offset }) => {
+                self.err_in(s.span(), offset, format!("bad expression: {message}"));
+                None
+            }
+        }
+    }
+
+    fn tmpl(&mut self, t: &Templates, s: &Sp<String>) -> Option<Tmpl> {
+        self.tmpl_str(t, s.get(), s.span())
+    }
+
+    fn tmpl_str(&mut self, t: &Templates, s: &str, span: Range<usize>) -> Option<Tmpl> {
+        let s = match interpolate(s) {
+            Ok(s) => s,
+            Err(var) => {
+                self.err(span, format!("environment variable {var} is not set"));
+                return None;
+            }
+        };
+        match t.tmpl(&s) {
+            Ok(x) => Some(x),
+            Err(CompileError { message, offset }) => {
+                self.err_in(span, offset, format!("bad template: {message}"));
+                None
+            }
+        }
+    }
+
+    fn value_tmpl(&mut self, t: &Templates, v: &Sp<serde_json::Value>) -> Option<ValueTmpl> {
+        match t.value_tmpl(v.get()) {
+            Ok(x) => Some(x),
+            Err(CompileError { message, .. }) => {
+                self.err(v.span(), format!("bad template: {message}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, s: &Sp<String>) -> Option<Duration> {
+        match parse_duration(s.get()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(s.span(), e);
+                None
+            }
+        }
+    }
+
+    fn env(&mut self, s: &Sp<String>) -> Option<String> {
+        match interpolate(s.get()) {
+            Ok(v) => Some(v),
+            Err(var) => {
+                self.err(s.span(), format!("environment variable {var} is not set"));
+                None
+            }
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 30s, 10m, 24h, 7d: {e}"))
+}
+
+fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
+    let pos = Position::of(text, e.span().map(|s| s.start).unwrap_or(0));
+    ConfigError::new(file, pos, e.message().trim().to_string())
+}
+
+pub fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut problems = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+        Err(e) => {
+            return Err(vec![ConfigError::at_file(
+                dir,
+                format!("cannot read the config folder: {e}"),
+            )])
+        }
+    };
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+
+    let gateway_path = dir.join(GATEWAY_FILE);
+    let gateway_text = std::fs::read_to_string(&gateway_path).unwrap_or_default();
+    let raw_gateway = match toml::from_str::<raw::GatewayFile>(&gateway_text) {
+        Ok(g) => g,
+        Err(e) => {
+            problems.push(toml_error(&gateway_path, &gateway_text, e));
+            raw::GatewayFile::default()
+        }
+    };
+    let gateway = compile_gateway(
+        &raw_gateway,
+        &mut FileCx {
+            file: &gateway_path,
+            text: &gateway_text,
+            problems: &mut problems,
+        },
+    );
+    let templates = Templates::new(raw_gateway.defaults.template_fuel.unwrap_or(20_000));
+    let locales = match &raw_gateway.defaults.locales {
+        Some(l) => dir.join(l.get()),
+        None => {
+            let beside = dir.join("..").join("locales");
+            if beside.is_dir() {
+                beside
+            } else {
+                dir.join("locales")
+            }
+        }
+    };
+    let i18n = I18n::load(&locales, &gateway.language, &mut problems);
+    if !i18n.languages().any(|l| l == gateway.language) {
+        problems.push(ConfigError::at_file(
+            &locales,
+            format!(
+                "the default language '{}' has no locale folder",
+                gateway.language
+            ),
+        ));
+    }
+
+    let mut scenarios: Vec<Arc<Scenario>> = Vec::new();
+    let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
+    let mut cross: Vec<(PathBuf, String, Position, String)> = Vec::new();
+    for file in files.iter().filter(|f| **f != gateway_path) {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(ConfigError::at_file(file, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let raw: raw::ScenarioFile = match toml::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(toml_error(file, &text, e));
+                continue;
+            }
+        };
+        let mut cx = FileCx {
+            file,
+            text: &text,
+            problems: &mut problems,
+        };
+        let mut refs = Vec::new();
+        if let Some(sc) = compile_scenario(&raw, &mut cx, &templates, &gateway, &i18n, &mut refs) {
+            if let Some(other) = seen_ids.get(&sc.id) {
+                cx.err(
+                    raw.id.span(),
+                    format!(
+                        "scenario id '{}' is also used by {}",
+                        sc.id,
+                        other.display()
+                    ),
+                );
+            } else {
+                seen_ids.insert(sc.id.clone(), file.clone());
+                scenarios.push(Arc::new(sc));
+            }
+        }
+        for (id, span) in refs {
+            cross.push((
+                file.clone(),
+                id,
+                Position::of(&text, span.start),
+                String::new(),
+            ));
+        }
+    }
+    for (file, id, pos, _) in cross {
+        if !seen_ids.contains_key(&id) {
+            problems.push(ConfigError::new(
+                &file,
+                pos,
+                format!("no scenario has id '{id}'"),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(Config::new(
+            dir.to_path_buf(),
+            gateway,
+            scenarios,
+            templates,
+            i18n,
+        ))
+    } else {
+        Err(problems)
+    }
+}
+
+fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway {
+    let d = &g.defaults;
+    let dur = |cx: &mut FileCx, v: &Option<Sp<String>>, dflt: u64| {
+        v.as_ref()
+            .and_then(|s| cx.duration(s))
+            .unwrap_or(Duration::from_secs(dflt))
+    };
+    let mut channels = HashMap::new();
+    channels.insert("log".to_string(), Channel::Log { stdout: true });
+    for (name, ch) in &g.channels {
+        let c = ch.get();
+        match c.kind.get().as_str() {
+            "log" => {
+                let stdout = match c.output.as_ref().map(|o| o.get().as_str()) {
+                    None | Some("stdout") => true,
+                    Some("journal") => false,
+                    Some(other) => {
+                        cx.err(
+                            c.output.as_ref().map(|o| o.span()).unwrap_or(ch.span()),
+                            format!("unknown log output '{other}' (expected stdout or journal)"),
+                        );
+                        true
+                    }
+                };
+                channels.insert(name.clone(), Channel::Log { stdout });
+            }
+            other => cx.err(
+                c.kind.span(),
+                format!("unknown channel type '{other}' (supported: log)"),
+            ),
+        }
+    }
+    let mut hooks = HashMap::new();
+    for (name, h) in &g.hooks {
+        let h = h.get();
+        let secret = h.secret.as_ref().and_then(|s| {
+            let s = s.get();
+            Some((
+                s.header.clone().unwrap_or_else(|| "X-Hook-Secret".into()),
+                cx.env(&s.value)?,
+            ))
+        });
+        let hmac = h.hmac.as_ref().and_then(|s| {
+            let s = s.get();
+            Some(HmacSpec {
+                header: s.header.clone().unwrap_or_else(|| "X-Signature-256".into()),
+                secret: cx.env(&s.secret)?,
+                prefix: s.prefix.clone().unwrap_or_else(|| "sha256=".into()),
+            })
+        });
+        hooks.insert(
+            name.clone(),
+            Hook {
+                secret,
+                hmac,
+                idempotency_field: h.idempotency_field.as_ref().map(|f| f.get().clone()),
+            },
+        );
+    }
+    let mut staff = Vec::new();
+    let mut staff_ids = HashMap::new();
+    for s in &g.staff {
+        let e = s.get();
+        if staff_ids.insert(e.id.get().clone(), ()).is_some() {
+            cx.err(
+                e.id.span(),
+                format!("staff id '{}' appears twice", e.id.get()),
+            );
+        }
+        staff.push(Staff {
+            id: e.id.get().clone(),
+            name: e.name.clone(),
+            language: e.language.clone(),
+            ids: e.ids.clone(),
+            external: e.external.clone(),
+        });
+    }
+    Gateway {
+        listen: g.server.listen.as_ref().and_then(|l| cx.env(l)),
+        public_url: g.server.public_url.as_ref().and_then(|l| cx.env(l)),
+        max_body_bytes: g.server.max_body_bytes.unwrap_or(1 << 20),
+        language: d
+            .language
+            .as_ref()
+            .map(|l| l.get().clone())
+            .unwrap_or_else(|| "en".into()),
+        max_steps: d.max_steps.unwrap_or(200),
+        max_call_depth: d.max_call_depth.unwrap_or(8),
+        http_timeout: dur(cx, &d.http_timeout, 10),
+        http_attempts: d.http_attempts.unwrap_or(5).max(1),
+        retry_delay: dur(cx, &d.retry_delay, 1),
+        retry_max_delay: dur(cx, &d.retry_max_delay, 300),
+        channels,
+        hooks,
+        staff,
+    }
+}
+
+fn parse_var(s: &str) -> Result<VarRef, String> {
+    let mut parts = s.split('.');
+    let scope = match parts.next() {
+        Some("run") => Scope::Run,
+        Some("subject") => Scope::Subject,
+        Some("global") => Scope::Global,
+        _ => {
+            return Err(format!(
+                "'{s}' must start with run., subject. or global. (e.g. run.{s})"
+            ))
+        }
+    };
+    let path: Vec<String> = parts.map(str::to_string).collect();
+    let ident = |p: &String| {
+        !p.is_empty()
+            && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+            && !p.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if path.is_empty() || !path.iter().all(ident) {
+        return Err(format!("'{s}' is not a variable name like run.total"));
+    }
+    Ok(VarRef { scope, path })
+}
+
+fn compile_scenario(
+    raw: &raw::ScenarioFile,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+    i18n: &I18n,
+    scenario_refs: &mut Vec<(String, Range<usize>)>,
+) -> Option<Scenario> {
+    let before = cx.problems.len();
+    let id = raw.id.get().clone();
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    {
+        cx.err(raw.id.span(), "scenario id must be letters, digits, - or _");
+    }
+    let on = raw.on.get();
+    let given = [
+        on.webhook.is_some(),
+        on.schedule.is_some(),
+        on.call == Some(true),
+    ];
+    let trigger = match given.iter().filter(|b| **b).count() {
+        1 => {
+            if let Some(h) = &on.webhook {
+                Some(Trigger::Webhook(h.get().clone()))
+            } else if let Some(s) = &on.schedule {
+                let tz = match &on.tz {
+                    Some(tz) => match chrono_tz::Tz::from_str(tz.get()) {
+                        Ok(z) => z,
+                        Err(_) => {
+                            cx.err(tz.span(), format!("unknown time zone '{}'", tz.get()));
+                            chrono_tz::UTC
+                        }
+                    },
+                    None => chrono_tz::UTC,
+                };
+                let text = s.get().trim();
+                let six = if text.split_whitespace().count() == 5 {
+                    format!("0 {text}")
+                } else {
+                    text.to_string()
+                };
+                match cron::Schedule::from_str(&six) {
+                    Ok(c) => Some(Trigger::Schedule {
+                        cron: Box::new(c),
+                        tz,
+                    }),
+                    Err(e) => {
+                        cx.err(s.span(), format!("bad cron expression: {e}"));
+                        None
+                    }
+                }
+            } else {
+                Some(Trigger::Call)
+            }
+        }
+        _ => {
+            cx.err(
+                raw.on.span(),
+                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true",
+            );
+            None
+        }
+    };
+    let when = raw.when.as_ref().and_then(|w| cx.expr(t, w));
+    let subject = raw.subject.as_ref().and_then(|s| cx.tmpl(t, s));
+    let mut limit = Limits::default();
+    if let Some(l) = &raw.limit {
+        let l = l.get();
+        limit.once = l.once.unwrap_or(false);
+        limit.single = l.single.unwrap_or(false);
+        if let Some(p) = &l.per_subject {
+            match p.get().split_once('/') {
+                Some((n, d)) => match (n.trim().parse::<u32>(), parse_duration(d)) {
+                    (Ok(n), Ok(d)) if n > 0 => limit.per_subject = Some((n, d)),
+                    _ => cx.err(p.span(), "per_subject must look like 1/5s or 3/1h"),
+                },
+                None => cx.err(p.span(), "per_subject must look like 1/5s or 3/1h"),
+            }
+        }
+        if raw.subject.is_none() {
+            cx.err(
+                raw.limit.as_ref().unwrap().span(),
+                "limits need a `subject`",
+            );
+        }
+    }
+
+    // Labels first, so that gotos can point forward.
+    let mut labels: HashMap<String, usize> = HashMap::new();
+    for (i, st) in raw.steps.iter().enumerate() {
+        if let Some(l) = &st.get().label {
+            if labels.insert(l.get().clone(), i).is_some() {
+                cx.err(l.span(), format!("label '{}' is defined twice", l.get()));
+            }
+        }
+    }
+    let target = |cx: &mut FileCx, l: &Sp<String>| -> Option<usize> {
+        match labels.get(l.get()) {
+            Some(&i) => Some(i),
+            None => {
+                cx.err(l.span(), format!("goto to a missing label '{}'", l.get()));
+                None
+            }
+        }
+    };
+
+    let mut steps = Vec::new();
+    for st_sp in &raw.steps {
+        let st = st_sp.get();
+        let span = st_sp.span();
+        let line = Position::of(cx.text, span.start).line;
+        let mut actions: Vec<&'static str> = Vec::new();
+        for (present, name) in [
+            (st.goto.is_some(), "goto"),
+            (st.set.is_some(), "set"),
+            (st.incr.is_some(), "incr"),
+            (st.send.is_some(), "send"),
+            (st.http.is_some(), "http"),
+            (st.call.is_some(), "call"),
+            (st.sleep.is_some(), "sleep"),
+            (st.cancel.is_some(), "cancel"),
+            (st.wait.is_some(), "wait"),
+        ] {
+            if present {
+                actions.push(name);
+            }
+        }
+        if actions.len() > 1 {
+            cx.err(
+                span.clone(),
+                format!(
+                    "a step has one action, this one has {}",
+                    actions.join(" and ")
+                ),
+            );
+            continue;
+        }
+        let cond = st.cond.as_ref().and_then(|c| cx.expr(t, c));
+        let else_goto = match &st.else_goto {
+            Some(e) if st.cond.is_none() => {
+                cx.err(e.span(), "`else` needs an `if`");
+                None
+            }
+            Some(e) => target(cx, e),
+            None => None,
+        };
+        if let Some(b) = &st.branch {
+            if st.http.is_none() && st.wait.is_none() {
+                cx.err(b.span(), "`branch` belongs to an `http` or `wait` step");
+            }
+        }
+        let branch_map: BTreeMap<String, Sp<String>> = st
+            .branch
+            .as_ref()
+            .map(|b| b.get().clone())
+            .unwrap_or_default();
+        let action = if let Some(g) = &st.goto {
+            target(cx, g).map(Action::Goto)
+        } else if let Some(set) = &st.set {
+            let mut assigns = Vec::new();
+            for (k, v) in set.get() {
+                let tgt = match parse_var(k) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        cx.err(v.span(), e);
+                        continue;
+                    }
+                };
+                // A string is an expression; other TOML values are literal.
+                let value = match v.get() {
+                    serde_json::Value::String(s) => {
+                        let sp = Sp(toml::Spanned::new(v.span(), s.clone()));
+                        cx.expr(t, &sp).map(ValueTmpl::Expr)
+                    }
+                    other => Some(ValueTmpl::Const(other.clone())),
+                };
+                if let Some(value) = value {
+                    assigns.push(Assign { target: tgt, value });
+                }
+            }
+            Some(Action::Set(assigns))
+        } else if let Some(i) = &st.incr {
+            match parse_var(i.get()) {
+                Ok(v) => Some(Action::Incr(v)),
+                Err(e) => {
+                    cx.err(i.span(), e);
+                    None
+                }
+            }
+        } else if let Some(s) = &st.send {
+            compile_send(s, cx, t, gw, i18n).map(Action::Send)
+        } else if let Some(h) = &st.http {
+            compile_http(h, &branch_map, cx, t, gw, &target).map(|h| Action::Http(Box::new(h)))
+        } else if let Some(c) = &st.call {
+            let c = c.get();
+            scenario_refs.push((c.scenario.get().clone(), c.scenario.span()));
+            let vars = c
+                .vars
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), cx.value_tmpl(t, v)?)))
+                .collect();
+            Some(Action::Call(CallSpec {
+                scenario: c.scenario.get().clone(),
+                vars,
+            }))
+        } else if let Some(s) = &st.sleep {
+            let sd = s.get();
+            let time = match (&sd.duration, &sd.until) {
+                (Some(d), None) => cx.duration(d).map(SleepTime::For),
+                (None, Some(u)) => cx.expr(t, u).map(SleepTime::Until),
+                _ => {
+                    cx.err(s.span(), "sleep needs exactly one of `for` or `until`");
+                    None
+                }
+            };
+            let key = sd.key.as_ref().and_then(|k| cx.tmpl(t, k));
+            if raw.subject.is_none() && sd.key.is_some() {
+                cx.err(s.span(), "a sleep `key` replaces pending sleeps of the same subject: the scenario needs a `subject`");
+            }
+            time.map(|time| Action::Sleep(SleepSpec { time, key }))
+        } else if let Some(c) = &st.cancel {
+            let c = c.get();
+            if let Some(s) = &c.scenario {
+                scenario_refs.push((s.get().clone(), s.span()));
+            }
+            Some(Action::Cancel(CancelSpec {
+                scenario: c.scenario.as_ref().map(|s| s.get().clone()),
+                subject: c.subject.as_ref().and_then(|s| cx.tmpl(t, s)),
+                key: c.key.as_ref().and_then(|k| cx.tmpl(t, k)),
+            }))
+        } else if let Some(w) = &st.wait {
+            compile_wait(w, &branch_map, raw, cx, t, &target).map(Action::Wait)
+        } else if st.stop == Some(true) {
+            Some(Action::Stop)
+        } else {
+            Some(Action::Nothing)
+        };
+        if let Some(action) = action {
+            steps.push(Step {
+                label: st.label.as_ref().map(|l| l.get().clone()),
+                line,
+                cond,
+                else_goto,
+                action,
+                stop: st.stop == Some(true),
+            });
+        }
+    }
+    if raw.steps.is_empty() {
+        cx.err(raw.id.span(), "a scenario needs at least one [[step]]");
+    }
+    if cx.problems.len() > before {
+        return None;
+    }
+    let uses_subject_vars = uses_subject_vars(cx.text);
+    Some(Scenario::new(
+        id,
+        cx.file.to_path_buf(),
+        raw.description.clone(),
+        raw.enabled.unwrap_or(true),
+        trigger?,
+        when,
+        subject,
+        limit,
+        steps,
+        uses_subject_vars,
+    ))
+}
+
+/// Whether any expression or target mentions `subject.` (subject variables are then loaded).
+fn uses_subject_vars(text: &str) -> bool {
+    text.match_indices("subject.").any(|(i, _)| {
+        !text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+    })
+}
+
+fn compile_send(
+    s: &Sp<raw::SendDef>,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+    i18n: &I18n,
+) -> Option<SendSpec> {
+    let sd = s.get();
+    let to = sd.to.get();
+    let (channel, address) = match to.split_once(':') {
+        Some((c, a)) => (c.to_string(), Some(a.to_string())),
+        None => (to.clone(), None),
+    };
+    if !gw.channels.contains_key(&channel) {
+        let mut known: Vec<_> = gw.channels.keys().cloned().collect();
+        known.sort();
+        cx.err(
+            sd.to.span(),
+            format!(
+                "unknown channel '{channel}' (configured: {})",
+                known.join(", ")
+            ),
+        );
+    }
+    let address = address.and_then(|a| cx.tmpl_str(t, &a, sd.to.span()));
+    let body = match (&sd.text, &sd.template) {
+        (Some(id), None) => {
+            let missing = i18n.missing_in(id.get());
+            if !missing.is_empty() {
+                cx.err(
+                    id.span(),
+                    format!(
+                        "unknown Fluent message '{}': missing in locale {}",
+                        id.get(),
+                        missing.join(", ")
+                    ),
+                );
+            }
+            let args = sd
+                .args
+                .iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), cx.tmpl(t, v)?)))
+                .collect();
+            SendBody::Fluent {
+                id: id.get().clone(),
+                args,
+            }
+        }
+        (None, Some(tm)) => SendBody::Template(cx.tmpl(t, tm)?),
+        _ => {
+            cx.err(
+                s.span(),
+                "send needs exactly one of `text` (a Fluent message id) or `template`",
+            );
+            return None;
+        }
+    };
+    Some(SendSpec {
+        channel,
+        address,
+        body,
+        lang: sd.lang.as_ref().and_then(|l| cx.tmpl(t, l)),
+    })
+}
+
+fn compile_http(
+    h: &Sp<raw::HttpDef>,
+    branches: &BTreeMap<String, Sp<String>>,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+    target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
+) -> Option<HttpSpec> {
+    let hd = h.get();
+    let mut forms: Vec<(String, &Sp<String>)> = Vec::new();
+    for (m, u) in [
+        ("GET", &hd.get),
+        ("POST", &hd.post),
+        ("PUT", &hd.put),
+        ("PATCH", &hd.patch),
+        ("DELETE", &hd.delete),
+    ] {
+        if let Some(u) = u {
+            forms.push((m.to_string(), u));
+        }
+    }
+    if let Some(u) = &hd.url {
+        let m = hd
+            .method
+            .as_ref()
+            .map(|m| m.get().to_ascii_uppercase())
+            .unwrap_or_else(|| {
+                if hd.json.is_some() || hd.form.is_some() || hd.body.is_some() {
+                    "POST".into()
+                } else {
+                    "GET".into()
+                }
+            });
+        if reqwest::Method::from_bytes(m.as_bytes()).is_err() {
+            cx.err(
+                hd.method.as_ref().unwrap().span(),
+                format!("bad HTTP method '{m}'"),
+            );
+        }
+        forms.push((m, u));
+    }
+    if forms.len() != 1 {
+        cx.err(
+            h.span(),
+            "http needs one URL: `post = \"…\"` (or get/put/patch/delete), or `url` with `method`",
+        );
+        return None;
+    }
+    let (method, url_sp) = forms.pop().unwrap();
+    let url = cx.tmpl(t, url_sp);
+    if let Tmpl::Const(u) = url.as_ref()? {
+        if reqwest::Url::parse(u).is_err() {
+            cx.err(url_sp.span(), format!("'{u}' is not an absolute URL"));
+        }
+    }
+    let headers = hd
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), cx.tmpl(t, v)?)))
+        .collect();
+    let bodies = [hd.json.is_some(), hd.form.is_some(), hd.body.is_some()];
+    let body = if bodies.iter().filter(|b| **b).count() > 1 {
+        cx.err(h.span(), "http takes one of `json`, `form` or `body`");
+        HttpBody::None
+    } else if let Some(j) = &hd.json {
+        HttpBody::Json(cx.value_tmpl(t, j)?)
+    } else if let Some(f) = &hd.form {
+        HttpBody::Form(
+            f.iter()
+                .filter_map(|(k, v)| Some((k.clone(), cx.tmpl(t, v)?)))
+                .collect(),
+        )
+    } else if let Some(b) = &hd.body {
+        HttpBody::Raw(cx.tmpl(t, b)?)
+    } else {
+        HttpBody::None
+    };
+    let mut out_branches = Vec::new();
+    for (k, l) in branches {
+        let valid = k == "error"
+            || (k.len() == 3
+                && (k.chars().all(|c| c.is_ascii_digit())
+                    || (k.as_bytes()[0].is_ascii_digit() && &k[1..] == "xx")));
+        if !valid {
+            cx.err(
+                l.span(),
+                format!("unknown http branch '{k}' (use a status like \"404\", a class like \"2xx\", or error)"),
+            );
+        }
+        if let Some(i) = target(cx, l) {
+            out_branches.push((k.clone(), i));
+        }
+    }
+    // Exact statuses are tried before classes.
+    out_branches.sort_by_key(|(k, _)| k.ends_with("xx"));
+    Some(HttpSpec {
+        method,
+        url: url?,
+        headers,
+        body,
+        timeout: hd
+            .timeout
+            .as_ref()
+            .and_then(|d| cx.duration(d))
+            .unwrap_or(gw.http_timeout),
+        attempts: hd.attempts.unwrap_or(gw.http_attempts).max(1),
+        save: var_name(cx, hd.save.as_ref(), "http")?,
+        branches: out_branches,
+    })
+}
+
+fn var_name(cx: &mut FileCx, s: Option<&Sp<String>>, dflt: &str) -> Option<String> {
+    match s {
+        None => Some(dflt.to_string()),
+        Some(s) => {
+            let v = s.get();
+            if !v.is_empty() && v.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                Some(v.clone())
+            } else {
+                cx.err(s.span(), format!("'{v}' is not a variable name"));
+                None
+            }
+        }
+    }
+}
+
+fn compile_wait(
+    w: &Sp<raw::WaitDef>,
+    branches: &BTreeMap<String, Sp<String>>,
+    sc: &raw::ScenarioFile,
+    cx: &mut FileCx,
+    t: &Templates,
+    target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
+) -> Option<WaitSpec> {
+    let wd = w.get();
+    let same_hook = sc
+        .on
+        .get()
+        .webhook
+        .as_ref()
+        .is_some_and(|h| h.get() == wd.webhook.get());
+    let match_key = match (
+        &wd.match_key,
+        same_hook.then_some(()).and(sc.subject.as_ref()),
+    ) {
+        (Some(m), _) => cx.tmpl(t, m),
+        (None, Some(subject)) => cx.tmpl(t, subject),
+        (None, None) => {
+            cx.err(
+                w.span(),
+                "wait needs `match`: a template over the incoming event giving the key to compare with this run's key",
+            );
+            None
+        }
+    };
+    if wd.key.is_none() && sc.subject.is_none() {
+        cx.err(
+            w.span(),
+            "wait needs `key` (a template over the run) when the scenario has no `subject`",
+        );
+    }
+    let mut on_timeout = None;
+    for (k, l) in branches {
+        if k == "timeout" {
+            on_timeout = target(cx, l);
+        } else {
+            cx.err(l.span(), format!("unknown wait branch '{k}' (use timeout)"));
+        }
+    }
+    if on_timeout.is_some() && wd.timeout.is_none() {
+        cx.err(w.span(), "branch.timeout needs a `timeout` on the wait");
+    }
+    Some(WaitSpec {
+        hook: wd.webhook.get().clone(),
+        match_key: match_key?,
+        key: wd.key.as_ref().and_then(|k| cx.tmpl(t, k)),
+        when: wd.when.as_ref().and_then(|e| cx.expr(t, e)),
+        timeout: wd.timeout.as_ref().and_then(|d| cx.duration(d)),
+        save: var_name(cx, wd.save.as_ref(), "reply")?,
+        on_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn folder(scenario: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("cfg");
+        std::fs::create_dir_all(cfg.join("../locales/en")).unwrap();
+        write(
+            &d.path().join("locales/en"),
+            "m.ftl",
+            "hello = Hello { $name }\n",
+        );
+        write(&cfg, "gateway.toml", "[defaults]\nlanguage = \"en\"\n");
+        write(&cfg, "s.toml", scenario);
+        d
+    }
+
+    fn errors(scenario: &str) -> Vec<String> {
+        let d = folder(scenario);
+        match load_dir(&d.path().join("cfg")) {
+            Ok(_) => vec![],
+            Err(es) => es
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_scenario_loads() {
+        let errs = errors(
+            r#"id = "a"
+on = { webhook = "h" }
+when = 'event.x > 1'
+subject = "x:{{ event.id }}"
+[[step]]
+set = { "run.y" = "event.x * 2", "global.n" = 3 }
+[[step]]
+send = { to = "log", text = "hello", args = { name = "{{ run.y }}" } }
+"#,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_keys_report_their_position() {
+        let errs =
+            errors("id = \"a\"\non = { webhook = \"h\" }\n[[step]]\nsnd = { to = \"log\" }\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("4:1: unknown field `snd`"), "{errs:?}");
+    }
+
+    #[test]
+    fn missing_labels_bad_expressions_channels_and_messages_are_reported() {
+        let errs = errors(
+            r#"id = "a"
+on = { webhook = "h" }
+when = 'event.x >'
+[[step]]
+goto = "nowhere"
+[[step]]
+send = { to = "telegram:1", text = "nope" }
+"#,
+        );
+        let all = errs.join("\n");
+        assert!(all.contains("3:8: bad expression"), "{all}");
+        assert!(
+            all.contains("5:8: goto to a missing label 'nowhere'"),
+            "{all}"
+        );
+        assert!(all.contains("7:15: unknown channel 'telegram'"), "{all}");
+        assert!(all.contains("7:35: unknown Fluent message 'nope'"), "{all}");
+    }
+
+    #[test]
+    fn one_action_per_step() {
+        let errs = errors(
+            "id = \"a\"\non = { webhook = \"h\" }\n[[step]]\nstop = true\nincr = \"run.a\"\ngoto = \"x\"\nlabel = \"x\"\n",
+        );
+        assert!(errs[0].contains("one action"), "{errs:?}");
+    }
+
+    #[test]
+    fn subject_variable_use_is_detected() {
+        assert!(uses_subject_vars("if = 'subject.tries > 2'"));
+        assert!(!uses_subject_vars("x = '{{ meta.subject }}'"));
+    }
+}

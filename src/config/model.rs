@@ -1,0 +1,340 @@
+//! The checked, compiled configuration the engine runs: scenarios with resolved labels,
+//! compiled expressions and templates, hooks, channels and the staff directory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::expr::{Expr, Templates, Tmpl, ValueTmpl};
+use crate::i18n::I18n;
+
+/// Everything loaded from one config folder.
+pub struct Config {
+    pub dir: PathBuf,
+    pub gateway: Gateway,
+    pub scenarios: Vec<Arc<Scenario>>,
+    pub templates: Templates,
+    pub i18n: I18n,
+    by_id: HashMap<String, usize>,
+    by_hook: HashMap<String, Vec<usize>>,
+    /// hook name → (scenario index, step index) of `wait` steps listening to it.
+    waits_by_hook: HashMap<String, Vec<(usize, usize)>>,
+}
+
+impl Config {
+    pub fn new(
+        dir: PathBuf,
+        gateway: Gateway,
+        scenarios: Vec<Arc<Scenario>>,
+        templates: Templates,
+        i18n: I18n,
+    ) -> Config {
+        let mut by_id = HashMap::new();
+        let mut by_hook: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut waits_by_hook: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        for (i, sc) in scenarios.iter().enumerate() {
+            by_id.insert(sc.id.clone(), i);
+            if let Trigger::Webhook(h) = &sc.trigger {
+                by_hook.entry(h.clone()).or_default().push(i);
+            }
+            for (j, st) in sc.steps.iter().enumerate() {
+                if let Action::Wait(w) = &st.action {
+                    waits_by_hook
+                        .entry(w.hook.clone())
+                        .or_default()
+                        .push((i, j));
+                }
+            }
+        }
+        Config {
+            dir,
+            gateway,
+            scenarios,
+            templates,
+            i18n,
+            by_id,
+            by_hook,
+            waits_by_hook,
+        }
+    }
+
+    pub fn scenario(&self, id: &str) -> Option<&Arc<Scenario>> {
+        self.by_id.get(id).map(|&i| &self.scenarios[i])
+    }
+
+    pub fn scenarios_for_hook(&self, hook: &str) -> impl Iterator<Item = &Arc<Scenario>> {
+        self.by_hook
+            .get(hook)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.scenarios[i])
+    }
+
+    pub fn waits_for_hook(&self, hook: &str) -> impl Iterator<Item = (&Arc<Scenario>, usize)> {
+        self.waits_by_hook
+            .get(hook)
+            .into_iter()
+            .flatten()
+            .map(|&(i, j)| (&self.scenarios[i], j))
+    }
+
+    /// A hook is known when the gateway configures it or a scenario or wait listens to it.
+    pub fn hook_known(&self, hook: &str) -> bool {
+        self.gateway.hooks.contains_key(hook)
+            || self.by_hook.contains_key(hook)
+            || self.waits_by_hook.contains_key(hook)
+    }
+}
+
+pub struct Gateway {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub language: String,
+    pub max_steps: u32,
+    pub max_call_depth: u32,
+    pub http_timeout: Duration,
+    pub http_attempts: u32,
+    pub retry_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub channels: HashMap<String, Channel>,
+    pub hooks: HashMap<String, Hook>,
+    pub staff: Vec<Staff>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Channel {
+    Log { stdout: bool },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Hook {
+    pub secret: Option<(String, String)>,
+    pub hmac: Option<HmacSpec>,
+    pub idempotency_field: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HmacSpec {
+    pub header: String,
+    pub secret: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Staff {
+    pub id: String,
+    pub name: String,
+    pub language: Option<String>,
+    pub ids: std::collections::BTreeMap<String, String>,
+    pub external: std::collections::BTreeMap<String, String>,
+}
+
+pub struct Scenario {
+    pub id: String,
+    pub file: PathBuf,
+    pub description: Option<String>,
+    enabled: AtomicBool,
+    pub trigger: Trigger,
+    pub when: Option<Expr>,
+    pub subject: Option<Tmpl>,
+    pub limit: Limits,
+    pub steps: Vec<Step>,
+    pub uses_subject_vars: bool,
+}
+
+impl Scenario {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a plain constructor of a data record"
+    )]
+    pub fn new(
+        id: String,
+        file: PathBuf,
+        description: Option<String>,
+        enabled: bool,
+        trigger: Trigger,
+        when: Option<Expr>,
+        subject: Option<Tmpl>,
+        limit: Limits,
+        steps: Vec<Step>,
+        uses_subject_vars: bool,
+    ) -> Scenario {
+        Scenario {
+            id,
+            file,
+            description,
+            enabled: AtomicBool::new(enabled),
+            trigger,
+            when,
+            subject,
+            limit,
+            steps,
+            uses_subject_vars,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Webhook(String),
+    Schedule {
+        cron: Box<cron::Schedule>,
+        tz: chrono_tz::Tz,
+    },
+    Call,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// (runs, per period)
+    pub per_subject: Option<(u32, Duration)>,
+    pub once: bool,
+    pub single: bool,
+}
+
+pub struct Step {
+    pub label: Option<String>,
+    pub line: usize,
+    pub cond: Option<Expr>,
+    pub else_goto: Option<usize>,
+    pub action: Action,
+    pub stop: bool,
+}
+
+pub enum Action {
+    /// Only a label or a condition.
+    Nothing,
+    Goto(usize),
+    Set(Vec<Assign>),
+    Incr(VarRef),
+    Send(SendSpec),
+    Http(Box<HttpSpec>),
+    Call(CallSpec),
+    Sleep(SleepSpec),
+    Cancel(CancelSpec),
+    Wait(WaitSpec),
+    Stop,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Nothing => "check",
+            Action::Goto(_) => "goto",
+            Action::Set(_) => "set",
+            Action::Incr(_) => "incr",
+            Action::Send(_) => "send",
+            Action::Http(_) => "http",
+            Action::Call(_) => "call",
+            Action::Sleep(_) => "sleep",
+            Action::Cancel(_) => "cancel",
+            Action::Wait(_) => "wait",
+            Action::Stop => "stop",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Run,
+    Subject,
+    Global,
+}
+
+#[derive(Debug, Clone)]
+pub struct VarRef {
+    pub scope: Scope,
+    pub path: Vec<String>,
+}
+
+impl VarRef {
+    pub fn display(&self) -> String {
+        let scope = match self.scope {
+            Scope::Run => "run",
+            Scope::Subject => "subject",
+            Scope::Global => "global",
+        };
+        format!("{scope}.{}", self.path.join("."))
+    }
+}
+
+pub struct Assign {
+    pub target: VarRef,
+    pub value: ValueTmpl,
+}
+
+pub struct SendSpec {
+    pub channel: String,
+    pub address: Option<Tmpl>,
+    pub body: SendBody,
+    pub lang: Option<Tmpl>,
+}
+
+pub enum SendBody {
+    Fluent {
+        id: String,
+        args: Vec<(String, Tmpl)>,
+    },
+    Template(Tmpl),
+}
+
+pub struct HttpSpec {
+    pub method: String,
+    pub url: Tmpl,
+    pub headers: Vec<(String, Tmpl)>,
+    pub body: HttpBody,
+    pub timeout: Duration,
+    pub attempts: u32,
+    pub save: String,
+    /// (outcome pattern, step index): `"200"`, `"2xx"`, `"error"`.
+    pub branches: Vec<(String, usize)>,
+}
+
+pub enum HttpBody {
+    None,
+    Json(ValueTmpl),
+    Form(Vec<(String, Tmpl)>),
+    Raw(Tmpl),
+}
+
+pub struct CallSpec {
+    pub scenario: String,
+    pub vars: Vec<(String, ValueTmpl)>,
+}
+
+pub enum SleepTime {
+    For(Duration),
+    Until(Expr),
+}
+
+pub struct SleepSpec {
+    pub time: SleepTime,
+    pub key: Option<Tmpl>,
+}
+
+pub struct CancelSpec {
+    pub scenario: Option<String>,
+    pub subject: Option<Tmpl>,
+    pub key: Option<Tmpl>,
+}
+
+pub struct WaitSpec {
+    pub hook: String,
+    pub match_key: Tmpl,
+    pub key: Option<Tmpl>,
+    pub when: Option<Expr>,
+    pub timeout: Option<Duration>,
+    pub save: String,
+    pub on_timeout: Option<usize>,
+}

@@ -1,0 +1,301 @@
+//! The serde shapes of the files in `bot-configs/`, exactly as written, with source spans.
+//! Nothing here interprets a value; `compile` turns these into the checked model.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A value with its byte span in the file, so that later checks can report `file:line:col`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Sp<T>(pub Spanned<T>);
+
+impl<T> Sp<T> {
+    pub fn get(&self) -> &T {
+        self.0.get_ref()
+    }
+    pub fn span(&self) -> std::ops::Range<usize> {
+        self.0.span()
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Sp<T> {
+    fn schema_name() -> String {
+        T::schema_name()
+    }
+    fn json_schema(gen: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        gen.subschema_for::<T>()
+    }
+    fn is_referenceable() -> bool {
+        false
+    }
+}
+
+/// `bot-configs/gateway.toml`: the server, channels, hooks, staff directory and defaults.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub defaults: DefaultsSection,
+    /// Named channels; `log` is built in and always present.
+    #[serde(default)]
+    pub channels: BTreeMap<String, Sp<ChannelSection>>,
+    /// Per-hook settings for `POST /hooks/{name}`: secrets, signatures, idempotency.
+    #[serde(default)]
+    pub hooks: BTreeMap<String, Sp<HookSection>>,
+    /// The staff directory.
+    #[serde(default)]
+    pub staff: Vec<Sp<StaffEntry>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on, e.g. `127.0.0.1:8080` (the `--listen` flag wins).
+    pub listen: Option<Sp<String>>,
+    /// The externally reachable base URL (the `--public-url` flag wins).
+    pub public_url: Option<Sp<String>>,
+    /// Largest accepted request body in bytes (default 1 MiB).
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsSection {
+    /// Fallback language for messages (default `en`).
+    pub language: Option<Sp<String>>,
+    /// Folder of Fluent files, relative to the config folder (default `../locales`).
+    pub locales: Option<Sp<String>>,
+    /// Most steps one run may take while handling one event (default 200).
+    pub max_steps: Option<u32>,
+    /// Deepest chain of `call` steps (default 8).
+    pub max_call_depth: Option<u32>,
+    /// Template engine fuel per evaluation (default 20000).
+    pub template_fuel: Option<u64>,
+    /// Timeout of one outgoing HTTP attempt (default `10s`).
+    pub http_timeout: Option<Sp<String>>,
+    /// Attempts per outgoing request before it fails (default 5).
+    pub http_attempts: Option<u32>,
+    /// First retry delay (default `1s`); doubles up to `retry_max_delay`.
+    pub retry_delay: Option<Sp<String>>,
+    /// Longest retry delay (default `5m`).
+    pub retry_max_delay: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSection {
+    /// Channel kind: `log` for now.
+    #[serde(rename = "type")]
+    pub kind: Sp<String>,
+    /// Where a `log` channel writes: `stdout` (default) or `journal` only.
+    pub output: Option<Sp<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HookSection {
+    /// Require a header with a shared secret.
+    pub secret: Option<Sp<SecretCheck>>,
+    /// Require an HMAC-SHA256 signature of the raw body.
+    pub hmac: Option<Sp<HmacCheck>>,
+    /// Dotted path of a body field that identifies a delivery (deduplication).
+    pub idempotency_field: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretCheck {
+    /// Header name (default `X-Hook-Secret`).
+    pub header: Option<String>,
+    pub value: Sp<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HmacCheck {
+    /// Header carrying the hex signature (default `X-Signature-256`).
+    pub header: Option<String>,
+    pub secret: Sp<String>,
+    /// Text before the hex digest, e.g. `sha256=` (default).
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaffEntry {
+    pub id: Sp<String>,
+    pub name: String,
+    pub language: Option<String>,
+    /// Ids on each channel, e.g. `{ telegram = "123" }`.
+    #[serde(default)]
+    pub ids: BTreeMap<String, String>,
+    /// Ids in external systems, e.g. `{ crm = "u-17" }`.
+    #[serde(default)]
+    pub external: BTreeMap<String, String>,
+}
+
+/// One scenario file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub id: Sp<String>,
+    pub description: Option<String>,
+    /// Disabled scenarios are loaded and checked but never start runs.
+    pub enabled: Option<bool>,
+    pub on: Sp<TriggerDef>,
+    /// Guard expression; the run starts only when it is true.
+    pub when: Option<Sp<String>>,
+    /// Template of the subject key, e.g. `deal:{{ event.deal.id }}`.
+    pub subject: Option<Sp<String>>,
+    pub limit: Option<Sp<LimitDef>>,
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Sp<StepDef>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerDef {
+    /// `POST /hooks/{name}`.
+    pub webhook: Option<Sp<String>>,
+    /// Cron expression (5 or 6 fields).
+    pub schedule: Option<Sp<String>>,
+    /// Time zone of `schedule`, e.g. `Europe/Warsaw` (default UTC).
+    pub tz: Option<Sp<String>>,
+    /// Started only by `call` steps of other scenarios.
+    pub call: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitDef {
+    /// At most N runs per subject per period, e.g. `1/5s`, `3/1h`.
+    pub per_subject: Option<Sp<String>>,
+    /// Only one run ever per subject.
+    pub once: Option<bool>,
+    /// At most one active (unfinished) run per subject.
+    pub single: Option<bool>,
+}
+
+/// One step: an optional label and condition, and one action.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    pub label: Option<Sp<String>>,
+    /// Expression; when false the step is skipped (or `else` is taken).
+    #[serde(rename = "if")]
+    pub cond: Option<Sp<String>>,
+    /// Label to jump to when `if` is false.
+    #[serde(rename = "else")]
+    pub else_goto: Option<Sp<String>>,
+    pub goto: Option<Sp<String>>,
+    /// Assignments `"run.x" = "expression"`; namespaces `run`, `subject`, `global`.
+    pub set: Option<Sp<BTreeMap<String, Sp<serde_json::Value>>>>,
+    /// Adds one to a counter variable, e.g. `"global.deals"`.
+    pub incr: Option<Sp<String>>,
+    pub send: Option<Sp<SendDef>>,
+    pub http: Option<Sp<HttpDef>>,
+    pub call: Option<Sp<CallDef>>,
+    pub sleep: Option<Sp<SleepDef>>,
+    pub cancel: Option<Sp<CancelDef>>,
+    pub wait: Option<Sp<WaitDef>>,
+    /// Outcome → label, for `http` (`"2xx"`, `"404"`, `error`) and `wait` (`timeout`).
+    pub branch: Option<Sp<BTreeMap<String, Sp<String>>>>,
+    /// End the run (after this step's action, if any).
+    pub stop: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendDef {
+    /// `channel` or `channel:address` (templated), e.g. `log`.
+    pub to: Sp<String>,
+    /// Fluent message id from `locales/<lang>/*.ftl`.
+    pub text: Option<Sp<String>>,
+    /// Inline template instead of a Fluent message.
+    pub template: Option<Sp<String>>,
+    /// Fluent arguments (templates); run variables are passed too.
+    pub args: Option<BTreeMap<String, Sp<String>>>,
+    /// Recipient's language (template), e.g. `{{ event.lang }}`.
+    pub lang: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDef {
+    pub get: Option<Sp<String>>,
+    pub post: Option<Sp<String>>,
+    pub put: Option<Sp<String>>,
+    pub patch: Option<Sp<String>>,
+    pub delete: Option<Sp<String>>,
+    pub method: Option<Sp<String>>,
+    pub url: Option<Sp<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Sp<String>>,
+    /// JSON body; strings are templates, `"{{ expr }}"` alone keeps the value's type.
+    pub json: Option<Sp<serde_json::Value>>,
+    /// Form body (templates).
+    pub form: Option<BTreeMap<String, Sp<String>>>,
+    /// Raw body template.
+    pub body: Option<Sp<String>>,
+    /// Per-attempt timeout, e.g. `5s`.
+    pub timeout: Option<Sp<String>>,
+    /// Attempts before the request fails.
+    pub attempts: Option<u32>,
+    /// Run variable that receives `{status, headers, json, body}` (default `http`).
+    pub save: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallDef {
+    pub scenario: Sp<String>,
+    /// Variables for the called run (expressions).
+    #[serde(default)]
+    pub vars: BTreeMap<String, Sp<serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SleepDef {
+    /// A duration, e.g. `30m`.
+    #[serde(rename = "for")]
+    pub duration: Option<Sp<String>>,
+    /// Expression giving a time (RFC 3339 text or Unix seconds).
+    pub until: Option<Sp<String>>,
+    /// Template; a new sleep with the same scenario, subject and key replaces the pending one.
+    pub key: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelDef {
+    /// Scenario whose pending runs to cancel (default: this one).
+    pub scenario: Option<Sp<String>>,
+    /// Subject template (default: this run's subject).
+    pub subject: Option<Sp<String>>,
+    /// Only sleeps with this key (template).
+    pub key: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitDef {
+    /// Hook whose events may answer the wait.
+    pub webhook: Sp<String>,
+    /// Correlation key of the incoming event (template over `event`).
+    #[serde(rename = "match")]
+    pub match_key: Option<Sp<String>>,
+    /// Correlation key of this run (template, default: the run's subject).
+    pub key: Option<Sp<String>>,
+    /// Extra condition over `event` and `run` for an event to answer the wait.
+    pub when: Option<Sp<String>>,
+    /// How long to wait, e.g. `24h`; then `branch.timeout`.
+    pub timeout: Option<Sp<String>>,
+    /// Run variable that receives the answering event (default `reply`).
+    pub save: Option<Sp<String>>,
+}

@@ -1,0 +1,272 @@
+//! Expressions and inline templates: one MiniJinja environment with bounded fuel.
+//! Guards, `if`, `set` values are expressions; texts, URLs and bodies are templates.
+
+use minijinja::value::Value;
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value as Json;
+
+/// The shared template environment. It lives for the whole process: compiled expressions
+/// borrow it, and configs are loaded once per process.
+#[derive(Clone, Copy)]
+pub struct Templates {
+    env: &'static Environment<'static>,
+}
+
+/// An evaluation failure: a template error, running out of fuel, a bad value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+impl From<minijinja::Error> for EvalError {
+    fn from(e: minijinja::Error) -> Self {
+        let mut msg = e.to_string();
+        if let Some(detail) = e.detail() {
+            if !msg.contains(detail) {
+                msg = format!("{msg}: {detail}");
+            }
+        }
+        EvalError(msg)
+    }
+}
+
+/// A compile error with its byte range inside the source, for `file:line:col` reports.
+pub struct CompileError {
+    pub message: String,
+    pub offset: usize,
+}
+
+fn compile_error(e: minijinja::Error) -> CompileError {
+    CompileError {
+        offset: e.range().map(|r| r.start).unwrap_or(0),
+        message: e.detail().unwrap_or("syntax error").to_string(),
+    }
+}
+
+impl Templates {
+    pub fn new(fuel: u64) -> Templates {
+        let mut env = Environment::new();
+        env.set_fuel(Some(fuel));
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        // Templates are registered by their own source text: the loader hands the name back
+        // and MiniJinja compiles and caches it on first use.
+        env.set_loader(|name| Ok(Some(name.to_string())));
+        env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
+        Templates {
+            env: Box::leak(Box::new(env)),
+        }
+    }
+
+    pub fn expr(&self, src: &str) -> Result<Expr, CompileError> {
+        let compiled = self
+            .env
+            .compile_expression_owned(src.to_string())
+            .map_err(compile_error)?;
+        let mut paths: Vec<String> = compiled.undeclared_variables(true).into_iter().collect();
+        paths.sort();
+        Ok(Expr {
+            src: src.to_string(),
+            compiled,
+            paths,
+        })
+    }
+
+    pub fn tmpl(&self, src: &str) -> Result<Tmpl, CompileError> {
+        if !src.contains("{{") && !src.contains("{%") && !src.contains("{#") {
+            return Ok(Tmpl::Const(src.to_string()));
+        }
+        self.env.get_template(src).map_err(compile_error)?;
+        Ok(Tmpl::Dyn {
+            src: src.to_string(),
+            env: self.env,
+        })
+    }
+
+    /// A JSON value whose strings are templates; a string that is only `{{ expr }}` is an
+    /// expression, so numbers and objects keep their type.
+    pub fn value_tmpl(&self, v: &Json) -> Result<ValueTmpl, CompileError> {
+        Ok(match v {
+            Json::String(s) => {
+                let t = s.trim();
+                if t.starts_with("{{")
+                    && t.ends_with("}}")
+                    && t.matches("{{").count() == 1
+                    && !t[2..t.len() - 2].contains("}}")
+                {
+                    ValueTmpl::Expr(self.expr(&t[2..t.len() - 2])?)
+                } else {
+                    ValueTmpl::Str(self.tmpl(s)?)
+                }
+            }
+            Json::Array(items) => ValueTmpl::Array(
+                items
+                    .iter()
+                    .map(|i| self.value_tmpl(i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Json::Object(map) => ValueTmpl::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.value_tmpl(v)?)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => ValueTmpl::Const(other.clone()),
+        })
+    }
+}
+
+/// A compiled expression with the variable paths it reads (shown in the journal).
+pub struct Expr {
+    pub src: String,
+    compiled: minijinja::Expression<'static, 'static>,
+    pub paths: Vec<String>,
+}
+
+impl Expr {
+    pub fn eval(&self, ctx: &Value) -> Result<Value, EvalError> {
+        Ok(self.compiled.eval(ctx)?)
+    }
+
+    pub fn eval_json(&self, ctx: &Value) -> Result<Json, EvalError> {
+        to_json(&self.eval(ctx)?)
+    }
+
+    pub fn truthy(&self, ctx: &Value) -> Result<bool, EvalError> {
+        Ok(self.eval(ctx)?.is_true())
+    }
+
+    /// The values of the variables the expression reads, for the journal's "why".
+    pub fn seen(&self, ctx: &Value) -> serde_json::Map<String, Json> {
+        self.paths
+            .iter()
+            .map(|p| {
+                let mut v = ctx.clone();
+                for part in p.split('.') {
+                    v = v.get_attr(part).unwrap_or(Value::UNDEFINED);
+                }
+                let j = if v.is_undefined() {
+                    Json::Null
+                } else {
+                    to_json(&v).unwrap_or(Json::Null)
+                };
+                (p.clone(), j)
+            })
+            .collect()
+    }
+}
+
+pub enum Tmpl {
+    Const(String),
+    Dyn {
+        src: String,
+        env: &'static Environment<'static>,
+    },
+}
+
+impl Tmpl {
+    pub fn render(&self, ctx: &Value) -> Result<String, EvalError> {
+        match self {
+            Tmpl::Const(s) => Ok(s.clone()),
+            Tmpl::Dyn { src, env } => Ok(env.get_template(src)?.render(ctx)?),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        match self {
+            Tmpl::Const(s) => s,
+            Tmpl::Dyn { src, .. } => src,
+        }
+    }
+}
+
+pub enum ValueTmpl {
+    Const(Json),
+    Str(Tmpl),
+    Expr(Expr),
+    Array(Vec<ValueTmpl>),
+    Object(Vec<(String, ValueTmpl)>),
+}
+
+impl ValueTmpl {
+    pub fn render(&self, ctx: &Value) -> Result<Json, EvalError> {
+        Ok(match self {
+            ValueTmpl::Const(v) => v.clone(),
+            ValueTmpl::Str(t) => Json::String(t.render(ctx)?),
+            ValueTmpl::Expr(e) => e.eval_json(ctx)?,
+            ValueTmpl::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|i| i.render(ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            ValueTmpl::Object(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.render(ctx)?)))
+                    .collect::<Result<_, EvalError>>()?,
+            ),
+        })
+    }
+}
+
+pub fn to_json(v: &Value) -> Result<Json, EvalError> {
+    if v.is_undefined() {
+        return Ok(Json::Null);
+    }
+    serde_json::to_value(v).map_err(|e| EvalError(format!("value cannot be stored: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(j: Json) -> Value {
+        Value::from_serialize(&j)
+    }
+
+    #[test]
+    fn expressions_read_nested_fields_and_report_what_they_saw() {
+        let t = Templates::new(10_000);
+        let e = t
+            .expr(r#"event.deal.stage == "new" and event.deal.budget > 10"#)
+            .unwrap();
+        let c = ctx(serde_json::json!({"event": {"deal": {"stage": "new", "budget": 5}}}));
+        assert!(!e.truthy(&c).unwrap());
+        let seen = e.seen(&c);
+        assert_eq!(seen["event.deal.stage"], "new");
+        assert_eq!(seen["event.deal.budget"], 5);
+    }
+
+    #[test]
+    fn missing_fields_are_falsy_not_errors() {
+        let t = Templates::new(10_000);
+        let e = t.expr(r#"event.deal.stage == "new""#).unwrap();
+        assert!(!e.truthy(&ctx(serde_json::json!({"event": {}}))).unwrap());
+    }
+
+    #[test]
+    fn fuel_bounds_runaway_templates() {
+        let t = Templates::new(1_000);
+        let tm = t.tmpl("{% for i in range(100000) %}x{% endfor %}").unwrap();
+        let err = tm.render(&ctx(serde_json::json!({}))).unwrap_err();
+        assert!(err.0.contains("fuel"), "{}", err.0);
+    }
+
+    #[test]
+    fn lone_expressions_keep_their_type_in_json_bodies() {
+        let t = Templates::new(10_000);
+        let v = t
+            .value_tmpl(&serde_json::json!({"n": "{{ event.n * 2 }}", "s": "id-{{ event.n }}"}))
+            .unwrap();
+        let out = v
+            .render(&ctx(serde_json::json!({"event": {"n": 21}})))
+            .unwrap();
+        assert_eq!(out, serde_json::json!({"n": 42, "s": "id-21"}));
+    }
+
+    #[test]
+    fn syntax_errors_carry_an_offset() {
+        let t = Templates::new(10_000);
+        let err = t.expr("event.a ==").err().unwrap();
+        assert!(!err.message.is_empty());
+    }
+}

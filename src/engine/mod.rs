@@ -1,0 +1,640 @@
+//! The engine: takes stored events, fired timers and delivery results from a fair queue,
+//! and advances runs. Each batch of work commits in one transaction (run state, outbox rows,
+//! timers, waits, variables) before anything it caused is sent.
+
+pub mod expr;
+pub mod ingest;
+mod queue;
+mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::clock::Clock;
+use crate::config::{Action, Config, Scenario};
+use crate::store::{EventRow, RunRow, RunStatus, Store, StoreError, SubjectLimit, TimerRow, Tx};
+use queue::FairQueue;
+
+/// Largest number of work items committed in one transaction.
+const BATCH: usize = 256;
+/// Items one lane may contribute to a batch per round.
+const PER_LANE: usize = 16;
+
+/// A stored event ready for processing.
+#[derive(Debug, Clone)]
+pub struct EventItem {
+    pub id: i64,
+    pub kind: String,
+    pub source: String,
+    pub data: Arc<Json>,
+    pub meta: Json,
+}
+
+impl From<EventRow> for EventItem {
+    fn from(r: EventRow) -> Self {
+        EventItem {
+            id: r.id,
+            kind: r.kind,
+            source: r.source,
+            data: Arc::new(r.data),
+            meta: r.meta,
+        }
+    }
+}
+
+/// The result of one delivery attempt of an outbox row.
+#[derive(Debug, Clone)]
+pub enum DeliveryResult {
+    Delivered(Json),
+    /// Failed for good (attempts used up or a permanent error); the last response if any.
+    Failed {
+        error: String,
+        response: Option<Json>,
+    },
+    /// Failed this time; the next attempt is due at `next_at`.
+    Retry {
+        error: String,
+        next_at: i64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub outbox_id: i64,
+    pub run_id: Option<i64>,
+    pub resume: bool,
+    pub attempts: i64,
+    pub lane: String,
+    pub result: DeliveryResult,
+}
+
+/// A request for delivery, handed to the outbox worker after its row is committed.
+#[derive(Debug, Clone)]
+pub struct OutboxJob {
+    pub id: i64,
+    pub run_id: Option<i64>,
+    pub kind: String,
+    pub channel: String,
+    pub request: Json,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub timeout_ms: i64,
+    pub next_attempt_at: i64,
+    pub resume: bool,
+    pub lane: String,
+}
+
+pub enum Work {
+    Event(EventItem),
+    Timer(TimerRow),
+    Delivery(Delivery),
+    /// Answers a waiting run directly with this event data (dry runs).
+    Answer {
+        run_id: i64,
+        data: Json,
+    },
+}
+
+impl Work {
+    fn lane(&self) -> String {
+        match self {
+            Work::Event(e) => format!("{}:{}", e.kind, e.source),
+            Work::Timer(t) => format!("scenario:{}", t.scenario),
+            Work::Delivery(d) => d.lane.clone(),
+            Work::Answer { .. } => "answers".into(),
+        }
+    }
+}
+
+pub type WorkSender = mpsc::UnboundedSender<Work>;
+
+/// Whatever a batch caused that must happen only after it committed.
+#[derive(Default)]
+struct After {
+    jobs: Vec<OutboxJob>,
+    follow_up: Vec<Work>,
+    timers_changed: bool,
+    runs: Vec<(i64, String, RunStatus)>,
+    globals: Vec<(String, Json)>,
+}
+
+pub struct Engine {
+    cfg: Arc<Config>,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    outbox: mpsc::UnboundedSender<OutboxJob>,
+    timers: Arc<Notify>,
+    me: WorkSender,
+    globals: Map<String, Json>,
+}
+
+impl Engine {
+    pub async fn new(
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        outbox: mpsc::UnboundedSender<OutboxJob>,
+        timers: Arc<Notify>,
+        me: WorkSender,
+    ) -> Result<Engine, StoreError> {
+        let globals = store.globals().await?;
+        Ok(Engine {
+            cfg,
+            store,
+            clock,
+            outbox,
+            timers,
+            me,
+            globals,
+        })
+    }
+
+    /// Serves work until `stop` turns true and the queue is drained.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Work>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut queue: FairQueue<Work> = FairQueue::default();
+        let mut buf = Vec::with_capacity(BATCH);
+        loop {
+            if queue.is_empty() {
+                tokio::select! {
+                    n = rx.recv_many(&mut buf, 4096) => {
+                        if n == 0 { return; }
+                    }
+                    _ = stop.changed() => { if *stop.borrow() { return; } }
+                }
+            }
+            while let Ok(w) = rx.try_recv() {
+                buf.push(w);
+                if buf.len() >= 65_536 {
+                    break;
+                }
+            }
+            for w in buf.drain(..) {
+                let lane = w.lane();
+                queue.push(&lane, w);
+            }
+            let batch = queue.take(BATCH, PER_LANE);
+            if let Err(e) = self.process(&batch).await {
+                // The transaction rolled back; nothing of the batch happened. Try again.
+                tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
+                self.globals = self
+                    .store
+                    .globals()
+                    .await
+                    .unwrap_or_else(|_| self.globals.clone());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for w in batch {
+                    let lane = w.lane();
+                    queue.push(&lane, w);
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn process(&mut self, batch: &[Work]) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        let mut after = After::default();
+        for w in batch {
+            match w {
+                Work::Event(e) => self.on_event(&mut *tx, e, &mut after).await?,
+                Work::Timer(t) => self.on_timer(&mut *tx, t, &mut after).await?,
+                Work::Delivery(d) => self.on_delivery(&mut *tx, d, &mut after).await?,
+                Work::Answer { run_id, data } => {
+                    self.on_answer(&mut *tx, *run_id, data, &mut after).await?
+                }
+            }
+        }
+        if let Err(e) = tx.commit().await {
+            // Globals changed in memory by this batch are reloaded by the caller.
+            return Err(e);
+        }
+        for (name, v) in after.globals {
+            self.globals.insert(name, v);
+        }
+        for (run, scenario, status) in &after.runs {
+            tracing::info!(target: "journal", run = run, scenario = %scenario, status = status.as_str(), "run");
+        }
+        for job in after.jobs {
+            let _ = self.outbox.send(job);
+        }
+        for w in after.follow_up {
+            let _ = self.me.send(w);
+        }
+        if after.timers_changed {
+            self.timers.notify_one();
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    async fn on_event(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let mut outcome: Vec<Json> = Vec::new();
+        let cfg = self.cfg.clone();
+        let scenarios: Vec<Arc<Scenario>> = match ev.kind.as_str() {
+            "webhook" => {
+                if self.answer_wait(tx, ev, &mut outcome, after).await? {
+                    tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
+                        .await?;
+                    return Ok(());
+                }
+                cfg.scenarios_for_hook(&ev.source).cloned().collect()
+            }
+            _ => cfg.scenario(&ev.source).cloned().into_iter().collect(),
+        };
+        if scenarios.is_empty() {
+            outcome.push(json!({"verdict": "no scenario listens to this event"}));
+        }
+        for sc in scenarios {
+            let o = self.start_run(tx, &sc, ev, after).await?;
+            outcome.push(o);
+        }
+        tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
+            .await
+    }
+
+    /// Offers a webhook event to runs waiting for it. True when a run took it.
+    async fn answer_wait(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        outcome: &mut Vec<Json>,
+        after: &mut After,
+    ) -> Result<bool, StoreError> {
+        let cfg = self.cfg.clone();
+        for (sc, step) in cfg.waits_for_hook(&ev.source) {
+            let Action::Wait(w) = &sc.steps[step].action else {
+                continue;
+            };
+            let ctx = steps::Ctx {
+                event: &ev.data,
+                run: &Map::new(),
+                subject: &Map::new(),
+                global: &self.globals,
+                meta: json!({"event_id": ev.id, "hook": ev.source}),
+            }
+            .value();
+            let key = match w.match_key.render(&ctx) {
+                Ok(k) => k,
+                Err(e) => {
+                    outcome.push(json!({"scenario": sc.id, "wait": step, "error": e.0}));
+                    continue;
+                }
+            };
+            for run_id in tx.find_waits(&ev.source, &sc.id, step as i64, &key).await? {
+                let Some(mut run) = tx.load_run(run_id).await? else {
+                    continue;
+                };
+                if let Some(when) = &w.when {
+                    let subject_vars = Map::new();
+                    let c = steps::Ctx {
+                        event: &ev.data,
+                        run: &run.vars,
+                        subject: &subject_vars,
+                        global: &self.globals,
+                        meta: json!({"event_id": ev.id, "run_id": run.id}),
+                    }
+                    .value();
+                    match when.truthy(&c) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            outcome.push(json!({"scenario": sc.id, "run": run_id,
+                                "verdict": "wait condition false", "if": when.src, "seen": when.seen(&c)}));
+                            continue;
+                        }
+                        Err(e) => {
+                            outcome.push(json!({"scenario": sc.id, "run": run_id, "error": e.0}));
+                            continue;
+                        }
+                    }
+                }
+                self.resume_wait(tx, &mut run, sc, &w.save, &ev.data, Some(ev.id), after)
+                    .await?;
+                outcome.push(
+                    json!({"scenario": sc.id, "run": run_id, "verdict": "answered a waiting run"}),
+                );
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the run, its step and the answer"
+    )]
+    async fn resume_wait(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &mut RunRow,
+        sc: &Arc<Scenario>,
+        save: &str,
+        data: &Json,
+        event_id: Option<i64>,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        tx.clear_parks(run.id).await?;
+        after.timers_changed = true;
+        run.vars.insert(
+            save.to_string(),
+            json!({"event": data, "event_id": event_id, "timed_out": false}),
+        );
+        steps::note(
+            run,
+            json!({"step": run.pc, "action": "wait", "result": "answered",
+            "event_id": event_id, "at": self.now()}),
+        );
+        run.pc += 1;
+        run.status = RunStatus::Running;
+        self.execute(tx, run, sc, after).await
+    }
+
+    async fn on_answer(
+        &mut self,
+        tx: &mut dyn Tx,
+        run_id: i64,
+        data: &Json,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let Some(mut run) = tx.load_run(run_id).await? else {
+            return Ok(());
+        };
+        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+            return Ok(());
+        };
+        let Some(Action::Wait(w)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
+            return Ok(());
+        };
+        if run.status != RunStatus::Waiting {
+            return Ok(());
+        }
+        let save = w.save.clone();
+        self.resume_wait(tx, &mut run, &sc, &save, data, None, after)
+            .await
+    }
+
+    async fn start_run(
+        &mut self,
+        tx: &mut dyn Tx,
+        sc: &Arc<Scenario>,
+        ev: &EventItem,
+        after: &mut After,
+    ) -> Result<Json, StoreError> {
+        if !sc.enabled() {
+            return Ok(json!({"scenario": sc.id, "verdict": "disabled"}));
+        }
+        let now = self.now();
+        let empty = Map::new();
+        let ctx = steps::Ctx {
+            event: &ev.data,
+            run: &empty,
+            subject: &empty,
+            global: &self.globals,
+            meta: json!({"event_id": ev.id, "scenario": sc.id, "now": crate::clock::rfc3339(now)}),
+        }
+        .value();
+        let mut first = Vec::new();
+        if let Some(when) = &sc.when {
+            match when.truthy(&ctx) {
+                Ok(true) => first.push(json!({"action": "when", "if": when.src,
+                    "seen": when.seen(&ctx), "verdict": true, "at": now})),
+                Ok(false) => {
+                    return Ok(json!({"scenario": sc.id, "verdict": "guard false",
+                        "if": when.src, "seen": when.seen(&ctx)}))
+                }
+                Err(e) => {
+                    return Ok(json!({"scenario": sc.id, "verdict": "guard error",
+                        "if": when.src, "error": e.0}))
+                }
+            }
+        }
+        let subject = match &sc.subject {
+            Some(t) => match t.render(&ctx) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    return Ok(json!({"scenario": sc.id, "verdict": "subject error", "error": e.0}))
+                }
+            },
+            None => None,
+        };
+        if let Some(subj) = &subject {
+            if let Some(why) = self.limited(tx, sc, subj, now).await? {
+                return Ok(
+                    json!({"scenario": sc.id, "subject": subj, "verdict": "limited", "why": why}),
+                );
+            }
+        }
+        let depth = ev.meta.get("depth").and_then(Json::as_i64).unwrap_or(0);
+        let mut run = RunRow {
+            id: tx.new_run_id().await?,
+            scenario: sc.id.clone(),
+            subject: subject.clone(),
+            status: RunStatus::Running,
+            pc: 0,
+            vars: Map::new(),
+            journal: first,
+            event_id: Some(ev.id),
+            event: (*ev.data).clone(),
+            depth,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.execute(tx, &mut run, sc, after).await?;
+        Ok(json!({"scenario": sc.id, "subject": subject, "run": run.id, "status": run.status}))
+    }
+
+    /// Applies the scenario's subject limits; `Some(reason)` when this run may not start.
+    async fn limited(
+        &mut self,
+        tx: &mut dyn Tx,
+        sc: &Scenario,
+        subject: &str,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let l = &sc.limit;
+        if l.single && tx.active_run_exists(&sc.id, subject).await? {
+            return Ok(Some("a run for this subject is still active".into()));
+        }
+        if !l.once && l.per_subject.is_none() {
+            return Ok(None);
+        }
+        let mut state = tx
+            .subject_limit(&sc.id, subject)
+            .await?
+            .unwrap_or(SubjectLimit {
+                total: 0,
+                window_start: now,
+                window_count: 0,
+            });
+        if l.once && state.total > 0 {
+            return Ok(Some("only once per subject".into()));
+        }
+        if let Some((n, per)) = l.per_subject {
+            if now - state.window_start >= per.as_millis() as i64 {
+                state.window_start = now;
+                state.window_count = 0;
+            }
+            if state.window_count >= n as i64 {
+                return Ok(Some(format!(
+                    "at most {n} per {} per subject",
+                    humantime::format_duration(per)
+                )));
+            }
+        }
+        state.total += 1;
+        state.window_count += 1;
+        tx.put_subject_limit(&sc.id, subject, &state).await?;
+        Ok(None)
+    }
+
+    async fn on_timer(
+        &mut self,
+        tx: &mut dyn Tx,
+        t: &TimerRow,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        if !tx.delete_timer(t.id).await? {
+            return Ok(()); // cancelled, replaced or already fired
+        }
+        after.timers_changed = true;
+        let Some(mut run) = tx.load_run(t.run_id).await? else {
+            return Ok(());
+        };
+        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+            steps::fail(&mut run, "the scenario is no longer configured", self.now());
+            tx.save_run(&run).await?;
+            return Ok(());
+        };
+        let now = self.now();
+        match (t.kind.as_str(), run.status) {
+            ("sleep", RunStatus::Sleeping) => {
+                {
+                    let entry =
+                        json!({"step": run.pc, "action": "sleep", "result": "woke", "at": now});
+                    steps::note(&mut run, entry);
+                }
+                run.pc += 1;
+            }
+            ("wait_timeout", RunStatus::Waiting) => {
+                tx.clear_parks(run.id).await?;
+                let step = sc.steps.get(run.pc as usize);
+                let Some(Action::Wait(w)) = step.map(|s| &s.action) else {
+                    steps::fail(&mut run, "the wait step moved: the scenario changed", now);
+                    tx.save_run(&run).await?;
+                    return Ok(());
+                };
+                run.vars.insert(w.save.clone(), json!({"timed_out": true}));
+                {
+                    let entry =
+                        json!({"step": run.pc, "action": "wait", "result": "timed out", "at": now});
+                    steps::note(&mut run, entry);
+                }
+                run.pc = w.on_timeout.map(|i| i as i64).unwrap_or(run.pc + 1);
+            }
+            _ => return Ok(()),
+        }
+        run.status = RunStatus::Running;
+        self.execute(tx, &mut run, &sc, after).await
+    }
+
+    async fn on_delivery(
+        &mut self,
+        tx: &mut dyn Tx,
+        d: &Delivery,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let (response, error) = match &d.result {
+            DeliveryResult::Retry { error, next_at } => {
+                return tx
+                    .outbox_attempt(d.outbox_id, d.attempts, *next_at, error, now)
+                    .await;
+            }
+            DeliveryResult::Delivered(r) => {
+                tx.outbox_finish(d.outbox_id, "delivered", d.attempts, Some(r), None, now)
+                    .await?;
+                (Some(r.clone()), None)
+            }
+            DeliveryResult::Failed { error, response } => {
+                tx.outbox_finish(
+                    d.outbox_id,
+                    "failed",
+                    d.attempts,
+                    response.as_ref(),
+                    Some(error),
+                    now,
+                )
+                .await?;
+                (response.clone(), Some(error.clone()))
+            }
+        };
+        let (true, Some(run_id)) = (d.resume, d.run_id) else {
+            return Ok(());
+        };
+        let Some(row) = tx.load_outbox(d.outbox_id).await? else {
+            return Ok(());
+        };
+        let Some(mut run) = tx.load_run(run_id).await? else {
+            return Ok(());
+        };
+        if run.status != RunStatus::Waiting || Some(run.pc) != row.step {
+            return Ok(()); // the run moved on (cancelled, or this is a repeated result)
+        }
+        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+            return Ok(());
+        };
+        let Some(Action::Http(h)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
+            steps::fail(&mut run, "the http step moved: the scenario changed", now);
+            return tx.save_run(&run).await;
+        };
+        let status = response
+            .as_ref()
+            .and_then(|r| r.get("status"))
+            .and_then(Json::as_u64);
+        let mut saved = response.clone().unwrap_or_else(|| json!({}));
+        if let Some(e) = &error {
+            saved["error"] = json!(e);
+        }
+        run.vars.insert(h.save.clone(), saved);
+        let branch = steps::http_branch(&h.branches, status, error.is_some());
+        {
+            let entry = json!({"step": run.pc, "action": "http", "result": if error.is_some() {"failed"} else {"response"},
+            "status": status, "error": error, "outbox_id": d.outbox_id, "attempts": d.attempts,
+            "branch": branch.map(|b| b.0.clone()), "at": now});
+            steps::note(&mut run, entry);
+        }
+        run.status = RunStatus::Running;
+        match (branch, &error) {
+            (Some((_, to)), _) => run.pc = *to as i64,
+            (None, Some(e)) => {
+                steps::fail(&mut run, &format!("request failed: {e}"), now);
+            }
+            (None, None) => run.pc += 1,
+        }
+        if run.status == RunStatus::Running
+            && sc.steps[h_index(&sc, row.step)].stop
+            && branch.is_none()
+        {
+            run.status = RunStatus::Done;
+        }
+        self.execute(tx, &mut run, &sc, after).await
+    }
+}
+
+fn h_index(sc: &Scenario, step: Option<i64>) -> usize {
+    (step.unwrap_or(0).max(0) as usize).min(sc.steps.len().saturating_sub(1))
+}

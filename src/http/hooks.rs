@@ -1,0 +1,197 @@
+//! `POST /hooks/{name}`: checks the secret or signature on the raw bytes, parses JSON or a
+//! form, deduplicates by idempotency key, and stores the event before answering. Rejected
+//! deliveries are journaled with their reason.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Map, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+use crate::config::Hook;
+use crate::store::{IngestOutcome, NewEvent};
+
+/// How much of a rejected body the journal keeps.
+const EXCERPT: usize = 2048;
+
+#[tracing::instrument(skip_all, fields(hook = %name))]
+pub async fn receive(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !st.cfg.hook_known(&name) {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("unknown hook '{name}'"))
+            .into_response();
+    }
+    let limit = st.cfg.gateway.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_big = || format!("body is larger than the limit of {limit} bytes");
+    let bytes = if declared.is_some_and(|n| n > limit) {
+        Err(too_big())
+    } else {
+        axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| too_big())
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(reason) => {
+            return reject(
+                &st,
+                &name,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                reason,
+                &Bytes::new(),
+                declared,
+            )
+            .await;
+        }
+    };
+    let hook = st.cfg.gateway.hooks.get(&name).cloned().unwrap_or_default();
+    if let Err(reason) = verify(&hook, &headers, &bytes) {
+        return reject(&st, &name, StatusCode::UNAUTHORIZED, reason, &bytes, None).await;
+    }
+    let data = match parse(&headers, &bytes) {
+        Ok(d) => d,
+        Err(reason) => {
+            return reject(&st, &name, StatusCode::BAD_REQUEST, reason, &bytes, None).await
+        }
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            let path = hook.idempotency_field.as_deref()?;
+            let mut cur = &data;
+            for p in path.split('.') {
+                cur = cur.get(p)?;
+            }
+            Some(match cur {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        });
+    let ev = NewEvent {
+        kind: "webhook".into(),
+        source: name.clone(),
+        dedupe_key: key.as_ref().map(|k| format!("webhook:{name}:{k}")),
+        meta: json!({"idempotency_key": key, "content_type": content_type(&headers)}),
+        data,
+        rejected: None,
+        received_at: st.clock.now_ms(),
+    };
+    match st.ingest.submit(ev).await {
+        Ok(IngestOutcome::Accepted(id)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "accepted", "event_id": id})),
+        )
+            .into_response(),
+        Ok(IngestOutcome::Duplicate(id)) | Ok(IngestOutcome::Rejected(id)) => (
+            StatusCode::OK,
+            Json(json!({"status": "duplicate", "event_id": id})),
+        )
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+fn content_type(h: &HeaderMap) -> String {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn verify(hook: &Hook, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+    if let Some((name, want)) = &hook.secret {
+        let got = headers
+            .get(name.as_str())
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if got.is_empty() {
+            return Err(format!("missing {name} header"));
+        }
+        if !bool::from(got.ct_eq(want.as_bytes())) {
+            return Err(format!("wrong secret in {name}"));
+        }
+    }
+    if let Some(h) = &hook.hmac {
+        let got = headers
+            .get(h.header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("missing {} header", h.header))?;
+        let hexsig = got.strip_prefix(h.prefix.as_str()).unwrap_or(got);
+        let sig = hex::decode(hexsig.trim())
+            .map_err(|_| format!("{} is not a hex signature", h.header))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(h.secret.as_bytes())
+            .map_err(|_| "the hook's HMAC secret is unusable".to_string())?;
+        mac.update(body);
+        mac.verify_slice(&sig)
+            .map_err(|_| format!("signature in {} does not match the body", h.header))?;
+    }
+    Ok(())
+}
+
+fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
+    let ct = content_type(headers);
+    if body.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    // `curl -d '{…}'` sends JSON labelled as a form: a body that opens like JSON is JSON.
+    let looks_json = matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
+    if ct.starts_with("application/x-www-form-urlencoded") && !looks_json {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|e| format!("malformed form body: {e}"))?;
+        return Ok(Value::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        ));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err("the body must be a JSON object".into()),
+        Err(e) => Err(format!("malformed JSON: {e}")),
+    }
+}
+
+async fn reject(
+    st: &AppState,
+    hook: &str,
+    status: StatusCode,
+    reason: String,
+    body: &[u8],
+    declared: Option<usize>,
+) -> Response {
+    tracing::warn!(hook, %reason, "webhook rejected");
+    let excerpt = String::from_utf8_lossy(&body[..body.len().min(EXCERPT)]).to_string();
+    let ev = NewEvent {
+        kind: "webhook".into(),
+        source: hook.to_string(),
+        dedupe_key: None,
+        data: json!({"body_excerpt": excerpt, "body_bytes": declared.unwrap_or(body.len())}),
+        meta: json!({"status": status.as_u16()}),
+        rejected: Some(reason.clone()),
+        received_at: st.clock.now_ms(),
+    };
+    let event_id = match st.ingest.submit(ev).await {
+        Ok(IngestOutcome::Rejected(id)) => Some(id),
+        _ => None,
+    };
+    (status, Json(json!({"error": reason, "event_id": event_id}))).into_response()
+}

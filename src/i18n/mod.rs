@@ -1,0 +1,202 @@
+//! Fluent bundles from `locales/<lang>/*.ftl` and language resolution for recipients.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fluent_bundle::concurrent::FluentBundle;
+use fluent_bundle::{FluentArgs, FluentResource, FluentValue};
+use unic_langid::LanguageIdentifier;
+
+use crate::config::{ConfigError, Position};
+
+pub struct I18n {
+    default: String,
+    bundles: BTreeMap<String, FluentBundle<FluentResource>>,
+}
+
+impl I18n {
+    /// Loads every `<dir>/<lang>/*.ftl`. Problems (unreadable files, syntax errors,
+    /// duplicate ids) are returned with positions; good messages are kept.
+    pub fn load(dir: &Path, default: &str, problems: &mut Vec<ConfigError>) -> I18n {
+        let mut bundles = BTreeMap::new();
+        let mut langs: Vec<_> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+            Err(e) => {
+                problems.push(ConfigError::at_file(
+                    dir,
+                    format!("cannot read the locales folder: {e}"),
+                ));
+                Vec::new()
+            }
+        };
+        langs.sort();
+        for lang_dir in langs.into_iter().filter(|p| p.is_dir()) {
+            let lang = lang_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let id: LanguageIdentifier = match lang.parse() {
+                Ok(id) => id,
+                Err(_) => {
+                    problems.push(ConfigError::at_file(
+                        &lang_dir,
+                        format!("'{lang}' is not a language tag"),
+                    ));
+                    continue;
+                }
+            };
+            let mut bundle = FluentBundle::new_concurrent(vec![id]);
+            bundle.set_use_isolating(false);
+            let mut files: Vec<_> = std::fs::read_dir(&lang_dir)
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.retain(|p| p.extension().is_some_and(|e| e == "ftl"));
+            files.sort();
+            for file in files {
+                let text = match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        problems.push(ConfigError::at_file(&file, format!("cannot read: {e}")));
+                        continue;
+                    }
+                };
+                let res = match FluentResource::try_new(text.clone()) {
+                    Ok(r) => r,
+                    Err((r, errs)) => {
+                        for e in errs {
+                            let pos = Position::of(&text, e.pos.start);
+                            problems.push(ConfigError::new(
+                                &file,
+                                pos,
+                                format!("Fluent syntax: {}", e.kind),
+                            ));
+                        }
+                        r
+                    }
+                };
+                if let Err(errs) = bundle.add_resource(res) {
+                    for e in errs {
+                        problems.push(ConfigError::at_file(&file, format!("Fluent: {e}")));
+                    }
+                }
+            }
+            bundles.insert(lang, bundle);
+        }
+        I18n {
+            default: default.to_string(),
+            bundles,
+        }
+    }
+
+    pub fn languages(&self) -> impl Iterator<Item = &str> {
+        self.bundles.keys().map(|s| s.as_str())
+    }
+
+    pub fn default_language(&self) -> &str {
+        &self.default
+    }
+
+    /// Locales that lack the message `id`.
+    pub fn missing_in(&self, id: &str) -> Vec<&str> {
+        self.bundles
+            .iter()
+            .filter(|(_, b)| !b.has_message(id))
+            .map(|(l, _)| l.as_str())
+            .collect()
+    }
+
+    /// The best loaded language for a requested tag: exact, then its primary subtag
+    /// (`ru-RU` → `ru`), then the default.
+    pub fn resolve(&self, wanted: Option<&str>) -> String {
+        if let Some(w) = wanted.map(|w| w.trim().replace('_', "-")) {
+            if self.bundles.contains_key(&w) {
+                return w;
+            }
+            let primary = w.split('-').next().unwrap_or("").to_ascii_lowercase();
+            if self.bundles.contains_key(&primary) {
+                return primary;
+            }
+        }
+        self.default.clone()
+    }
+
+    /// Renders message `id` in `lang` with arguments; Fluent errors are reported, not hidden.
+    pub fn render(
+        &self,
+        lang: &str,
+        id: &str,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, String> {
+        let bundle = self
+            .bundles
+            .get(lang)
+            .or_else(|| self.bundles.get(&self.default))
+            .ok_or_else(|| format!("no locale '{lang}' loaded"))?;
+        let msg = bundle
+            .get_message(id)
+            .ok_or_else(|| format!("message '{id}' is missing in locale '{lang}'"))?;
+        let pattern = msg
+            .value()
+            .ok_or_else(|| format!("message '{id}' has no value"))?;
+        let mut fargs = FluentArgs::new();
+        for (k, v) in args {
+            let fv = match v {
+                serde_json::Value::Number(n) => FluentValue::from(n.as_f64().unwrap_or(0.0)),
+                serde_json::Value::String(s) => FluentValue::from(s.clone()),
+                serde_json::Value::Bool(b) => FluentValue::from(b.to_string()),
+                serde_json::Value::Null => continue,
+                other => FluentValue::from(other.to_string()),
+            };
+            fargs.set(k.clone(), fv);
+        }
+        let mut errors = Vec::new();
+        let out = bundle.format_pattern(pattern, Some(&fargs), &mut errors);
+        if let Some(e) = errors.first() {
+            return Err(format!("message '{id}' in '{lang}': {e}"));
+        }
+        Ok(out.into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (tempfile::TempDir, I18n) {
+        let dir = tempfile::tempdir().unwrap();
+        for (lang, text) in [
+            ("en", "hello = Hello, { $name }!\nonly-en = x\n"),
+            ("ru", "hello = Привет, { $name }!\n"),
+        ] {
+            std::fs::create_dir(dir.path().join(lang)).unwrap();
+            std::fs::write(dir.path().join(lang).join("main.ftl"), text).unwrap();
+        }
+        let mut problems = Vec::new();
+        let i = I18n::load(dir.path(), "en", &mut problems);
+        assert!(problems.is_empty());
+        (dir, i)
+    }
+
+    #[test]
+    fn renders_in_the_resolved_language() {
+        let (_d, i) = sample();
+        let mut args = serde_json::Map::new();
+        args.insert("name".into(), "Elena".into());
+        assert_eq!(
+            i.render(&i.resolve(Some("ru-RU")), "hello", &args).unwrap(),
+            "Привет, Elena!"
+        );
+        assert_eq!(
+            i.render(&i.resolve(Some("de")), "hello", &args).unwrap(),
+            "Hello, Elena!"
+        );
+    }
+
+    #[test]
+    fn reports_locales_lacking_a_message() {
+        let (_d, i) = sample();
+        assert_eq!(i.missing_in("only-en"), vec!["ru"]);
+        assert!(i.missing_in("hello").is_empty());
+    }
+}

@@ -1,0 +1,18 @@
+//! Switchboard: a self-hosted chat-bot gateway that turns webhooks, timers and messages into
+//! durable scenario runs.
+//!
+//! An event's path: `http` (ingress) → `engine::ingest` (stored, deduplicated) → `engine`
+//! (scenario runs, committed with their effects through `store`) → `outbox` → `channels`.
+
+pub mod app;
+pub mod channels;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod i18n;
+pub mod journal;
+pub mod outbox;
+pub mod simulate;
+pub mod store;
+pub mod timers;

@@ -1,0 +1,198 @@
+//! The `switchboard` command line: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::app::{App, Options};
+use switchboard::clock::Clock;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Self-hosted chat-bot gateway: webhooks, messages and clicks into durable scenario runs"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const DEFAULT_DB: &str = "sqlite://switchboard.db";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, default_value = "bot-configs", env = "SWITCHBOARD_CONFIG")]
+        config: PathBuf,
+        /// Database URL; a path or sqlite://path (created and migrated on first start).
+        #[arg(long, default_value = DEFAULT_DB, env = "SWITCHBOARD_DATABASE")]
+        database: String,
+        /// Address to listen on (default: the gateway file's server.listen, else 127.0.0.1:8080).
+        #[arg(long, env = "SWITCHBOARD_LISTEN")]
+        listen: Option<String>,
+        /// Externally reachable base URL.
+        #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
+        public_url: Option<String>,
+    },
+    /// Validate a config folder; prints `path:line:col: message` per problem, exit 1 on any.
+    Check {
+        #[arg(default_value = "bot-configs")]
+        dir: PathBuf,
+    },
+    /// Dry-run one scenario on an event: prints each verdict and what it would send.
+    Simulate {
+        scenario: String,
+        /// JSON file with the event (the webhook body).
+        #[arg(long)]
+        event: PathBuf,
+        #[arg(long, default_value = "bot-configs")]
+        config: PathBuf,
+        /// Answer the next wait with this text (or JSON object); repeatable.
+        #[arg(long)]
+        reply: Vec<String>,
+        /// Answer the next wait with a button click; repeatable.
+        #[arg(long)]
+        click: Vec<String>,
+        /// Status the simulated HTTP responses have.
+        #[arg(long, default_value_t = 200)]
+        http_status: u16,
+    },
+    /// Create or upgrade the database schema.
+    Migrate {
+        #[arg(long, default_value = DEFAULT_DB, env = "SWITCHBOARD_DATABASE")]
+        database: String,
+    },
+    /// Print the JSON Schema of the config format.
+    Schema,
+    /// Print recent events with their verdicts and runs with their steps.
+    Journal {
+        #[arg(long, default_value = DEFAULT_DB, env = "SWITCHBOARD_DATABASE")]
+        database: String,
+        /// How many recent events.
+        #[arg(long, default_value_t = 10)]
+        last: i64,
+    },
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_json);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run {
+            config,
+            database,
+            listen,
+            public_url,
+        } => {
+            let app = App::start(Options {
+                config_dir: config,
+                database,
+                listen,
+                public_url,
+                clock: Clock::default(),
+            })
+            .await?;
+            println!("switchboard listening on {}", app.url());
+            app.run_until_stopped().await?;
+        }
+        Command::Check { dir } => match switchboard::config::load(&dir) {
+            Ok(cfg) => println!(
+                "{}: {} scenarios, no problems",
+                dir.display(),
+                cfg.scenarios.len()
+            ),
+            Err(errors) => {
+                println!("{errors}");
+                eprintln!("{} problem(s)", errors.0.len());
+                return Ok(ExitCode::from(1));
+            }
+        },
+        Command::Simulate {
+            scenario,
+            event,
+            config,
+            mut reply,
+            click,
+            http_status,
+        } => {
+            let text = std::fs::read_to_string(&event)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", event.display()))?;
+            let event: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{}:{}: malformed JSON: {e}",
+                    event.display(),
+                    e.line(),
+                    e.column()
+                )
+            })?;
+            reply.extend(
+                click
+                    .into_iter()
+                    .map(|c| serde_json::json!({"button": c, "text": c}).to_string()),
+            );
+            let lines = switchboard::simulate::simulate(switchboard::simulate::SimOptions {
+                config_dir: &config,
+                scenario: &scenario,
+                event,
+                replies: reply,
+                http_status,
+            })
+            .await?;
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        Command::Migrate { database } => {
+            switchboard::store::open(&database).await?;
+            println!("{database}: schema is up to date");
+        }
+        Command::Schema => println!(
+            "{}",
+            serde_json::to_string_pretty(&switchboard::config::json_schema())?
+        ),
+        Command::Journal { database, last } => {
+            let store = switchboard::store::open(&database).await?;
+            let mut events = store.recent_events(last).await?;
+            events.reverse();
+            for ev in events {
+                println!("{}", switchboard::journal::event_line(&ev));
+                for run in store.runs_for_event(ev.id).await? {
+                    println!("  {}", switchboard::journal::run_header(&run));
+                    for e in &run.journal {
+                        println!("    {}", switchboard::journal::step_line(e));
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,224 @@
+//! Delivery of committed outbox rows: HTTP requests and channel messages, with bounded
+//! retries and exponential backoff. Every attempt's outcome goes back through the engine,
+//! which records it (and resumes the waiting run) in its next transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::channels::{self, SendError};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::{Delivery, DeliveryResult, OutboxJob, Work, WorkSender};
+use crate::store::OutboxRow;
+
+/// Deliveries in flight at once.
+const IN_FLIGHT: usize = 256;
+/// Largest response body kept in the journal and run variables.
+const RESPONSE_MAX: usize = 64 * 1024;
+
+pub fn job_from_row(r: OutboxRow) -> OutboxJob {
+    OutboxJob {
+        id: r.id,
+        run_id: r.run_id,
+        kind: r.kind,
+        channel: r.channel,
+        request: r.request,
+        attempts: r.attempts,
+        max_attempts: r.max_attempts,
+        timeout_ms: r.timeout_ms,
+        next_attempt_at: r.next_attempt_at,
+        resume: r.resume,
+        lane: "outbox".into(),
+    }
+}
+
+pub async fn worker(
+    cfg: Arc<Config>,
+    clock: Clock,
+    engine: WorkSender,
+    mut rx: mpsc::UnboundedReceiver<OutboxJob>,
+) {
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("the HTTP client builds with static settings");
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(job) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (cfg, clock, engine, http) = (cfg.clone(), clock.clone(), engine.clone(), http.clone());
+        tokio::spawn(async move {
+            deliver(&cfg, &clock, &engine, &http, job).await;
+            drop(permit);
+        });
+    }
+}
+
+fn backoff(cfg: &Config) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(cfg.gateway.retry_delay)
+        .with_max_delay(cfg.gateway.retry_max_delay)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn deliver(
+    cfg: &Config,
+    clock: &Clock,
+    engine: &WorkSender,
+    http: &reqwest::Client,
+    job: OutboxJob,
+) {
+    clock.sleep_until(job.next_attempt_at, None).await;
+    let mut attempts = job.attempts;
+    let mut delays = backoff(cfg).skip(attempts.max(0) as usize);
+    loop {
+        attempts += 1;
+        let outcome = match job.kind.as_str() {
+            "http" => send_http(http, &job).await,
+            _ => match cfg.gateway.channels.get(&job.channel) {
+                Some(ch) => channels::deliver(ch, &job.channel, &job.request)
+                    .await
+                    .map_err(|e| (e, None)),
+                None => Err((
+                    SendError {
+                        message: format!("channel '{}' is not configured", job.channel),
+                        retry: false,
+                    },
+                    None,
+                )),
+            },
+        };
+        let result = match outcome {
+            Ok(resp) => DeliveryResult::Delivered(resp),
+            Err((e, response)) if !e.retry || attempts >= job.max_attempts => {
+                DeliveryResult::Failed {
+                    error: if e.retry {
+                        format!("{} (after {attempts} attempts)", e.message)
+                    } else {
+                        e.message
+                    },
+                    response,
+                }
+            }
+            Err((e, _)) => {
+                let delay = delays.next().unwrap_or(cfg.gateway.retry_max_delay);
+                DeliveryResult::Retry {
+                    error: e.message,
+                    next_at: clock.now_ms() + delay.as_millis() as i64,
+                }
+            }
+        };
+        let next = match &result {
+            DeliveryResult::Retry { next_at, .. } => Some(*next_at),
+            _ => None,
+        };
+        tracing::debug!(outbox = job.id, attempts, "delivery attempt");
+        let _ = engine.send(Work::Delivery(Delivery {
+            outbox_id: job.id,
+            run_id: job.run_id,
+            resume: job.resume,
+            attempts,
+            lane: job.lane.clone(),
+            result,
+        }));
+        match next {
+            Some(at) => clock.sleep_until(at, None).await,
+            None => return,
+        }
+    }
+}
+
+async fn send_http(
+    http: &reqwest::Client,
+    job: &OutboxJob,
+) -> Result<Json, (SendError, Option<Json>)> {
+    let r = &job.request;
+    let bad = |m: String| {
+        (
+            SendError {
+                message: m,
+                retry: false,
+            },
+            None,
+        )
+    };
+    let method = r["method"].as_str().unwrap_or("GET");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let url = r["url"].as_str().unwrap_or_default();
+    let mut req = http
+        .request(method, url)
+        .timeout(Duration::from_millis(job.timeout_ms.max(1) as u64))
+        .header("Idempotency-Key", format!("switchboard-outbox-{}", job.id));
+    for h in r["headers"].as_array().into_iter().flatten() {
+        if let (Some(k), Some(v)) = (h[0].as_str(), h[1].as_str()) {
+            req = req.header(k, v);
+        }
+    }
+    let body = &r["body"];
+    if let Some(j) = body.get("json") {
+        req = req.json(j);
+    } else if let Some(f) = body.get("form").and_then(Json::as_array) {
+        let pairs: Vec<(String, String)> = f
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or_default().to_string(),
+                    p[1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        req = req.form(&pairs);
+    } else if let Some(raw) = body.get("raw").and_then(Json::as_str) {
+        req = req.body(raw.to_string());
+    }
+    let resp = req.send().await.map_err(|e| {
+        (
+            SendError {
+                message: format!("request to {url} failed: {}", error_chain(&e)),
+                retry: true,
+            },
+            None,
+        )
+    })?;
+    let status = resp.status();
+    let headers: Map<String, Json> = resp
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), json!(v.to_str().ok()?))))
+        .collect();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RESPONSE_MAX)]).to_string();
+    let parsed: Json = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
+    let captured =
+        json!({"status": status.as_u16(), "headers": headers, "json": parsed, "body": text});
+    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        return Err((
+            SendError {
+                message: format!("{url} answered {status}"),
+                retry: true,
+            },
+            Some(captured),
+        ));
+    }
+    Ok(captured)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,208 @@
+//! `switchboard simulate`: a dry run of one scenario on an in-memory database. It prints each
+//! verdict and each message or request the run would send, and sends nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value as Json};
+use tokio::sync::{mpsc, Notify};
+
+use crate::clock::Clock;
+use crate::engine::{Delivery, DeliveryResult, Engine, EventItem, Work};
+use crate::store::{IngestOutcome, NewEvent, RunStatus, SqliteStore, Store};
+
+pub struct SimOptions<'a> {
+    pub config_dir: &'a Path,
+    pub scenario: &'a str,
+    pub event: Json,
+    /// Answers for waits, in order: plain text becomes `{"text": …}`, a JSON object is used as is.
+    pub replies: Vec<String>,
+    pub http_status: u16,
+}
+
+/// Runs the simulation and returns the printed lines.
+pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
+    let cfg = Arc::new(crate::config::load(opts.config_dir)?);
+    let sc = cfg
+        .scenario(opts.scenario)
+        .with_context(|| {
+            format!(
+                "no scenario '{}' in {}",
+                opts.scenario,
+                opts.config_dir.display()
+            )
+        })?
+        .clone();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await?);
+    let clock = Clock::default();
+    let (work_tx, mut work_rx) = mpsc::unbounded_channel();
+    let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel();
+    let mut engine = Engine::new(
+        cfg.clone(),
+        store.clone(),
+        clock.clone(),
+        outbox_tx,
+        Arc::new(Notify::new()),
+        work_tx,
+    )
+    .await?;
+
+    let mut out = Vec::new();
+    let ev = NewEvent {
+        kind: "simulate".into(),
+        source: sc.id.clone(),
+        dedupe_key: None,
+        data: opts.event.clone(),
+        meta: json!({}),
+        rejected: None,
+        received_at: clock.now_ms(),
+    };
+    let IngestOutcome::Accepted(first) = store.ingest(std::slice::from_ref(&ev)).await?[0] else {
+        bail!("the event was not accepted");
+    };
+    let mut events = vec![first];
+    let mut queue: VecDeque<Work> = VecDeque::new();
+    queue.push_back(Work::Event(EventItem {
+        id: first,
+        kind: ev.kind,
+        source: ev.source,
+        data: Arc::new(ev.data),
+        meta: ev.meta,
+    }));
+    let mut replies: VecDeque<String> = opts.replies.into();
+    let mut printed: HashMap<i64, usize> = HashMap::new();
+    let mut outcome_shown = 0usize;
+    for _ in 0..10_000 {
+        while let Some(w) = queue.pop_front() {
+            engine.process(std::slice::from_ref(&w)).await?;
+            // New journal lines: the event's verdicts, then each run's steps.
+            if let Some(e) = store.event(first).await? {
+                let o = e
+                    .outcome
+                    .and_then(|o| o.as_array().cloned())
+                    .unwrap_or_default();
+                for line in o.iter().skip(outcome_shown) {
+                    if line.get("run").is_none() {
+                        out.push(crate::journal::outcome_line(line));
+                    }
+                }
+                outcome_shown = o.len();
+            }
+            for ev in &events {
+                for run in store.runs_for_event(*ev).await? {
+                    let seen = printed.entry(run.id).or_insert_with(|| {
+                        out.push(format!(
+                            "run {} of {} (subject {})",
+                            run.id,
+                            run.scenario,
+                            run.subject.as_deref().unwrap_or("-")
+                        ));
+                        0
+                    });
+                    for e in run.journal.iter().skip(*seen) {
+                        out.push(format!("  {}", crate::journal::step_line(e)));
+                    }
+                    *seen = run.journal.len();
+                }
+            }
+            while let Ok(job) = outbox_rx.try_recv() {
+                let r = &job.request;
+                let response = if job.kind == "http" {
+                    out.push(format!(
+                        "  would send {} {} {} (assuming it answers {})",
+                        r["method"].as_str().unwrap_or(""),
+                        r["url"].as_str().unwrap_or(""),
+                        if r["body"].is_null() {
+                            String::new()
+                        } else {
+                            r["body"].to_string()
+                        },
+                        opts.http_status
+                    ));
+                    json!({"status": opts.http_status, "headers": {}, "json": null, "body": ""})
+                } else {
+                    out.push(format!(
+                        "  would send to {}{} [{}]: {}",
+                        job.channel,
+                        r["to"]
+                            .as_str()
+                            .map(|t| format!(":{t}"))
+                            .unwrap_or_default(),
+                        r["lang"].as_str().unwrap_or(""),
+                        r["text"].as_str().unwrap_or("")
+                    ));
+                    json!({"simulated": true})
+                };
+                queue.push_back(Work::Delivery(Delivery {
+                    outbox_id: job.id,
+                    run_id: job.run_id,
+                    resume: job.resume,
+                    attempts: 1,
+                    lane: job.lane,
+                    result: DeliveryResult::Delivered(response),
+                }));
+            }
+            while let Ok(w) = work_rx.try_recv() {
+                if let Work::Event(e) = &w {
+                    events.push(e.id);
+                }
+                queue.push_back(w);
+            }
+        }
+        // Nothing left to do now: let time pass for sleeps, answer waits from --reply.
+        let mut progressed = false;
+        for ev in events.clone() {
+            for run in store.runs_for_event(ev).await? {
+                match run.status {
+                    RunStatus::Sleeping => {
+                        for t in store.due_timers(i64::MAX, 1000).await? {
+                            if t.run_id == run.id && t.kind == "sleep" {
+                                out.push(format!("  (run {}: letting the time pass)", run.id));
+                                queue.push_back(Work::Timer(t));
+                                progressed = true;
+                            }
+                        }
+                    }
+                    RunStatus::Waiting
+                        if store
+                            .outbox_for_run(run.id)
+                            .await?
+                            .iter()
+                            .all(|o| o.status != "pending") =>
+                    {
+                        match replies.pop_front() {
+                            Some(reply) => {
+                                let data = match serde_json::from_str::<Json>(&reply) {
+                                    Ok(v @ Json::Object(_)) => v,
+                                    _ => json!({"text": reply, "button": reply}),
+                                };
+                                out.push(format!("  (run {}: answered with {data})", run.id));
+                                queue.push_back(Work::Answer {
+                                    run_id: run.id,
+                                    data,
+                                });
+                                progressed = true;
+                            }
+                            None => out.push(format!(
+                                "  run {} would wait here (pass --reply to answer it)",
+                                run.id
+                            )),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    for ev in events {
+        for run in store.runs_for_event(ev).await? {
+            out.push(crate::journal::run_header(&run));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,306 @@
+//! The persistence boundary: events, runs, outbox, timers, waits, limits and variables.
+//! The engine talks only to these traits; SQLite implements them today and another
+//! backend (PostgreSQL) can be added beside it without touching the engine.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL '{0}' (use sqlite://path)")]
+    Unsupported(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens the store a URL names. A bare path is a SQLite file.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") || !url.contains("://") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Unsupported(url.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Waiting,
+    Sleeping,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Sleeping => "sleeping",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "waiting" => RunStatus::Waiting,
+            "sleeping" => RunStatus::Sleeping,
+            "done" => RunStatus::Done,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Running | RunStatus::Waiting | RunStatus::Sleeping
+        )
+    }
+}
+
+/// An event to store. `kind` is `webhook`, `schedule` or `call`; `source` the hook name or
+/// scenario id.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: String,
+    pub source: String,
+    pub dedupe_key: Option<String>,
+    pub data: Json,
+    pub meta: Json,
+    /// A rejected event is journaled but never processed.
+    pub rejected: Option<String>,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Accepted(i64),
+    Duplicate(i64),
+    Rejected(i64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub kind: String,
+    pub source: String,
+    pub status: String,
+    pub data: Json,
+    pub meta: Json,
+    pub outcome: Option<Json>,
+    pub error: Option<String>,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub scenario: String,
+    pub subject: Option<String>,
+    pub status: RunStatus,
+    pub pc: i64,
+    pub vars: Map<String, Json>,
+    pub journal: Vec<Json>,
+    pub event_id: Option<i64>,
+    /// The data of the event that started the run (`event` in templates).
+    pub event: Json,
+    pub depth: i64,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOutbox {
+    pub run_id: Option<i64>,
+    pub step: Option<i64>,
+    pub kind: String,
+    pub channel: String,
+    pub request: Json,
+    pub max_attempts: i64,
+    pub timeout_ms: i64,
+    pub resume: bool,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub run_id: Option<i64>,
+    pub step: Option<i64>,
+    pub kind: String,
+    pub channel: String,
+    pub request: Json,
+    pub status: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub timeout_ms: i64,
+    pub next_attempt_at: i64,
+    pub resume: bool,
+    pub response: Option<Json>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTimer {
+    pub run_id: i64,
+    pub kind: String,
+    pub due_at: i64,
+    pub scenario: String,
+    pub subject: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimerRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub kind: String,
+    pub due_at: i64,
+    pub scenario: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewWait {
+    pub run_id: i64,
+    pub hook: String,
+    pub scenario: String,
+    pub step: i64,
+    pub match_key: String,
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubjectLimit {
+    pub total: i64,
+    pub window_start: i64,
+    pub window_count: i64,
+}
+
+/// Counts for the journal summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub events: i64,
+    pub runs_by_status: std::collections::BTreeMap<String, i64>,
+    pub outbox_by_status: std::collections::BTreeMap<String, i64>,
+    pub timers: i64,
+    pub waits: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a batch of events in one transaction; duplicates (same `dedupe_key`) are
+    /// reported with the id of the first delivery.
+    async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>>;
+    /// A write transaction: every effect of a batch of engine work commits together.
+    async fn begin(&self) -> Result<Box<dyn Tx>>;
+
+    async fn pending_events(&self, after_id: i64, limit: i64) -> Result<Vec<EventRow>>;
+    async fn next_timer_due(&self) -> Result<Option<i64>>;
+    async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>>;
+    async fn open_outbox(&self) -> Result<Vec<OutboxRow>>;
+    async fn globals(&self) -> Result<Map<String, Json>>;
+    async fn schedule_last(&self, scenario: &str) -> Result<Option<i64>>;
+    async fn set_schedule_last(&self, scenario: &str, at: i64) -> Result<()>;
+
+    async fn event(&self, id: i64) -> Result<Option<EventRow>>;
+    async fn run(&self, id: i64) -> Result<Option<RunRow>>;
+    async fn recent_events(&self, limit: i64) -> Result<Vec<EventRow>>;
+    async fn runs_for_event(&self, event_id: i64) -> Result<Vec<RunRow>>;
+    async fn outbox_for_run(&self, run_id: i64) -> Result<Vec<OutboxRow>>;
+    async fn counts(&self) -> Result<Counts>;
+}
+
+#[async_trait]
+pub trait Tx: Send {
+    async fn new_run_id(&mut self) -> Result<i64>;
+    async fn save_run(&mut self, run: &RunRow) -> Result<()>;
+    async fn load_run(&mut self, id: i64) -> Result<Option<RunRow>>;
+    async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool>;
+
+    async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>>;
+    async fn finish_event(&mut self, id: i64, status: &str, outcome: &Json, now: i64)
+        -> Result<()>;
+
+    async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64>;
+    async fn load_outbox(&mut self, id: i64) -> Result<Option<OutboxRow>>;
+    /// Records one failed attempt and when the next one is due.
+    async fn outbox_attempt(
+        &mut self,
+        id: i64,
+        attempts: i64,
+        next_at: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<()>;
+    /// Final state: `delivered` or `failed`.
+    async fn outbox_finish(
+        &mut self,
+        id: i64,
+        status: &str,
+        attempts: i64,
+        response: Option<&Json>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<()>;
+
+    async fn insert_timer(&mut self, t: &NewTimer) -> Result<i64>;
+    /// True when the timer still existed (it fires); false when it was cancelled.
+    async fn delete_timer(&mut self, id: i64) -> Result<bool>;
+    /// Removes pending sleeps with this scenario, subject and key; returns their runs.
+    async fn take_keyed_timers(
+        &mut self,
+        scenario: &str,
+        subject: Option<&str>,
+        key: &str,
+    ) -> Result<Vec<i64>>;
+    /// Runs of a scenario (and subject) that are sleeping or waiting.
+    async fn parked_runs(&mut self, scenario: &str, subject: Option<&str>) -> Result<Vec<i64>>;
+    /// Drops every timer and wait of a run.
+    async fn clear_parks(&mut self, run_id: i64) -> Result<()>;
+
+    async fn insert_wait(&mut self, w: &NewWait) -> Result<()>;
+    /// The oldest run waiting at (scenario, step) for `hook` with this key.
+    async fn find_waits(
+        &mut self,
+        hook: &str,
+        scenario: &str,
+        step: i64,
+        match_key: &str,
+    ) -> Result<Vec<i64>>;
+
+    async fn subject_limit(
+        &mut self,
+        scenario: &str,
+        subject: &str,
+    ) -> Result<Option<SubjectLimit>>;
+    async fn put_subject_limit(
+        &mut self,
+        scenario: &str,
+        subject: &str,
+        l: &SubjectLimit,
+    ) -> Result<()>;
+    async fn subject_vars(&mut self, subject: &str) -> Result<Map<String, Json>>;
+    async fn put_subject_vars(&mut self, subject: &str, vars: &Map<String, Json>) -> Result<()>;
+    async fn put_global(&mut self, name: &str, value: &Json, now: i64) -> Result<()>;
+
+    async fn commit(self: Box<Self>) -> Result<()>;
+}

@@ -1,0 +1,128 @@
+//! Durable time: fires stored timers (sleeps, wait timeouts) when due, and turns cron
+//! schedules into events (deduplicated by their fire time, so a restart never doubles one).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+
+use crate::clock::Clock;
+use crate::config::{Config, Trigger};
+use crate::engine::ingest::Ingest;
+use crate::engine::{Work, WorkSender};
+use crate::store::{NewEvent, Store};
+
+/// How long the timer loop sleeps at most between looks at the table.
+const IDLE: i64 = 30_000;
+
+pub async fn timer_worker(
+    store: Arc<dyn Store>,
+    clock: Clock,
+    engine: WorkSender,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut in_flight: HashSet<i64> = HashSet::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let now = clock.now_ms();
+        let due = match store.due_timers(now, 1024).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "reading timers failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let ids: HashSet<i64> = due.iter().map(|t| t.id).collect();
+        // Timers the engine has handled are gone from the table; forget them.
+        in_flight.retain(|id| ids.contains(id));
+        let mut sent = 0;
+        for t in due {
+            if in_flight.insert(t.id) {
+                sent += 1;
+                let _ = engine.send(Work::Timer(t));
+            }
+        }
+        let next = if !ids.is_empty() {
+            // Due timers are with the engine: look again once it has committed something.
+            now + if sent == 0 { 50 } else { 10 }
+        } else {
+            match store.next_timer_due().await {
+                Ok(Some(at)) => at.min(now + IDLE),
+                _ => now + IDLE,
+            }
+        };
+        tokio::select! {
+            _ = clock.sleep_until(next, Some(&wake)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One task per scheduled scenario.
+pub fn start_schedules(
+    cfg: &Arc<Config>,
+    store: &Arc<dyn Store>,
+    clock: &Clock,
+    ingest: &Ingest,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for sc in &cfg.scenarios {
+        let Trigger::Schedule { cron, tz } = &sc.trigger else {
+            continue;
+        };
+        let (id, cron, tz) = (sc.id.clone(), cron.clone(), *tz);
+        let (store, clock, ingest, mut stop) =
+            (store.clone(), clock.clone(), ingest.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut last = match store.schedule_last(&id).await {
+                Ok(Some(t)) => t,
+                _ => clock.now_ms(),
+            };
+            loop {
+                let from = chrono::DateTime::from_timestamp_millis(last)
+                    .unwrap_or_default()
+                    .with_timezone(&tz);
+                let Some(next) = cron.after(&from).next() else {
+                    return;
+                };
+                let at = next.timestamp_millis();
+                tokio::select! {
+                    _ = clock.sleep_until(at, None) => {}
+                    _ = stop.changed() => return,
+                }
+                if clock.now_ms() < at {
+                    continue;
+                }
+                let ev = NewEvent {
+                    kind: "schedule".into(),
+                    source: id.clone(),
+                    dedupe_key: Some(format!("schedule:{id}:{at}")),
+                    data: json!({"scheduled_at": next.to_rfc3339(), "timezone": tz.name()}),
+                    meta: json!({}),
+                    rejected: None,
+                    received_at: clock.now_ms(),
+                };
+                match ingest.submit(ev).await {
+                    Ok(_) => {
+                        last = at;
+                        if let Err(e) = store.set_schedule_last(&id, at).await {
+                            tracing::error!(error = %e, scenario = %id, "saving schedule state failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, scenario = %id, "scheduling failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }));
+    }
+    tasks
+}
