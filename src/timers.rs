@@ -80,10 +80,12 @@ pub fn start_schedules(
         let (id, cron, tz) = (sc.id.clone(), cron.clone(), *tz);
         let (store, clock, ingest, mut stop) =
             (store.clone(), clock.clone(), ingest.clone(), stop.clone());
+        // The first fire is the next one after start-up (or after the last stored fire).
+        let started = clock.now_ms();
         tasks.push(tokio::spawn(async move {
             let mut last = match store.schedule_last(&id).await {
                 Ok(Some(t)) => t,
-                _ => clock.now_ms(),
+                _ => started,
             };
             loop {
                 let from = chrono::DateTime::from_timestamp_millis(last)

@@ -529,15 +529,7 @@ fn compile_scenario(
                         continue;
                     }
                 };
-                // A string is an expression; other TOML values are literal.
-                let value = match v.get() {
-                    serde_json::Value::String(s) => {
-                        let sp = Sp(toml::Spanned::new(v.span(), s.clone()));
-                        cx.expr(t, &sp).map(ValueTmpl::Expr)
-                    }
-                    other => Some(ValueTmpl::Const(other.clone())),
-                };
-                if let Some(value) = value {
+                if let Some(value) = literal_or_expr(cx, t, v) {
                     assigns.push(Assign { target: tgt, value });
                 }
             }
@@ -560,7 +552,7 @@ fn compile_scenario(
             let vars = c
                 .vars
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), cx.value_tmpl(t, v)?)))
+                .filter_map(|(k, v)| Some((k.clone(), literal_or_expr(cx, t, v)?)))
                 .collect();
             Some(Action::Call(CallSpec {
                 scenario: c.scenario.get().clone(),
@@ -628,6 +620,17 @@ fn compile_scenario(
         steps,
         uses_subject_vars,
     ))
+}
+
+/// A string is an expression; other TOML values are literal.
+fn literal_or_expr(cx: &mut FileCx, t: &Templates, v: &Sp<serde_json::Value>) -> Option<ValueTmpl> {
+    match v.get() {
+        serde_json::Value::String(s) => {
+            let sp = Sp(toml::Spanned::new(v.span(), s.clone()));
+            cx.expr(t, &sp).map(ValueTmpl::Expr)
+        }
+        other => Some(ValueTmpl::Const(other.clone())),
+    }
 }
 
 /// Whether any expression or target mentions `subject.` (subject variables are then loaded).
@@ -959,13 +962,13 @@ send = { to = "telegram:1", text = "nope" }
 "#,
         );
         let all = errs.join("\n");
-        assert!(all.contains("3:8: bad expression"), "{all}");
+        assert!(all.contains("3:17: bad expression"), "{all}");
         assert!(
             all.contains("5:8: goto to a missing label 'nowhere'"),
             "{all}"
         );
         assert!(all.contains("7:15: unknown channel 'telegram'"), "{all}");
-        assert!(all.contains("7:35: unknown Fluent message 'nope'"), "{all}");
+        assert!(all.contains("7:36: unknown Fluent message 'nope'"), "{all}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ impl From<minijinja::Error> for EvalError {
 }
 
 /// A compile error with its byte range inside the source, for `file:line:col` reports.
+#[derive(Debug)]
 pub struct CompileError {
     pub message: String,
     pub offset: usize,

@@ -1,0 +1,137 @@
+//! The command line: check, simulate, schema, migrate.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_passes_the_examples() {
+    let (code, out, err) = run(&["check", "bot-configs"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no problems"));
+}
+
+#[test]
+fn check_reports_each_problem_with_its_position() {
+    let cfg = ConfigDir::empty();
+    cfg.write("gateway.toml", "[server]\nlisten = \"127.0.0.1:1\"\n");
+    cfg.write(
+        "broken.toml",
+        "id = \"broken\"\non = { webhook = \"h\" }\nwhen = 'event.a =='\n\n[[step]]\ngoto = \"nowhere\"\n\n[[step]]\nsend = { to = \"telegram:1\", text = \"no-such-message\" }\n",
+    );
+    cfg.write("typo.toml", "id = \"typo\"\non = { webhook = \"h\" }\n[[step]]\nsleep = { for = \"10m\", kee = \"x\" }\n");
+    let dir = cfg.dir();
+    let (code, out, _) = run(&["check", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let broken = dir.join("broken.toml").display().to_string();
+    let typo = dir.join("typo.toml").display().to_string();
+    for want in [
+        format!("{broken}:3:17: bad expression"),
+        format!("{broken}:6:8: goto to a missing label 'nowhere'"),
+        format!("{broken}:9:15: unknown channel 'telegram'"),
+        format!("{broken}:9:36: unknown Fluent message 'no-such-message'"),
+        format!("{typo}:4:24: unknown field `kee`"),
+    ] {
+        assert!(out.contains(&want), "missing «{want}» in:\n{out}");
+    }
+}
+
+#[test]
+fn simulate_prints_verdicts_and_what_would_be_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("deal.json");
+    std::fs::write(
+        &ev,
+        r#"{"deal": {"id": 4, "stage": "new", "title": "Kiln", "budget": 50000}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["simulate", "deal-routing", "--event", ev.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("when if event.deal.stage == \"new\" → true (event.deal.stage = \"new\")"),
+        "{out}"
+    );
+    assert!(
+        out.contains("if event.deal.budget > 10000 → true (event.deal.budget = 50000)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("would send to log:head-of-sales [pl]: Duża transakcja „Kiln”"),
+        "{out}"
+    );
+
+    let ev = dir.path().join("appt.json");
+    std::fs::write(
+        &ev,
+        r#"{"id": 3, "phone": "+48", "time": "Fri", "lang": "en"}"#,
+    )
+    .unwrap();
+    let (_, out, _) = run(&[
+        "simulate",
+        "appointment-confirmation",
+        "--event",
+        ev.to_str().unwrap(),
+    ]);
+    assert!(out.contains("would wait here"), "{out}");
+    let (_, out, _) = run(&[
+        "simulate",
+        "appointment-confirmation",
+        "--event",
+        ev.to_str().unwrap(),
+        "--reply",
+        r#"{"answer": "1"}"#,
+    ]);
+    assert!(
+        out.contains("would send to log:+48 [en]: Thank you, your appointment is confirmed."),
+        "{out}"
+    );
+
+    // Nothing was written anywhere.
+    assert!(!dir.path().join("switchboard.db").exists());
+}
+
+#[test]
+fn simulate_reports_a_broken_event_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("bad.json");
+    std::fs::write(&ev, "{\"deal\": ").unwrap();
+    let (code, _, err) = run(&["simulate", "deal-routing", "--event", ev.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.json:1:"), "{err}");
+}
+
+#[test]
+fn schema_describes_both_file_kinds() {
+    let (code, out, _) = run(&["schema"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["definitions"]["scenario"]["properties"]["step"].is_object());
+    assert!(v["definitions"]["gateway"]["properties"]["hooks"].is_object());
+}
+
+#[test]
+fn migrate_creates_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let (code, out, err) = run(&[
+        "migrate",
+        "--database",
+        &format!("sqlite://{}", db.display()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("schema is up to date"));
+    assert!(db.exists());
+}

@@ -1,0 +1,138 @@
+//! Crash safety: SIGKILL the gateway with runs sleeping, runs waiting and requests pending,
+//! restart it on the same database, and check that everything completes exactly once.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::json;
+use switchboard::store::{SqliteStore, Store};
+
+use crate::support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Gateway {
+    child: Child,
+    url: String,
+}
+
+impl Gateway {
+    async fn start(cfg: &ConfigDir) -> Gateway {
+        let port = free_port();
+        let child = Command::new(bin())
+            .args([
+                "run",
+                "--config",
+                cfg.dir().to_str().unwrap(),
+                "--database",
+                &cfg.db(),
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        eventually(|| async {
+            client
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        })
+        .await;
+        Gateway { child, url }
+    }
+
+    async fn post(&self, hook: &str, body: serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/hooks/{hook}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_gateway_resumes_without_losing_or_repeating_anything() {
+    let sink = Sink::start().await;
+    let cfg = ConfigDir::with(&[
+        ("push.toml", "id = \"push\"\non = { webhook = \"push\" }\n[[step]]\nhttp = { post = \"{{ event.url }}/push/{{ event.n }}\", attempts = 1000 }\n"),
+        ("sleepy.toml", "id = \"sleepy\"\non = { webhook = \"sleepy\" }\n[[step]]\nsleep = { for = \"3s\" }\n[[step]]\nhttp = { post = \"{{ event.url }}/woke/{{ event.n }}\", attempts = 1000 }\n"),
+        ("ask.toml", "id = \"ask\"\non = { webhook = \"ask\" }\nsubject = \"q:{{ event.n }}\"\n[[step]]\nwait = { webhook = \"answer\", match = \"q:{{ event.n }}\" }\n[[step]]\nhttp = { post = \"{{ event.url }}/answered/{{ event.n }}/{{ run.reply.event.text }}\", attempts = 1000 }\n"),
+    ]);
+    cfg.write(
+        "gateway.toml",
+        "[defaults]\nretry_delay = \"100ms\"\nretry_max_delay = \"300ms\"\n",
+    );
+    let url = format!("http://{}", sink.addr);
+    sink.set_default(503);
+
+    let first = Gateway::start(&cfg).await;
+    for n in 0..20 {
+        first.post("push", json!({"url": url, "n": n})).await;
+    }
+    for n in 0..10 {
+        first.post("sleepy", json!({"url": url, "n": n})).await;
+    }
+    for n in 0..5 {
+        first.post("ask", json!({"url": url, "n": n})).await;
+    }
+    // Wait for the mid-way state: pushes failing and retried, sleepers asleep, askers waiting.
+    let store = SqliteStore::open(&cfg.db()).await.unwrap();
+    eventually(|| async {
+        let c = store.counts().await.unwrap();
+        let ok = c.runs_by_status.get("sleeping") == Some(&10)
+            && c.runs_by_status.get("waiting") == Some(&25)
+            && c.waits == 5
+            && sink.received().len() >= 40;
+        ok.then_some(())
+    })
+    .await;
+    first.kill();
+
+    sink.set_default(200);
+    let second = Gateway::start(&cfg).await;
+    for n in 0..5 {
+        second.post("answer", json!({"n": n, "text": "yes"})).await;
+    }
+    eventually(|| async {
+        let c = store.counts().await.unwrap();
+        (c.runs_by_status.get("done") == Some(&35)).then_some(())
+    })
+    .await;
+    // Give stray duplicates a moment to show up, then count what the sink accepted.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    second.kill();
+
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    for r in sink.received().into_iter().filter(|r| r.status == 200) {
+        *delivered.entry(r.path).or_default() += 1;
+    }
+    let mut want: Vec<String> = (0..20).map(|n| format!("/push/{n}")).collect();
+    want.extend((0..10).map(|n| format!("/woke/{n}")));
+    want.extend((0..5).map(|n| format!("/answered/{n}/yes")));
+    let mut got: Vec<String> = delivered.keys().cloned().collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(delivered.values().all(|&n| n == 1), "{delivered:?}");
+    let c = store.counts().await.unwrap();
+    assert_eq!((c.timers, c.waits), (0, 0));
+    assert_eq!(c.outbox_by_status.get("delivered"), Some(&35));
+}

@@ -1,0 +1,292 @@
+//! Test support: the real app on a random port with a temp SQLite file, a recording HTTP
+//! sink on loopback, config folders, and bounded waiting for eventual conditions.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use switchboard::app::{App, Options};
+use switchboard::clock::Clock;
+use switchboard::store::{RunRow, RunStatus};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A config folder in a temp dir, with the repo's locales beside it.
+pub struct ConfigDir {
+    pub root: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    pub fn examples() -> ConfigDir {
+        let c = ConfigDir::empty();
+        for e in std::fs::read_dir(repo().join("bot-configs")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, c.dir().join(p.file_name().unwrap())).unwrap();
+        }
+        c
+    }
+
+    pub fn empty() -> ConfigDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("bot-configs")).unwrap();
+        for lang in ["en", "ru", "pl"] {
+            let d = root.path().join("locales").join(lang);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(
+                repo().join("locales").join(lang).join("main.ftl"),
+                d.join("main.ftl"),
+            )
+            .unwrap();
+        }
+        ConfigDir { root }
+    }
+
+    /// A folder with a quick-retry gateway file and the given scenario files.
+    pub fn with(files: &[(&str, &str)]) -> ConfigDir {
+        let c = ConfigDir::empty();
+        c.write(
+            "gateway.toml",
+            "[defaults]\nlanguage = \"en\"\nretry_delay = \"20ms\"\nretry_max_delay = \"100ms\"\nhttp_attempts = 4\nmax_steps = 50\n\n[channels.ops]\ntype = \"log\"\noutput = \"journal\"\n",
+        );
+        for (name, text) in files {
+            c.write(name, text);
+        }
+        c
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.root.path().join("bot-configs")
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.dir().join(name), text).unwrap();
+    }
+
+    pub fn db(&self) -> String {
+        format!(
+            "sqlite://{}",
+            self.root.path().join("switchboard.db").display()
+        )
+    }
+}
+
+pub struct TestApp {
+    pub app: App,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn(cfg: &ConfigDir) -> TestApp {
+        let app = App::start(Options {
+            config_dir: cfg.dir(),
+            database: cfg.db(),
+            listen: Some("127.0.0.1:0".into()),
+            public_url: None,
+            clock: Clock::default(),
+        })
+        .await
+        .expect("the app starts");
+        TestApp {
+            app,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn post(&self, hook: &str, body: Value) -> (u16, Value) {
+        self.post_with(hook, &body.to_string(), &[]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        hook: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/hooks/{hook}", self.app.url()))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs the event started, once the engine has processed it.
+    pub async fn runs_of(&self, event_id: i64) -> Vec<RunRow> {
+        let store = self.app.store.clone();
+        eventually(|| {
+            let store = store.clone();
+            async move {
+                let ev = store.event(event_id).await.unwrap()?;
+                (ev.status != "pending").then_some(())?;
+                Some(store.runs_for_event(event_id).await.unwrap())
+            }
+        })
+        .await
+    }
+
+    pub async fn run_when(&self, id: i64, pred: impl Fn(&RunRow) -> bool) -> RunRow {
+        let store = self.app.store.clone();
+        let pred = &pred;
+        eventually(|| {
+            let store = store.clone();
+            async move { store.run(id).await.unwrap().filter(|r| pred(r)) }
+        })
+        .await
+    }
+
+    pub async fn finished(&self, id: i64) -> RunRow {
+        self.run_when(id, |r| !r.status.is_active()).await
+    }
+
+    pub async fn status_of(&self, id: i64, status: RunStatus) -> RunRow {
+        self.run_when(id, |r| r.status == status).await
+    }
+
+    /// Messages delivered to log channels for a run, in order.
+    pub async fn messages(&self, run_id: i64) -> Vec<Value> {
+        self.app
+            .store
+            .outbox_for_run(run_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.kind == "send")
+            .map(|o| o.request)
+            .collect()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.app.clock.advance(by)
+    }
+}
+
+/// Polls until `f` yields a value; gives up (panics) after 20 s so no test hangs.
+pub async fn eventually<T, F, Fut>(f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+    /// The status the sink answered with.
+    pub status: u16,
+}
+
+/// An HTTP server on loopback that records every request and answers with scripted statuses.
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    inner: Arc<SinkState>,
+}
+
+#[derive(Default)]
+struct SinkState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<u16>>,
+    default_status: Mutex<u16>,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        Sink::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(addr: &str) -> Sink {
+        let inner = Arc::new(SinkState {
+            default_status: Mutex::new(200),
+            ..Default::default()
+        });
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Sink { addr, inner }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next responses' statuses, then the default.
+    pub fn script(&self, statuses: &[u16]) {
+        self.inner.script.lock().unwrap().extend(statuses);
+    }
+
+    pub fn set_default(&self, status: u16) {
+        *self.inner.default_status.lock().unwrap() = status;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.received.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        eventually(|| async {
+            let r = self.received();
+            (r.len() >= n).then_some(r)
+        })
+        .await
+    }
+}
+
+async fn record(
+    State(st): State<Arc<SinkState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let status = st
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(*st.default_status.lock().unwrap());
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).to_string()));
+    st.received.lock().unwrap().push(Received {
+        path: uri.path().to_string(),
+        headers,
+        body,
+        status,
+    });
+    (
+        StatusCode::from_u16(status).unwrap(),
+        r#"{"ok":true,"id":"r-1"}"#.to_string(),
+    )
+}
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_switchboard"))
+}

@@ -1,0 +1,248 @@
+//! Webhooks end to end on the example configs: callbacks, guards and branches,
+//! deduplication, and bad input.
+
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use switchboard::store::RunStatus;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_form_webhook_calls_back_its_url_with_a_rendered_body() {
+    let cfg = ConfigDir::examples();
+    let t = TestApp::spawn(&cfg).await;
+    let sink = Sink::start().await;
+
+    let (status, body) = t
+        .post(
+            "form-submitted",
+            json!({"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.com",
+                   "form_id": 7, "callback_url": sink.url("/crm/leads")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
+    assert_eq!(runs.len(), 1);
+    let run = t.finished(runs[0].id).await;
+
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].path, "/crm/leads");
+    assert_eq!(
+        got[0].body,
+        json!({"name": "Ada Lovelace", "email": "ada@example.com", "source": "switchboard", "form_id": 7})
+    );
+    assert!(got[0].headers.get("idempotency-key").is_some());
+    assert_eq!(run.status, RunStatus::Done);
+    assert_eq!(run.vars["http"]["status"], 200);
+    assert_eq!(run.vars["http"]["json"]["id"], "r-1");
+    let msgs = t.messages(run.id).await;
+    assert_eq!(msgs[0]["text"], "Callback delivered for Ada Lovelace.");
+}
+
+#[tokio::test]
+async fn a_guard_picks_one_of_two_branches_and_records_what_it_saw() {
+    let cfg = ConfigDir::examples();
+    let t = TestApp::spawn(&cfg).await;
+
+    let (_, small) = t
+        .post(
+            "crm-deal",
+            json!({"deal": {"id": 1, "stage": "new", "title": "Pump", "budget": 900}}),
+        )
+        .await;
+    let (_, big) = t
+        .post(
+            "crm-deal",
+            json!({"deal": {"id": 2, "stage": "new", "title": "Boiler", "budget": 25000}}),
+        )
+        .await;
+    let (_, old) = t
+        .post(
+            "crm-deal",
+            json!({"deal": {"id": 3, "stage": "won", "title": "Old", "budget": 5}}),
+        )
+        .await;
+
+    let small = t.runs_of(small["event_id"].as_i64().unwrap()).await;
+    let big = t.runs_of(big["event_id"].as_i64().unwrap()).await;
+    assert_eq!(
+        t.messages(small[0].id).await[0]["text"],
+        "New deal “Pump” with a budget of 900."
+    );
+    let big_msg = &t.messages(big[0].id).await[0];
+    assert_eq!(big_msg["lang"], "pl");
+    assert_eq!(
+        big_msg["text"],
+        "Duża transakcja „Boiler”: budżet 25000. Proszę zająć się nią osobiście."
+    );
+
+    let old_id = old["event_id"].as_i64().unwrap();
+    assert!(t.runs_of(old_id).await.is_empty());
+    let ev = t.app.store.event(old_id).await.unwrap().unwrap();
+    let verdict = &ev.outcome.unwrap()[0];
+    assert_eq!(verdict["verdict"], "guard false");
+    assert_eq!(verdict["seen"]["event.deal.stage"], "won");
+
+    // The counter is a persisted global.
+    let globals = eventually(|| async {
+        let g = t.app.store.globals().await.unwrap();
+        (g.get("deals_seen") == Some(&json!(2))).then_some(g)
+    })
+    .await;
+    assert_eq!(globals["deals_seen"], 2);
+}
+
+#[tokio::test]
+async fn the_same_delivery_twice_makes_one_run() {
+    let cfg = ConfigDir::examples();
+    let t = TestApp::spawn(&cfg).await;
+    let body = json!({"deal": {"id": 9, "stage": "new", "title": "T", "budget": 1}}).to_string();
+
+    let (s1, b1) = t
+        .post_with("crm-deal", &body, &[("Idempotency-Key", "abc-1")])
+        .await;
+    let (s2, b2) = t
+        .post_with("crm-deal", &body, &[("Idempotency-Key", "abc-1")])
+        .await;
+    assert_eq!((s1, s2), (202, 200));
+    assert_eq!(b2["status"], "duplicate");
+    assert_eq!(b1["event_id"], b2["event_id"]);
+    assert_eq!(t.runs_of(b1["event_id"].as_i64().unwrap()).await.len(), 1);
+
+    // The hook's configured body field deduplicates too.
+    let with_id = json!({"event_id": "crm-77", "deal": {"id": 10, "stage": "new", "title": "T", "budget": 1}});
+    let (a, _) = t.post("crm-deal", with_id.clone()).await;
+    let (b, dup) = t.post("crm-deal", with_id).await;
+    assert_eq!((a, b), (202, 200));
+    assert_eq!(dup["status"], "duplicate");
+    let counts = t.app.store.counts().await.unwrap();
+    assert_eq!(counts.events, 2);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_reason_and_is_journaled() {
+    let cfg = ConfigDir::examples();
+    let t = TestApp::spawn(&cfg).await;
+
+    let (s, b) = t.post_with("crm-deal", r#"{"deal": {"id": 1,"#, &[]).await;
+    assert_eq!(s, 400);
+    assert!(
+        b["error"].as_str().unwrap().starts_with("malformed JSON"),
+        "{b}"
+    );
+    let ev = t
+        .app
+        .store
+        .event(b["event_id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.status, "rejected");
+    assert!(ev.error.unwrap().contains("malformed JSON"));
+
+    let (s, b) = t.post_with("crm-deal", "[1, 2]", &[]).await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (400, "the body must be a JSON object")
+    );
+
+    let huge = format!(r#"{{"pad": "{}"}}"#, "x".repeat(2 << 20));
+    let (s, b) = t.post_with("crm-deal", &huge, &[]).await;
+    assert_eq!(s, 413);
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit"),
+        "{b}"
+    );
+    let ev = t
+        .app
+        .store
+        .event(b["event_id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.status, "rejected");
+
+    let (s, b) = t.post("no-such-hook", json!({})).await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (404, "unknown hook 'no-such-hook'")
+    );
+
+    // The payment hook needs an HMAC-SHA256 signature of the raw body.
+    let body = json!({"cart_id": 5, "amount": 12}).to_string();
+    let (s, b) = t
+        .post_with("payment", &body, &[("X-Signature-256", "sha256=00ff")])
+        .await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        b["error"],
+        "signature in X-Signature-256 does not match the body"
+    );
+    let ev = t
+        .app
+        .store
+        .event(b["event_id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.status, "rejected");
+
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"dev-payment-secret").unwrap();
+    mac.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let (s, b) = t
+        .post_with("payment", &body, &[("X-Signature-256", &sig)])
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let runs = t.runs_of(b["event_id"].as_i64().unwrap()).await;
+    assert_eq!(t.finished(runs[0].id).await.status, RunStatus::Done);
+}
+
+#[tokio::test]
+async fn a_hook_secret_header_is_checked() {
+    let cfg = ConfigDir::with(&[(
+        "s.toml",
+        "id = \"s\"\non = { webhook = \"h\" }\n[[step]]\nstop = true\n",
+    )]);
+    cfg.write(
+        "gateway.toml",
+        "[hooks.h]\nsecret = { header = \"X-Token\", value = \"s3cret\" }\n",
+    );
+    let t = TestApp::spawn(&cfg).await;
+    let (s, b) = t.post_with("h", "{}", &[]).await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (401, "missing X-Token header")
+    );
+    let (s, b) = t.post_with("h", "{}", &[("X-Token", "guess")]).await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (401, "wrong secret in X-Token")
+    );
+    let (s, _) = t.post_with("h", "{}", &[("X-Token", "s3cret")]).await;
+    assert_eq!(s, 202);
+}
+
+#[tokio::test]
+async fn form_bodies_become_event_fields() {
+    let cfg = ConfigDir::with(&[(
+        "s.toml",
+        "id = \"s\"\non = { webhook = \"h\" }\nwhen = 'event.name == \"Ada\"'\n[[step]]\nset = { \"run.n\" = \"event.name\" }\n",
+    )]);
+    let t = TestApp::spawn(&cfg).await;
+    let resp = t
+        .http
+        .post(format!("{}/hooks/h", t.app.url()))
+        .form(&[("name", "Ada"), ("city", "London")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let b: serde_json::Value = resp.json().await.unwrap();
+    let runs = t.runs_of(b["event_id"].as_i64().unwrap()).await;
+    assert_eq!(t.finished(runs[0].id).await.vars["n"], "Ada");
+}
