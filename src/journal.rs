@@ -130,7 +130,7 @@ pub fn event_line(ev: &EventRow) -> String {
 }
 
 pub fn outcome_line(o: &Json) -> String {
-    let mut s = format!("{}", o["scenario"].as_str().unwrap_or("-"));
+    let mut s = o["scenario"].as_str().unwrap_or("-").to_string();
     if let Some(r) = o["run"].as_i64() {
         s.push_str(&format!(" → run {r}"));
     }

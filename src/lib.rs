@@ -5,6 +5,7 @@
 //! (scenario runs, committed with their effects through `store`) → `outbox` → `channels`.
 
 pub mod app;
+pub mod bench;
 pub mod channels;
 pub mod clock;
 pub mod config;

@@ -77,6 +77,23 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         last: i64,
     },
+    /// Load generator: runs a gateway on a fresh database and measures it (see README).
+    Bench {
+        /// Events for the throughput run.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Events per second for a paced latency run (0 skips it).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Runs to park in `wait` for the memory measurement (0 skips it).
+        #[arg(long, default_value_t = 0)]
+        parked: usize,
+        #[arg(long, default_value = "locales")]
+        locales: PathBuf,
+    },
 }
 
 fn init_logs(json: bool) {
@@ -191,6 +208,25 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                         println!("    {}", switchboard::journal::step_line(e));
                     }
                 }
+            }
+        }
+        Command::Bench {
+            events,
+            connections,
+            rate,
+            parked,
+            locales,
+        } => {
+            let lines = switchboard::bench::bench(switchboard::bench::BenchOptions {
+                events,
+                connections,
+                rate,
+                parked,
+                locales,
+            })
+            .await?;
+            for l in lines {
+                println!("{l}");
             }
         }
     }

@@ -118,7 +118,6 @@ struct After {
     follow_up: Vec<Work>,
     timers_changed: bool,
     runs: Vec<(i64, String, RunStatus)>,
-    globals: Vec<(String, Json)>,
 }
 
 pub struct Engine {
@@ -210,13 +209,8 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = tx.commit().await {
-            // Globals changed in memory by this batch are reloaded by the caller.
-            return Err(e);
-        }
-        for (name, v) in after.globals {
-            self.globals.insert(name, v);
-        }
+        // On failure the caller reloads the globals this batch changed in memory.
+        tx.commit().await?;
         for (run, scenario, status) in &after.runs {
             tracing::info!(target: "journal", run = run, scenario = %scenario, status = status.as_str(), "run");
         }

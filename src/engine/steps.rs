@@ -298,7 +298,7 @@ impl Engine {
                 let mut shown = Map::new();
                 for (a, v) in assigns.iter().zip(values) {
                     shown.insert(a.target.display(), v.clone());
-                    self.assign(tx, run, st, &a.target, v, after, now).await?;
+                    self.assign(tx, run, st, &a.target, v, now).await?;
                 }
                 entry["set"] = Json::Object(shown);
                 Flow::Next
@@ -316,8 +316,7 @@ impl Engine {
                         .ok_or_else(|| format!("{} is not a whole number: {v}", target.display()))),
                 };
                 entry["set"] = json!({ target.display(): n + 1 });
-                self.assign(tx, run, st, target, json!(n + 1), after, now)
-                    .await?;
+                self.assign(tx, run, st, target, json!(n + 1), now).await?;
                 Flow::Next
             }
             Action::Send(s) => {
@@ -535,10 +534,6 @@ impl Engine {
         }))
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one assignment touches all three scopes"
-    )]
     async fn assign(
         &mut self,
         tx: &mut dyn Tx,
@@ -546,7 +541,6 @@ impl Engine {
         st: &mut StepState,
         target: &VarRef,
         v: Json,
-        after: &mut After,
         now: i64,
     ) -> Result<(), StoreError> {
         match target.scope {
@@ -560,7 +554,6 @@ impl Engine {
                 let name = &target.path[0];
                 let whole = self.globals.get(name).cloned().unwrap_or(Json::Null);
                 tx.put_global(name, &whole, now).await?;
-                after.globals.push((name.clone(), whole));
             }
         }
         Ok(())
