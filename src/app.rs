@@ -46,6 +46,18 @@ impl App {
         let (work_tx, work_rx) = mpsc::unbounded_channel::<Work>();
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let timer_wake = Arc::new(Notify::new());
+        let listen = opts
+            .listen
+            .or_else(|| cfg.gateway.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let public_url = opts
+            .public_url
+            .or_else(|| cfg.gateway.public_url.clone())
+            .unwrap_or_else(|| format!("http://{addr}"));
 
         let engine = Engine::new(
             cfg.clone(),
@@ -54,13 +66,11 @@ impl App {
             outbox_tx.clone(),
             timer_wake.clone(),
             work_tx.clone(),
+            public_url,
         )
         .await?;
-        let mut tasks = vec![tokio::spawn(engine.run(work_rx, stop_rx.clone()))];
-        let (ingest, ingest_task) = Ingest::start(store.clone(), work_tx.clone());
-        tasks.push(ingest_task);
-
-        // Whatever a previous process left unfinished continues now.
+        // Whatever a previous process left unfinished is queued before the engine starts,
+        // so that it is served as fairly as a live burst would be.
         let mut after = 0;
         loop {
             let page = store.pending_events(after, 1000).await?;
@@ -77,6 +87,9 @@ impl App {
         for row in open {
             let _ = outbox_tx.send(crate::outbox::job_from_row(row));
         }
+        let mut tasks = vec![tokio::spawn(engine.run(work_rx, stop_rx.clone()))];
+        let (ingest, ingest_task) = Ingest::start(store.clone(), work_tx.clone());
+        tasks.push(ingest_task);
 
         tasks.push(tokio::spawn(crate::outbox::worker(
             cfg.clone(),
@@ -95,14 +108,6 @@ impl App {
             &cfg, &store, &clock, &ingest, &stop_rx,
         ));
 
-        let listen = opts
-            .listen
-            .or_else(|| cfg.gateway.listen.clone())
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        let addr = listener.local_addr()?;
         let state = crate::http::AppState {
             cfg: cfg.clone(),
             ingest,

@@ -39,6 +39,11 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
     let clock = Clock::default();
     let (work_tx, mut work_rx) = mpsc::unbounded_channel();
     let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel();
+    let public_url = cfg
+        .gateway
+        .public_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let mut engine = Engine::new(
         cfg.clone(),
         store.clone(),
@@ -46,6 +51,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
         outbox_tx,
         Arc::new(Notify::new()),
         work_tx,
+        public_url,
     )
     .await?;
 

@@ -128,6 +128,8 @@ pub struct Engine {
     timers: Arc<Notify>,
     me: WorkSender,
     globals: Map<String, Json>,
+    /// The externally reachable base URL, `meta.public_url` in templates.
+    public_url: String,
 }
 
 impl Engine {
@@ -138,6 +140,7 @@ impl Engine {
         outbox: mpsc::UnboundedSender<OutboxJob>,
         timers: Arc<Notify>,
         me: WorkSender,
+        public_url: String,
     ) -> Result<Engine, StoreError> {
         let globals = store.globals().await?;
         Ok(Engine {
@@ -148,6 +151,7 @@ impl Engine {
             timers,
             me,
             globals,
+            public_url,
         })
     }
 
@@ -397,7 +401,8 @@ impl Engine {
             run: &empty,
             subject: &empty,
             global: &self.globals,
-            meta: json!({"event_id": ev.id, "scenario": sc.id, "now": crate::clock::rfc3339(now)}),
+            meta: json!({"event_id": ev.id, "scenario": sc.id, "now": crate::clock::rfc3339(now),
+                "now_ms": now, "public_url": self.public_url}),
         }
         .value();
         let mut first = Vec::new();

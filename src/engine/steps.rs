@@ -182,6 +182,7 @@ impl Engine {
             let meta = json!({
                 "run_id": run.id, "scenario": sc.id, "subject": run.subject,
                 "event_id": run.event_id, "now": crate::clock::rfc3339(now), "now_ms": now,
+                "public_url": self.public_url,
             });
             let ctx = Ctx {
                 event: &run.event,

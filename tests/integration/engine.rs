@@ -354,3 +354,37 @@ async fn a_burst_for_one_scenario_does_not_hold_back_another() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn subject_variables_are_shared_by_runs_of_one_subject() {
+    let cfg = ConfigDir::with(&[(
+        "tries.toml",
+        r#"id = "tries"
+on = { webhook = "try" }
+subject = "user:{{ event.user }}"
+[[step]]
+incr = "subject.tries"
+[[step]]
+if = "subject.tries > 2"
+goto = "blocked"
+[[step]]
+set = { "run.verdict" = '"allowed"', "run.link" = 'meta.public_url ~ "/u/" ~ event.user' }
+stop = true
+[[step]]
+label = "blocked"
+set = { "run.verdict" = '"blocked"' }
+"#,
+    )]);
+    let t = TestApp::spawn(&cfg).await;
+    let mut verdicts = Vec::new();
+    for user in ["ann", "ann", "bob", "ann"] {
+        let run = t
+            .finished(start(&t, "try", json!({"user": user})).await)
+            .await;
+        verdicts.push(run.vars["verdict"].as_str().unwrap().to_string());
+        if verdicts.len() == 1 {
+            assert_eq!(run.vars["link"], format!("{}/u/ann", t.app.url()));
+        }
+    }
+    assert_eq!(verdicts, ["allowed", "allowed", "allowed", "blocked"]);
+}
