@@ -24,6 +24,7 @@ pub fn job_from_row(r: OutboxRow) -> OutboxJob {
     OutboxJob {
         id: r.id,
         run_id: r.run_id,
+        step: r.step,
         kind: r.kind,
         channel: r.channel,
         request: r.request,
@@ -125,6 +126,7 @@ async fn deliver(
         let _ = engine.send(Work::Delivery(Delivery {
             outbox_id: job.id,
             run_id: job.run_id,
+            step: job.step,
             resume: job.resume,
             attempts,
             lane: job.lane.clone(),

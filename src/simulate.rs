@@ -144,6 +144,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                 queue.push_back(Work::Delivery(Delivery {
                     outbox_id: job.id,
                     run_id: job.run_id,
+                    step: job.step,
                     resume: job.resume,
                     attempts: 1,
                     lane: job.lane,

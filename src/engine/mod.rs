@@ -7,6 +7,7 @@ pub mod ingest;
 mod queue;
 mod steps;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,8 @@ pub enum DeliveryResult {
 pub struct Delivery {
     pub outbox_id: i64,
     pub run_id: Option<i64>,
+    /// The step that made the request (the run waits there).
+    pub step: Option<i64>,
     pub resume: bool,
     pub attempts: i64,
     pub lane: String,
@@ -76,6 +79,7 @@ pub struct Delivery {
 pub struct OutboxJob {
     pub id: i64,
     pub run_id: Option<i64>,
+    pub step: Option<i64>,
     pub kind: String,
     pub channel: String,
     pub request: Json,
@@ -130,7 +134,14 @@ pub struct Engine {
     globals: Map<String, Json>,
     /// The externally reachable base URL, `meta.public_url` in templates.
     public_url: String,
+    /// Runs parked on an `http` step, as last saved. Only kept when this engine is the
+    /// database's sole writer; it spares a read per response.
+    http_parked: HashMap<i64, RunRow>,
+    cache_runs: bool,
 }
+
+/// Most runs kept in `Engine::http_parked`.
+const PARKED_CACHE: usize = 10_000;
 
 impl Engine {
     pub async fn new(
@@ -145,13 +156,15 @@ impl Engine {
         let globals = store.globals().await?;
         Ok(Engine {
             cfg,
-            store,
             clock,
             outbox,
             timers,
             me,
             globals,
             public_url,
+            http_parked: HashMap::new(),
+            cache_runs: store.exclusive(),
+            store,
         })
     }
 
@@ -183,9 +196,13 @@ impl Engine {
                 queue.push(&lane, w);
             }
             let batch = queue.take(BATCH, PER_LANE);
-            if let Err(e) = self.process(&batch).await {
+            let started = std::time::Instant::now();
+            let result = self.process(&batch).await;
+            tracing::debug!(items = batch.len(), queued = queue.len(), micros = started.elapsed().as_micros() as u64, "batch");
+            if let Err(e) = result {
                 // The transaction rolled back; nothing of the batch happened. Try again.
                 tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
+                self.http_parked.clear();
                 self.globals = self
                     .store
                     .globals()
@@ -584,19 +601,24 @@ impl Engine {
         let (true, Some(run_id)) = (d.resume, d.run_id) else {
             return Ok(());
         };
-        let Some(row) = tx.load_outbox(d.outbox_id).await? else {
+        let cached = self.http_parked.remove(&run_id);
+        let Some(mut run) = (match cached {
+            Some(r) => Some(r),
+            None => tx.load_run(run_id).await?,
+        }) else {
             return Ok(());
         };
-        let Some(mut run) = tx.load_run(run_id).await? else {
-            return Ok(());
-        };
-        if run.status != RunStatus::Waiting || Some(run.pc) != row.step {
+        if run.status != RunStatus::Waiting || Some(run.pc) != d.step {
             return Ok(()); // the run moved on (cancelled, or this is a repeated result)
         }
         let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
             return Ok(());
         };
-        let Some(Action::Http(h)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
+        let Some((Action::Http(h), stop_after)) = sc
+            .steps
+            .get(run.pc as usize)
+            .map(|s| (&s.action, s.stop))
+        else {
             steps::fail(&mut run, "the http step moved: the scenario changed", now);
             return tx.save_run(&run).await;
         };
@@ -624,16 +646,9 @@ impl Engine {
             }
             (None, None) => run.pc += 1,
         }
-        if run.status == RunStatus::Running
-            && sc.steps[h_index(&sc, row.step)].stop
-            && branch.is_none()
-        {
+        if run.status == RunStatus::Running && stop_after && branch.is_none() {
             run.status = RunStatus::Done;
         }
         self.execute(tx, &mut run, &sc, after).await
     }
-}
-
-fn h_index(sc: &Scenario, step: Option<i64>) -> usize {
-    (step.unwrap_or(0).max(0) as usize).min(sc.steps.len().saturating_sub(1))
 }

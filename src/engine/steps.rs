@@ -7,7 +7,7 @@ use minijinja::value::Value;
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
-use super::{After, Engine, EventItem, OutboxJob, Work};
+use super::{After, Engine, EventItem, OutboxJob, Work, PARKED_CACHE};
 use crate::config::{Action, HttpBody, Scenario, Scope, SendBody, SleepTime, Step, VarRef};
 use crate::store::{NewEvent, NewOutbox, NewTimer, NewWait, RunRow, RunStatus, StoreError, Tx};
 
@@ -251,10 +251,16 @@ impl Engine {
                 tx.put_subject_vars(s, &st.subject_vars).await?;
             }
         }
-        if !run.status.is_active() {
-            tx.clear_parks(run.id).await?;
-        }
+        // A run leaves its sleeps and waits through the code that resumes it, so a finished
+        // run has none left to clear.
         tx.save_run(run).await?;
+        if self.cache_runs
+            && run.status == RunStatus::Waiting
+            && self.http_parked.len() < PARKED_CACHE
+            && matches!(sc.steps.get(run.pc as usize).map(|s| &s.action), Some(Action::Http(_)))
+        {
+            self.http_parked.insert(run.id, run.clone());
+        }
         after.runs.push((run.id, run.scenario.clone(), run.status));
         Ok(())
     }
@@ -590,6 +596,7 @@ impl Engine {
         after.jobs.push(OutboxJob {
             id,
             run_id: row.run_id,
+            step: row.step,
             kind: row.kind,
             channel: row.channel,
             request: row.request,
@@ -610,6 +617,7 @@ impl Engine {
         why: &str,
         now: i64,
     ) -> Result<(), StoreError> {
+        self.http_parked.remove(&run_id);
         tx.clear_parks(run_id).await?;
         if let Some(mut other) = tx.load_run(run_id).await? {
             if other.status.is_active() {

@@ -207,6 +207,9 @@ pub struct Counts {
 
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// True when this process is the database's only writer (an embedded file), so that the
+    /// engine may keep copies of rows it wrote.
+    fn exclusive(&self) -> bool;
     /// Stores a batch of events in one transaction; duplicates (same `dedupe_key`) are
     /// reported with the id of the first delivery.
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>>;
@@ -241,7 +244,6 @@ pub trait Tx: Send {
         -> Result<()>;
 
     async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64>;
-    async fn load_outbox(&mut self, id: i64) -> Result<Option<OutboxRow>>;
     /// Records one failed attempt and when the next one is due.
     async fn outbox_attempt(
         &mut self,

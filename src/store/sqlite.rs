@@ -157,6 +157,10 @@ async fn insert_event(tx: &mut Transaction<'static, Sqlite>, ev: &NewEvent) -> R
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::with_capacity(batch.len());
@@ -432,16 +436,6 @@ impl Tx for SqliteTx {
         .bind(row.resume as i64)
         .fetch_one(&mut *self.tx)
         .await?)
-    }
-
-    async fn load_outbox(&mut self, id: i64) -> Result<Option<OutboxRow>> {
-        sqlx::query("SELECT * FROM outbox WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await?
-            .as_ref()
-            .map(outbox_row)
-            .transpose()
     }
 
     async fn outbox_attempt(
