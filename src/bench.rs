@@ -79,6 +79,16 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) the process has used, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -111,7 +121,10 @@ async fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
         .arg(format!("sqlite://{}", dir.join("bench.db").display()))
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", std::env::var("SWITCHBOARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("SWITCHBOARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stderr(Stdio::from(std::fs::File::create("/tmp/gw.log")?))
         .stdout(Stdio::null())
         .spawn()
@@ -260,11 +273,19 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
     ));
 
     // Throughput: as fast as the clients can send.
+    let cpu_before = cpu_secs(pid);
     let start_us = sink.base.elapsed().as_micros() as u64;
     fire(&target, "bench", 1000, o.events, 0).await?;
     wait_received(&sink, 1000 + o.events, Duration::from_secs(600)).await?;
     let secs = (sink.last.load(Ordering::Relaxed) - start_us) as f64 / 1e6;
+    let cpu = cpu_secs(pid) - cpu_before;
     let (p50, p99, max) = latency_report(&sink);
+    out.push(format!(
+        "gateway CPU: {:.0} µs per event ({:.2} CPU-seconds for {} events; the load generator and sink share the machine)",
+        cpu * 1e6 / o.events as f64,
+        cpu,
+        o.events
+    ));
     out.push(format!(
         "throughput: {} events in {secs:.2} s = {:.0} events/s end to end ({} connections); request→sink latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
         o.events,

@@ -198,7 +198,12 @@ impl Engine {
             let batch = queue.take(BATCH, PER_LANE);
             let started = std::time::Instant::now();
             let result = self.process(&batch).await;
-            tracing::debug!(items = batch.len(), queued = queue.len(), micros = started.elapsed().as_micros() as u64, "batch");
+            tracing::debug!(
+                items = batch.len(),
+                queued = queue.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "batch"
+            );
             if let Err(e) = result {
                 // The transaction rolled back; nothing of the batch happened. Try again.
                 tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
@@ -614,10 +619,8 @@ impl Engine {
         let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
             return Ok(());
         };
-        let Some((Action::Http(h), stop_after)) = sc
-            .steps
-            .get(run.pc as usize)
-            .map(|s| (&s.action, s.stop))
+        let Some((Action::Http(h), stop_after)) =
+            sc.steps.get(run.pc as usize).map(|s| (&s.action, s.stop))
         else {
             steps::fail(&mut run, "the http step moved: the scenario changed", now);
             return tx.save_run(&run).await;

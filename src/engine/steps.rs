@@ -257,7 +257,10 @@ impl Engine {
         if self.cache_runs
             && run.status == RunStatus::Waiting
             && self.http_parked.len() < PARKED_CACHE
-            && matches!(sc.steps.get(run.pc as usize).map(|s| &s.action), Some(Action::Http(_)))
+            && matches!(
+                sc.steps.get(run.pc as usize).map(|s| &s.action),
+                Some(Action::Http(_))
+            )
         {
             self.http_parked.insert(run.id, run.clone());
         }

@@ -1,8 +1,10 @@
 //! SQLite (WAL) implementation of the store. One process owns a database file: run ids are
 //! handed out from memory, and write transactions start with `BEGIN IMMEDIATE`.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,13 +13,21 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::*;
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    next_run_id: std::sync::Arc<AtomicI64>,
+    ids: Arc<Ids>,
+}
+
+/// Row ids handed out in memory: this process is the file's only writer, and knowing an id
+/// before the insert lets a batch of rows go in with one statement.
+struct Ids {
+    run: AtomicI64,
+    event: AtomicI64,
+    outbox: AtomicI64,
 }
 
 fn parse_json(s: &str) -> Result<Json> {
@@ -117,12 +127,24 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        let max: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM runs")
-            .fetch_one(&pool)
-            .await?;
+        let mut next = Vec::new();
+        for sql in [
+            "SELECT max(id) FROM runs",
+            "SELECT max(id) FROM events",
+            "SELECT max(id) FROM outbox",
+        ] {
+            let max: Option<i64> = sqlx::query_scalar(sql).fetch_one(&pool).await?;
+            next.push(AtomicI64::new(max.unwrap_or(0) + 1));
+        }
+        let mut next = next.into_iter();
+        let mut take = || next.next().expect("three counters");
         Ok(SqliteStore {
             pool,
-            next_run_id: std::sync::Arc::new(AtomicI64::new(max.unwrap_or(0) + 1)),
+            ids: Arc::new(Ids {
+                run: take(),
+                event: take(),
+                outbox: take(),
+            }),
         })
     }
 
@@ -131,28 +153,56 @@ impl SqliteStore {
     }
 }
 
-async fn insert_event(tx: &mut Transaction<'static, Sqlite>, ev: &NewEvent) -> Result<Option<i64>> {
-    let status = if ev.rejected.is_some() {
-        "rejected"
-    } else {
-        "pending"
-    };
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO events (kind, source, dedupe_key, status, data, meta, error, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-    )
-    .bind(&ev.kind)
-    .bind(&ev.source)
-    .bind(&ev.dedupe_key)
-    .bind(status)
-    .bind(ev.data.to_string())
-    .bind(ev.meta.to_string())
-    .bind(&ev.rejected)
-    .bind(ev.received_at)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(id)
+/// Row counts per multi-row statement: few distinct statements, so they stay prepared.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// Splits `rows` into chunks of the sizes in `CHUNKS`.
+fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = CHUNKS.into_iter().find(|c| *c <= rows.len())?;
+        let (head, tail) = rows.split_at(size);
+        rows = tail;
+        Some(head)
+    })
+}
+
+/// Inserts events with ids from the counter; returns the ids that went in (the others
+/// repeated a dedupe key).
+async fn insert_events(
+    tx: &mut Transaction<'static, Sqlite>,
+    ids: &Ids,
+    batch: &[NewEvent],
+) -> Result<(Vec<i64>, HashSet<i64>)> {
+    let assigned: Vec<i64> = batch
+        .iter()
+        .map(|_| ids.event.fetch_add(1, Ordering::Relaxed))
+        .collect();
+    let rows: Vec<(i64, &NewEvent)> = assigned.iter().copied().zip(batch).collect();
+    let mut inserted = HashSet::with_capacity(batch.len());
+    for chunk in chunks(&rows) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (id, kind, source, dedupe_key, status, data, meta, error, received_at) ",
+        );
+        q.push_values(chunk, |mut b, (id, ev)| {
+            b.push_bind(*id)
+                .push_bind(ev.kind.clone())
+                .push_bind(ev.source.clone())
+                .push_bind(ev.dedupe_key.clone())
+                .push_bind(if ev.rejected.is_some() {
+                    "rejected"
+                } else {
+                    "pending"
+                })
+                .push_bind(ev.data.to_string())
+                .push_bind(ev.meta.to_string())
+                .push_bind(ev.rejected.clone())
+                .push_bind(ev.received_at);
+        });
+        q.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+        let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        inserted.extend(ids);
+    }
+    Ok((assigned, inserted))
 }
 
 #[async_trait]
@@ -163,18 +213,21 @@ impl Store for SqliteStore {
 
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (ids, inserted) = insert_events(&mut tx, &self.ids, batch).await?;
         let mut out = Vec::with_capacity(batch.len());
-        for ev in batch {
-            match insert_event(&mut tx, ev).await? {
-                Some(id) if ev.rejected.is_some() => out.push(IngestOutcome::Rejected(id)),
-                Some(id) => out.push(IngestOutcome::Accepted(id)),
-                None => {
-                    let id: i64 = sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = $1")
-                        .bind(&ev.dedupe_key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    out.push(IngestOutcome::Duplicate(id));
-                }
+        for (ev, id) in batch.iter().zip(ids) {
+            if inserted.contains(&id) {
+                out.push(if ev.rejected.is_some() {
+                    IngestOutcome::Rejected(id)
+                } else {
+                    IngestOutcome::Accepted(id)
+                });
+            } else {
+                let first: i64 = sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = $1")
+                    .bind(&ev.dedupe_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                out.push(IngestOutcome::Duplicate(first));
             }
         }
         tx.commit().await?;
@@ -185,7 +238,11 @@ impl Store for SqliteStore {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteTx {
             tx,
-            next_run_id: self.next_run_id.clone(),
+            ids: self.ids.clone(),
+            runs: HashMap::new(),
+            finished_events: Vec::new(),
+            new_outbox: Vec::new(),
+            finished_outbox: Vec::new(),
         }))
     }
 
@@ -337,45 +394,148 @@ impl Store for SqliteStore {
     }
 }
 
+/// A write transaction. Frequent writes (run states, finished events, new and finished
+/// outbox rows) are kept until a read needs them or the commit, then written with one
+/// statement per table.
 struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
-    next_run_id: std::sync::Arc<AtomicI64>,
+    ids: Arc<Ids>,
+    runs: HashMap<i64, RunRow>,
+    finished_events: Vec<FinishedEvent>,
+    new_outbox: Vec<(i64, NewOutbox)>,
+    finished_outbox: Vec<FinishedOutbox>,
+}
+
+struct FinishedEvent {
+    id: i64,
+    status: String,
+    outcome: String,
+    now: i64,
+}
+
+struct FinishedOutbox {
+    id: i64,
+    status: String,
+    attempts: i64,
+    response: Option<String>,
+    error: Option<String>,
+    now: i64,
+}
+
+impl SqliteTx {
+    async fn flush_runs(&mut self) -> Result<()> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let runs: Vec<RunRow> = self.runs.drain().map(|(_, r)| r).collect();
+        for chunk in chunks(&runs) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
+                                   depth, error, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.id)
+                    .push_bind(r.scenario.clone())
+                    .push_bind(r.subject.clone())
+                    .push_bind(r.status.as_str())
+                    .push_bind(r.pc)
+                    .push_bind(serde_json::to_string(&r.vars).unwrap_or_else(|_| "{}".into()))
+                    .push_bind(serde_json::to_string(&r.journal).unwrap_or_else(|_| "[]".into()))
+                    .push_bind(r.event_id)
+                    .push_bind(r.event.to_string())
+                    .push_bind(r.depth)
+                    .push_bind(r.error.clone())
+                    .push_bind(r.created_at)
+                    .push_bind(r.updated_at);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, pc = excluded.pc,
+                   vars = excluded.vars, journal = excluded.journal, error = excluded.error,
+                   updated_at = excluded.updated_at",
+            );
+            q.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let new_outbox = std::mem::take(&mut self.new_outbox);
+        for chunk in chunks(&new_outbox) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox (id, run_id, step, kind, channel, request, status, attempts,
+                                     max_attempts, timeout_ms, next_attempt_at, resume,
+                                     created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, (id, o)| {
+                b.push_bind(*id)
+                    .push_bind(o.run_id)
+                    .push_bind(o.step)
+                    .push_bind(o.kind.clone())
+                    .push_bind(o.channel.clone())
+                    .push_bind(o.request.to_string())
+                    .push_bind("pending")
+                    .push_bind(0i64)
+                    .push_bind(o.max_attempts)
+                    .push_bind(o.timeout_ms)
+                    .push_bind(o.now)
+                    .push_bind(o.resume as i64)
+                    .push_bind(o.now)
+                    .push_bind(o.now);
+            });
+            q.build().execute(&mut *self.tx).await?;
+        }
+        self.flush_runs().await?;
+        let finished = std::mem::take(&mut self.finished_outbox);
+        for chunk in chunks(&finished) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE outbox SET status = v.column2, attempts = v.column3, response = v.column4,
+                        last_error = v.column5, updated_at = v.column6 FROM (",
+            );
+            q.push_values(chunk, |mut b, f| {
+                b.push_bind(f.id)
+                    .push_bind(f.status.clone())
+                    .push_bind(f.attempts)
+                    .push_bind(f.response.clone())
+                    .push_bind(f.error.clone())
+                    .push_bind(f.now);
+            });
+            q.push(") AS v WHERE outbox.id = v.column1");
+            q.build().execute(&mut *self.tx).await?;
+        }
+        let events = std::mem::take(&mut self.finished_events);
+        for chunk in chunks(&events) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE events SET status = v.column2, outcome = v.column3, processed_at = v.column4
+                 FROM (",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.id)
+                    .push_bind(e.status.clone())
+                    .push_bind(e.outcome.clone())
+                    .push_bind(e.now);
+            });
+            q.push(") AS v WHERE events.id = v.column1");
+            q.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl Tx for SqliteTx {
     async fn new_run_id(&mut self) -> Result<i64> {
-        Ok(self.next_run_id.fetch_add(1, Ordering::Relaxed))
+        Ok(self.ids.run.fetch_add(1, Ordering::Relaxed))
     }
 
     async fn save_run(&mut self, run: &RunRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
-                               depth, error, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, pc = excluded.pc,
-                vars = excluded.vars, journal = excluded.journal, error = excluded.error,
-                updated_at = excluded.updated_at",
-        )
-        .bind(run.id)
-        .bind(&run.scenario)
-        .bind(&run.subject)
-        .bind(run.status.as_str())
-        .bind(run.pc)
-        .bind(Json::Object(run.vars.clone()).to_string())
-        .bind(serde_json::to_string(&run.journal).unwrap_or_else(|_| "[]".into()))
-        .bind(run.event_id)
-        .bind(run.event.to_string())
-        .bind(run.depth)
-        .bind(&run.error)
-        .bind(run.created_at)
-        .bind(run.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
+        self.runs.insert(run.id, run.clone());
         Ok(())
     }
 
     async fn load_run(&mut self, id: i64) -> Result<Option<RunRow>> {
+        if let Some(r) = self.runs.get(&id) {
+            return Ok(Some(r.clone()));
+        }
         sqlx::query("SELECT * FROM runs WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *self.tx)
@@ -386,6 +546,7 @@ impl Tx for SqliteTx {
     }
 
     async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool> {
+        self.flush_runs().await?;
         let n: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM runs WHERE scenario = $1 AND subject = $2
              AND status IN ('running', 'waiting', 'sleeping') LIMIT 1",
@@ -398,7 +559,9 @@ impl Tx for SqliteTx {
     }
 
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>> {
-        insert_event(&mut self.tx, ev).await
+        let (ids, inserted) =
+            insert_events(&mut self.tx, &self.ids, std::slice::from_ref(ev)).await?;
+        Ok(ids.into_iter().find(|id| inserted.contains(id)))
     }
 
     async fn finish_event(
@@ -408,34 +571,19 @@ impl Tx for SqliteTx {
         outcome: &Json,
         now: i64,
     ) -> Result<()> {
-        sqlx::query("UPDATE events SET status = $1, outcome = $2, processed_at = $3 WHERE id = $4")
-            .bind(status)
-            .bind(outcome.to_string())
-            .bind(now)
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
+        self.finished_events.push(FinishedEvent {
+            id,
+            status: status.to_string(),
+            outcome: outcome.to_string(),
+            now,
+        });
         Ok(())
     }
 
     async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO outbox (run_id, step, kind, channel, request, status, attempts,
-                                 max_attempts, timeout_ms, next_attempt_at, resume, created_at,
-                                 updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8, $9, $8, $8) RETURNING id",
-        )
-        .bind(row.run_id)
-        .bind(row.step)
-        .bind(&row.kind)
-        .bind(&row.channel)
-        .bind(row.request.to_string())
-        .bind(row.max_attempts)
-        .bind(row.timeout_ms)
-        .bind(row.now)
-        .bind(row.resume as i64)
-        .fetch_one(&mut *self.tx)
-        .await?)
+        let id = self.ids.outbox.fetch_add(1, Ordering::Relaxed);
+        self.new_outbox.push((id, row.clone()));
+        Ok(id)
     }
 
     async fn outbox_attempt(
@@ -469,18 +617,14 @@ impl Tx for SqliteTx {
         error: Option<&str>,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET status = $1, attempts = $2, response = $3, last_error = $4,
-             updated_at = $5 WHERE id = $6",
-        )
-        .bind(status)
-        .bind(attempts)
-        .bind(response.map(|r| r.to_string()))
-        .bind(error)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await?;
+        self.finished_outbox.push(FinishedOutbox {
+            id,
+            status: status.to_string(),
+            attempts,
+            response: response.map(|r| r.to_string()),
+            error: error.map(str::to_string),
+            now,
+        });
         Ok(())
     }
 
@@ -525,6 +669,7 @@ impl Tx for SqliteTx {
     }
 
     async fn parked_runs(&mut self, scenario: &str, subject: Option<&str>) -> Result<Vec<i64>> {
+        self.flush_runs().await?;
         Ok(sqlx::query_scalar(
             "SELECT id FROM runs WHERE scenario = $1 AND ($2 IS NULL OR subject = $2)
              AND status IN ('waiting', 'sleeping') ORDER BY id",
@@ -662,7 +807,8 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.flush().await?;
         self.tx.commit().await?;
         Ok(())
     }
