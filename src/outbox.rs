@@ -45,7 +45,7 @@ pub async fn worker(
 ) {
     let http = reqwest::Client::builder()
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(IN_FLIGHT)
         .build()
         .expect("the HTTP client builds with static settings");
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));

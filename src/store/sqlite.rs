@@ -400,10 +400,67 @@ impl Store for SqliteStore {
 struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
     ids: Arc<Ids>,
-    runs: HashMap<i64, RunRow>,
+    runs: HashMap<i64, SavedRun>,
     finished_events: Vec<FinishedEvent>,
     new_outbox: Vec<(i64, NewOutbox)>,
     finished_outbox: Vec<FinishedOutbox>,
+}
+
+/// A run as it will be written: its JSON columns already serialized.
+struct SavedRun {
+    id: i64,
+    scenario: String,
+    subject: Option<String>,
+    status: RunStatus,
+    pc: i64,
+    vars: String,
+    journal: String,
+    event_id: Option<i64>,
+    event: String,
+    depth: i64,
+    error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl SavedRun {
+    fn new(r: &RunRow) -> SavedRun {
+        SavedRun {
+            id: r.id,
+            scenario: r.scenario.clone(),
+            subject: r.subject.clone(),
+            status: r.status,
+            pc: r.pc,
+            vars: serde_json::to_string(&r.vars).unwrap_or_else(|_| "{}".into()),
+            journal: serde_json::to_string(&r.journal).unwrap_or_else(|_| "[]".into()),
+            event_id: r.event_id,
+            event: r.event.to_string(),
+            depth: r.depth,
+            error: r.error.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+
+    fn row(&self) -> Result<RunRow> {
+        Ok(RunRow {
+            id: self.id,
+            scenario: self.scenario.clone(),
+            subject: self.subject.clone(),
+            status: self.status,
+            pc: self.pc,
+            vars: serde_json::from_str(&self.vars)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            journal: serde_json::from_str(&self.journal)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            event_id: self.event_id,
+            event: parse_json(&self.event)?,
+            depth: self.depth,
+            error: self.error.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
 }
 
 struct FinishedEvent {
@@ -427,7 +484,7 @@ impl SqliteTx {
         if self.runs.is_empty() {
             return Ok(());
         }
-        let runs: Vec<RunRow> = self.runs.drain().map(|(_, r)| r).collect();
+        let runs: Vec<SavedRun> = self.runs.drain().map(|(_, r)| r).collect();
         for chunk in chunks(&runs) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
@@ -439,10 +496,10 @@ impl SqliteTx {
                     .push_bind(r.subject.clone())
                     .push_bind(r.status.as_str())
                     .push_bind(r.pc)
-                    .push_bind(serde_json::to_string(&r.vars).unwrap_or_else(|_| "{}".into()))
-                    .push_bind(serde_json::to_string(&r.journal).unwrap_or_else(|_| "[]".into()))
+                    .push_bind(r.vars.clone())
+                    .push_bind(r.journal.clone())
                     .push_bind(r.event_id)
-                    .push_bind(r.event.to_string())
+                    .push_bind(r.event.clone())
                     .push_bind(r.depth)
                     .push_bind(r.error.clone())
                     .push_bind(r.created_at)
@@ -528,13 +585,13 @@ impl Tx for SqliteTx {
     }
 
     async fn save_run(&mut self, run: &RunRow) -> Result<()> {
-        self.runs.insert(run.id, run.clone());
+        self.runs.insert(run.id, SavedRun::new(run));
         Ok(())
     }
 
     async fn load_run(&mut self, id: i64) -> Result<Option<RunRow>> {
         if let Some(r) = self.runs.get(&id) {
-            return Ok(Some(r.clone()));
+            return r.row().map(Some);
         }
         sqlx::query("SELECT * FROM runs WHERE id = $1")
             .bind(id)
