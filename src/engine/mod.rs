@@ -21,6 +21,8 @@ use queue::FairQueue;
 
 /// Largest number of work items committed in one transaction.
 const BATCH: usize = 256;
+/// Attempts of a single work item before it is set aside.
+const MAX_FAILURES: u32 = 5;
 /// Items one lane may contribute to a batch per round.
 const PER_LANE: usize = 16;
 
@@ -176,6 +178,7 @@ impl Engine {
     ) {
         let mut queue: FairQueue<Work> = FairQueue::default();
         let mut buf = Vec::with_capacity(BATCH);
+        let mut failures = 0u32;
         loop {
             if queue.is_empty() {
                 tokio::select! {
@@ -195,7 +198,9 @@ impl Engine {
                 let lane = w.lane();
                 queue.push(&lane, w);
             }
-            let batch = queue.take(BATCH, PER_LANE);
+            // After a failed batch, items go one at a time until one succeeds, so that a
+            // single bad item cannot hold back the rest.
+            let batch = queue.take(if failures > 0 { 1 } else { BATCH }, PER_LANE);
             let started = std::time::Instant::now();
             let result = self.process(&batch).await;
             tracing::debug!(
@@ -204,16 +209,26 @@ impl Engine {
                 micros = started.elapsed().as_micros() as u64,
                 "batch"
             );
+            if result.is_ok() {
+                failures = 0;
+            }
             if let Err(e) = result {
-                // The transaction rolled back; nothing of the batch happened. Try again.
-                tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
+                // The transaction rolled back; nothing of the batch happened.
+                failures += 1;
                 self.http_parked.clear();
                 self.globals = self
                     .store
                     .globals()
                     .await
                     .unwrap_or_else(|_| self.globals.clone());
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                if batch.len() == 1 && failures > MAX_FAILURES {
+                    // Left in the database as it was; the next start tries it again.
+                    tracing::error!(error = %e, "engine work failed repeatedly; set aside until restart");
+                    failures = 0;
+                    continue;
+                }
+                tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * failures.min(20) as u64)).await;
                 for w in batch {
                     let lane = w.lane();
                     queue.push(&lane, w);
