@@ -10,10 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value as Json};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::*;
 
@@ -118,6 +118,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .statement_cache_capacity(256);
+        if !in_memory {
+            // Switching a new file to WAL needs it to itself: do that, and the migrations,
+            // on one connection before the pool opens several.
+            let mut first = SqliteConnection::connect_with(&opts).await?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&mut first)
+                .await?;
+            first.close().await?;
+        }
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists once per connection: keep exactly one.
             .max_connections(if in_memory { 1 } else { 4 })
@@ -126,7 +135,9 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        if in_memory {
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        }
         let mut next = Vec::new();
         for sql in [
             "SELECT max(id) FROM runs",
