@@ -101,9 +101,9 @@ enum Command {
     },
 }
 
-fn init_logs(json: bool) {
+fn init_logs(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -117,7 +117,12 @@ fn init_logs(json: bool) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_json);
+    // The gateway journals at info; one-shot commands print their own output.
+    let default = match cli.command {
+        Command::Run { .. } => "info,sqlx=warn",
+        _ => "warn",
+    };
+    init_logs(cli.log_json, default);
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
