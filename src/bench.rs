@@ -262,7 +262,10 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
         dir.path().display()
     )];
 
-    out.push(format!("RSS at start: {:.1} MiB", rss_kib(pid) as f64 / 1024.0));
+    out.push(format!(
+        "RSS at start: {:.1} MiB",
+        rss_kib(pid) as f64 / 1024.0
+    ));
     // Warm-up: connections, statement caches.
     fire(&target, "bench", 0, 1000, 0).await?;
     wait_received(&sink, 1000, Duration::from_secs(60)).await?;
