@@ -11,6 +11,33 @@ fn compact(v: &Json) -> String {
     }
 }
 
+/// `to channel:address [lang]: text` for a rendered message.
+pub fn message_text(channel: &str, m: &Json) -> String {
+    format!(
+        "to {channel}{} [{}]: {}",
+        m["to"]
+            .as_str()
+            .map(|t| format!(":{t}"))
+            .unwrap_or_default(),
+        m["lang"].as_str().unwrap_or(""),
+        m["text"].as_str().unwrap_or("")
+    )
+}
+
+/// `METHOD url body` for a rendered HTTP request.
+pub fn request_text(r: &Json) -> String {
+    let mut s = format!(
+        "{} {}",
+        r["method"].as_str().unwrap_or(""),
+        r["url"].as_str().unwrap_or("")
+    );
+    if !r["body"].is_null() {
+        s.push(' ');
+        s.push_str(&r["body"].to_string());
+    }
+    s
+}
+
 /// One line for one step entry of a run's journal.
 pub fn step_line(e: &Json) -> String {
     let mut s = String::new();
@@ -52,27 +79,12 @@ pub fn step_line(e: &Json) -> String {
     }
     if let Some(send) = e.get("send").filter(|v| !v.is_null()) {
         s.push_str(&format!(
-            " to {}{} [{}]: {}",
-            send["channel"].as_str().unwrap_or(""),
-            send["to"]
-                .as_str()
-                .map(|t| format!(":{t}"))
-                .unwrap_or_default(),
-            send["lang"].as_str().unwrap_or(""),
-            send["text"].as_str().unwrap_or("")
+            " {}",
+            message_text(send["channel"].as_str().unwrap_or(""), send)
         ));
     }
     if let Some(r) = e.get("request").filter(|v| !v.is_null()) {
-        s.push_str(&format!(
-            " {} {} {}",
-            r["method"].as_str().unwrap_or(""),
-            r["url"].as_str().unwrap_or(""),
-            if r["body"].is_null() {
-                String::new()
-            } else {
-                r["body"].to_string()
-            }
-        ));
+        s.push_str(&format!(" {}", request_text(r)));
     }
     if let Some(w) = e.get("wait").filter(|v| v.is_object()) {
         s.push_str(&format!(

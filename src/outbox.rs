@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::channels::{self, SendError};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::{Delivery, DeliveryResult, OutboxJob, Work, WorkSender};
+use crate::engine::{DeliveryResult, OutboxJob, Work, WorkSender};
 use crate::store::OutboxRow;
 
 /// Deliveries in flight at once.
@@ -20,19 +20,9 @@ const IN_FLIGHT: usize = 256;
 /// Largest response body kept in the journal and run variables.
 const RESPONSE_MAX: usize = 64 * 1024;
 
-pub fn job_from_row(r: OutboxRow) -> OutboxJob {
+pub fn job_from_row(row: OutboxRow) -> OutboxJob {
     OutboxJob {
-        id: r.id,
-        run_id: r.run_id,
-        step: r.step,
-        kind: r.kind,
-        channel: r.channel,
-        request: r.request,
-        attempts: r.attempts,
-        max_attempts: r.max_attempts,
-        timeout_ms: r.timeout_ms,
-        next_attempt_at: r.next_attempt_at,
-        resume: r.resume,
+        row,
         lane: "outbox".into(),
     }
 }
@@ -78,20 +68,21 @@ async fn deliver(
     http: &reqwest::Client,
     job: OutboxJob,
 ) {
-    clock.sleep_until(job.next_attempt_at, None).await;
-    let mut attempts = job.attempts;
+    let row = &job.row;
+    clock.sleep_until(row.next_attempt_at, None).await;
+    let mut attempts = row.attempts;
     let mut delays = backoff(cfg).skip(attempts.max(0) as usize);
     loop {
         attempts += 1;
-        let outcome = match job.kind.as_str() {
-            "http" => send_http(http, &job).await,
-            _ => match cfg.gateway.channels.get(&job.channel) {
-                Some(ch) => channels::deliver(ch, &job.channel, &job.request)
+        let outcome = match row.kind.as_str() {
+            "http" => send_http(http, row).await,
+            _ => match cfg.gateway.channels.get(&row.channel) {
+                Some(ch) => channels::deliver(ch, &row.channel, &row.request)
                     .await
                     .map_err(|e| (e, None)),
                 None => Err((
                     SendError {
-                        message: format!("channel '{}' is not configured", job.channel),
+                        message: format!("channel '{}' is not configured", row.channel),
                         retry: false,
                     },
                     None,
@@ -100,7 +91,7 @@ async fn deliver(
         };
         let result = match outcome {
             Ok(resp) => DeliveryResult::Delivered(resp),
-            Err((e, response)) if !e.retry || attempts >= job.max_attempts => {
+            Err((e, response)) if !e.retry || attempts >= row.max_attempts => {
                 DeliveryResult::Failed {
                     error: if e.retry {
                         format!("{} (after {attempts} attempts)", e.message)
@@ -122,16 +113,8 @@ async fn deliver(
             DeliveryResult::Retry { next_at, .. } => Some(*next_at),
             _ => None,
         };
-        tracing::debug!(outbox = job.id, attempts, "delivery attempt");
-        let _ = engine.send(Work::Delivery(Delivery {
-            outbox_id: job.id,
-            run_id: job.run_id,
-            step: job.step,
-            resume: job.resume,
-            attempts,
-            lane: job.lane.clone(),
-            result,
-        }));
+        tracing::debug!(outbox = row.id, attempts, "delivery attempt");
+        let _ = engine.send(Work::Delivery(job.delivery(attempts, result)));
         match next {
             Some(at) => clock.sleep_until(at, None).await,
             None => return,
@@ -141,7 +124,7 @@ async fn deliver(
 
 async fn send_http(
     http: &reqwest::Client,
-    job: &OutboxJob,
+    job: &OutboxRow,
 ) -> Result<Json, (SendError, Option<Json>)> {
     let r = &job.request;
     let bad = |m: String| {

@@ -10,7 +10,7 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, Notify};
 
 use crate::clock::Clock;
-use crate::engine::{Delivery, DeliveryResult, Engine, EventItem, Work};
+use crate::engine::{DeliveryResult, Engine, EventItem, Work};
 use crate::store::{IngestOutcome, NewEvent, RunStatus, SqliteStore, Store};
 
 pub struct SimOptions<'a> {
@@ -114,42 +114,24 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                 }
             }
             while let Ok(job) = outbox_rx.try_recv() {
-                let r = &job.request;
-                let response = if job.kind == "http" {
+                let r = &job.row.request;
+                let response = if job.row.kind == "http" {
                     out.push(format!(
-                        "  would send {} {} {} (assuming it answers {})",
-                        r["method"].as_str().unwrap_or(""),
-                        r["url"].as_str().unwrap_or(""),
-                        if r["body"].is_null() {
-                            String::new()
-                        } else {
-                            r["body"].to_string()
-                        },
+                        "  would send {} (assuming it answers {})",
+                        crate::journal::request_text(r),
                         opts.http_status
                     ));
                     json!({"status": opts.http_status, "headers": {}, "json": null, "body": ""})
                 } else {
                     out.push(format!(
-                        "  would send to {}{} [{}]: {}",
-                        job.channel,
-                        r["to"]
-                            .as_str()
-                            .map(|t| format!(":{t}"))
-                            .unwrap_or_default(),
-                        r["lang"].as_str().unwrap_or(""),
-                        r["text"].as_str().unwrap_or("")
+                        "  would send {}",
+                        crate::journal::message_text(&job.row.channel, r)
                     ));
                     json!({"simulated": true})
                 };
-                queue.push_back(Work::Delivery(Delivery {
-                    outbox_id: job.id,
-                    run_id: job.run_id,
-                    step: job.step,
-                    resume: job.resume,
-                    attempts: 1,
-                    lane: job.lane,
-                    result: DeliveryResult::Delivered(response),
-                }));
+                queue.push_back(Work::Delivery(
+                    job.delivery(1, DeliveryResult::Delivered(response)),
+                ));
             }
             while let Ok(w) = work_rx.try_recv() {
                 if let Work::Event(e) = &w {

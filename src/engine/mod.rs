@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::clock::Clock;
 use crate::config::{Action, Config, Scenario};
-use crate::store::{EventRow, RunRow, RunStatus, Store, StoreError, SubjectLimit, TimerRow, Tx};
+use crate::store::{
+    EventRow, OutboxRow, RunRow, RunStatus, Store, StoreError, SubjectLimit, TimerRow, Tx,
+};
 use queue::FairQueue;
 
 /// Largest number of work items committed in one transaction.
@@ -79,18 +81,24 @@ pub struct Delivery {
 /// A request for delivery, handed to the outbox worker after its row is committed.
 #[derive(Debug, Clone)]
 pub struct OutboxJob {
-    pub id: i64,
-    pub run_id: Option<i64>,
-    pub step: Option<i64>,
-    pub kind: String,
-    pub channel: String,
-    pub request: Json,
-    pub attempts: i64,
-    pub max_attempts: i64,
-    pub timeout_ms: i64,
-    pub next_attempt_at: i64,
-    pub resume: bool,
+    pub row: OutboxRow,
+    /// The engine lane its results go back to.
     pub lane: String,
+}
+
+impl OutboxJob {
+    /// The report of an attempt at this job.
+    pub fn delivery(&self, attempts: i64, result: DeliveryResult) -> Delivery {
+        Delivery {
+            outbox_id: self.row.id,
+            run_id: self.row.run_id,
+            step: self.row.step,
+            resume: self.row.resume,
+            attempts,
+            lane: self.lane.clone(),
+            result,
+        }
+    }
 }
 
 pub enum Work {

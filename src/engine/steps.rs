@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value as Json};
 
 use super::{After, Engine, EventItem, OutboxJob, Work, PARKED_CACHE};
 use crate::config::{Action, HttpBody, Scenario, Scope, SendBody, SleepTime, Step, VarRef};
-use crate::store::{NewEvent, NewOutbox, NewTimer, NewWait, RunRow, RunStatus, StoreError, Tx};
+use crate::store::{
+    NewEvent, NewOutbox, NewTimer, NewWait, OutboxRow, RunRow, RunStatus, StoreError, Tx,
+};
 
 /// What expressions see.
 #[derive(Serialize)]
@@ -597,17 +599,22 @@ impl Engine {
         };
         let id = tx.insert_outbox(&row).await?;
         after.jobs.push(OutboxJob {
-            id,
-            run_id: row.run_id,
-            step: row.step,
-            kind: row.kind,
-            channel: row.channel,
-            request: row.request,
-            attempts: 0,
-            max_attempts: row.max_attempts,
-            timeout_ms: row.timeout_ms,
-            next_attempt_at: now,
-            resume,
+            row: OutboxRow {
+                id,
+                run_id: row.run_id,
+                step: row.step,
+                kind: row.kind,
+                channel: row.channel,
+                request: row.request,
+                status: "pending".into(),
+                attempts: 0,
+                max_attempts: row.max_attempts,
+                timeout_ms: row.timeout_ms,
+                next_attempt_at: now,
+                resume,
+                response: None,
+                last_error: None,
+            },
             lane: format!("scenario:{}", run.scenario),
         });
         Ok(id)
