@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::engine::ingest::Ingest;
 use crate::engine::{Engine, EventItem, Work};
+use crate::links::Links;
 use crate::store::{self, Store};
 
 pub struct Options {
@@ -22,11 +23,18 @@ pub struct Options {
     /// Overrides the gateway file's `server.listen`; `127.0.0.1:8080` when neither is set.
     pub listen: Option<String>,
     pub public_url: Option<String>,
+    /// Where the admin API, journal pages and metrics listen (default `127.0.0.1:8081`).
+    pub admin_listen: Option<String>,
+    /// Bearer token of the admin API; `None` switches the API and pages off.
+    pub admin_token: Option<String>,
+    /// Key that signs trigger links; generated once and kept in the database when not given.
+    pub link_key: Option<String>,
     pub clock: Clock,
 }
 
 pub struct App {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub clock: Clock,
     pub config: Arc<Config>,
@@ -42,6 +50,11 @@ impl App {
             .await
             .with_context(|| format!("opening the database {}", opts.database))?;
         let clock = opts.clock.clone();
+        for (id, on) in store.scenario_states().await? {
+            if let Some(sc) = cfg.scenario(&id) {
+                sc.set_enabled(on);
+            }
+        }
         let (stop, stop_rx) = watch::channel(false);
         let (work_tx, work_rx) = mpsc::unbounded_channel::<Work>();
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
@@ -58,6 +71,35 @@ impl App {
             .public_url
             .or_else(|| cfg.gateway.public_url.clone())
             .unwrap_or_else(|| format!("http://{addr}"));
+        let admin_listen = opts.admin_listen.unwrap_or_else(|| "127.0.0.1:8081".into());
+        let admin_listener = tokio::net::TcpListener::bind(&admin_listen)
+            .await
+            .with_context(|| format!("listening on {admin_listen} (admin)"))?;
+        let admin_addr = admin_listener.local_addr()?;
+        let link_key = match opts.link_key {
+            Some(k) => k,
+            None => match store.setting("link_key").await? {
+                Some(k) => k,
+                None => {
+                    let k = Links::random_key();
+                    store.put_setting("link_key", &k).await?;
+                    k
+                }
+            },
+        };
+        let link_targets = cfg
+            .scenarios
+            .iter()
+            .filter(|s| matches!(s.trigger, crate::config::Trigger::Link))
+            .map(|s| s.id.clone())
+            .collect();
+        let links = Arc::new(Links::new(
+            link_key.as_bytes(),
+            &public_url,
+            clock.clone(),
+            link_targets,
+        ));
+        cfg.templates.set_links(links.clone());
 
         let engine = Engine::new(
             cfg.clone(),
@@ -108,27 +150,54 @@ impl App {
             &cfg, &store, &clock, &ingest, &stop_rx,
         ));
 
+        tasks.push(tokio::spawn(crate::timers::retention_worker(
+            store.clone(),
+            clock.clone(),
+            cfg.gateway.retention,
+            stop_rx.clone(),
+        )));
+        crate::telemetry::handle();
         let state = crate::http::AppState {
             cfg: cfg.clone(),
             ingest,
             clock: clock.clone(),
+            store: store.clone(),
+            engine: work_tx.clone(),
+            links,
+            admin_token: opts.admin_token.filter(|t| !t.is_empty()).map(Into::into),
+            pages: Arc::new(crate::http::pages::Pages::new()),
         };
-        let app = crate::http::router(state);
+        let public = crate::http::public_router(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let admin = crate::http::admin_router(state);
+        let mut admin_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "admin HTTP server failed");
+            }
+        }));
         let mut server_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, app)
+            if let Err(e) = axum::serve(listener, public)
                 .with_graceful_shutdown(shutdown)
                 .await
             {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
-        tracing::info!(%addr, scenarios = cfg.scenarios.len(), "switchboard is up");
+        tracing::info!(%addr, %admin_addr, scenarios = cfg.scenarios.len(), "switchboard is up");
         Ok(App {
             addr,
+            admin_addr,
             store,
             clock,
             config: cfg,
@@ -140,6 +209,10 @@ impl App {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
     }
 
     /// Serves until SIGINT or SIGTERM, then stops.

@@ -121,6 +121,8 @@ async fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
         .arg(format!("sqlite://{}", dir.join("bench.db").display()))
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--admin-listen")
+        .arg("127.0.0.1:0")
         // The gateway logs warnings to the bench's stderr; SWITCHBOARD_BENCH_LOG overrides.
         .env(
             "RUST_LOG",

@@ -13,7 +13,7 @@ fn compact(v: &Json) -> String {
 
 /// `to channel:address [lang]: text` for a rendered message.
 pub fn message_text(channel: &str, m: &Json) -> String {
-    format!(
+    let mut s = format!(
         "to {channel}{} [{}]: {}",
         m["to"]
             .as_str()
@@ -21,7 +21,15 @@ pub fn message_text(channel: &str, m: &Json) -> String {
             .unwrap_or_default(),
         m["lang"].as_str().unwrap_or(""),
         m["text"].as_str().unwrap_or("")
-    )
+    );
+    for b in m["buttons"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            " [{}]({})",
+            b["text"].as_str().unwrap_or(""),
+            b["url"].as_str().unwrap_or("")
+        ));
+    }
+    s
 }
 
 /// `METHOD url body` for a rendered HTTP request.

@@ -40,9 +40,22 @@ enum Command {
         /// Address to listen on (default: the gateway file's server.listen, else 127.0.0.1:8080).
         #[arg(long, env = "SWITCHBOARD_LISTEN")]
         listen: Option<String>,
-        /// Externally reachable base URL.
+        /// Externally reachable base URL (trigger links point here).
         #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
         public_url: Option<String>,
+        /// Address of the admin API, journal pages and metrics.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8081",
+            env = "SWITCHBOARD_ADMIN_LISTEN"
+        )]
+        admin_listen: String,
+        /// Bearer token for the admin API and the journal pages (unset: switched off).
+        #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Key that signs trigger links (unset: generated once and kept in the database).
+        #[arg(long, env = "SWITCHBOARD_LINK_KEY", hide_env_values = true)]
+        link_key: Option<String>,
     },
     /// Validate a config folder; prints `path:line:col: message` per problem, exit 1 on any.
     Check {
@@ -139,16 +152,26 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             database,
             listen,
             public_url,
+            admin_listen,
+            admin_token,
+            link_key,
         } => {
             let app = App::start(Options {
                 config_dir: config,
                 database,
                 listen,
                 public_url,
+                admin_listen: Some(admin_listen),
+                admin_token,
+                link_key,
                 clock: Clock::default(),
             })
             .await?;
-            println!("switchboard listening on {}", app.url());
+            println!(
+                "switchboard listening on {} (admin on {})",
+                app.url(),
+                app.admin_url()
+            );
             app.run_until_stopped().await?;
         }
         Command::Check { dir } => match switchboard::config::load(&dir) {

@@ -89,6 +89,16 @@ async fn deliver(
                 )),
             },
         };
+        if let Err((_, response)) = &outcome {
+            let code = response
+                .as_ref()
+                .and_then(|r| r["status"].as_u64())
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "network".into());
+            metrics::counter!("switchboard_platform_errors_total",
+                "channel" => row.channel.clone(), "code" => code)
+            .increment(1);
+        }
         let result = match outcome {
             Ok(resp) => DeliveryResult::Delivered(resp),
             Err((e, response)) if !e.retry || attempts >= row.max_attempts => {
@@ -113,6 +123,13 @@ async fn deliver(
             DeliveryResult::Retry { next_at, .. } => Some(*next_at),
             _ => None,
         };
+        let label = match &result {
+            DeliveryResult::Delivered(_) => "delivered",
+            DeliveryResult::Failed { .. } => "failed",
+            DeliveryResult::Retry { .. } => "retry",
+        };
+        metrics::counter!("switchboard_outbox_attempts_total", "kind" => row.kind.clone(), "result" => label)
+            .increment(1);
         tracing::debug!(outbox = row.id, attempts, "delivery attempt");
         let _ = engine.send(Work::Delivery(job.delivery(attempts, result)));
         match next {

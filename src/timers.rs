@@ -128,3 +128,34 @@ pub fn start_schedules(
     }
     tasks
 }
+
+/// Deletes journal rows (finished runs, processed events, delivered or failed requests)
+/// older than `keep`, a thousand at a time, so that it never holds the database for long.
+pub async fn retention_worker(
+    store: Arc<dyn Store>,
+    clock: Clock,
+    keep: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        let before = clock.now_ms() - keep.as_millis() as i64;
+        loop {
+            match store.prune(before, 1000).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(rows = n, "pruned old journal rows");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "pruning the journal failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = clock.sleep_until(clock.now_ms() + every.as_millis() as i64, None) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -328,6 +328,7 @@ fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway {
         http_attempts: d.http_attempts.unwrap_or(5).max(1),
         retry_delay: dur(cx, &d.retry_delay, 1),
         retry_max_delay: dur(cx, &d.retry_max_delay, 300),
+        retention: dur(cx, &d.retention, 30 * 24 * 3600),
         channels,
         hooks,
         staff,
@@ -380,6 +381,7 @@ fn compile_scenario(
         on.webhook.is_some(),
         on.schedule.is_some(),
         on.call == Some(true),
+        on.link == Some(true),
     ];
     let trigger = match given.iter().filter(|b| **b).count() {
         1 => {
@@ -412,6 +414,8 @@ fn compile_scenario(
                         None
                     }
                 }
+            } else if on.link == Some(true) {
+                Some(Trigger::Link)
             } else {
                 Some(Trigger::Call)
             }
@@ -419,7 +423,7 @@ fn compile_scenario(
         _ => {
             cx.err(
                 raw.on.span(),
-                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true",
+                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true",
             );
             None
         }
@@ -701,11 +705,20 @@ fn compile_send(
             return None;
         }
     };
+    let buttons = sd
+        .buttons
+        .iter()
+        .filter_map(|b| {
+            let b = b.get();
+            Some((cx.tmpl(t, &b.text)?, cx.tmpl(t, &b.url)?))
+        })
+        .collect();
     Some(SendSpec {
         channel,
         address,
         body,
         lang: sd.lang.as_ref().and_then(|l| cx.tmpl(t, l)),
+        buttons,
     })
 }
 

@@ -99,6 +99,7 @@ pub struct Gateway {
     pub http_attempts: u32,
     pub retry_delay: Duration,
     pub retry_max_delay: Duration,
+    pub retention: Duration,
     pub channels: HashMap<String, Channel>,
     pub hooks: HashMap<String, Hook>,
     pub staff: Vec<Staff>,
@@ -193,6 +194,7 @@ pub enum Trigger {
         tz: chrono_tz::Tz,
     },
     Call,
+    Link,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -279,6 +281,8 @@ pub struct SendSpec {
     pub address: Option<Tmpl>,
     pub body: SendBody,
     pub lang: Option<Tmpl>,
+    /// (label, URL)
+    pub buttons: Vec<(Tmpl, Tmpl)>,
 }
 
 pub enum SendBody {

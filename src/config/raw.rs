@@ -84,6 +84,8 @@ pub struct DefaultsSection {
     pub retry_delay: Option<Sp<String>>,
     /// Longest retry delay (default `5m`).
     pub retry_max_delay: Option<Sp<String>>,
+    /// How long finished runs, events and requests stay in the journal (default `30d`).
+    pub retention: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -168,6 +170,8 @@ pub struct TriggerDef {
     pub tz: Option<Sp<String>>,
     /// Started only by `call` steps of other scenarios.
     pub call: Option<bool>,
+    /// Started by clicks on trigger links made with `link("this-id", …)`.
+    pub link: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -222,6 +226,18 @@ pub struct SendDef {
     pub args: Option<BTreeMap<String, Sp<String>>>,
     /// Recipient's language (template), e.g. `{{ event.lang }}`.
     pub lang: Option<Sp<String>>,
+    /// URL buttons under the message (trigger links, for example).
+    #[serde(default)]
+    pub buttons: Vec<Sp<ButtonDef>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ButtonDef {
+    /// Button label (template).
+    pub text: Sp<String>,
+    /// Target URL (template), e.g. `{{ link("approve", subject=meta.subject) }}`.
+    pub url: Sp<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

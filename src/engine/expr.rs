@@ -1,15 +1,20 @@
 //! Expressions and inline templates: one MiniJinja environment with bounded fuel.
 //! Guards, `if`, `set` values are expressions; texts, URLs and bodies are templates.
 
-use minijinja::value::Value;
+use std::sync::{Arc, RwLock};
+
+use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value as Json;
 
+use crate::links::{Claims, Links};
+
 /// The shared template environment. It lives for the whole process: compiled expressions
 /// borrow it, and configs are loaded once per process.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Templates {
     env: &'static Environment<'static>,
+    links: Arc<RwLock<Option<Arc<Links>>>>,
 }
 
 /// An evaluation failure: a template error, running out of fuel, a bad value.
@@ -53,9 +58,30 @@ impl Templates {
         // and MiniJinja compiles and caches it on first use.
         env.set_loader(|name| Ok(Some(name.to_string())));
         env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
+        let links: Arc<RwLock<Option<Arc<Links>>>> = Arc::default();
+        let signer = links.clone();
+        env.add_function("link", move |scenario: String, kwargs: Kwargs| {
+            let links = signer
+                .read()
+                .expect("not poisoned")
+                .clone()
+                .ok_or_else(|| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        "trigger links are not available here",
+                    )
+                })?;
+            make_link(&links, scenario, &kwargs)
+        });
         Templates {
             env: Box::leak(Box::new(env)),
+            links,
         }
+    }
+
+    /// Makes `link(…)` work in templates (it needs the signing key and the public URL).
+    pub fn set_links(&self, links: Arc<Links>) {
+        *self.links.write().expect("not poisoned") = Some(links);
     }
 
     pub fn expr(&self, src: &str) -> Result<Expr, CompileError> {
@@ -113,6 +139,34 @@ impl Templates {
             other => ValueTmpl::Const(other.clone()),
         })
     }
+}
+
+fn make_link(links: &Links, scenario: String, kwargs: &Kwargs) -> Result<String, minijinja::Error> {
+    let bad = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
+    let mut claims = Claims {
+        s: scenario,
+        u: kwargs.get::<Option<String>>("subject")?,
+        v: serde_json::Map::new(),
+        e: None,
+        o: kwargs.get::<Option<bool>>("once")?.unwrap_or(false),
+        n: Links::nonce(),
+        r: kwargs.get::<Option<String>>("redirect")?,
+        c: kwargs.get::<Option<bool>>("confirm")?.unwrap_or(false),
+    };
+    if let Some(exp) = kwargs.get::<Option<String>>("expires")? {
+        let d = humantime::parse_duration(&exp)
+            .map_err(|e| bad(format!("expires='{exp}' is not a duration: {e}")))?;
+        claims.e = Some(links.now_ms() + d.as_millis() as i64);
+    }
+    for name in kwargs.args() {
+        if !["subject", "once", "redirect", "confirm", "expires"].contains(&name) {
+            let v: Value = kwargs.get(name)?;
+            claims
+                .v
+                .insert(name.to_string(), to_json(&v).map_err(|e| bad(e.0))?);
+        }
+    }
+    links.url(&claims).map_err(bad)
 }
 
 /// A compiled expression with the variable paths it reads (shown in the journal).

@@ -49,6 +49,13 @@ async fn writer(store: Arc<dyn Store>, engine: WorkSender, mut rx: mpsc::Receive
         match result {
             Ok(outcomes) => {
                 for ((ev, reply), outcome) in buf.drain(..).zip(outcomes) {
+                    let label = match outcome {
+                        IngestOutcome::Accepted(_) => "accepted",
+                        IngestOutcome::Duplicate(_) => "duplicate",
+                        IngestOutcome::Rejected(_) => "rejected",
+                    };
+                    metrics::counter!("switchboard_events_total", "kind" => ev.kind.clone(), "outcome" => label)
+                        .increment(1);
                     if let IngestOutcome::Accepted(id) = outcome {
                         let _ = engine.send(Work::Event(EventItem {
                             id,

@@ -2,6 +2,7 @@
 //! and advances runs. Each batch of work commits in one transaction (run state, outbox rows,
 //! timers, waits, variables) before anything it caused is sent.
 
+pub mod admin;
 pub mod expr;
 pub mod ingest;
 mod queue;
@@ -110,6 +111,8 @@ pub enum Work {
         run_id: i64,
         data: Json,
     },
+    /// An operator's action; answered after it committed.
+    Admin(admin::AdminOp, admin::AdminReply),
 }
 
 impl Work {
@@ -119,6 +122,7 @@ impl Work {
             Work::Timer(t) => format!("scenario:{}", t.scenario),
             Work::Delivery(d) => d.lane.clone(),
             Work::Answer { .. } => "answers".into(),
+            Work::Admin(..) => "admin".into(),
         }
     }
 }
@@ -132,6 +136,8 @@ struct After {
     follow_up: Vec<Work>,
     timers_changed: bool,
     runs: Vec<(i64, String, RunStatus)>,
+    replies: Vec<(admin::AdminReply, admin::AdminResult)>,
+    enable: Vec<(Arc<Scenario>, bool)>,
 }
 
 pub struct Engine {
@@ -256,12 +262,24 @@ impl Engine {
                 Work::Answer { run_id, data } => {
                     self.on_answer(&mut *tx, *run_id, data, &mut after).await?
                 }
+                Work::Admin(op, reply) => self.on_admin(&mut *tx, op, reply, &mut after).await?,
             }
         }
         // On failure the caller reloads the globals this batch changed in memory.
         tx.commit().await?;
         for (run, scenario, status) in &after.runs {
             tracing::info!(target: "journal", run = run, scenario = %scenario, status = status.as_str(), "run");
+        }
+        for (sc, on) in after.enable {
+            sc.set_enabled(on);
+        }
+        for (reply, result) in after.replies {
+            reply.send(result);
+        }
+        for (_, scenario, status) in &after.runs {
+            metrics::counter!("switchboard_run_transitions_total",
+                "scenario" => scenario.clone(), "status" => status.as_str())
+            .increment(1);
         }
         for job in after.jobs {
             let _ = self.outbox.send(job);
@@ -476,11 +494,13 @@ impl Engine {
         };
         if let Some(subj) = &subject {
             if let Some(why) = self.limited(tx, sc, subj, now).await? {
+                tx.bump_counter(&sc.id, true, now).await?;
                 return Ok(
                     json!({"scenario": sc.id, "subject": subj, "verdict": "limited", "why": why}),
                 );
             }
         }
+        tx.bump_counter(&sc.id, false, now).await?;
         let depth = ev.meta.get("depth").and_then(Json::as_i64).unwrap_or(0);
         let mut run = RunRow {
             id: tx.new_run_id().await?,

@@ -223,9 +223,12 @@ impl Engine {
                     }
                 }
             }
+            let started = std::time::Instant::now();
             let flow = self
                 .step(tx, run, sc, step, pc, &ctx, &mut entry, &mut st, after)
                 .await?;
+            metrics::histogram!("switchboard_step_duration_seconds", "action" => step.action.name())
+                .record(started.elapsed().as_secs_f64());
             match flow {
                 Ok(flow) => {
                     if entry.get("result").is_none() {
@@ -360,10 +363,16 @@ impl Engine {
                         tryv!(self.cfg.i18n.render(&lang, id, &fargs))
                     }
                 };
-                let request = json!({"to": address, "lang": lang, "text": text,
+                let mut buttons = Vec::with_capacity(s.buttons.len());
+                for (label, url) in &s.buttons {
+                    buttons.push(
+                        json!({"text": tryv!(label.render(ctx)), "url": tryv!(url.render(ctx))}),
+                    );
+                }
+                let request = json!({"to": address, "lang": lang, "text": text, "buttons": buttons,
                     "run_id": run.id, "scenario": sc.id});
-                entry["send"] =
-                    json!({"channel": s.channel, "to": address, "lang": lang, "text": text});
+                entry["send"] = json!({"channel": s.channel, "to": address, "lang": lang,
+                    "text": text, "buttons": request["buttons"]});
                 self.enqueue(
                     tx,
                     run,
@@ -620,7 +629,7 @@ impl Engine {
         Ok(id)
     }
 
-    async fn cancel_run(
+    pub(super) async fn cancel_run(
         &mut self,
         tx: &mut dyn Tx,
         run_id: i64,

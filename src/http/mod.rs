@@ -1,30 +1,69 @@
-//! The HTTP side: `/hooks/{name}` for inbound webhooks and `/healthz`. One error type turns
-//! itself into a JSON response in one place and never leaks internals.
+//! The HTTP side. The public listener serves `/hooks/{name}` and `/l/{token}`; the admin
+//! listener (loopback by default) serves `/api`, the journal pages under `/ui` and
+//! `/metrics`. Both answer `/healthz` and `/readyz`. One error type turns itself into a JSON
+//! response in one place and never leaks internals.
 
+mod api;
+mod auth;
 mod hooks;
+mod links;
+mod ops;
+pub mod pages;
+mod ui;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::ingest::Ingest;
+use crate::engine::WorkSender;
+use crate::links::Links;
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub ingest: Ingest,
     pub clock: Clock,
+    pub store: Arc<dyn Store>,
+    pub engine: WorkSender,
+    pub links: Arc<Links>,
+    /// `None`: the admin API and pages are switched off.
+    pub admin_token: Option<Arc<str>>,
+    pub pages: Arc<pages::Pages>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// Hooks, trigger links and health: what the outside world reaches.
+pub fn public_router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
         .route("/hooks/{name}", post(hooks::receive))
+        .route(
+            "/l/{token}",
+            get(links::open).head(links::head).post(links::confirm),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+/// The operator's side: admin API, journal pages, metrics.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .merge(api::router(state.clone()))
+        .merge(ui::router(state.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
@@ -43,6 +82,19 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// An internal failure: logged in full, answered without details.
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "request failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway could not complete the request; try again",
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -52,5 +104,53 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+/// `Query` whose rejections are JSON errors with the reason.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// `Path` whose rejections are JSON errors with the reason.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// `Json` whose rejections are JSON errors with the reason.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|j| ApiJson(j.0))
+            .map_err(|e: JsonRejection| ApiError::bad_request(e.body_text()))
     }
 }

@@ -89,6 +89,48 @@ impl I18n {
         }
     }
 
+    /// Bundles from texts compiled into the binary, e.g. the gateway's own pages.
+    pub fn from_sources(default: &str, sources: &[(&str, &str)]) -> I18n {
+        let mut bundles = BTreeMap::new();
+        for (lang, text) in sources {
+            let id: LanguageIdentifier = lang.parse().expect("built-in language tags are valid");
+            let mut bundle = FluentBundle::new_concurrent(vec![id]);
+            bundle.set_use_isolating(false);
+            let res = FluentResource::try_new(text.to_string()).expect("built-in messages parse");
+            bundle
+                .add_resource(res)
+                .expect("built-in messages have unique ids");
+            bundles.insert(lang.to_string(), bundle);
+        }
+        I18n {
+            default: default.to_string(),
+            bundles,
+        }
+    }
+
+    /// The best loaded language for an `Accept-Language` header.
+    pub fn from_accept(&self, header: &str) -> String {
+        let mut tags: Vec<(f32, &str)> = header
+            .split(',')
+            .filter_map(|part| {
+                let mut it = part.trim().split(';');
+                let tag = it.next()?.trim();
+                let q = it
+                    .find_map(|p| p.trim().strip_prefix("q=")?.parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (!tag.is_empty()).then_some((q, tag))
+            })
+            .collect();
+        tags.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (_, tag) in tags {
+            let lang = self.resolve(Some(tag));
+            if lang != self.default || tag.starts_with(self.default.as_str()) {
+                return lang;
+            }
+        }
+        self.default.clone()
+    }
+
     pub fn languages(&self) -> impl Iterator<Item = &str> {
         self.bundles.keys().map(|s| s.as_str())
     }
@@ -191,6 +233,14 @@ mod tests {
             i.render(&i.resolve(Some("de")), "hello", &args).unwrap(),
             "Hello, Elena!"
         );
+    }
+
+    #[test]
+    fn accept_language_picks_the_best_loaded_language() {
+        let (_d, i) = sample();
+        assert_eq!(i.from_accept("de-DE,ru;q=0.8,en;q=0.5"), "ru");
+        assert_eq!(i.from_accept("fr"), "en");
+        assert_eq!(i.from_accept(""), "en");
     }
 
     #[test]

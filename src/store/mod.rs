@@ -33,7 +33,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -97,7 +97,7 @@ pub enum IngestOutcome {
     Rejected(i64),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventRow {
     pub id: i64,
     pub kind: String,
@@ -110,7 +110,7 @@ pub struct EventRow {
     pub received_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRow {
     pub id: i64,
     pub scenario: String,
@@ -141,7 +141,7 @@ pub struct NewOutbox {
     pub now: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OutboxRow {
     pub id: i64,
     pub run_id: Option<i64>,
@@ -169,13 +169,80 @@ pub struct NewTimer {
     pub key: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TimerRow {
     pub id: i64,
     pub run_id: i64,
+    /// `sleep` or `wait_timeout`.
     pub kind: String,
+    /// Unix milliseconds.
     pub due_at: i64,
     pub scenario: String,
+    pub subject: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WaitRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub hook: String,
+    pub scenario: String,
+    pub step: i64,
+    pub match_key: String,
+    pub created_at: i64,
+}
+
+/// A run without its journal and variables, for lists.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    pub id: i64,
+    pub scenario: String,
+    pub subject: Option<String>,
+    pub status: RunStatus,
+    pub pc: i64,
+    pub event_id: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub scenario: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Unix milliseconds, inclusive.
+    pub from: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub to: Option<i64>,
+    /// Text searched in the event data and the subject.
+    pub q: Option<String>,
+    /// Only runs with a smaller id (paging).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub status: Option<String>,
+    pub q: Option<String>,
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// Per-scenario counts for the operator.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct ScenarioStats {
+    pub scenario: String,
+    pub started: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub active: i64,
+    pub cancelled: i64,
+    pub limited: i64,
+    /// Unix milliseconds of the last run started.
+    pub last_fired: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,7 +263,7 @@ pub struct SubjectLimit {
 }
 
 /// Counts for the journal summary.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub events: i64,
     pub runs_by_status: std::collections::BTreeMap<String, i64>,
@@ -230,6 +297,22 @@ pub trait Store: Send + Sync {
     async fn runs_for_event(&self, event_id: i64) -> Result<Vec<RunRow>>;
     async fn outbox_for_run(&self, run_id: i64) -> Result<Vec<OutboxRow>>;
     async fn counts(&self) -> Result<Counts>;
+
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>>;
+    async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRow>>;
+    async fn scenario_stats(&self) -> Result<Vec<ScenarioStats>>;
+    async fn list_timers(&self, limit: i64) -> Result<Vec<TimerRow>>;
+    async fn list_waits(&self, limit: i64) -> Result<Vec<WaitRow>>;
+    async fn outbox(&self, id: i64) -> Result<Option<OutboxRow>>;
+    /// Scenarios an operator switched on or off.
+    async fn scenario_states(&self) -> Result<Vec<(String, bool)>>;
+    async fn setting(&self, name: &str) -> Result<Option<String>>;
+    async fn put_setting(&self, name: &str, value: &str) -> Result<()>;
+    /// Deletes up to `limit` finished runs, and events and outbox rows, last touched before
+    /// `before`; returns how many rows went.
+    async fn prune(&self, before: i64, limit: i64) -> Result<u64>;
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<()>;
 }
 
 #[async_trait]
@@ -303,6 +386,15 @@ pub trait Tx: Send {
     async fn subject_vars(&mut self, subject: &str) -> Result<Map<String, Json>>;
     async fn put_subject_vars(&mut self, subject: &str, vars: &Map<String, Json>) -> Result<()>;
     async fn put_global(&mut self, name: &str, value: &Json, now: i64) -> Result<()>;
+    async fn delete_global(&mut self, name: &str) -> Result<bool>;
+
+    /// Counts a run start (`limited` false) or a start refused by a limit.
+    async fn bump_counter(&mut self, scenario: &str, limited: bool, now: i64) -> Result<()>;
+    async fn set_enabled(&mut self, scenario: &str, enabled: bool, now: i64) -> Result<()>;
+    /// Puts a failed outbox row back to pending with fresh attempts; the row, if it was failed.
+    async fn reset_outbox(&mut self, id: i64, now: i64) -> Result<Option<OutboxRow>>;
+    /// The newest outbox row a run's step made.
+    async fn last_outbox_of(&mut self, run_id: i64, step: i64) -> Result<Option<OutboxRow>>;
 
     async fn commit(self: Box<Self>) -> Result<()>;
 }

@@ -80,6 +80,34 @@ fn run_row(r: &SqliteRow) -> Result<RunRow> {
     })
 }
 
+fn timer_row(r: &SqliteRow) -> TimerRow {
+    TimerRow {
+        id: r.get("id"),
+        run_id: r.get("run_id"),
+        kind: r.get("kind"),
+        due_at: r.get("due_at"),
+        scenario: r.get("scenario"),
+        subject: r.get("subject"),
+        key: r.get("key"),
+    }
+}
+
+fn summary_row(r: &SqliteRow) -> Result<RunSummary> {
+    let status: String = r.get("status");
+    Ok(RunSummary {
+        id: r.get("id"),
+        scenario: r.get("scenario"),
+        subject: r.get("subject"),
+        status: RunStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("run status '{status}'")))?,
+        pc: r.get("pc"),
+        event_id: r.get("event_id"),
+        error: r.get("error"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
 fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
     Ok(OutboxRow {
         id: r.get("id"),
@@ -254,6 +282,7 @@ impl Store for SqliteStore {
             finished_events: Vec::new(),
             new_outbox: Vec::new(),
             finished_outbox: Vec::new(),
+            counters: HashMap::new(),
         }))
     }
 
@@ -276,23 +305,14 @@ impl Store for SqliteStore {
 
     async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>> {
         let rows = sqlx::query(
-            "SELECT id, run_id, kind, due_at, scenario FROM timers WHERE due_at <= $1
+            "SELECT id, run_id, kind, due_at, scenario, subject, key FROM timers WHERE due_at <= $1
              ORDER BY due_at, id LIMIT $2",
         )
         .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| TimerRow {
-                id: r.get("id"),
-                run_id: r.get("run_id"),
-                kind: r.get("kind"),
-                due_at: r.get("due_at"),
-                scenario: r.get("scenario"),
-            })
-            .collect())
+        Ok(rows.iter().map(timer_row).collect())
     }
 
     async fn open_outbox(&self) -> Result<Vec<OutboxRow>> {
@@ -403,6 +423,213 @@ impl Store for SqliteStore {
         }
         Ok(c)
     }
+
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, scenario, subject, status, pc, event_id, error, created_at, updated_at
+             FROM runs WHERE 1 = 1",
+        );
+        if let Some(s) = &f.scenario {
+            q.push(" AND scenario = ").push_bind(s.clone());
+        }
+        if let Some(s) = f.status {
+            q.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(t) = f.from {
+            q.push(" AND created_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.to {
+            q.push(" AND created_at < ").push_bind(t);
+        }
+        if let Some(b) = f.before {
+            q.push(" AND id < ").push_bind(b);
+        }
+        if let Some(text) = &f.q {
+            q.push(" AND (instr(event, ").push_bind(text.clone());
+            q.push(") > 0 OR instr(subject, ").push_bind(text.clone());
+            q.push(") > 0)");
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(summary_row).collect()
+    }
+
+    async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRow>> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM events WHERE 1 = 1");
+        if let Some(s) = &f.source {
+            q.push(" AND source = ").push_bind(s.clone());
+        }
+        if let Some(s) = &f.status {
+            q.push(" AND status = ").push_bind(s.clone());
+        }
+        if let Some(b) = f.before {
+            q.push(" AND id < ").push_bind(b);
+        }
+        if let Some(text) = &f.q {
+            q.push(" AND instr(data, ")
+                .push_bind(text.clone())
+                .push(") > 0");
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn scenario_stats(&self) -> Result<Vec<ScenarioStats>> {
+        let mut by: std::collections::BTreeMap<String, ScenarioStats> = Default::default();
+        for r in sqlx::query(
+            "SELECT scenario, status, count(*) AS n FROM runs GROUP BY scenario, status",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let scenario: String = r.get("scenario");
+            let n: i64 = r.get("n");
+            let e = by.entry(scenario.clone()).or_insert_with(|| ScenarioStats {
+                scenario,
+                ..Default::default()
+            });
+            e.started += n;
+            match RunStatus::parse(r.get("status")) {
+                Some(RunStatus::Done) => e.done += n,
+                Some(RunStatus::Failed) => e.failed += n,
+                Some(RunStatus::Cancelled) => e.cancelled += n,
+                _ => e.active += n,
+            }
+        }
+        for r in sqlx::query("SELECT scenario, limited, last_fired FROM scenario_counters")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let scenario: String = r.get("scenario");
+            let e = by.entry(scenario.clone()).or_insert_with(|| ScenarioStats {
+                scenario,
+                ..Default::default()
+            });
+            e.limited = r.get("limited");
+            e.last_fired = r.get("last_fired");
+        }
+        Ok(by.into_values().collect())
+    }
+
+    async fn list_timers(&self, limit: i64) -> Result<Vec<TimerRow>> {
+        let rows = sqlx::query("SELECT * FROM timers ORDER BY due_at, id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(timer_row).collect())
+    }
+
+    async fn list_waits(&self, limit: i64) -> Result<Vec<WaitRow>> {
+        let rows = sqlx::query("SELECT * FROM waits ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WaitRow {
+                id: r.get("id"),
+                run_id: r.get("run_id"),
+                hook: r.get("hook"),
+                scenario: r.get("scenario"),
+                step: r.get("step"),
+                match_key: r.get("match_key"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn outbox(&self, id: i64) -> Result<Option<OutboxRow>> {
+        sqlx::query("SELECT * FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(outbox_row)
+            .transpose()
+    }
+
+    async fn scenario_states(&self) -> Result<Vec<(String, bool)>> {
+        let rows = sqlx::query("SELECT scenario, enabled FROM scenario_state")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("scenario"), r.get::<i64, _>("enabled") != 0))
+            .collect())
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, before: i64, limit: i64) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let runs: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE updated_at < $1
+             AND status IN ('done', 'failed', 'cancelled') ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids = serde_json::to_string(&runs).unwrap_or_else(|_| "[]".into());
+        let mut n = sqlx::query(
+            "DELETE FROM outbox WHERE run_id IN (SELECT value FROM json_each($1))
+             AND status IN ('delivered', 'failed')",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        n += sqlx::query("DELETE FROM runs WHERE id IN (SELECT value FROM json_each($1))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        n += sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < $1
+             AND status != 'pending' ORDER BY id LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        n += sqlx::query(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE run_id IS NULL
+             AND updated_at < $1 AND status IN ('delivered', 'failed') LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 /// A write transaction. Frequent writes (run states, finished events, new and finished
@@ -415,6 +642,8 @@ struct SqliteTx {
     finished_events: Vec<FinishedEvent>,
     new_outbox: Vec<(i64, NewOutbox)>,
     finished_outbox: Vec<FinishedOutbox>,
+    /// scenario → (runs refused by limits, last start)
+    counters: HashMap<String, (i64, Option<i64>)>,
 }
 
 /// A run as it will be written: its JSON columns already serialized.
@@ -569,6 +798,18 @@ impl SqliteTx {
             });
             q.push(") AS v WHERE outbox.id = v.column1");
             q.build().execute(&mut *self.tx).await?;
+        }
+        for (scenario, (limited, fired)) in std::mem::take(&mut self.counters) {
+            sqlx::query(
+                "INSERT INTO scenario_counters (scenario, limited, last_fired) VALUES ($1, $2, $3)
+                 ON CONFLICT (scenario) DO UPDATE SET limited = limited + excluded.limited,
+                    last_fired = coalesce(excluded.last_fired, last_fired)",
+            )
+            .bind(scenario)
+            .bind(limited)
+            .bind(fired)
+            .execute(&mut *self.tx)
+            .await?;
         }
         let events = std::mem::take(&mut self.finished_events);
         for chunk in chunks(&events) {
@@ -873,6 +1114,66 @@ impl Tx for SqliteTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn delete_global(&mut self, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM globals WHERE name = $1")
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn bump_counter(&mut self, scenario: &str, limited: bool, now: i64) -> Result<()> {
+        let e = self.counters.entry(scenario.to_string()).or_default();
+        if limited {
+            e.0 += 1;
+        } else {
+            e.1 = Some(now);
+        }
+        Ok(())
+    }
+
+    async fn set_enabled(&mut self, scenario: &str, enabled: bool, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO scenario_state (scenario, enabled, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (scenario) DO UPDATE SET enabled = excluded.enabled,
+                updated_at = excluded.updated_at",
+        )
+        .bind(scenario)
+        .bind(enabled as i64)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset_outbox(&mut self, id: i64, now: i64) -> Result<Option<OutboxRow>> {
+        self.flush().await?;
+        sqlx::query(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                    last_error = NULL, updated_at = $2
+             WHERE id = $1 AND status = 'failed' RETURNING *",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .as_ref()
+        .map(outbox_row)
+        .transpose()
+    }
+
+    async fn last_outbox_of(&mut self, run_id: i64, step: i64) -> Result<Option<OutboxRow>> {
+        self.flush().await?;
+        sqlx::query("SELECT * FROM outbox WHERE run_id = $1 AND step = $2 ORDER BY id DESC LIMIT 1")
+            .bind(run_id)
+            .bind(step)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .as_ref()
+            .map(outbox_row)
+            .transpose()
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {

@@ -79,6 +79,8 @@ impl ConfigDir {
     }
 }
 
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 pub struct TestApp {
     pub app: App,
     pub http: reqwest::Client,
@@ -91,6 +93,9 @@ impl TestApp {
             database: cfg.db(),
             listen: Some("127.0.0.1:0".into()),
             public_url: None,
+            admin_listen: Some("127.0.0.1:0".into()),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            link_key: Some("test-link-key".into()),
             clock: Clock::default(),
         })
         .await

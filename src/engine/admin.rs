@@ -1,0 +1,197 @@
+//! Operator actions that change state: retrying a failed run or request, cancelling a run,
+//! switching a scenario on or off, writing global variables. They go through the engine so
+//! they commit in its transactions like any other work.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value as Json};
+use tokio::sync::oneshot;
+
+use super::{steps, After, Engine, OutboxJob};
+use crate::config::Action;
+use crate::store::{RunStatus, StoreError, Tx};
+
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    RetryRun(i64),
+    RetryOutbox(i64),
+    CancelRun(i64),
+    SetEnabled(String, bool),
+    SetGlobal(String, Json),
+    DeleteGlobal(String),
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type AdminResult = Result<Json, AdminError>;
+
+/// Where the answer goes once the action has committed. Shared so that a retried batch
+/// still holds it.
+#[derive(Clone)]
+pub struct AdminReply(Arc<Mutex<Option<oneshot::Sender<AdminResult>>>>);
+
+impl AdminReply {
+    pub fn new() -> (AdminReply, oneshot::Receiver<AdminResult>) {
+        let (tx, rx) = oneshot::channel();
+        (AdminReply(Arc::new(Mutex::new(Some(tx)))), rx)
+    }
+
+    pub(super) fn send(&self, r: AdminResult) {
+        if let Some(tx) = self.0.lock().expect("not poisoned").take() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+impl Engine {
+    pub(super) async fn on_admin(
+        &mut self,
+        tx: &mut dyn Tx,
+        op: &AdminOp,
+        reply: &AdminReply,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let result = self.admin(tx, op, after).await?;
+        after.replies.push((reply.clone(), result));
+        Ok(())
+    }
+
+    async fn admin(
+        &mut self,
+        tx: &mut dyn Tx,
+        op: &AdminOp,
+        after: &mut After,
+    ) -> Result<AdminResult, StoreError> {
+        let now = self.now();
+        Ok(match op {
+            AdminOp::RetryRun(id) => {
+                let Some(mut run) = tx.load_run(*id).await? else {
+                    return Ok(Err(AdminError::NotFound(format!("no run {id}"))));
+                };
+                if run.status != RunStatus::Failed {
+                    return Ok(Err(AdminError::Conflict(format!(
+                        "only failed runs can be retried; run {id} is {}",
+                        run.status.as_str()
+                    ))));
+                }
+                let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+                    return Ok(Err(AdminError::Conflict(format!(
+                        "scenario '{}' is no longer configured",
+                        run.scenario
+                    ))));
+                };
+                run.error = None;
+                let http_step = matches!(
+                    sc.steps.get(run.pc as usize).map(|s| &s.action),
+                    Some(Action::Http(_))
+                );
+                let failed_request = if http_step {
+                    match tx.last_outbox_of(run.id, run.pc).await? {
+                        Some(row) if row.status == "failed" => tx.reset_outbox(row.id, now).await?,
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                {
+                    let entry =
+                        json!({"step": run.pc, "result": "retried by an operator", "at": now});
+                    steps::note(&mut run, entry);
+                }
+                match failed_request {
+                    Some(row) => {
+                        // The request goes out again; its response resumes the run.
+                        run.status = RunStatus::Waiting;
+                        run.updated_at = now;
+                        tx.save_run(&run).await?;
+                        after.jobs.push(OutboxJob {
+                            row,
+                            lane: format!("scenario:{}", run.scenario),
+                        });
+                    }
+                    None => {
+                        run.status = RunStatus::Running;
+                        self.execute(tx, &mut run, &sc, after).await?;
+                    }
+                }
+                Ok(json!({"run": id, "status": run.status}))
+            }
+            AdminOp::RetryOutbox(id) => {
+                let Some(row) = tx.reset_outbox(*id, now).await? else {
+                    return Ok(Err(match self.store.outbox(*id).await? {
+                        None => AdminError::NotFound(format!("no outbox row {id}")),
+                        Some(r) => AdminError::Conflict(format!(
+                            "only failed requests can be retried; outbox row {id} is {}",
+                            r.status
+                        )),
+                    }));
+                };
+                let mut lane = "outbox".to_string();
+                if let (true, Some(run_id)) = (row.resume, row.run_id) {
+                    if let Some(mut run) = tx.load_run(run_id).await? {
+                        lane = format!("scenario:{}", run.scenario);
+                        if run.status == RunStatus::Failed && Some(run.pc) == row.step {
+                            run.status = RunStatus::Waiting;
+                            run.error = None;
+                            run.updated_at = now;
+                            let entry = json!({"step": run.pc, "result": "request retried by an operator",
+                                "outbox_id": id, "at": now});
+                            steps::note(&mut run, entry);
+                            tx.save_run(&run).await?;
+                        }
+                    }
+                }
+                after.jobs.push(OutboxJob { row, lane });
+                Ok(json!({"outbox_id": id, "status": "pending"}))
+            }
+            AdminOp::CancelRun(id) => {
+                let Some(run) = tx.load_run(*id).await? else {
+                    return Ok(Err(AdminError::NotFound(format!("no run {id}"))));
+                };
+                if !run.status.is_active() {
+                    return Ok(Err(AdminError::Conflict(format!(
+                        "run {id} is {}, not active",
+                        run.status.as_str()
+                    ))));
+                }
+                self.cancel_run(tx, *id, "cancelled by an operator", now)
+                    .await?;
+                after.timers_changed = true;
+                Ok(json!({"run": id, "status": "cancelled"}))
+            }
+            AdminOp::SetEnabled(scenario, on) => {
+                let Some(sc) = self.cfg.scenario(scenario).cloned() else {
+                    return Ok(Err(AdminError::NotFound(format!(
+                        "no scenario '{scenario}'"
+                    ))));
+                };
+                tx.set_enabled(scenario, *on, now).await?;
+                after.enable.push((sc, *on));
+                Ok(json!({"scenario": scenario, "enabled": on}))
+            }
+            AdminOp::SetGlobal(name, value) => {
+                self.globals.insert(name.clone(), value.clone());
+                tx.put_global(name, value, now).await?;
+                Ok(json!({"name": name, "value": value}))
+            }
+            AdminOp::DeleteGlobal(name) => {
+                if !tx.delete_global(name).await? {
+                    return Ok(Err(AdminError::NotFound(format!(
+                        "no global variable '{name}'"
+                    ))));
+                }
+                self.globals.remove(name);
+                Ok(json!({"name": name, "deleted": true}))
+            }
+        })
+    }
+}

@@ -1,0 +1,511 @@
+//! The admin API under `/api` (JSON, bearer token), described by `/api/openapi.json`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json_;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::config::Trigger;
+use crate::engine::admin::{AdminError, AdminOp, AdminReply};
+use crate::engine::Work;
+use crate::store::{
+    EventFilter, EventRow, OutboxRow, RunFilter, RunRow, RunStatus, RunSummary, ScenarioStats,
+    TimerRow, WaitRow,
+};
+
+pub fn router(state: AppState) -> Router<AppState> {
+    let protected = Router::new()
+        .route("/api/events", get(list_events))
+        .route("/api/events/{id}", get(get_event))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(get_run))
+        .route("/api/runs/{id}/retry", post(retry_run))
+        .route("/api/runs/{id}/cancel", post(cancel_run))
+        .route("/api/outbox/{id}/retry", post(retry_outbox))
+        .route("/api/scenarios", get(list_scenarios))
+        .route("/api/scenarios/{id}/enable", post(enable_scenario))
+        .route("/api/scenarios/{id}/disable", post(disable_scenario))
+        .route("/api/globals", get(list_globals))
+        .route(
+            "/api/globals/{name}",
+            axum::routing::put(put_global).delete(delete_global),
+        )
+        .route("/api/timers", get(list_timers))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            super::auth::require_bearer,
+        ));
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .merge(protected)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Switchboard admin API", description = "Events, runs, scenarios, variables and timers of a Switchboard gateway."),
+    paths(list_events, get_event, list_runs, get_run, retry_run, cancel_run, retry_outbox,
+          list_scenarios, enable_scenario, disable_scenario, list_globals, put_global,
+          delete_global, list_timers),
+    components(schemas(ErrorBody, EventRow, RunRow, RunSummary, RunStatus, OutboxRow, TimerRow,
+                        WaitRow, ScenarioStats, ScenarioView, RunPage, EventPage, EventDetail,
+                        RunDetail, ActionResult, TimersPage)),
+    modifiers(&Bearer),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorBody {
+    /// Why the request was refused.
+    error: String,
+}
+
+const MAX_LIMIT: i64 = 500;
+
+fn limit(l: Option<i64>) -> Result<i64, ApiError> {
+    match l {
+        None => Ok(50),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}, not {n}"
+        ))),
+    }
+}
+
+/// A time as Unix milliseconds or RFC 3339 text.
+fn time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|d| Some(d.timestamp_millis()))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be Unix milliseconds or an RFC 3339 time, not '{v}'"
+            ))
+        })
+}
+
+const SECRET_WORDS: [&str; 5] = ["authorization", "token", "secret", "cookie", "api-key"];
+
+/// An outbox row as the operator sees it: secret headers replaced.
+fn redacted(mut row: OutboxRow) -> OutboxRow {
+    if let Some(headers) = row.request.get_mut("headers").and_then(Json_::as_array_mut) {
+        for h in headers {
+            let secret = h[0]
+                .as_str()
+                .map(|k| k.to_ascii_lowercase())
+                .is_some_and(|k| SECRET_WORDS.iter().any(|w| k.contains(w)));
+            if secret {
+                h[1] = Json_::String("***".into());
+            }
+        }
+    }
+    row
+}
+
+async fn admin(st: &AppState, op: AdminOp) -> Result<Json<ActionResult>, ApiError> {
+    let (reply, rx) = AdminReply::new();
+    st.engine
+        .send(Work::Admin(op, reply))
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping"))?;
+    match rx.await {
+        Ok(Ok(v)) => Ok(Json(ActionResult { result: v })),
+        Ok(Err(AdminError::NotFound(m))) => Err(ApiError::new(StatusCode::NOT_FOUND, m)),
+        Ok(Err(AdminError::Conflict(m))) => Err(ApiError::new(StatusCode::CONFLICT, m)),
+        Ok(Err(AdminError::Unavailable(m))) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the action was not committed; try again",
+        )),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct ActionResult {
+    /// What the action did.
+    #[schema(value_type = Object)]
+    result: Json_,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventQuery {
+    /// Hook name or scenario id.
+    source: Option<String>,
+    /// `pending`, `done` or `rejected`.
+    status: Option<String>,
+    /// Text searched in the event data.
+    q: Option<String>,
+    /// Only events with a smaller id.
+    before: Option<i64>,
+    /// 1 to 500 (default 50).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct EventPage {
+    events: Vec<EventRow>,
+}
+
+#[utoipa::path(get, path = "/api/events", params(EventQuery),
+    responses((status = 200, body = EventPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_events(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    if let Some(s) = &q.status {
+        if !["pending", "done", "rejected"].contains(&s.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "status must be pending, done or rejected, not '{s}'"
+            )));
+        }
+    }
+    let events = st
+        .store
+        .list_events(&EventFilter {
+            source: q.source,
+            status: q.status,
+            q: q.q.filter(|t| !t.is_empty()),
+            before: q.before,
+            limit: limit(q.limit)?,
+        })
+        .await?;
+    Ok(Json(EventPage { events }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct EventDetail {
+    event: EventRow,
+    runs: Vec<RunRow>,
+}
+
+#[utoipa::path(get, path = "/api/events/{id}", params(("id" = i64, Path, description = "Event id")),
+    responses((status = 200, body = EventDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_event(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<EventDetail>, ApiError> {
+    let event = st
+        .store
+        .event(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no event {id}")))?;
+    let runs = st.store.runs_for_event(id).await?;
+    Ok(Json(EventDetail { event, runs }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RunQuery {
+    scenario: Option<String>,
+    /// running, waiting, sleeping, done, failed or cancelled.
+    status: Option<String>,
+    /// Started at or after (Unix ms or RFC 3339).
+    from: Option<String>,
+    /// Started before (Unix ms or RFC 3339).
+    to: Option<String>,
+    /// Text searched in the event data and the subject (a phone number, a deal id).
+    q: Option<String>,
+    /// Only runs with a smaller id.
+    before: Option<i64>,
+    /// 1 to 500 (default 50).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct RunPage {
+    pub(super) runs: Vec<RunSummary>,
+    /// Pass as `before` for the next page.
+    pub(super) next_before: Option<i64>,
+}
+
+pub(super) async fn find_runs(st: &AppState, q: RunQuery) -> Result<RunPage, ApiError> {
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "status must be running, waiting, sleeping, done, failed or cancelled, not '{s}'"
+            ))
+        })?),
+    };
+    let limit = limit(q.limit)?;
+    let runs = st
+        .store
+        .list_runs(&RunFilter {
+            scenario: q.scenario.filter(|s| !s.is_empty()),
+            status,
+            from: time("from", &q.from)?,
+            to: time("to", &q.to)?,
+            q: q.q.filter(|t| !t.is_empty()),
+            before: q.before,
+            limit,
+        })
+        .await?;
+    let next_before = (runs.len() as i64 == limit)
+        .then(|| runs.last().map(|r| r.id))
+        .flatten();
+    Ok(RunPage { runs, next_before })
+}
+
+impl RunQuery {
+    pub(super) fn from_form(f: &BTreeMap<String, String>) -> RunQuery {
+        let get = |k: &str| f.get(k).cloned().filter(|v| !v.is_empty());
+        RunQuery {
+            scenario: get("scenario"),
+            status: get("status"),
+            from: get("from"),
+            to: get("to"),
+            q: get("q"),
+            before: get("before").and_then(|b| b.parse().ok()),
+            limit: get("limit").and_then(|b| b.parse().ok()),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/runs", params(RunQuery),
+    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_runs(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<RunQuery>,
+) -> Result<Json<RunPage>, ApiError> {
+    Ok(Json(find_runs(&st, q).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct RunDetail {
+    /// The run with its step journal: each step's verdict with the values its condition saw.
+    pub(super) run: RunRow,
+    /// Messages and requests the run sent, with responses (secret headers redacted).
+    pub(super) requests: Vec<OutboxRow>,
+    pub(super) event: Option<EventRow>,
+}
+
+pub(super) async fn run_detail(st: &AppState, id: i64) -> Result<RunDetail, ApiError> {
+    let run = st
+        .store
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run {id}")))?;
+    let requests = st
+        .store
+        .outbox_for_run(id)
+        .await?
+        .into_iter()
+        .map(redacted)
+        .collect();
+    let event = match run.event_id {
+        Some(e) => st.store.event(e).await?,
+        None => None,
+    };
+    Ok(RunDetail {
+        run,
+        requests,
+        event,
+    })
+}
+
+#[utoipa::path(get, path = "/api/runs/{id}", params(("id" = i64, Path, description = "Run id")),
+    responses((status = 200, body = RunDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_run(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<RunDetail>, ApiError> {
+    Ok(Json(run_detail(&st, id).await?))
+}
+
+#[utoipa::path(post, path = "/api/runs/{id}/retry", params(("id" = i64, Path, description = "Run id")),
+    responses((status = 200, body = ActionResult, description = "The failed step (or its request) runs again"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn retry_run(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<ActionResult>, ApiError> {
+    admin(&st, AdminOp::RetryRun(id)).await
+}
+
+#[utoipa::path(post, path = "/api/runs/{id}/cancel", params(("id" = i64, Path, description = "Run id")),
+    responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn cancel_run(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<ActionResult>, ApiError> {
+    admin(&st, AdminOp::CancelRun(id)).await
+}
+
+#[utoipa::path(post, path = "/api/outbox/{id}/retry", params(("id" = i64, Path, description = "Outbox row id")),
+    responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn retry_outbox(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<ActionResult>, ApiError> {
+    admin(&st, AdminOp::RetryOutbox(id)).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ScenarioView {
+    id: String,
+    description: Option<String>,
+    enabled: bool,
+    /// `webhook:<name>`, `schedule:<cron>`, `call` or `link`.
+    trigger: String,
+    file: String,
+    stats: ScenarioStats,
+}
+
+pub(super) async fn scenarios(st: &AppState) -> Result<Vec<ScenarioView>, ApiError> {
+    let mut stats: BTreeMap<String, ScenarioStats> = st
+        .store
+        .scenario_stats()
+        .await?
+        .into_iter()
+        .map(|s| (s.scenario.clone(), s))
+        .collect();
+    Ok(st
+        .cfg
+        .scenarios
+        .iter()
+        .map(|sc| ScenarioView {
+            id: sc.id.clone(),
+            description: sc.description.clone(),
+            enabled: sc.enabled(),
+            trigger: match &sc.trigger {
+                Trigger::Webhook(h) => format!("webhook:{h}"),
+                Trigger::Schedule { cron, tz } => format!("schedule:{cron} ({tz})"),
+                Trigger::Call => "call".into(),
+                Trigger::Link => "link".into(),
+            },
+            file: sc.file.display().to_string(),
+            stats: stats.remove(&sc.id).unwrap_or_else(|| ScenarioStats {
+                scenario: sc.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .collect())
+}
+
+#[utoipa::path(get, path = "/api/scenarios",
+    responses((status = 200, body = Vec<ScenarioView>), (status = 401, body = ErrorBody)))]
+async fn list_scenarios(State(st): State<AppState>) -> Result<Json<Vec<ScenarioView>>, ApiError> {
+    Ok(Json(scenarios(&st).await?))
+}
+
+#[utoipa::path(post, path = "/api/scenarios/{id}/enable", params(("id" = String, Path, description = "Scenario id")),
+    responses((status = 200, body = ActionResult), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn enable_scenario(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ActionResult>, ApiError> {
+    admin(&st, AdminOp::SetEnabled(id, true)).await
+}
+
+#[utoipa::path(post, path = "/api/scenarios/{id}/disable", params(("id" = String, Path, description = "Scenario id")),
+    responses((status = 200, body = ActionResult), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn disable_scenario(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ActionResult>, ApiError> {
+    admin(&st, AdminOp::SetEnabled(id, false)).await
+}
+
+#[utoipa::path(get, path = "/api/globals",
+    responses((status = 200, description = "Global variables by name", body = Object), (status = 401, body = ErrorBody)))]
+async fn list_globals(
+    State(st): State<AppState>,
+) -> Result<Json<serde_json::Map<String, Json_>>, ApiError> {
+    Ok(Json(st.store.globals().await?))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "'{name}' is not a variable name (letters, digits and _, not starting with a digit, at most 64)"
+        )))
+    }
+}
+
+#[utoipa::path(put, path = "/api/globals/{name}", params(("name" = String, Path, description = "Variable name")),
+    request_body(content = Object, description = "The new value (any JSON)"),
+    responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn put_global(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(value): ApiJson<Json_>,
+) -> Result<Json<ActionResult>, ApiError> {
+    check_name(&name)?;
+    admin(&st, AdminOp::SetGlobal(name, value)).await
+}
+
+#[utoipa::path(delete, path = "/api/globals/{name}", params(("name" = String, Path, description = "Variable name")),
+    responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_global(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<ActionResult>, ApiError> {
+    check_name(&name)?;
+    admin(&st, AdminOp::DeleteGlobal(name)).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TimerQuery {
+    /// 1 to 500 (default 50).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TimersPage {
+    /// Pending sleeps and wait timeouts, soonest first.
+    timers: Vec<TimerRow>,
+    /// Runs parked until a matching event arrives.
+    waits: Vec<WaitRow>,
+}
+
+#[utoipa::path(get, path = "/api/timers", params(TimerQuery),
+    responses((status = 200, body = TimersPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_timers(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<TimerQuery>,
+) -> Result<Json<TimersPage>, ApiError> {
+    let limit = limit(q.limit)?;
+    Ok(Json(TimersPage {
+        timers: st.store.list_timers(limit).await?,
+        waits: st.store.list_waits(limit).await?,
+    }))
+}

@@ -1,0 +1,55 @@
+//! Health, readiness and Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the database answers and every channel is connected.
+pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    let db = match st.store.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("unreachable: {e}"),
+    };
+    // Log channels need no connection; platform channels report here once they exist.
+    let channels: serde_json::Map<String, serde_json::Value> = st
+        .cfg
+        .gateway
+        .channels
+        .keys()
+        .map(|name| (name.clone(), json!("ok")))
+        .collect();
+    let ok = db == "ok";
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(json!({"ready": ok, "database": db, "channels": channels})),
+    )
+}
+
+/// Prometheus text format. Gauges of stored state are read at scrape time.
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    if let Ok(c) = st.store.counts().await {
+        for (status, n) in &c.runs_by_status {
+            metrics::gauge!("switchboard_runs", "status" => status.clone()).set(*n as f64);
+        }
+        let pending = c.outbox_by_status.get("pending").copied().unwrap_or(0);
+        metrics::gauge!("switchboard_outbox_depth").set(pending as f64);
+        metrics::gauge!("switchboard_timers").set(c.timers as f64);
+        metrics::gauge!("switchboard_waits").set(c.waits as f64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::handle().render(),
+    )
+}

@@ -1,0 +1,96 @@
+//! Server-rendered HTML: the journal pages and the trigger-link pages, localized through the
+//! gateway's own Fluent messages (en, ru, pl) by `Accept-Language` or `?lang=`.
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::value::{Kwargs, Value};
+use minijinja::{Environment, State};
+
+use crate::i18n::I18n;
+
+pub struct Pages {
+    env: Environment<'static>,
+    i18n: Arc<I18n>,
+}
+
+impl Default for Pages {
+    fn default() -> Self {
+        Pages::new()
+    }
+}
+
+impl Pages {
+    pub fn new() -> Pages {
+        let i18n = Arc::new(I18n::from_sources(
+            "en",
+            &[
+                ("en", include_str!("ui/en.ftl")),
+                ("ru", include_str!("ui/ru.ftl")),
+                ("pl", include_str!("ui/pl.ftl")),
+            ],
+        ));
+        let mut env = Environment::new();
+        for (name, src) in [
+            ("base.html", include_str!("ui/base.html")),
+            ("nav.html", include_str!("ui/nav.html")),
+            ("message.html", include_str!("ui/message.html")),
+            ("login.html", include_str!("ui/login.html")),
+            ("runs.html", include_str!("ui/runs.html")),
+            ("run.html", include_str!("ui/run.html")),
+            ("scenarios.html", include_str!("ui/scenarios.html")),
+        ] {
+            env.add_template(name, src)
+                .expect("built-in templates compile");
+        }
+        let t = i18n.clone();
+        env.add_function(
+            "t",
+            move |state: &State, id: String, kwargs: Kwargs| -> Result<String, minijinja::Error> {
+                let lang = state
+                    .lookup("lang")
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "en".into());
+                let mut args = serde_json::Map::new();
+                for name in kwargs.args() {
+                    let v: Value = kwargs.get(name)?;
+                    args.insert(
+                        name.to_string(),
+                        serde_json::to_value(&v).unwrap_or_default(),
+                    );
+                }
+                Ok(t.render(&lang, &id, &args).unwrap_or(id))
+            },
+        );
+        Pages { env, i18n }
+    }
+
+    /// The page language: `?lang=` if given and known, else `Accept-Language`.
+    pub fn lang(&self, headers: &HeaderMap, wanted: Option<&str>) -> String {
+        if let Some(w) = wanted.filter(|w| !w.is_empty()) {
+            return self.i18n.resolve(Some(w));
+        }
+        let accept = headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        self.i18n.from_accept(accept)
+    }
+
+    pub fn render(&self, status: StatusCode, name: &str, ctx: Value) -> Response {
+        match self.env.get_template(name).and_then(|t| t.render(ctx)) {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(e) => super::ApiError::internal(format!("page {name}: {e:#}")).into_response(),
+        }
+    }
+
+    /// A small page with a title and a sentence (and optionally a confirming form).
+    pub fn message(&self, status: StatusCode, lang: &str, title: &str, text: &str) -> Response {
+        self.render(
+            status,
+            "message.html",
+            minijinja::context! { lang, title, text },
+        )
+    }
+}

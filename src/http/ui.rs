@@ -1,0 +1,323 @@
+//! The journal pages: runs with filters and search, a run's timeline (each step green, red
+//! or grey with its "why"), requests and responses, retry and cancel buttons, scenarios with
+//! their counters. Signed in with the admin token, kept in a cookie.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Form, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use minijinja::context;
+use serde_json::Value as Json;
+
+use super::api::{find_runs, run_detail, scenarios, RunQuery};
+use super::{auth, ApiError, ApiPath, AppState};
+use crate::engine::admin::{AdminOp, AdminReply};
+use crate::engine::Work;
+
+type Params = BTreeMap<String, String>;
+
+pub fn router(_state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/runs", get(runs_page))
+        .route("/ui/runs/{id}", get(run_page))
+        .route("/ui/runs/{id}/retry", post(retry_run))
+        .route("/ui/runs/{id}/cancel", post(cancel_run))
+        .route("/ui/outbox/{id}/retry", post(retry_outbox))
+        .route("/ui/scenarios", get(scenarios_page))
+        .route("/ui/scenarios/{id}/{action}", post(switch_scenario))
+}
+
+fn fmt_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// The page language, or a redirect to the sign-in page.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the response itself, made once per request"
+)]
+fn guard(
+    st: &AppState,
+    headers: &HeaderMap,
+    params: &Params,
+    here: &str,
+) -> Result<String, Response> {
+    let lang = st
+        .pages
+        .lang(headers, params.get("lang").map(String::as_str));
+    if auth::cookie_ok(st, headers) {
+        Ok(lang)
+    } else {
+        let next: String = url_escape(here);
+        Err(Redirect::to(&format!("/ui/login?next={next}")).into_response())
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    serde_urlencoded::to_string([("x", s)])
+        .map(|v| v[2..].to_string())
+        .unwrap_or_default()
+}
+
+async fn login_page(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let lang = st.pages.lang(&headers, p.get("lang").map(String::as_str));
+    let next = p.get("next").cloned().unwrap_or_else(|| "/ui/runs".into());
+    st.pages.render(
+        StatusCode::OK,
+        "login.html",
+        context! { lang, next, bad => false },
+    )
+}
+
+async fn login(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<Params>) -> Response {
+    let lang = st.pages.lang(&headers, None);
+    let token = f.get("token").map(String::as_str).unwrap_or("");
+    let next = f
+        .get("next")
+        .filter(|n| n.starts_with("/ui") && !n.starts_with("//"))
+        .cloned()
+        .unwrap_or_else(|| "/ui/runs".into());
+    if !auth::token_ok(&st, token) {
+        return st.pages.render(
+            StatusCode::UNAUTHORIZED,
+            "login.html",
+            context! { lang, next, bad => true },
+        );
+    }
+    let cookie = format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200",
+        auth::COOKIE
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+}
+
+async fn runs_page(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let lang = match guard(&st, &headers, &p, "/ui/runs") {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let page = match find_runs(&st, RunQuery::from_form(&p)).await {
+        Ok(page) => page,
+        Err(e) => return e.into_response(),
+    };
+    let runs: Vec<Json> = page
+        .runs
+        .iter()
+        .map(|r| {
+            serde_json::json!({"id": r.id, "scenario": r.scenario, "subject": r.subject,
+                "status": r.status, "created": fmt_time(r.created_at), "error": r.error})
+        })
+        .collect();
+    let older = page.next_before.map(|b| {
+        let mut q = p.clone();
+        q.insert("before".into(), b.to_string());
+        format!(
+            "/ui/runs?{}",
+            serde_urlencoded::to_string(&q).unwrap_or_default()
+        )
+    });
+    let scenarios: Vec<&str> = st.cfg.scenarios.iter().map(|s| s.id.as_str()).collect();
+    let statuses = [
+        "running",
+        "waiting",
+        "sleeping",
+        "done",
+        "failed",
+        "cancelled",
+    ];
+    st.pages.render(
+        StatusCode::OK,
+        "runs.html",
+        context! { lang, here => "runs", runs, older, scenarios, statuses, filter => p },
+    )
+}
+
+fn step_class(e: &Json) -> &'static str {
+    match e["result"].as_str().unwrap_or("") {
+        "error" | "failed" => "error",
+        "skipped" | "cancelled" => "skipped",
+        "waiting" | "sleeping" | "sent, awaiting the response" => "parked",
+        _ => "ok",
+    }
+}
+
+async fn run_page(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<i64>,
+    Query(p): Query<Params>,
+) -> Response {
+    let lang = match guard(&st, &headers, &p, &format!("/ui/runs/{id}")) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let d = match run_detail(&st, id).await {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
+    let pretty = |v: &Json| serde_json::to_string_pretty(v).unwrap_or_default();
+    let steps: Vec<Json> = d
+        .run
+        .journal
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "class": step_class(e),
+                "line": crate::journal::step_line(e),
+                "cond": e["if"],
+                "seen": e.get("seen").filter(|s| s.as_object().is_some_and(|m| !m.is_empty())).map(pretty),
+                "detail": pretty(e),
+            })
+        })
+        .collect();
+    let requests: Vec<Json> = d
+        .requests
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "id": o.id, "kind": o.kind, "channel": o.channel, "status": o.status,
+                "attempts": o.attempts, "max_attempts": o.max_attempts, "error": o.last_error,
+                "class": match o.status.as_str() { "failed" => "error", "pending" => "parked", _ => "ok" },
+                "request": pretty(&o.request),
+                "response": o.response.as_ref().map(pretty),
+            })
+        })
+        .collect();
+    let run = serde_json::json!({
+        "id": d.run.id, "scenario": d.run.scenario, "subject": d.run.subject,
+        "status": d.run.status, "error": d.run.error,
+        "created": fmt_time(d.run.created_at), "updated": fmt_time(d.run.updated_at),
+    });
+    let event = pretty(&d.run.event);
+    let notice = p.get("notice").filter(|n| n.starts_with("ui-")).cloned();
+    st.pages.render(
+        StatusCode::OK,
+        "run.html",
+        context! { lang, here => "runs", run, steps, requests, event, notice },
+    )
+}
+
+async fn act(st: &AppState, op: AdminOp) -> Result<(), ApiError> {
+    let (reply, rx) = AdminReply::new();
+    st.engine
+        .send(Work::Admin(op, reply))
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping"))?;
+    match rx.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "try again")),
+    }
+}
+
+async fn retry_run(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<i64>,
+) -> Response {
+    if let Err(r) = guard(&st, &headers, &Params::new(), &format!("/ui/runs/{id}")) {
+        return r;
+    }
+    match act(&st, AdminOp::RetryRun(id)).await {
+        Ok(()) => Redirect::to(&format!("/ui/runs/{id}?notice=ui-retried")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cancel_run(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<i64>,
+) -> Response {
+    if let Err(r) = guard(&st, &headers, &Params::new(), &format!("/ui/runs/{id}")) {
+        return r;
+    }
+    match act(&st, AdminOp::CancelRun(id)).await {
+        Ok(()) => Redirect::to(&format!("/ui/runs/{id}")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn retry_outbox(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<i64>,
+    Query(p): Query<Params>,
+) -> Response {
+    if let Err(r) = guard(&st, &headers, &p, "/ui/runs") {
+        return r;
+    }
+    let back = match p.get("run").and_then(|r| r.parse::<i64>().ok()) {
+        Some(run) => format!("/ui/runs/{run}?notice=ui-retried"),
+        None => "/ui/runs".into(),
+    };
+    match act(&st, AdminOp::RetryOutbox(id)).await {
+        Ok(()) => Redirect::to(&back).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn scenarios_page(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(p): Query<Params>,
+) -> Response {
+    let lang = match guard(&st, &headers, &p, "/ui/scenarios") {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let list = match scenarios(&st).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let scenarios: Vec<Json> = list
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["last_fired"] = serde_json::json!(s_last(&v).map(fmt_time));
+            v
+        })
+        .collect();
+    st.pages.render(
+        StatusCode::OK,
+        "scenarios.html",
+        context! { lang, here => "scenarios", scenarios },
+    )
+}
+
+fn s_last(v: &Json) -> Option<i64> {
+    v["stats"]["last_fired"].as_i64()
+}
+
+async fn switch_scenario(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((id, action)): ApiPath<(String, String)>,
+) -> Response {
+    if let Err(r) = guard(&st, &headers, &Params::new(), "/ui/scenarios") {
+        return r;
+    }
+    let on = match action.as_str() {
+        "enable" => true,
+        "disable" => false,
+        _ => return ApiError::new(StatusCode::NOT_FOUND, "no such action").into_response(),
+    };
+    match act(&st, AdminOp::SetEnabled(id, on)).await {
+        Ok(()) => Redirect::to("/ui/scenarios").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
