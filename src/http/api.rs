@@ -54,7 +54,7 @@ pub fn router(state: AppState) -> Router<AppState> {
           delete_global, list_timers),
     components(schemas(ErrorBody, EventRow, RunRow, RunSummary, RunStatus, OutboxRow, TimerRow,
                         WaitRow, ScenarioStats, ScenarioView, RunPage, EventPage, EventDetail,
-                        RunDetail, ActionResult, TimersPage)),
+                        RunDetail, ActionResult, TimersPage, EventStatus)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -99,17 +99,14 @@ fn limit(l: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-/// A time as Unix milliseconds or RFC 3339 text.
+/// An RFC 3339 time as Unix milliseconds.
 fn time(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     let Some(v) = v else { return Ok(None) };
-    if let Ok(ms) = v.parse::<i64>() {
-        return Ok(Some(ms));
-    }
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|d| Some(d.timestamp_millis()))
         .map_err(|_| {
             ApiError::bad_request(format!(
-                "{name} must be Unix milliseconds or an RFC 3339 time, not '{v}'"
+                "{name} must be an RFC 3339 time like 2026-01-31T09:00:00Z, not '{v}'"
             ))
         })
 }
@@ -163,14 +160,32 @@ struct ActionResult {
 struct EventQuery {
     /// Hook name or scenario id.
     source: Option<String>,
-    /// `pending`, `done` or `rejected`.
-    status: Option<String>,
+    status: Option<EventStatus>,
     /// Text searched in the event data.
     q: Option<String>,
     /// Only events with a smaller id.
     before: Option<i64>,
     /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum EventStatus {
+    Pending,
+    Done,
+    Rejected,
+}
+
+impl EventStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Done => "done",
+            EventStatus::Rejected => "rejected",
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -184,18 +199,11 @@ async fn list_events(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
-    if let Some(s) = &q.status {
-        if !["pending", "done", "rejected"].contains(&s.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "status must be pending, done or rejected, not '{s}'"
-            )));
-        }
-    }
     let events = st
         .store
         .list_events(&EventFilter {
             source: q.source,
-            status: q.status,
+            status: q.status.map(|s| s.as_str().to_string()),
             q: q.q.filter(|t| !t.is_empty()),
             before: q.before,
             limit: limit(q.limit)?,
@@ -229,17 +237,19 @@ async fn get_event(
 #[into_params(parameter_in = Query)]
 pub(super) struct RunQuery {
     scenario: Option<String>,
-    /// running, waiting, sleeping, done, failed or cancelled.
-    status: Option<String>,
-    /// Started at or after (Unix ms or RFC 3339).
+    status: Option<RunStatus>,
+    /// Started at or after this time.
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
-    /// Started before (Unix ms or RFC 3339).
+    /// Started before this time.
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
     /// Text searched in the event data and the subject (a phone number, a deal id).
     q: Option<String>,
     /// Only runs with a smaller id.
     before: Option<i64>,
     /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -251,20 +261,12 @@ pub(super) struct RunPage {
 }
 
 pub(super) async fn find_runs(st: &AppState, q: RunQuery) -> Result<RunPage, ApiError> {
-    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "status must be running, waiting, sleeping, done, failed or cancelled, not '{s}'"
-            ))
-        })?),
-    };
     let limit = limit(q.limit)?;
     let runs = st
         .store
         .list_runs(&RunFilter {
             scenario: q.scenario.filter(|s| !s.is_empty()),
-            status,
+            status: q.status,
             from: time("from", &q.from)?,
             to: time("to", &q.to)?,
             q: q.q.filter(|t| !t.is_empty()),
@@ -283,7 +285,7 @@ impl RunQuery {
         let get = |k: &str| f.get(k).cloned().filter(|v| !v.is_empty());
         RunQuery {
             scenario: get("scenario"),
-            status: get("status"),
+            status: get("status").and_then(|s| RunStatus::parse(&s)),
             from: get("from"),
             to: get("to"),
             q: get("q"),
@@ -460,23 +462,32 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(put, path = "/api/globals/{name}", params(("name" = String, Path, description = "Variable name")),
-    request_body(content = Object, description = "The new value (any JSON)"),
+/// A global variable's name.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct GlobalName {
+    /// Letters, digits and `_`, not starting with a digit.
+    #[param(pattern = "^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    name: String,
+}
+
+#[utoipa::path(put, path = "/api/globals/{name}", params(GlobalName),
+    request_body(content = serde_json::Value, description = "The new value (any JSON)"),
     responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn put_global(
     State(st): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(GlobalName { name }): ApiPath<GlobalName>,
     ApiJson(value): ApiJson<Json_>,
 ) -> Result<Json<ActionResult>, ApiError> {
     check_name(&name)?;
     admin(&st, AdminOp::SetGlobal(name, value)).await
 }
 
-#[utoipa::path(delete, path = "/api/globals/{name}", params(("name" = String, Path, description = "Variable name")),
+#[utoipa::path(delete, path = "/api/globals/{name}", params(GlobalName),
     responses((status = 200, body = ActionResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_global(
     State(st): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(GlobalName { name }): ApiPath<GlobalName>,
 ) -> Result<Json<ActionResult>, ApiError> {
     check_name(&name)?;
     admin(&st, AdminOp::DeleteGlobal(name)).await
@@ -486,6 +497,7 @@ async fn delete_global(
 #[into_params(parameter_in = Query)]
 struct TimerQuery {
     /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
