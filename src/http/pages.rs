@@ -94,3 +94,71 @@ impl Pages {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+    use std::collections::BTreeMap;
+
+    fn html(p: &Pages, name: &str, ctx: Value) -> String {
+        p.env.get_template(name).unwrap().render(ctx).unwrap()
+    }
+
+    #[test]
+    fn every_page_renders_in_every_language() {
+        let p = Pages::new();
+        for lang in ["en", "ru", "pl"] {
+            let run = serde_json::json!({"id": 1, "scenario": "s", "subject": null, "status": "failed",
+                "error": "boom", "created": "x", "updated": "y"});
+            let step = serde_json::json!({"class": "error", "line": "step 0", "cond": "a", "seen": "{}", "detail": "{}"});
+            let out = html(
+                &p,
+                "run.html",
+                context! { lang, here => "runs", run, steps => vec![step],
+                requests => Vec::<u8>::new(), event => "{}", notice => "ui-retried" },
+            );
+            assert!(out.contains("boom") && out.contains("id=\"retry\""));
+            let scenario = serde_json::json!({"id": "s", "description": null, "enabled": true,
+                "stats": {"started": 1, "done": 1, "failed": 0, "active": 0, "limited": 0}, "last_fired": null});
+            html(
+                &p,
+                "scenarios.html",
+                context! { lang, here => "scenarios", scenarios => vec![scenario] },
+            );
+            html(
+                &p,
+                "runs.html",
+                context! { lang, here => "runs", runs => Vec::<u8>::new(), older => (),
+                scenarios => vec!["s"], statuses => vec!["done"], filter => BTreeMap::<String, String>::new() },
+            );
+            html(
+                &p,
+                "login.html",
+                context! { lang, next => "/ui/runs", bad => true },
+            );
+            let done = html(
+                &p,
+                "message.html",
+                context! { lang, title => "link-done-title", text => "link-done" },
+            );
+            assert!(
+                !done.contains("link-done"),
+                "untranslated in {lang}: {done}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_text_is_escaped() {
+        let p = Pages::new();
+        let run = serde_json::json!({"id": 1, "scenario": "<script>", "status": "done", "created": "", "updated": ""});
+        let out = html(
+            &p,
+            "run.html",
+            context! { lang => "en", run, steps => Vec::<u8>::new(),
+            requests => Vec::<u8>::new(), event => "<b>" },
+        );
+        assert!(!out.contains("<script>") && out.contains("&lt;script&gt;"));
+    }
+}

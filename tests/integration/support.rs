@@ -174,6 +174,33 @@ impl TestApp {
             .collect()
     }
 
+    /// A request to the admin listener with the admin token.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.app.admin_url()))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.api(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post_api(&self, path: &str) -> (u16, Value) {
+        self.api(reqwest::Method::POST, path, None).await
+    }
+
     pub fn advance(&self, by: Duration) {
         self.app.clock.advance(by)
     }

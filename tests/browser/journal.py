@@ -1,0 +1,77 @@
+"""Drives the journal pages in headless Chromium: sign in, filter the runs, open the failed
+run, press retry, see it succeed. Saves screenshots. Usage: journal.py ADMIN_URL TOKEN DIR"""
+
+import sys
+import time
+
+from playwright.sync_api import sync_playwright
+
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def main(admin: str, token: str, shots: str) -> None:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        page = browser.new_context(locale="en-US").new_page()
+        page.set_default_timeout(15_000)
+
+        # Not signed in: the pages send us to the sign-in form first.
+        page.goto(f"{admin}/ui/runs")
+        assert "/ui/login" in page.url, page.url
+        page.fill("#token", "wrong")
+        page.click("#login")
+        assert page.locator(".err").inner_text() == "Wrong token."
+        page.fill("#token", token)
+        page.click("#login")
+        page.wait_for_url("**/ui/runs")
+        assert page.locator("tr.run").count() == 3, page.content()
+        page.screenshot(path=f"{shots}/runs.png", full_page=True)
+
+        # Filter to the failed run and open it.
+        page.select_option("#f-status", "failed")
+        page.click("#f-go")
+        page.wait_for_url("**status=failed**")
+        rows = page.locator("tr.run")
+        assert rows.count() == 1, page.content()
+        assert rows.first.get_attribute("data-status") == "failed"
+        page.screenshot(path=f"{shots}/runs-failed.png", full_page=True)
+        rows.first.locator("a.run-link").click()
+        page.wait_for_selector("#run-status")
+        assert page.inner_text("#run-status") == "failed"
+        assert page.locator("#timeline .step.error").count() >= 1
+        assert "503" in page.inner_text("#run-error")
+        # The "why" of a step is there to expand; the secret header is not.
+        assert "sk-live-123" not in page.content()
+        page.screenshot(path=f"{shots}/run-failed.png", full_page=True)
+
+        # Retry: the receiving end works again, so the run completes.
+        page.click("#retry")
+        page.wait_for_selector("#notice")
+        deadline = time.time() + 15
+        while page.inner_text("#run-status") != "done":
+            assert time.time() < deadline, "the retried run did not complete"
+            time.sleep(0.2)
+            page.reload()
+        assert page.locator("#timeline .step.ok").count() >= 2
+        page.screenshot(path=f"{shots}/run-retried.png", full_page=True)
+
+        page.goto(f"{admin}/ui/scenarios")
+        assert page.locator("tr[data-scenario=push]").count() == 1
+        page.screenshot(path=f"{shots}/scenarios.png", full_page=True)
+
+        # The same pages in Russian.
+        ru = browser.new_context(locale="ru-RU", extra_http_headers={"Accept-Language": "ru"})
+        ru.add_cookies([{"name": "switchboard_admin", "value": token, "url": admin}])
+        rpage = ru.new_page()
+        rpage.goto(f"{admin}/ui/runs")
+        assert "Запуски" in rpage.content()
+        rpage.screenshot(path=f"{shots}/runs-ru.png", full_page=True)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
+    print("journal pages: ok")
