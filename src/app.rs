@@ -87,17 +87,11 @@ impl App {
                 }
             },
         };
-        let link_targets = cfg
-            .scenarios
-            .iter()
-            .filter(|s| matches!(s.trigger, crate::config::Trigger::Link))
-            .map(|s| s.id.clone())
-            .collect();
-        let links = Arc::new(Links::new(
+        let links = Arc::new(Links::for_config(
+            &cfg,
             link_key.as_bytes(),
             &public_url,
             clock.clone(),
-            link_targets,
         ));
         cfg.templates.set_links(links.clone());
 

@@ -66,6 +66,22 @@ impl Links {
         }
     }
 
+    /// Links for the scenarios of `cfg` that have a `link` trigger.
+    pub fn for_config(
+        cfg: &crate::config::Config,
+        key: &[u8],
+        public_url: &str,
+        clock: Clock,
+    ) -> Links {
+        let targets = cfg
+            .scenarios
+            .iter()
+            .filter(|s| matches!(s.trigger, crate::config::Trigger::Link))
+            .map(|s| s.id.clone())
+            .collect();
+        Links::new(key, public_url, clock, targets)
+    }
+
     /// A fresh random signing key.
     pub fn random_key() -> String {
         B64.encode(rand::random::<[u8; 32]>())

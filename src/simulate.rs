@@ -44,6 +44,15 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
         .public_url
         .clone()
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    // Links made in a dry run are signed with a throwaway key: they show the shape, and
+    // never work against a real gateway.
+    cfg.templates
+        .set_links(Arc::new(crate::links::Links::for_config(
+            &cfg,
+            crate::links::Links::random_key().as_bytes(),
+            &public_url,
+            clock.clone(),
+        )));
     let mut engine = Engine::new(
         cfg.clone(),
         store.clone(),

@@ -8,3 +8,4 @@ confirm-declined = The customer { $phone } declined the appointment.
 confirm-no-answer = The customer { $phone } did not answer; please call them.
 cart-reminder = You left { $items } item(s) in your cart.
 payment-received = Payment received: { $amount }.
+deal-taken = The deal “{ $title }” was taken (from { $ip }).

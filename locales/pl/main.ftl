@@ -8,3 +8,4 @@ confirm-declined = Klient { $phone } odwołał wizytę.
 confirm-no-answer = Klient { $phone } nie odpowiedział; proszę zadzwonić.
 cart-reminder = W koszyku zostało produktów: { $items }.
 payment-received = Otrzymano płatność: { $amount }.
+deal-taken = Transakcja „{ $title }” została przyjęta (z { $ip }).

@@ -8,3 +8,4 @@ confirm-declined = Клиент { $phone } отказался от записи.
 confirm-no-answer = Клиент { $phone } не ответил; позвоните ему.
 cart-reminder = В вашей корзине осталось товаров: { $items }.
 payment-received = Оплата получена: { $amount }.
+deal-taken = Сделку «{ $title }» взяли (с адреса { $ip }).

@@ -77,6 +77,38 @@ async fn a_guard_picks_one_of_two_branches_and_records_what_it_saw() {
         "Duża transakcja „Boiler”: budżet 25000. Proszę zająć się nią osobiście."
     );
 
+    // The big deal's message carries a single-use "Take it" link to the take-deal scenario.
+    // The example gateway file names the public URL; the link's path is what the gateway serves.
+    let take = big_msg["buttons"][0]["url"].as_str().unwrap();
+    let path = take
+        .strip_prefix("http://127.0.0.1:8080")
+        .expect("the configured public URL");
+    assert!(path.starts_with("/l/"), "{take}");
+    let page = t
+        .http
+        .get(format!("{}{path}", t.app.url()))
+        .header("user-agent", "Mozilla/5.0 Firefox/120")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let taken = eventually(|| async {
+        let filter = switchboard::store::RunFilter {
+            scenario: Some("take-deal".into()),
+            limit: 5,
+            ..Default::default()
+        };
+        let runs = t.app.store.list_runs(&filter).await.unwrap();
+        runs.first().map(|r| r.id)
+    })
+    .await;
+    let run = t.finished(taken).await;
+    assert_eq!(run.subject.as_deref(), Some("deal:2"));
+    assert_eq!(
+        t.messages(taken).await[0]["text"],
+        "The deal “Boiler” was taken (from 127.0.0.1)."
+    );
+
     let old_id = old["event_id"].as_i64().unwrap();
     assert!(t.runs_of(old_id).await.is_empty());
     let ev = t.app.store.event(old_id).await.unwrap().unwrap();
