@@ -118,6 +118,9 @@ pub fn step_line(e: &Json) -> String {
     if let Some(r) = e["result"].as_str() {
         s.push_str(&format!(" — {r}"));
     }
+    if let Some(ms) = e["ms"].as_f64().filter(|ms| *ms >= 1.0) {
+        s.push_str(&format!(" ({ms:.0} ms)"));
+    }
     if let Some(err) = e["error"].as_str() {
         s.push_str(&format!(": {err}"));
     }

@@ -182,6 +182,7 @@ async fn send_http(
     } else if let Some(raw) = body.get("raw").and_then(Json::as_str) {
         req = req.body(raw.to_string());
     }
+    let started = std::time::Instant::now();
     let resp = req.send().await.map_err(|e| {
         (
             SendError {
@@ -200,8 +201,8 @@ async fn send_http(
     let bytes = resp.bytes().await.unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RESPONSE_MAX)]).to_string();
     let parsed: Json = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
-    let captured =
-        json!({"status": status.as_u16(), "headers": headers, "json": parsed, "body": text});
+    let captured = json!({"status": status.as_u16(), "headers": headers, "json": parsed, "body": text,
+            "duration_ms": started.elapsed().as_millis() as u64});
     if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
         return Err((
             SendError {

@@ -227,8 +227,10 @@ impl Engine {
             let flow = self
                 .step(tx, run, sc, step, pc, &ctx, &mut entry, &mut st, after)
                 .await?;
+            let took = started.elapsed().as_secs_f64();
             metrics::histogram!("switchboard_step_duration_seconds", "action" => step.action.name())
-                .record(started.elapsed().as_secs_f64());
+                .record(took);
+            entry["ms"] = json!((took * 1e5).round() / 100.0);
             match flow {
                 Ok(flow) => {
                     if entry.get("result").is_none() {

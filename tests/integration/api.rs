@@ -223,6 +223,10 @@ async fn runs_and_events_are_listed_filtered_searched_and_shown_in_full() {
     assert_eq!(http["kind"], "http");
     assert_eq!(http["status"], "delivered");
     assert_eq!(http["response"]["status"], 200);
+    assert!(http["response"]["duration_ms"].is_u64());
+    assert!(journal
+        .iter()
+        .any(|e| e["action"] == "send" && e["ms"].is_f64()));
     // Secrets never reach the journal or the API.
     assert_eq!(
         http["request"]["headers"][0],
