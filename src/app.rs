@@ -150,7 +150,7 @@ impl App {
             cfg.gateway.retention,
             stop_rx.clone(),
         )));
-        crate::telemetry::handle();
+        tasks.push(tokio::spawn(crate::telemetry::upkeep(stop_rx.clone())));
         let state = crate::http::AppState {
             cfg: cfg.clone(),
             ingest,

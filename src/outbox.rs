@@ -128,7 +128,8 @@ async fn deliver(
             DeliveryResult::Failed { .. } => "failed",
             DeliveryResult::Retry { .. } => "retry",
         };
-        metrics::counter!("switchboard_outbox_attempts_total", "kind" => row.kind.clone(), "result" => label)
+        let kind = if row.kind == "http" { "http" } else { "send" };
+        metrics::counter!("switchboard_outbox_attempts_total", "kind" => kind, "result" => label)
             .increment(1);
         tracing::debug!(outbox = row.id, attempts, "delivery attempt");
         let _ = engine.send(Work::Delivery(job.delivery(attempts, result)));

@@ -26,3 +26,15 @@ pub fn handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Folds recorded histogram samples into their buckets now and then, so that memory stays
+/// flat when nothing scrapes `/metrics`.
+pub async fn upkeep(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let handle = handle();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stop.changed() => return,
+        }
+    }
+}

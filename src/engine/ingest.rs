@@ -1,6 +1,7 @@
 //! Group commit for inbound events: one writer takes whatever has arrived, stores it in one
 //! transaction (deduplicating), answers every sender, then hands accepted events to the engine.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -48,14 +49,11 @@ async fn writer(store: Arc<dyn Store>, engine: WorkSender, mut rx: mpsc::Receive
         }
         match result {
             Ok(outcomes) => {
+                let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
                 for ((ev, reply), outcome) in buf.drain(..).zip(outcomes) {
-                    let label = match outcome {
-                        IngestOutcome::Accepted(_) => "accepted",
-                        IngestOutcome::Duplicate(_) => "duplicate",
-                        IngestOutcome::Rejected(_) => "rejected",
-                    };
-                    metrics::counter!("switchboard_events_total", "kind" => ev.kind.clone(), "outcome" => label)
-                        .increment(1);
+                    *counts
+                        .entry((ev.kind.clone(), outcome_label(outcome)))
+                        .or_default() += 1;
                     if let IngestOutcome::Accepted(id) = outcome {
                         let _ = engine.send(Work::Event(EventItem {
                             id,
@@ -67,6 +65,10 @@ async fn writer(store: Arc<dyn Store>, engine: WorkSender, mut rx: mpsc::Receive
                     }
                     let _ = reply.send(Ok(outcome));
                 }
+                for ((kind, outcome), n) in counts {
+                    metrics::counter!("switchboard_events_total", "kind" => kind, "outcome" => outcome)
+                        .increment(n);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "storing events failed");
@@ -75,5 +77,13 @@ async fn writer(store: Arc<dyn Store>, engine: WorkSender, mut rx: mpsc::Receive
                 }
             }
         }
+    }
+}
+
+fn outcome_label(o: IngestOutcome) -> &'static str {
+    match o {
+        IngestOutcome::Accepted(_) => "accepted",
+        IngestOutcome::Duplicate(_) => "duplicate",
+        IngestOutcome::Rejected(_) => "rejected",
     }
 }

@@ -154,6 +154,7 @@ pub struct Engine {
     /// database's sole writer; it spares a read per response.
     http_parked: HashMap<i64, RunRow>,
     cache_runs: bool,
+    step_histograms: HashMap<&'static str, metrics::Histogram>,
 }
 
 /// Most runs kept in `Engine::http_parked`.
@@ -179,6 +180,7 @@ impl Engine {
             globals,
             public_url,
             http_parked: HashMap::new(),
+            step_histograms: HashMap::new(),
             cache_runs: store.exclusive(),
             store,
         })
@@ -276,10 +278,16 @@ impl Engine {
         for (reply, result) in after.replies {
             reply.send(result);
         }
+        let mut transitions: HashMap<(&str, &'static str), u64> = HashMap::new();
         for (_, scenario, status) in &after.runs {
+            *transitions
+                .entry((scenario.as_str(), status.as_str()))
+                .or_default() += 1;
+        }
+        for ((scenario, status), n) in transitions {
             metrics::counter!("switchboard_run_transitions_total",
-                "scenario" => scenario.clone(), "status" => status.as_str())
-            .increment(1);
+                "scenario" => scenario.to_string(), "status" => status)
+            .increment(n);
         }
         for job in after.jobs {
             let _ = self.outbox.send(job);
