@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::channels::Channels;
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::engine::ingest::Ingest;
@@ -102,7 +103,7 @@ impl App {
             outbox_tx.clone(),
             timer_wake.clone(),
             work_tx.clone(),
-            public_url,
+            public_url.clone(),
         )
         .await?;
         // Whatever a previous process left unfinished is queued before the engine starts,
@@ -127,12 +128,44 @@ impl App {
         let (ingest, ingest_task) = Ingest::start(store.clone(), work_tx.clone());
         tasks.push(ingest_task);
 
+        let channels = Arc::new(Channels::new(cfg.clone()));
         tasks.push(tokio::spawn(crate::outbox::worker(
             cfg.clone(),
             clock.clone(),
             work_tx.clone(),
+            channels.clone(),
             outbox_rx,
         )));
+        for tg in channels.telegram() {
+            if tg.cfg.webhook {
+                let url = format!("{}/telegram/{}", public_url.trim_end_matches('/'), tg.name);
+                let secret = tg
+                    .cfg
+                    .webhook_secret
+                    .clone()
+                    .map(|s| s.0)
+                    .unwrap_or_default();
+                let tg = tg.clone();
+                tasks.push(tokio::spawn(async move {
+                    use teloxide::payloads::SetWebhookSetters;
+                    use teloxide::requests::Requester;
+                    let Ok(url) = reqwest::Url::parse(&url) else {
+                        return;
+                    };
+                    if let Err(e) = tg.bot.set_webhook(url).secret_token(secret).await {
+                        tracing::error!(channel = %tg.name, error = %e, "setWebhook failed");
+                    }
+                }));
+            } else {
+                tasks.push(tokio::spawn(crate::channels::telegram::poll(
+                    tg.clone(),
+                    store.clone(),
+                    ingest.clone(),
+                    clock.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
         tasks.push(tokio::spawn(crate::timers::timer_worker(
             store.clone(),
             clock.clone(),
@@ -160,6 +193,7 @@ impl App {
             links,
             admin_token: opts.admin_token.filter(|t| !t.is_empty()).map(Into::into),
             pages: Arc::new(crate::http::pages::Pages::new()),
+            channels,
         };
         let public = crate::http::public_router(state.clone())
             .into_make_service_with_connect_info::<SocketAddr>();

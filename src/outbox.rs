@@ -9,7 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::channels::{self, SendError};
+use crate::channels::{Channels, SendError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{DeliveryResult, OutboxJob, Work, WorkSender};
@@ -31,6 +31,7 @@ pub async fn worker(
     cfg: Arc<Config>,
     clock: Clock,
     engine: WorkSender,
+    channels: Arc<Channels>,
     mut rx: mpsc::UnboundedReceiver<OutboxJob>,
 ) {
     let http = reqwest::Client::builder()
@@ -40,12 +41,25 @@ pub async fn worker(
         .expect("the HTTP client builds with static settings");
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(job) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        // HTTP requests share a bound on connections in flight; channel messages queue per
+        // chat inside their channel, so that a busy chat holds back nobody else.
+        let permit = if job.row.kind == "http" {
+            match slots.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            }
+        } else {
+            None
         };
-        let (cfg, clock, engine, http) = (cfg.clone(), clock.clone(), engine.clone(), http.clone());
+        let (cfg, clock, engine, http, channels) = (
+            cfg.clone(),
+            clock.clone(),
+            engine.clone(),
+            http.clone(),
+            channels.clone(),
+        );
         tokio::spawn(async move {
-            deliver(&cfg, &clock, &engine, &http, job).await;
+            deliver(&cfg, &clock, &engine, &http, &channels, job).await;
             drop(permit);
         });
     }
@@ -66,6 +80,7 @@ async fn deliver(
     clock: &Clock,
     engine: &WorkSender,
     http: &reqwest::Client,
+    channels: &Channels,
     job: OutboxJob,
 ) {
     let row = &job.row;
@@ -76,18 +91,10 @@ async fn deliver(
         attempts += 1;
         let outcome = match row.kind.as_str() {
             "http" => send_http(http, row).await,
-            _ => match cfg.gateway.channels.get(&row.channel) {
-                Some(ch) => channels::deliver(ch, &row.channel, &row.request)
-                    .await
-                    .map_err(|e| (e, None)),
-                None => Err((
-                    SendError {
-                        message: format!("channel '{}' is not configured", row.channel),
-                        retry: false,
-                    },
-                    None,
-                )),
-            },
+            _ => channels
+                .deliver(&row.channel, &row.request)
+                .await
+                .map_err(|e| (e, None)),
         };
         if let Err((_, response)) = &outcome {
             let code = response

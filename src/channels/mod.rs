@@ -1,11 +1,15 @@
-//! Outbound channels. Each one delivers a rendered message from the outbox; the engine only
-//! ever sees channel names and JSON requests.
+//! Channels: one folder or file per platform, each turning inbound updates into events and
+//! delivering rendered messages from the outbox. The engine sees channel names and JSON.
 
 pub mod log;
+pub mod telegram;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::config::Channel;
+use crate::config::{Channel, Config};
 
 /// A failed delivery: `retry` when trying again may help.
 #[derive(Debug)]
@@ -14,8 +18,50 @@ pub struct SendError {
     pub retry: bool,
 }
 
-pub async fn deliver(channel: &Channel, name: &str, request: &Json) -> Result<Json, SendError> {
-    match channel {
-        Channel::Log { stdout } => log::deliver(name, *stdout, request),
+/// The live side of the configured channels.
+pub struct Channels {
+    cfg: Arc<Config>,
+    telegram: HashMap<String, Arc<telegram::Telegram>>,
+}
+
+impl Channels {
+    pub fn new(cfg: Arc<Config>) -> Channels {
+        let telegram = cfg
+            .gateway
+            .channels
+            .iter()
+            .filter_map(|(name, ch)| match ch {
+                Channel::Telegram(t) => {
+                    Some((name.clone(), Arc::new(telegram::Telegram::new(name, t))))
+                }
+                _ => None,
+            })
+            .collect();
+        Channels { cfg, telegram }
+    }
+
+    pub fn telegram(&self) -> impl Iterator<Item = &Arc<telegram::Telegram>> {
+        self.telegram.values()
+    }
+
+    pub fn telegram_named(&self, name: &str) -> Option<&Arc<telegram::Telegram>> {
+        self.telegram.get(name)
+    }
+
+    pub async fn deliver(&self, name: &str, request: &Json) -> Result<Json, SendError> {
+        match self.cfg.gateway.channels.get(name) {
+            Some(Channel::Log { stdout }) => log::deliver(name, *stdout, request),
+            Some(Channel::Telegram(_)) => match self.telegram.get(name) {
+                Some(t) => t.send(request).await,
+                None => Err(SendError {
+                    message: format!("channel '{name}' is not running"),
+                    retry: false,
+                }),
+            },
+            None => Err(SendError {
+                message: format!("channel '{name}' is not configured"),
+                retry: false,
+            }),
+        }
     }
 }

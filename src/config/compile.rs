@@ -107,6 +107,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration like 30s, 10m, 24h, 7d: {e}"))
 }
 
+/// `N/period`, e.g. `1/5s` or `20/1m`.
+fn parse_rate(s: &str) -> Option<(u32, Duration)> {
+    let (n, d) = s.split_once('/')?;
+    let n = n.trim().parse::<u32>().ok().filter(|n| *n > 0)?;
+    let d = parse_duration(d).ok().filter(|d| !d.is_zero())?;
+    Some((n, d))
+}
+
 fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
     let pos = Position::of(text, e.span().map(|s| s.start).unwrap_or(0));
     ConfigError::new(file, pos, e.message().trim().to_string())
@@ -262,9 +270,85 @@ fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway {
                 };
                 channels.insert(name.clone(), Channel::Log { stdout });
             }
+            "telegram" => {
+                let token = match &c.token {
+                    Some(t) => cx.env(t),
+                    None => {
+                        cx.err(
+                            ch.span(),
+                            "a telegram channel needs `token` (e.g. \"${TELEGRAM_TOKEN}\")",
+                        );
+                        None
+                    }
+                };
+                let api_url = c.api_url.as_ref().and_then(|u| {
+                    let v = cx.env(u)?;
+                    match reqwest::Url::parse(&v) {
+                        Ok(url) => Some(url),
+                        Err(e) => {
+                            cx.err(u.span(), format!("'{v}' is not a URL: {e}"));
+                            None
+                        }
+                    }
+                });
+                let webhook = match c.mode.as_ref().map(|m| m.get().as_str()) {
+                    None | Some("polling") => false,
+                    Some("webhook") => true,
+                    Some(other) => {
+                        cx.err(
+                            c.mode.as_ref().map(|m| m.span()).unwrap_or(ch.span()),
+                            format!("unknown mode '{other}' (polling or webhook)"),
+                        );
+                        false
+                    }
+                };
+                let webhook_secret = c
+                    .webhook_secret
+                    .as_ref()
+                    .and_then(|w| cx.env(w))
+                    .map(Secret);
+                if webhook && webhook_secret.is_none() {
+                    cx.err(
+                        ch.span(),
+                        "webhook mode needs `webhook_secret` (1-256 of A-Z a-z 0-9 _ -)",
+                    );
+                }
+                let mut limit = |key: &str, dflt: (u32, Duration)| match c.limits.get(key) {
+                    None => dflt,
+                    Some(v) => parse_rate(v.get()).unwrap_or_else(|| {
+                        cx.err(
+                            v.span(),
+                            format!("{key} limit must look like 1/1s or 20/1m"),
+                        );
+                        dflt
+                    }),
+                };
+                let per_chat = limit("chat", (1, Duration::from_secs(1)));
+                let per_group = limit("group", (20, Duration::from_secs(60)));
+                let per_bot = limit("bot", (30, Duration::from_secs(1)));
+                for (k, v) in &c.limits {
+                    if !["chat", "group", "bot"].contains(&k.as_str()) {
+                        cx.err(v.span(), format!("unknown limit '{k}' (chat, group, bot)"));
+                    }
+                }
+                if let Some(token) = token {
+                    channels.insert(
+                        name.clone(),
+                        Channel::Telegram(Box::new(TelegramChannel {
+                            token: Secret(token),
+                            api_url,
+                            webhook,
+                            webhook_secret,
+                            per_chat,
+                            per_group,
+                            per_bot,
+                        })),
+                    );
+                }
+            }
             other => cx.err(
                 c.kind.span(),
-                format!("unknown channel type '{other}' (supported: log)"),
+                format!("unknown channel type '{other}' (supported: log, telegram)"),
             ),
         }
     }
@@ -382,6 +466,7 @@ fn compile_scenario(
         on.schedule.is_some(),
         on.call == Some(true),
         on.link == Some(true),
+        on.message.is_some(),
     ];
     let trigger = match given.iter().filter(|b| **b).count() {
         1 => {
@@ -416,6 +501,17 @@ fn compile_scenario(
                 }
             } else if on.link == Some(true) {
                 Some(Trigger::Link)
+            } else if let Some(ch) = &on.message {
+                match gw.channels.get(ch.get()) {
+                    Some(Channel::Telegram(_)) => Some(Trigger::Message(ch.get().clone())),
+                    _ => {
+                        cx.err(
+                            ch.span(),
+                            format!("'{}' is not a chat channel (a telegram channel)", ch.get()),
+                        );
+                        None
+                    }
+                }
             } else {
                 Some(Trigger::Call)
             }
@@ -423,7 +519,7 @@ fn compile_scenario(
         _ => {
             cx.err(
                 raw.on.span(),
-                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true",
+                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true, message = \"channel\"",
             );
             None
         }
@@ -436,11 +532,8 @@ fn compile_scenario(
         limit.once = l.once.unwrap_or(false);
         limit.single = l.single.unwrap_or(false);
         if let Some(p) = &l.per_subject {
-            match p.get().split_once('/') {
-                Some((n, d)) => match (n.trim().parse::<u32>(), parse_duration(d)) {
-                    (Ok(n), Ok(d)) if n > 0 => limit.per_subject = Some((n, d)),
-                    _ => cx.err(p.span(), "per_subject must look like 1/5s or 3/1h"),
-                },
+            match parse_rate(p.get()) {
+                Some(r) => limit.per_subject = Some(r),
                 None => cx.err(p.span(), "per_subject must look like 1/5s or 3/1h"),
             }
         }

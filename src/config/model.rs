@@ -19,6 +19,7 @@ pub struct Config {
     pub i18n: I18n,
     by_id: HashMap<String, usize>,
     by_hook: HashMap<String, Vec<usize>>,
+    by_channel: HashMap<String, Vec<usize>>,
     /// hook name → (scenario index, step index) of `wait` steps listening to it.
     waits_by_hook: HashMap<String, Vec<(usize, usize)>>,
 }
@@ -33,11 +34,14 @@ impl Config {
     ) -> Config {
         let mut by_id = HashMap::new();
         let mut by_hook: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_channel: HashMap<String, Vec<usize>> = HashMap::new();
         let mut waits_by_hook: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
         for (i, sc) in scenarios.iter().enumerate() {
             by_id.insert(sc.id.clone(), i);
-            if let Trigger::Webhook(h) = &sc.trigger {
-                by_hook.entry(h.clone()).or_default().push(i);
+            match &sc.trigger {
+                Trigger::Webhook(h) => by_hook.entry(h.clone()).or_default().push(i),
+                Trigger::Message(c) => by_channel.entry(c.clone()).or_default().push(i),
+                _ => {}
             }
             for (j, st) in sc.steps.iter().enumerate() {
                 if let Action::Wait(w) = &st.action {
@@ -56,8 +60,18 @@ impl Config {
             i18n,
             by_id,
             by_hook,
+            by_channel,
             waits_by_hook,
         }
+    }
+
+    /// Scenarios started by messages on a chat channel.
+    pub fn scenarios_for_messages(&self, channel: &str) -> impl Iterator<Item = &Arc<Scenario>> {
+        self.by_channel
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.scenarios[i])
     }
 
     pub fn scenario(&self, id: &str) -> Option<&Arc<Scenario>> {
@@ -105,9 +119,46 @@ pub struct Gateway {
     pub staff: Vec<Staff>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Channel {
     Log { stdout: bool },
+    Telegram(Box<TelegramChannel>),
+}
+
+#[derive(Clone)]
+pub struct TelegramChannel {
+    /// Never printed: `Debug` hides it.
+    pub token: Secret,
+    pub api_url: Option<reqwest::Url>,
+    pub webhook: bool,
+    pub webhook_secret: Option<Secret>,
+    /// (messages, per period) for one private chat, one group, the whole bot.
+    pub per_chat: (u32, std::time::Duration),
+    pub per_group: (u32, std::time::Duration),
+    pub per_bot: (u32, std::time::Duration),
+}
+
+/// A secret string that does not print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Channel::Log { stdout } => write!(f, "Log {{ stdout: {stdout} }}"),
+            Channel::Telegram(t) => write!(
+                f,
+                "Telegram {{ api_url: {:?}, webhook: {} }}",
+                t.api_url, t.webhook
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -195,6 +246,8 @@ pub enum Trigger {
     },
     Call,
     Link,
+    /// Messages arriving on a chat channel.
+    Message(String),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -322,6 +322,8 @@ impl Engine {
                 }
                 cfg.scenarios_for_hook(&ev.source).cloned().collect()
             }
+            "message" => cfg.scenarios_for_messages(&ev.source).cloned().collect(),
+            "click" => Vec::new(),
             _ => cfg.scenario(&ev.source).cloned().into_iter().collect(),
         };
         if scenarios.is_empty() {

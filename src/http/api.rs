@@ -406,6 +406,7 @@ pub(super) async fn scenarios(st: &AppState) -> Result<Vec<ScenarioView>, ApiErr
                 Trigger::Schedule { cron, tz } => format!("schedule:{cron} ({tz})"),
                 Trigger::Call => "call".into(),
                 Trigger::Link => "link".into(),
+                Trigger::Message(c) => format!("message:{c}"),
             },
             file: sc.file.display().to_string(),
             stats: stats.remove(&sc.id).unwrap_or_else(|| ScenarioStats {

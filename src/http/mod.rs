@@ -9,6 +9,7 @@ mod hooks;
 mod links;
 mod ops;
 pub mod pages;
+mod telegram;
 mod ui;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub struct AppState {
     /// `None`: the admin API and pages are switched off.
     pub admin_token: Option<Arc<str>>,
     pub pages: Arc<pages::Pages>,
+    pub channels: Arc<crate::channels::Channels>,
 }
 
 /// Hooks, trigger links and health: what the outside world reaches.
@@ -48,6 +50,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/hooks/{name}", post(hooks::receive))
+        .route("/telegram/{channel}", post(telegram::receive))
         .route(
             "/l/{token}",
             get(links::open).head(links::head).post(links::confirm),

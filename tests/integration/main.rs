@@ -5,6 +5,8 @@ mod browser;
 mod cli;
 mod crash;
 mod engine;
+mod fake_telegram;
 mod links;
 mod support;
+mod telegram;
 mod webhooks;

@@ -212,7 +212,16 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    eventually_within(Duration::from_secs(20), f).await
+}
+
+/// `eventually` with another bound, for work that is large on purpose.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = f().await {
             return v;

@@ -1,0 +1,192 @@
+//! Telegram through teloxide: per-chat ordered sending within Telegram's limits, and inbound
+//! updates (long polling or webhook) turned into `message` events.
+
+mod inbound;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::{json, Value as Json};
+use teloxide::payloads::SendMessageSetters;
+use teloxide::requests::Requester;
+use teloxide::types::{ChatId, InlineKeyboardButton, InlineKeyboardMarkup, ParseMode};
+use teloxide::{ApiError, Bot, RequestError};
+use tokio::sync::{mpsc, oneshot};
+
+pub use inbound::{normalize, poll, store_updates, WebhookCheck};
+
+use super::SendError;
+use crate::config::TelegramChannel;
+
+/// How often one message is tried when Telegram answers 429.
+const MAX_429: u32 = 5;
+/// A chat's sender stops after this long without messages.
+const IDLE: Duration = Duration::from_secs(60);
+
+pub struct Telegram {
+    pub name: String,
+    pub bot: Bot,
+    pub cfg: TelegramChannel,
+    chats: Mutex<HashMap<i64, mpsc::UnboundedSender<Job>>>,
+    bot_limit: DefaultDirectRateLimiter,
+}
+
+struct Job {
+    request: Json,
+    done: oneshot::Sender<Result<Json, SendError>>,
+}
+
+/// An even pace: one message per `per / n`, no bursts, so no window of `per` ever holds
+/// more than `n`.
+fn spacing((n, per): (u32, Duration)) -> Duration {
+    per / n.max(1)
+}
+
+fn quota(limit: (u32, Duration)) -> Quota {
+    Quota::with_period(spacing(limit)).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+}
+
+impl Telegram {
+    pub fn new(name: &str, cfg: &TelegramChannel) -> Telegram {
+        let mut bot = Bot::new(cfg.token.0.clone());
+        if let Some(url) = &cfg.api_url {
+            bot = bot.set_api_url(url.clone());
+        }
+        Telegram {
+            name: name.to_string(),
+            bot,
+            cfg: cfg.clone(),
+            chats: Mutex::new(HashMap::new()),
+            bot_limit: RateLimiter::direct(quota(cfg.per_bot)),
+        }
+    }
+
+    /// Sends in order per chat, within the chat's and the bot's limits; a busy chat waits
+    /// alone.
+    pub async fn send(self: &Arc<Self>, request: &Json) -> Result<Json, SendError> {
+        let chat = request["to"]
+            .as_str()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .ok_or_else(|| SendError {
+                message: format!("'{}' is not a Telegram chat id", request["to"]),
+                retry: false,
+            })?;
+        let (done, result) = oneshot::channel();
+        let mut job = Job {
+            request: request.clone(),
+            done,
+        };
+        loop {
+            let queue = self.queue(chat);
+            match queue.send(job) {
+                Ok(()) => break,
+                // The chat's sender just stopped for idleness: start another.
+                Err(mpsc::error::SendError(j)) => job = j,
+            }
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(SendError {
+                message: "the sender stopped".into(),
+                retry: true,
+            })
+        })
+    }
+
+    fn queue(self: &Arc<Self>, chat: i64) -> mpsc::UnboundedSender<Job> {
+        let mut chats = self.chats.lock().expect("not poisoned");
+        if let Some(q) = chats.get(&chat).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        chats.insert(chat, tx.clone());
+        tokio::spawn(self.clone().chat_sender(chat, rx));
+        tx
+    }
+
+    async fn chat_sender(self: Arc<Self>, chat: i64, mut rx: mpsc::UnboundedReceiver<Job>) {
+        // One message per chat at a time, the next no sooner than the pace after the previous
+        // one was answered: what Telegram receives is spaced by at least the pace. Groups
+        // (negative ids) have their own, slower budget.
+        let mut pace = spacing(self.cfg.per_chat);
+        if chat < 0 {
+            pace = pace.max(spacing(self.cfg.per_group));
+        }
+        let mut last_done: Option<tokio::time::Instant> = None;
+        loop {
+            let job = match tokio::time::timeout(IDLE, rx.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(_) => {
+                    self.chats.lock().expect("not poisoned").remove(&chat);
+                    rx.close();
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                }
+            };
+            let mut tries = 0;
+            let result = loop {
+                if let Some(t) = last_done {
+                    tokio::time::sleep_until(t + pace).await;
+                }
+                self.bot_limit.until_ready().await;
+                let sent = self.send_now(chat, &job.request).await;
+                last_done = Some(tokio::time::Instant::now());
+                match sent {
+                    Err(RequestError::RetryAfter(secs)) if tries < MAX_429 => {
+                        tries += 1;
+                        metrics::counter!("switchboard_platform_errors_total",
+                            "channel" => self.name.clone(), "code" => "429")
+                        .increment(1);
+                        tokio::time::sleep(secs.duration()).await;
+                    }
+                    other => break other.map_err(|e| send_error(&self.name, e)),
+                }
+            };
+            let _ = job.done.send(result);
+        }
+    }
+
+    async fn send_now(&self, chat: i64, request: &Json) -> Result<Json, RequestError> {
+        let text = request["text"].as_str().unwrap_or_default().to_string();
+        let mut rows = Vec::new();
+        for b in request["buttons"].as_array().into_iter().flatten() {
+            if let (Some(label), Some(url)) = (b["text"].as_str(), b["url"].as_str()) {
+                if let Ok(url) = reqwest::Url::parse(url) {
+                    rows.push(vec![InlineKeyboardButton::url(label.to_string(), url)]);
+                }
+            }
+        }
+        let mut req = self
+            .bot
+            .send_message(ChatId(chat), text)
+            .parse_mode(ParseMode::Html);
+        if !rows.is_empty() {
+            req = req.reply_markup(InlineKeyboardMarkup::new(rows));
+        }
+        let msg = req.await?;
+        Ok(json!({"channel": self.name, "chat_id": chat, "message_id": msg.id.0}))
+    }
+}
+
+fn send_error(channel: &str, e: RequestError) -> SendError {
+    let (retry, code) = match &e {
+        RequestError::Network(_) | RequestError::Io(_) => (true, "network".to_string()),
+        RequestError::RetryAfter(_) => (true, "429".to_string()),
+        RequestError::Api(
+            ApiError::BotBlocked | ApiError::ChatNotFound | ApiError::UserDeactivated,
+        ) => (false, "403".to_string()),
+        RequestError::Api(_) => (false, "400".to_string()),
+        _ => (true, "other".to_string()),
+    };
+    metrics::counter!("switchboard_platform_errors_total", "channel" => channel.to_string(), "code" => code)
+        .increment(1);
+    SendError {
+        message: format!("telegram: {e}"),
+        retry,
+    }
+}
