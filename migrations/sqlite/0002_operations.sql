@@ -21,3 +21,6 @@ CREATE TABLE settings (
 CREATE INDEX runs_status ON runs (status, id);
 CREATE INDEX runs_scenario ON runs (scenario, id);
 CREATE INDEX runs_updated ON runs (updated_at);
+
+-- Replies to `ask` steps are looked up by chat, whatever run or step waits.
+CREATE INDEX waits_by_key ON waits (hook, match_key, id);

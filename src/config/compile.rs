@@ -580,6 +580,7 @@ fn compile_scenario(
             (st.sleep.is_some(), "sleep"),
             (st.cancel.is_some(), "cancel"),
             (st.wait.is_some(), "wait"),
+            (st.ask.is_some(), "ask"),
         ] {
             if present {
                 actions.push(name);
@@ -605,8 +606,11 @@ fn compile_scenario(
             None => None,
         };
         if let Some(b) = &st.branch {
-            if st.http.is_none() && st.wait.is_none() {
-                cx.err(b.span(), "`branch` belongs to an `http` or `wait` step");
+            if st.http.is_none() && st.wait.is_none() && st.ask.is_none() {
+                cx.err(
+                    b.span(),
+                    "`branch` belongs to an `http`, `wait` or `ask` step",
+                );
             }
         }
         let branch_map: BTreeMap<String, Sp<String>> = st
@@ -682,6 +686,8 @@ fn compile_scenario(
             }))
         } else if let Some(w) = &st.wait {
             compile_wait(w, &branch_map, raw, cx, t, &target).map(Action::Wait)
+        } else if let Some(a) = &st.ask {
+            compile_ask(a, &branch_map, cx, t, gw, i18n, &target).map(|a| Action::Ask(Box::new(a)))
         } else if st.stop == Some(true) {
             Some(Action::Stop)
         } else {
@@ -939,6 +945,87 @@ fn var_name(cx: &mut FileCx, s: Option<&Sp<String>>, dflt: &str) -> Option<Strin
             }
         }
     }
+}
+
+fn compile_ask(
+    a: &Sp<raw::AskDef>,
+    branches: &BTreeMap<String, Sp<String>>,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+    i18n: &I18n,
+    target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
+) -> Option<AskSpec> {
+    let ad = a.get();
+    let channel = ad.to.get().split(':').next().unwrap_or_default();
+    if !matches!(gw.channels.get(channel), Some(Channel::Telegram(_))) {
+        cx.err(
+            ad.to.span(),
+            format!("ask needs a chat channel that receives replies (a telegram channel), not '{channel}'"),
+        );
+    }
+    if !ad.to.get().contains(':') {
+        cx.err(
+            ad.to.span(),
+            "ask needs `channel:chat`, e.g. tg:{{ event.chat.id }}",
+        );
+    }
+    let question = raw::SendDef {
+        to: ad.to.clone(),
+        text: ad.text.clone(),
+        template: ad.template.clone(),
+        args: Some(ad.args.clone()),
+        lang: ad.lang.clone(),
+        buttons: Vec::new(),
+    };
+    let question = compile_send(&Sp(toml::Spanned::new(a.span(), question)), cx, t, gw, i18n)?;
+    let retry = ad.retry_text.as_ref().map(|id| {
+        let missing = i18n.missing_in(id.get());
+        if !missing.is_empty() {
+            cx.err(
+                id.span(),
+                format!(
+                    "unknown Fluent message '{}': missing in locale {}",
+                    id.get(),
+                    missing.join(", ")
+                ),
+            );
+        }
+        let args = match &question.body {
+            SendBody::Fluent { args, .. } => {
+                args.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+            SendBody::Template(_) => Vec::new(),
+        };
+        SendBody::Fluent {
+            id: id.get().clone(),
+            args,
+        }
+    });
+    let choices: Vec<String> = ad.choices.iter().map(|c| normalize_reply(c)).collect();
+    let mut out = Vec::new();
+    for (k, l) in branches {
+        let known = k == "exhausted" || k == "timeout" || choices.contains(&normalize_reply(k));
+        if !known {
+            cx.err(
+                l.span(),
+                format!("unknown ask branch '{k}' (a choice, exhausted or timeout)"),
+            );
+        }
+        if let Some(i) = target(cx, l) {
+            out.push((normalize_reply(k), i));
+        }
+    }
+    Some(AskSpec {
+        question,
+        retry,
+        choices,
+        valid: ad.valid.as_ref().and_then(|v| cx.expr(t, v)),
+        retries: ad.retries.unwrap_or(2),
+        timeout: ad.timeout.as_ref().and_then(|d| cx.duration(d)),
+        save: var_name(cx, ad.save.as_ref(), "answer")?,
+        branches: out,
+    })
 }
 
 fn compile_wait(

@@ -279,6 +279,7 @@ pub enum Action {
     Sleep(SleepSpec),
     Cancel(CancelSpec),
     Wait(WaitSpec),
+    Ask(Box<AskSpec>),
     Stop,
 }
 
@@ -295,6 +296,7 @@ impl Action {
             Action::Sleep(_) => "sleep",
             Action::Cancel(_) => "cancel",
             Action::Wait(_) => "wait",
+            Action::Ask(_) => "ask",
             Action::Stop => "stop",
         }
     }
@@ -394,4 +396,32 @@ pub struct WaitSpec {
     pub timeout: Option<Duration>,
     pub save: String,
     pub on_timeout: Option<usize>,
+}
+
+pub struct AskSpec {
+    pub question: SendSpec,
+    /// Sent after an invalid reply; the question again when `None`.
+    pub retry: Option<SendBody>,
+    /// Normalized accepted answers.
+    pub choices: Vec<String>,
+    pub valid: Option<Expr>,
+    pub retries: u32,
+    pub timeout: Option<Duration>,
+    pub save: String,
+    /// choice, `exhausted` or `timeout` → step index.
+    pub branches: Vec<(String, usize)>,
+}
+
+impl AskSpec {
+    pub fn branch(&self, key: &str) -> Option<usize> {
+        self.branches
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, i)| *i)
+    }
+}
+
+/// How replies are compared with choices: trimmed, lower case, without a final period.
+pub fn normalize_reply(s: &str) -> String {
+    s.trim().trim_end_matches('.').trim().to_lowercase()
 }

@@ -220,6 +220,7 @@ pub struct StepDef {
     pub sleep: Option<Sp<SleepDef>>,
     pub cancel: Option<Sp<CancelDef>>,
     pub wait: Option<Sp<WaitDef>>,
+    pub ask: Option<Sp<AskDef>>,
     /// Outcome → label, for `http` (`"2xx"`, `"404"`, `error`) and `wait` (`timeout`).
     pub branch: Option<Sp<BTreeMap<String, Sp<String>>>>,
     /// End the run (after this step's action, if any).
@@ -326,5 +327,33 @@ pub struct WaitDef {
     /// How long to wait, e.g. `24h`; then `branch.timeout`.
     pub timeout: Option<Sp<String>>,
     /// Run variable that receives the answering event (default `reply`).
+    pub save: Option<Sp<String>>,
+}
+
+/// Ask a contact on a chat channel and wait for a valid reply, re-asking a few times.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AskDef {
+    /// `channel:chat` (templated), e.g. `tg:{{ event.chat.id }}`.
+    pub to: Sp<String>,
+    /// Fluent message id of the question.
+    pub text: Option<Sp<String>>,
+    /// Inline template of the question instead.
+    pub template: Option<Sp<String>>,
+    /// Fluent message id sent after an invalid reply (default: the question again).
+    pub retry_text: Option<Sp<String>>,
+    #[serde(default)]
+    pub args: BTreeMap<String, Sp<String>>,
+    pub lang: Option<Sp<String>>,
+    /// Accepted answers; a reply matches after trimming, case-folding and dropping a final `.`.
+    #[serde(default)]
+    pub choices: Vec<String>,
+    /// Expression over `reply` (the normalized text) that must be true for other answers.
+    pub valid: Option<Sp<String>>,
+    /// Re-asks after an invalid reply (default 2); then `branch.exhausted`.
+    pub retries: Option<u32>,
+    /// How long to wait in all; then `branch.timeout`.
+    pub timeout: Option<Sp<String>>,
+    /// Run variable that receives `{text, value, attempts, timed_out, exhausted}` (default `answer`).
     pub save: Option<Sp<String>>,
 }

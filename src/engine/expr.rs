@@ -209,6 +209,7 @@ impl Expr {
     }
 }
 
+#[derive(Clone)]
 pub enum Tmpl {
     Const(String),
     Dyn {

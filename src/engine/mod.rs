@@ -322,7 +322,14 @@ impl Engine {
                 }
                 cfg.scenarios_for_hook(&ev.source).cloned().collect()
             }
-            "message" => cfg.scenarios_for_messages(&ev.source).cloned().collect(),
+            "message" => {
+                if self.answer_ask(tx, ev, &mut outcome, after).await? {
+                    tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
+                        .await?;
+                    return Ok(());
+                }
+                cfg.scenarios_for_messages(&ev.source).cloned().collect()
+            }
             "click" => Vec::new(),
             _ => cfg.scenario(&ev.source).cloned().into_iter().collect(),
         };
@@ -399,6 +406,114 @@ impl Engine {
                 );
                 return Ok(true);
             }
+        }
+        Ok(false)
+    }
+
+    /// Gives a chat message to the oldest run asking that chat. True when one took it.
+    async fn answer_ask(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        outcome: &mut Vec<Json>,
+        after: &mut After,
+    ) -> Result<bool, StoreError> {
+        let chat = match &ev.data["chat"]["id"] {
+            Json::Number(n) => n.to_string(),
+            Json::String(s) => s.clone(),
+            _ => return Ok(false),
+        };
+        let now = self.now();
+        for run_id in tx
+            .find_waits_any(&format!("chat:{}", ev.source), &chat)
+            .await?
+        {
+            let Some(mut run) = tx.load_run(run_id).await? else {
+                continue;
+            };
+            let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+                continue;
+            };
+            let Some(Action::Ask(a)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
+                continue;
+            };
+            if run.status != RunStatus::Waiting {
+                continue;
+            }
+            let text = ev.data["text"].as_str().unwrap_or_default();
+            let value = crate::config::normalize_reply(text);
+            let attempts = run.vars[&a.save]["attempts"].as_i64().unwrap_or(0) + 1;
+            let ctx = minijinja::context! {
+                reply => value.clone(),
+                event => minijinja::Value::from_serialize(&*ev.data),
+                run => minijinja::Value::from_serialize(&run.vars),
+                global => minijinja::Value::from_serialize(&self.globals),
+            };
+            let valid = a.choices.contains(&value)
+                || match &a.valid {
+                    Some(v) => v.truthy(&ctx).unwrap_or(false),
+                    None => a.choices.is_empty() && !value.is_empty(),
+                };
+            let pc = run.pc;
+            if valid || attempts > a.retries as i64 {
+                tx.clear_parks(run.id).await?;
+                after.timers_changed = true;
+                run.vars.insert(
+                    a.save.clone(),
+                    json!({"text": text, "value": value, "attempts": attempts,
+                        "timed_out": false, "exhausted": !valid}),
+                );
+                let (result, next) = if valid {
+                    ("answered", a.branch(&value))
+                } else {
+                    ("no valid answer; retries used up", a.branch("exhausted"))
+                };
+                {
+                    let entry = json!({"step": pc, "action": "ask", "result": result,
+                        "reply": text, "event_id": ev.id, "at": now});
+                    steps::note(&mut run, entry);
+                }
+                run.pc = next.map(|i| i as i64).unwrap_or(pc + 1);
+                run.status = RunStatus::Running;
+                self.execute(tx, &mut run, &sc, after).await?;
+            } else {
+                run.vars.insert(
+                    a.save.clone(),
+                    json!({"text": text, "value": value, "attempts": attempts}),
+                );
+                let body = a.retry.as_ref().unwrap_or(&a.question.body);
+                let empty = Map::new();
+                let ctx = steps::Ctx {
+                    event: &run.event,
+                    run: &run.vars,
+                    subject: &empty,
+                    global: &self.globals,
+                    meta: json!({"run_id": run.id, "scenario": sc.id, "subject": run.subject}),
+                }
+                .value();
+                let entry = match self.render_message(&a.question, body, &ctx, &run, &sc) {
+                    Ok(request) => {
+                        self.send_message(
+                            tx,
+                            &run,
+                            pc as usize,
+                            &a.question.channel,
+                            request,
+                            after,
+                        )
+                        .await?;
+                        json!({"step": pc, "action": "ask", "result": "invalid answer, asked again",
+                            "reply": text, "event_id": ev.id, "at": now})
+                    }
+                    Err(e) => json!({"step": pc, "action": "ask", "result": "invalid answer",
+                        "reply": text, "error": e, "at": now}),
+                };
+                steps::note(&mut run, entry);
+                run.updated_at = now;
+                tx.save_run(&run).await?;
+            }
+            outcome.push(json!({"scenario": sc.id, "run": run_id, "verdict": "answered an ask"}));
+            return Ok(true);
         }
         Ok(false)
     }
@@ -605,19 +720,31 @@ impl Engine {
             }
             ("wait_timeout", RunStatus::Waiting) => {
                 tx.clear_parks(run.id).await?;
-                let step = sc.steps.get(run.pc as usize);
-                let Some(Action::Wait(w)) = step.map(|s| &s.action) else {
-                    steps::fail(&mut run, "the wait step moved: the scenario changed", now);
-                    tx.save_run(&run).await?;
-                    return Ok(());
+                let (action, save, next) = match sc.steps.get(run.pc as usize).map(|s| &s.action) {
+                    Some(Action::Wait(w)) => ("wait", w.save.clone(), w.on_timeout),
+                    Some(Action::Ask(a)) => ("ask", a.save.clone(), a.branch("timeout")),
+                    _ => {
+                        steps::fail(
+                            &mut run,
+                            "the waiting step moved: the scenario changed",
+                            now,
+                        );
+                        tx.save_run(&run).await?;
+                        return Ok(());
+                    }
                 };
-                run.vars.insert(w.save.clone(), json!({"timed_out": true}));
+                let mut saved = run.vars.get(&save).cloned().unwrap_or_else(|| json!({}));
+                if !saved.is_object() {
+                    saved = json!({});
+                }
+                saved["timed_out"] = json!(true);
+                run.vars.insert(save, saved);
                 {
                     let entry =
-                        json!({"step": run.pc, "action": "wait", "result": "timed out", "at": now});
+                        json!({"step": run.pc, "action": action, "result": "timed out", "at": now});
                     steps::note(&mut run, entry);
                 }
-                run.pc = w.on_timeout.map(|i| i as i64).unwrap_or(run.pc + 1);
+                run.pc = next.map(|i| i as i64).unwrap_or(run.pc + 1);
             }
             _ => return Ok(()),
         }

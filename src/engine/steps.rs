@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
 use super::{After, Engine, EventItem, OutboxJob, Work, PARKED_CACHE};
-use crate::config::{Action, HttpBody, Scenario, Scope, SendBody, SleepTime, Step, VarRef};
+use crate::config::{
+    Action, HttpBody, Scenario, Scope, SendBody, SendSpec, SleepTime, Step, VarRef,
+};
 use crate::store::{
     NewEvent, NewOutbox, NewTimer, NewWait, OutboxRow, RunRow, RunStatus, StoreError, Tx,
 };
@@ -27,6 +29,11 @@ impl Ctx<'_> {
     pub fn value(&self) -> Value {
         Value::from_serialize(self)
     }
+}
+
+fn message_entry(channel: &str, request: &Json) -> Json {
+    json!({"channel": channel, "to": request["to"], "lang": request["lang"],
+        "text": request["text"], "buttons": request["buttons"]})
 }
 
 /// Longest journal a run keeps; older entries are dropped (a count is kept).
@@ -336,58 +343,47 @@ impl Engine {
                 Flow::Next
             }
             Action::Send(s) => {
-                let address = match &s.address {
-                    Some(a) => Some(tryv!(a.render(ctx))),
-                    None => None,
-                };
-                let wanted = match &s.lang {
-                    Some(l) => Some(tryv!(l.render(ctx))),
-                    None => None,
-                };
-                let lang = self.cfg.i18n.resolve(wanted.as_deref());
-                let text = match &s.body {
-                    SendBody::Template(t) => tryv!(t.render(ctx)),
-                    SendBody::Fluent { id, args } => {
-                        let mut fargs = Map::new();
-                        for (k, v) in run
-                            .vars
-                            .iter()
-                            .chain(run.event.as_object().into_iter().flatten())
-                        {
-                            if !v.is_object() && !v.is_array() {
-                                fargs.entry(k.clone()).or_insert_with(|| v.clone());
-                            }
-                        }
-                        for (k, t) in args {
-                            fargs.insert(k.clone(), json!(tryv!(t.render(ctx))));
-                        }
-                        tryv!(self.cfg.i18n.render(&lang, id, &fargs))
-                    }
-                };
-                let mut buttons = Vec::with_capacity(s.buttons.len());
-                for (label, url) in &s.buttons {
-                    buttons.push(
-                        json!({"text": tryv!(label.render(ctx)), "url": tryv!(url.render(ctx))}),
-                    );
-                }
-                let request = json!({"to": address, "lang": lang, "text": text, "buttons": buttons,
-                    "run_id": run.id, "scenario": sc.id});
-                entry["send"] = json!({"channel": s.channel, "to": address, "lang": lang,
-                    "text": text, "buttons": request["buttons"]});
-                self.enqueue(
-                    tx,
-                    run,
-                    pc,
-                    "send",
-                    &s.channel,
-                    request,
-                    self.cfg.gateway.http_attempts,
-                    self.cfg.gateway.http_timeout,
-                    false,
-                    after,
-                )
-                .await?;
+                let request = tryv!(self.render_message(s, &s.body, ctx, run, sc));
+                entry["send"] = message_entry(&s.channel, &request);
+                self.send_message(tx, run, pc, &s.channel, request, after)
+                    .await?;
                 Flow::Next
+            }
+            Action::Ask(a) => {
+                let request =
+                    tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));
+                entry["send"] = message_entry(&a.question.channel, &request);
+                let chat = request["to"].as_str().unwrap_or_default().to_string();
+                self.send_message(tx, run, pc, &a.question.channel, request, after)
+                    .await?;
+                tx.insert_wait(&NewWait {
+                    run_id: run.id,
+                    hook: format!("chat:{}", a.question.channel),
+                    scenario: sc.id.clone(),
+                    step: pc as i64,
+                    match_key: chat.clone(),
+                    now,
+                })
+                .await?;
+                if let Some(t) = a.timeout {
+                    let due = now + t.as_millis() as i64;
+                    tx.insert_timer(&NewTimer {
+                        run_id: run.id,
+                        kind: "wait_timeout".into(),
+                        due_at: due,
+                        scenario: sc.id.clone(),
+                        subject: run.subject.clone(),
+                        key: None,
+                    })
+                    .await?;
+                    after.timers_changed = true;
+                    entry["until"] = json!(crate::clock::rfc3339(due));
+                }
+                run.vars.insert(a.save.clone(), json!({"attempts": 0}));
+                entry["wait"] = json!({"webhook": format!("chat {chat}"), "key": chat});
+                entry["result"] = json!("waiting");
+                run.status = RunStatus::Waiting;
+                Flow::Park
             }
             Action::Http(h) => {
                 let url = tryv!(h.url.render(ctx));
@@ -628,6 +624,73 @@ impl Engine {
             lane: format!("scenario:{}", run.scenario),
         });
         Ok(id)
+    }
+
+    /// Renders a message: its address, language, text (Fluent or template) and buttons.
+    pub(super) fn render_message(
+        &self,
+        s: &SendSpec,
+        body: &SendBody,
+        ctx: &Value,
+        run: &RunRow,
+        sc: &Scenario,
+    ) -> Result<Json, String> {
+        let address = match &s.address {
+            Some(a) => Some(a.render(ctx).map_err(|e| e.0)?),
+            None => None,
+        };
+        let wanted = match &s.lang {
+            Some(l) => Some(l.render(ctx).map_err(|e| e.0)?),
+            None => None,
+        };
+        let lang = self.cfg.i18n.resolve(wanted.as_deref());
+        let text = match body {
+            SendBody::Template(t) => t.render(ctx).map_err(|e| e.0)?,
+            SendBody::Fluent { id, args } => {
+                let mut fargs = Map::new();
+                for (k, v) in run
+                    .vars
+                    .iter()
+                    .chain(run.event.as_object().into_iter().flatten())
+                {
+                    if !v.is_object() && !v.is_array() {
+                        fargs.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                for (k, t) in args {
+                    fargs.insert(k.clone(), json!(t.render(ctx).map_err(|e| e.0)?));
+                }
+                self.cfg.i18n.render(&lang, id, &fargs)?
+            }
+        };
+        let mut buttons = Vec::with_capacity(s.buttons.len());
+        for (label, url) in &s.buttons {
+            buttons.push(json!({"text": label.render(ctx).map_err(|e| e.0)?,
+                "url": url.render(ctx).map_err(|e| e.0)?}));
+        }
+        Ok(
+            json!({"to": address, "lang": lang, "text": text, "buttons": buttons,
+            "run_id": run.id, "scenario": sc.id}),
+        )
+    }
+
+    pub(super) async fn send_message(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &RunRow,
+        pc: usize,
+        channel: &str,
+        request: Json,
+        after: &mut After,
+    ) -> Result<i64, StoreError> {
+        let (attempts, timeout) = (
+            self.cfg.gateway.http_attempts,
+            self.cfg.gateway.http_timeout,
+        );
+        self.enqueue(
+            tx, run, pc, "send", channel, request, attempts, timeout, false, after,
+        )
+        .await
     }
 
     /// The duration histogram of one kind of step; looked up once per kind.

@@ -372,6 +372,9 @@ pub trait Tx: Send {
         match_key: &str,
     ) -> Result<Vec<i64>>;
 
+    /// Runs waiting on `hook` with this key at any step, oldest first.
+    async fn find_waits_any(&mut self, hook: &str, match_key: &str) -> Result<Vec<i64>>;
+
     async fn subject_limit(
         &mut self,
         scenario: &str,

@@ -1036,6 +1036,16 @@ impl Tx for SqliteTx {
         .await?)
     }
 
+    async fn find_waits_any(&mut self, hook: &str, match_key: &str) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT run_id FROM waits WHERE hook = $1 AND match_key = $2 ORDER BY id LIMIT 16",
+        )
+        .bind(hook)
+        .bind(match_key)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
     async fn subject_limit(
         &mut self,
         scenario: &str,

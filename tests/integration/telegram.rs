@@ -272,3 +272,133 @@ fn fake_was_throttled(
         .find(|x| x.params["chat_id"] == 7)
         .is_some_and(|x| x.at == c.at)
 }
+
+const CONFIRM: &str = r#"id = "confirm"
+on = { webhook = "booked" }
+subject = "appointment:{{ event.id }}"
+[[step]]
+ask = { to = "tg:{{ event.chat }}", template = "Reply 1 to confirm, 2 to reschedule, 3 to cancel", retry_text = "confirm-only-digit", choices = ["1", "2", "3"], retries = 2, timeout = "24h" }
+branch = { "1" = "confirmed", "2" = "reschedule", exhausted = "handover", timeout = "no-answer" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "cancelled" }
+stop = true
+[[step]]
+label = "confirmed"
+send = { to = "tg:{{ event.chat }}", template = "confirmed after {{ run.answer.attempts }} tries" }
+stop = true
+[[step]]
+label = "reschedule"
+send = { to = "tg:{{ event.chat }}", template = "rescheduling" }
+stop = true
+[[step]]
+label = "handover"
+send = { to = "tg:{{ event.owner }}", template = "please take over {{ meta.subject }} (last reply: {{ run.answer.text }})" }
+stop = true
+[[step]]
+label = "no-answer"
+send = { to = "tg:{{ event.owner }}", template = "no answer for {{ meta.subject }}" }
+"#;
+
+async fn ask_app(fake: &FakeTelegram) -> (ConfigDir, TestApp) {
+    let cfg = ConfigDir::with(&[("confirm.toml", CONFIRM)]);
+    cfg.write("gateway.toml", &gateway(fake, ""));
+    for lang in ["en", "ru", "pl"] {
+        let p = cfg.root.path().join("locales").join(lang).join("main.ftl");
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text.push_str("confirm-only-digit = Please answer with just the digit: 1, 2 or 3.\n");
+        std::fs::write(p, text).unwrap();
+    }
+    let t = TestApp::spawn(&cfg).await;
+    (cfg, t)
+}
+
+fn texts_to(fake: &FakeTelegram, chat: i64) -> Vec<String> {
+    fake.calls("sendMessage")
+        .into_iter()
+        .filter(|c| c.params["chat_id"] == chat)
+        .map(|c| c.params["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn texts_eventually(fake: &FakeTelegram, chat: i64, n: usize) -> Vec<String> {
+    eventually(|| async {
+        let t = texts_to(fake, chat);
+        (t.len() >= n).then_some(t)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn ask_re_asks_after_wrong_answers_then_takes_the_right_one() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = ask_app(&fake).await;
+    t.post("booked", json!({"id": 1, "chat": 301, "owner": 900}))
+        .await;
+    texts_eventually(&fake, 301, 1).await;
+    fake.inject(text_update(301, 5, "en", "yes, I think so"));
+    texts_eventually(&fake, 301, 2).await;
+    fake.inject(text_update(301, 5, "en", "maybe"));
+    texts_eventually(&fake, 301, 3).await;
+    fake.inject(text_update(301, 5, "en", " 1. "));
+    let texts = texts_eventually(&fake, 301, 4).await;
+    assert_eq!(
+        texts,
+        vec![
+            "Reply 1 to confirm, 2 to reschedule, 3 to cancel",
+            "Please answer with just the digit: 1, 2 or 3.",
+            "Please answer with just the digit: 1, 2 or 3.",
+            "confirmed after 3 tries",
+        ]
+    );
+    assert!(texts_to(&fake, 900).is_empty());
+}
+
+#[tokio::test]
+async fn ask_hands_over_after_the_retries_and_on_timeout() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = ask_app(&fake).await;
+    t.post("booked", json!({"id": 2, "chat": 302, "owner": 900}))
+        .await;
+    t.post("booked", json!({"id": 3, "chat": 303, "owner": 901}))
+        .await;
+    texts_eventually(&fake, 302, 1).await;
+    texts_eventually(&fake, 303, 1).await;
+    for (n, reply) in ["a", "b", "c"].iter().enumerate() {
+        fake.inject(text_update(302, 6, "en", reply));
+        texts_eventually(&fake, 302, (n + 2).min(3)).await;
+        if n == 2 {
+            break;
+        }
+    }
+    let owner = texts_eventually(&fake, 900, 1).await;
+    assert_eq!(
+        owner,
+        vec!["please take over appointment:2 (last reply: c)"]
+    );
+    assert_eq!(texts_to(&fake, 302).len(), 3);
+
+    // Chat 303 never answers: a day later its owner hears about it.
+    t.advance(Duration::from_secs(25 * 3600));
+    let owner = texts_eventually(&fake, 901, 1).await;
+    assert_eq!(owner, vec!["no answer for appointment:3"]);
+}
+
+#[tokio::test]
+async fn replies_go_to_the_oldest_asking_run_of_that_chat() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = ask_app(&fake).await;
+    t.post("booked", json!({"id": 10, "chat": 304, "owner": 900}))
+        .await;
+    texts_eventually(&fake, 304, 1).await;
+    t.post("booked", json!({"id": 11, "chat": 304, "owner": 900}))
+        .await;
+    texts_eventually(&fake, 304, 2).await;
+    fake.inject(text_update(999, 1, "en", "2"));
+    fake.inject(text_update(304, 6, "en", "2"));
+    let texts = texts_eventually(&fake, 304, 3).await;
+    assert_eq!(texts[2], "rescheduling");
+    fake.inject(text_update(304, 6, "en", "3"));
+    let texts = texts_eventually(&fake, 304, 4).await;
+    assert_eq!(texts[3], "cancelled");
+    assert!(texts_to(&fake, 999).is_empty());
+}
