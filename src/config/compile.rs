@@ -581,6 +581,7 @@ fn compile_scenario(
             (st.cancel.is_some(), "cancel"),
             (st.wait.is_some(), "wait"),
             (st.ask.is_some(), "ask"),
+            (st.offer.is_some(), "offer"),
         ] {
             if present {
                 actions.push(name);
@@ -606,10 +607,10 @@ fn compile_scenario(
             None => None,
         };
         if let Some(b) = &st.branch {
-            if st.http.is_none() && st.wait.is_none() && st.ask.is_none() {
+            if st.http.is_none() && st.wait.is_none() && st.ask.is_none() && st.offer.is_none() {
                 cx.err(
                     b.span(),
-                    "`branch` belongs to an `http`, `wait` or `ask` step",
+                    "`branch` belongs to an `http`, `wait`, `ask` or `offer` step",
                 );
             }
         }
@@ -686,6 +687,9 @@ fn compile_scenario(
             }))
         } else if let Some(w) = &st.wait {
             compile_wait(w, &branch_map, raw, cx, t, &target).map(Action::Wait)
+        } else if let Some(o) = &st.offer {
+            compile_offer(o, &branch_map, cx, t, gw, i18n, &target)
+                .map(|o| Action::Offer(Box::new(o)))
         } else if let Some(a) = &st.ask {
             compile_ask(a, &branch_map, cx, t, gw, i18n, &target).map(|a| Action::Ask(Box::new(a)))
         } else if st.stop == Some(true) {
@@ -945,6 +949,92 @@ fn var_name(cx: &mut FileCx, s: Option<&Sp<String>>, dflt: &str) -> Option<Strin
             }
         }
     }
+}
+
+fn compile_offer(
+    o: &Sp<raw::OfferDef>,
+    branches: &BTreeMap<String, Sp<String>>,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+    i18n: &I18n,
+    target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
+) -> Option<OfferSpec> {
+    let od = o.get();
+    let channel = od.to.get().split(':').next().unwrap_or_default();
+    if !matches!(gw.channels.get(channel), Some(Channel::Telegram(_))) || !od.to.get().contains(':')
+    {
+        cx.err(
+            od.to.span(),
+            format!("offer needs `channel:chat` on a chat channel with buttons (a telegram channel), not '{}'", od.to.get()),
+        );
+    }
+    let message = raw::SendDef {
+        to: od.to.clone(),
+        text: od.text.clone(),
+        template: od.template.clone(),
+        args: Some(od.args.clone()),
+        lang: od.lang.clone(),
+        buttons: Vec::new(),
+    };
+    let message = compile_send(&Sp(toml::Spanned::new(o.span(), message)), cx, t, gw, i18n)?;
+    let mut buttons = Vec::new();
+    for b in &od.buttons {
+        if let Some(label) = cx.tmpl(t, &b.text) {
+            buttons.push(OfferButton {
+                id: b.id.clone(),
+                label,
+                decline: b.decline.unwrap_or(false),
+            });
+        }
+    }
+    if od.buttons.is_empty() {
+        buttons.push(OfferButton {
+            id: "accept".into(),
+            label: Tmpl::Const("Accept".into()),
+            decline: false,
+        });
+    }
+    let who = match od.who.as_ref().map(|w| (w, w.get())) {
+        None => Who::Any,
+        Some((_, serde_json::Value::String(s))) if s == "any" => Who::Any,
+        Some((_, serde_json::Value::String(s))) if s == "staff" => Who::Staff,
+        Some((_, serde_json::Value::Array(ids))) => Who::Users(
+            ids.iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        ),
+        Some((w, _)) => {
+            cx.err(
+                w.span(),
+                "who must be \"any\", \"staff\" or a list of user ids",
+            );
+            Who::Any
+        }
+    };
+    let mut out = Vec::new();
+    for (k, l) in branches {
+        if k != "timeout" && !buttons.iter().any(|b| &b.id == k) {
+            cx.err(
+                l.span(),
+                format!("unknown offer branch '{k}' (a button id or timeout)"),
+            );
+        }
+        if let Some(i) = target(cx, l) {
+            out.push((k.clone(), i));
+        }
+    }
+    Some(OfferSpec {
+        message,
+        buttons,
+        who,
+        timeout: od.timeout.as_ref().and_then(|d| cx.duration(d)),
+        taken: od.taken.as_ref().and_then(|tk| cx.tmpl(t, tk)),
+        branches: out,
+    })
 }
 
 fn compile_ask(

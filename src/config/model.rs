@@ -280,6 +280,7 @@ pub enum Action {
     Cancel(CancelSpec),
     Wait(WaitSpec),
     Ask(Box<AskSpec>),
+    Offer(Box<OfferSpec>),
     Stop,
 }
 
@@ -297,6 +298,7 @@ impl Action {
             Action::Cancel(_) => "cancel",
             Action::Wait(_) => "wait",
             Action::Ask(_) => "ask",
+            Action::Offer(_) => "offer",
             Action::Stop => "stop",
         }
     }
@@ -424,4 +426,35 @@ impl AskSpec {
 /// How replies are compared with choices: trimmed, lower case, without a final period.
 pub fn normalize_reply(s: &str) -> String {
     s.trim().trim_end_matches('.').trim().to_lowercase()
+}
+
+pub struct OfferSpec {
+    pub message: SendSpec,
+    pub buttons: Vec<OfferButton>,
+    pub who: Who,
+    pub timeout: Option<Duration>,
+    pub taken: Option<Tmpl>,
+    /// button id or `timeout` → step index.
+    pub branches: Vec<(String, usize)>,
+}
+
+impl OfferSpec {
+    pub fn branch(&self, key: &str) -> Option<usize> {
+        self.branches
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, i)| *i)
+    }
+}
+
+pub struct OfferButton {
+    pub id: String,
+    pub label: Tmpl,
+    pub decline: bool,
+}
+
+pub enum Who {
+    Any,
+    Staff,
+    Users(Vec<String>),
 }

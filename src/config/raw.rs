@@ -221,6 +221,7 @@ pub struct StepDef {
     pub cancel: Option<Sp<CancelDef>>,
     pub wait: Option<Sp<WaitDef>>,
     pub ask: Option<Sp<AskDef>>,
+    pub offer: Option<Sp<OfferDef>>,
     /// Outcome → label, for `http` (`"2xx"`, `"404"`, `error`) and `wait` (`timeout`).
     pub branch: Option<Sp<BTreeMap<String, Sp<String>>>>,
     /// End the run (after this step's action, if any).
@@ -356,4 +357,35 @@ pub struct AskDef {
     pub timeout: Option<Sp<String>>,
     /// Run variable that receives `{text, value, attempts, timed_out, exhausted}` (default `answer`).
     pub save: Option<Sp<String>>,
+}
+
+/// Post a message with buttons to a chat; the first allowed click wins.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfferDef {
+    /// `channel:chat` (templated), e.g. `tg:-1001234`.
+    pub to: Sp<String>,
+    pub text: Option<Sp<String>>,
+    pub template: Option<Sp<String>>,
+    #[serde(default)]
+    pub args: BTreeMap<String, Sp<String>>,
+    pub lang: Option<Sp<String>>,
+    /// Buttons (default one: `accept`). A `decline` button excludes the clicker and keeps
+    /// the offer open.
+    #[serde(default)]
+    pub buttons: Vec<OfferButtonDef>,
+    /// Who may take it: `"any"` (default), `"staff"` (the staff directory), or a list of user ids.
+    pub who: Option<Sp<serde_json::Value>>,
+    /// Then `branch.timeout`.
+    pub timeout: Option<Sp<String>>,
+    /// Template the message becomes once taken (sees `claim`); default: the text and the taker.
+    pub taken: Option<Sp<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfferButtonDef {
+    pub id: String,
+    pub text: Sp<String>,
+    pub decline: Option<bool>,
 }

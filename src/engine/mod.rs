@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod expr;
 pub mod ingest;
+mod offers;
 mod queue;
 mod steps;
 
@@ -70,6 +71,8 @@ pub enum DeliveryResult {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub outbox_id: i64,
+    /// The offer whose message this delivered, if any.
+    pub offer_id: Option<i64>,
     pub run_id: Option<i64>,
     /// The step that made the request (the run waits there).
     pub step: Option<i64>,
@@ -92,6 +95,7 @@ impl OutboxJob {
     pub fn delivery(&self, attempts: i64, result: DeliveryResult) -> Delivery {
         Delivery {
             outbox_id: self.row.id,
+            offer_id: self.row.request["offer_id"].as_i64(),
             run_id: self.row.run_id,
             step: self.row.step,
             resume: self.row.resume,
@@ -330,7 +334,12 @@ impl Engine {
                 }
                 cfg.scenarios_for_messages(&ev.source).cloned().collect()
             }
-            "click" => Vec::new(),
+            "click" => {
+                self.on_click(tx, ev, &mut outcome, after).await?;
+                tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
+                    .await?;
+                return Ok(());
+            }
             _ => cfg.scenario(&ev.source).cloned().into_iter().collect(),
         };
         if scenarios.is_empty() {
@@ -723,6 +732,11 @@ impl Engine {
                 let (action, save, next) = match sc.steps.get(run.pc as usize).map(|s| &s.action) {
                     Some(Action::Wait(w)) => ("wait", w.save.clone(), w.on_timeout),
                     Some(Action::Ask(a)) => ("ask", a.save.clone(), a.branch("timeout")),
+                    Some(Action::Offer(o)) => {
+                        let next = o.branch("timeout");
+                        self.expire_offer(tx, &mut run, after).await?;
+                        ("offer", "claim".to_string(), next)
+                    }
                     _ => {
                         steps::fail(
                             &mut run,
@@ -783,6 +797,11 @@ impl Engine {
                 (response.clone(), Some(error.clone()))
             }
         };
+        if let (Some(offer), Some(r)) = (d.offer_id, &response) {
+            if let Some(m) = r["message_id"].as_i64() {
+                tx.set_offer_message(offer, m).await?;
+            }
+        }
         let (true, Some(run_id)) = (d.resume, d.run_id) else {
             return Ok(());
         };

@@ -349,6 +349,17 @@ impl Engine {
                     .await?;
                 Flow::Next
             }
+            Action::Offer(o) => {
+                let request = match self.post_offer(tx, run, sc, o, pc, ctx, after).await? {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e)),
+                };
+                entry["send"] = message_entry(&o.message.channel, &request);
+                entry["offer_id"] = request["offer_id"].clone();
+                entry["result"] = json!("waiting for a click");
+                run.status = RunStatus::Waiting;
+                Flow::Park
+            }
             Action::Ask(a) => {
                 let request =
                     tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));

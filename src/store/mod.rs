@@ -255,6 +255,22 @@ pub struct NewWait {
     pub now: i64,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct OfferRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub step: i64,
+    pub channel: String,
+    pub chat_id: String,
+    pub message_id: Option<i64>,
+    pub text: String,
+    /// `open`, `taken` or `expired`.
+    pub status: String,
+    /// User ids that declined.
+    pub excluded: Vec<String>,
+    pub winner: Option<Json>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SubjectLimit {
     pub total: i64,
@@ -371,6 +387,25 @@ pub trait Tx: Send {
         step: i64,
         match_key: &str,
     ) -> Result<Vec<i64>>;
+
+    async fn insert_offer(
+        &mut self,
+        run_id: i64,
+        step: i64,
+        channel: &str,
+        chat_id: &str,
+        text: &str,
+        now: i64,
+    ) -> Result<i64>;
+    async fn load_offer(&mut self, id: i64) -> Result<Option<OfferRow>>;
+    /// The first-click-wins compare-and-set: true for the one caller that took an open offer.
+    async fn claim_offer(&mut self, id: i64, winner: &Json) -> Result<bool>;
+    /// Closes an open offer without a winner; true when it was open.
+    async fn expire_offer(&mut self, id: i64) -> Result<bool>;
+    async fn exclude_from_offer(&mut self, id: i64, user: &str) -> Result<()>;
+    async fn set_offer_message(&mut self, id: i64, message_id: i64) -> Result<()>;
+    /// The open offer a run is waiting on, if any.
+    async fn open_offer_of(&mut self, run_id: i64) -> Result<Option<OfferRow>>;
 
     /// Runs waiting on `hook` with this key at any step, oldest first.
     async fn find_waits_any(&mut self, hook: &str, match_key: &str) -> Result<Vec<i64>>;

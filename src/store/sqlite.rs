@@ -108,6 +108,22 @@ fn summary_row(r: &SqliteRow) -> Result<RunSummary> {
     })
 }
 
+fn offer_row(r: &SqliteRow) -> Result<OfferRow> {
+    let excluded: String = r.get("excluded");
+    Ok(OfferRow {
+        id: r.get("id"),
+        run_id: r.get("run_id"),
+        step: r.get("step"),
+        channel: r.get("channel"),
+        chat_id: r.get("chat_id"),
+        message_id: r.get("message_id"),
+        text: r.get("text"),
+        status: r.get("status"),
+        excluded: serde_json::from_str(&excluded).unwrap_or_default(),
+        winner: opt_json(r.get("winner"))?,
+    })
+}
+
 fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
     Ok(OutboxRow {
         id: r.get("id"),
@@ -1034,6 +1050,89 @@ impl Tx for SqliteTx {
         .bind(match_key)
         .fetch_all(&mut *self.tx)
         .await?)
+    }
+
+    async fn insert_offer(
+        &mut self,
+        run_id: i64,
+        step: i64,
+        channel: &str,
+        chat_id: &str,
+        text: &str,
+        now: i64,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO offers (run_id, step, channel, chat_id, text, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'open', $6) RETURNING id",
+        )
+        .bind(run_id)
+        .bind(step)
+        .bind(channel)
+        .bind(chat_id)
+        .bind(text)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    async fn load_offer(&mut self, id: i64) -> Result<Option<OfferRow>> {
+        sqlx::query("SELECT * FROM offers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .as_ref()
+            .map(offer_row)
+            .transpose()
+    }
+
+    async fn claim_offer(&mut self, id: i64, winner: &Json) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE offers SET status = 'taken', winner = $2 WHERE id = $1 AND status = 'open'",
+        )
+        .bind(id)
+        .bind(winner.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn expire_offer(&mut self, id: i64) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE offers SET status = 'expired' WHERE id = $1 AND status = 'open'")
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn exclude_from_offer(&mut self, id: i64, user: &str) -> Result<()> {
+        sqlx::query("UPDATE offers SET excluded = json_insert(excluded, '$[#]', $2) WHERE id = $1")
+            .bind(id)
+            .bind(user)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_offer_message(&mut self, id: i64, message_id: i64) -> Result<()> {
+        sqlx::query("UPDATE offers SET message_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(message_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn open_offer_of(&mut self, run_id: i64) -> Result<Option<OfferRow>> {
+        sqlx::query(
+            "SELECT * FROM offers WHERE run_id = $1 AND status = 'open' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .as_ref()
+        .map(offer_row)
+        .transpose()
     }
 
     async fn find_waits_any(&mut self, hook: &str, match_key: &str) -> Result<Vec<i64>> {

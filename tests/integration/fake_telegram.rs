@@ -232,3 +232,19 @@ async fn answer(
         ),
     }
 }
+
+pub fn click_update(chat: i64, user: i64, name: &str, data: &str, message_id: i64) -> Value {
+    json!({"callback_query": {
+        "id": format!("cb-{user}-{}", rand_suffix()),
+        "from": {"id": user, "is_bot": false, "first_name": name, "language_code": "en"},
+        "message": {"message_id": message_id, "date": 1_700_000_000,
+            "chat": {"id": chat, "type": "group", "title": "Managers"}, "text": "offer"},
+        "chat_instance": "ci-1",
+        "data": data,
+    }})
+}
+
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

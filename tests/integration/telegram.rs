@@ -402,3 +402,223 @@ async fn replies_go_to_the_oldest_asking_run_of_that_chat() {
     assert_eq!(texts[3], "cancelled");
     assert!(texts_to(&fake, 999).is_empty());
 }
+
+const DISTRIBUTE: &str = r#"id = "distribute"
+on = { webhook = "deal" }
+subject = "deal:{{ event.id }}"
+[[step]]
+offer = { to = "tg:-500", template = "New deal <b>{{ event.id }}</b>", buttons = [{ id = "accept", text = "Accept" }, { id = "decline", text = "Decline", decline = true }], who = "{{ event.who }}", timeout = "10m" }
+branch = { timeout = "escalate" }
+[[step]]
+send = { to = "ops", template = "{{ run.claim.name }} took deal {{ event.id }}" }
+stop = true
+[[step]]
+label = "escalate"
+send = { to = "tg:777", template = "nobody took deal {{ event.id }}" }
+"#;
+
+async fn offer_app(fake: &FakeTelegram, who: &str, extra: &str) -> (ConfigDir, TestApp) {
+    let cfg = ConfigDir::with(&[(
+        "distribute.toml",
+        &DISTRIBUTE.replace("\"{{ event.who }}\"", who),
+    )]);
+    cfg.write(
+        "gateway.toml",
+        &format!(
+            "{}\n[channels.ops]\ntype = \"log\"\noutput = \"journal\"\n\n[[staff]]\nid = \"elena\"\nname = \"Elena\"\nids = {{ telegram = \"42\" }}\n\n[[staff]]\nid = \"marek\"\nname = \"Marek\"\nids = {{ telegram = \"43\" }}\n",
+            gateway(fake, extra)
+        ),
+    );
+    let t = TestApp::spawn(&cfg).await;
+    (cfg, t)
+}
+
+/// The offer message's callback data for each button, and its message id.
+async fn posted_offer(fake: &FakeTelegram) -> (Vec<String>, i64) {
+    let sent = fake.wait_for("sendMessage", 1).await;
+    let kb = &sent[0].params["reply_markup"]["inline_keyboard"][0];
+    let data = kb
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["callback_data"].as_str().unwrap().to_string())
+        .collect();
+    (data, 1)
+}
+
+async fn contended_clicks(webhook: bool) {
+    let fake = FakeTelegram::start().await;
+    let extra = if webhook {
+        "mode = \"webhook\"\nwebhook_secret = \"s3cret\"\n"
+    } else {
+        ""
+    };
+    let (_cfg, t) = offer_app(&fake, "\"any\"", extra).await;
+    let (_, b) = t.post("deal", json!({"id": 42})).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let (data, message_id) = posted_offer(&fake).await;
+    assert!(data[0].len() <= 64);
+
+    let clicks: Vec<_> = (1..=200)
+        .map(|u| {
+            crate::fake_telegram::click_update(
+                -500,
+                10_000 + u,
+                &format!("User{u}"),
+                &data[0],
+                message_id,
+            )
+        })
+        .collect();
+    if webhook {
+        let url = format!("{}/telegram/tg", t.app.url());
+        let posts = clicks.iter().enumerate().map(|(i, c)| {
+            let mut c = c.clone();
+            c["update_id"] = json!(5000 + i);
+            let req = t
+                .http
+                .post(&url)
+                .header("X-Telegram-Bot-Api-Secret-Token", "s3cret")
+                .json(&c);
+            async move { req.send().await.unwrap().status().as_u16() }
+        });
+        let statuses = futures::future::join_all(posts).await;
+        assert!(statuses.iter().all(|s| *s == 200));
+    } else {
+        let first = fake.inject(clicks[0].clone());
+        for c in &clicks[1..] {
+            fake.inject(c.clone());
+        }
+        // The same update twice is one click.
+        let mut dup = clicks[0].clone();
+        dup["update_id"] = json!(first);
+        fake.inject(dup);
+    }
+    fake.wait_for("answerCallbackQuery", 200).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answers = fake.calls("answerCallbackQuery");
+    assert_eq!(answers.len(), 200, "every click answered once");
+    let mut ids: Vec<_> = answers
+        .iter()
+        .map(|a| a.params["callback_query_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+    let won: Vec<_> = answers
+        .iter()
+        .filter(|a| a.params["text"] == "It is yours.")
+        .collect();
+    assert_eq!(won.len(), 1);
+    let done = t.finished(run).await;
+    let winner = done.vars["claim"]["name"].as_str().unwrap().to_string();
+    let taken = answers
+        .iter()
+        .filter(|a| a.params["text"] == format!("Already taken by {winner}."))
+        .count();
+    assert_eq!(taken, 199);
+    let edits = fake.calls("editMessageText");
+    assert_eq!(edits.len(), 1);
+    assert_eq!(
+        edits[0].params["text"],
+        format!("New deal <b>42</b>\n\n✅ <b>{winner}</b>")
+    );
+    assert!(edits[0].params.get("reply_markup").is_none());
+    let messages = t.messages(run).await;
+    assert!(messages
+        .iter()
+        .any(|m| m["text"] == format!("{winner} took deal 42")));
+}
+
+#[tokio::test]
+async fn the_first_of_200_clicks_wins_when_polling() {
+    contended_clicks(false).await;
+}
+
+#[tokio::test]
+async fn the_first_of_200_clicks_wins_through_the_webhook() {
+    contended_clicks(true).await;
+}
+
+#[tokio::test]
+async fn staff_only_offers_refuse_others_and_decline_keeps_them_open() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = offer_app(&fake, "\"staff\"", "").await;
+    let (_, b) = t.post("deal", json!({"id": 7})).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let (data, mid) = posted_offer(&fake).await;
+    // Clicks are taken in the order they arrive; answers go out in parallel, so they are
+    // matched to their clicks by callback id.
+    let clicks = [
+        (99, "Stranger", data[0].clone(), "You cannot take this."),
+        (42, "Elena", data[1].clone(), "Declined."),
+        (42, "Elena", data[0].clone(), "You declined this offer."),
+        (43, "Marek", data[0].clone(), "It is yours."),
+    ];
+    let mut expected = Vec::new();
+    for (user, name, d, answer) in &clicks {
+        let u = crate::fake_telegram::click_update(-500, *user, name, d, mid);
+        expected.push((
+            u["callback_query"]["id"].as_str().unwrap().to_string(),
+            *answer,
+        ));
+        fake.inject(u);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let answer_of = |answers: &[crate::fake_telegram::Call], id: &str| {
+        answers
+            .iter()
+            .find(|a| a.params["callback_query_id"] == id)
+            .map(|a| a.params.clone())
+            .unwrap()
+    };
+    let answers = fake.wait_for("answerCallbackQuery", 4).await;
+    for (id, want) in &expected {
+        assert_eq!(answer_of(&answers, id)["text"], *want, "answer to {id}");
+    }
+    assert_eq!(answer_of(&answers, &expected[0].0)["show_alert"], true);
+    let done = t.finished(run).await;
+    assert_eq!(done.vars["claim"]["name"], "Marek");
+    assert_eq!(done.vars["claim"]["staff"]["id"], "marek");
+    assert_eq!(done.vars["claim"]["button"], "accept");
+    // Clicks on a finished offer or an unknown button are still answered.
+    let late = [
+        (data[0].clone(), "Already taken by Marek."),
+        ("o:999999:0".to_string(), "This button is no longer active."),
+        ("garbage".to_string(), "This button is no longer active."),
+    ];
+    let mut ids = Vec::new();
+    for (d, want) in &late {
+        let u = crate::fake_telegram::click_update(-500, 42, "Elena", d, mid);
+        ids.push((
+            u["callback_query"]["id"].as_str().unwrap().to_string(),
+            *want,
+        ));
+        fake.inject(u);
+    }
+    let answers = fake.wait_for("answerCallbackQuery", 7).await;
+    for (id, want) in &ids {
+        assert_eq!(answer_of(&answers, id)["text"], *want);
+    }
+}
+
+#[tokio::test]
+async fn an_offer_nobody_takes_escalates_after_its_timeout() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = offer_app(&fake, "\"any\"", "").await;
+    let (_, b) = t.post("deal", json!({"id": 8})).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let (data, mid) = posted_offer(&fake).await;
+    t.advance(Duration::from_secs(11 * 60));
+    let texts = texts_eventually(&fake, 777, 1).await;
+    assert_eq!(texts, vec!["nobody took deal 8"]);
+    let done = t.finished(run).await;
+    assert_eq!(done.vars["claim"]["timed_out"], true);
+    let edits = fake.wait_for("editMessageText", 1).await;
+    assert_eq!(edits[0].params["text"], "New deal <b>8</b>\n\n⌛");
+    fake.inject(crate::fake_telegram::click_update(
+        -500, 5, "Late", &data[0], mid,
+    ));
+    let answers = fake.wait_for("answerCallbackQuery", 1).await;
+    assert_eq!(answers[0].params["text"], "This offer has expired.");
+}

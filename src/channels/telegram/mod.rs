@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value as Json};
-use teloxide::payloads::SendMessageSetters;
+use teloxide::payloads::{AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters};
 use teloxide::requests::Requester;
-use teloxide::types::{ChatId, InlineKeyboardButton, InlineKeyboardMarkup, ParseMode};
+use teloxide::types::{
+    CallbackQueryId, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, MessageId, ParseMode,
+};
 use teloxide::{ApiError, Bot, RequestError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,6 +69,14 @@ impl Telegram {
     /// Sends in order per chat, within the chat's and the bot's limits; a busy chat waits
     /// alone.
     pub async fn send(self: &Arc<Self>, request: &Json) -> Result<Json, SendError> {
+        if request["method"] == "answerCallbackQuery" {
+            // Not a chat message: answered at once, whatever the chat's queue holds.
+            self.bot_limit.until_ready().await;
+            return self
+                .answer_callback(request)
+                .await
+                .map_err(|e| send_error(&self.name, e));
+        }
         let chat = request["to"]
             .as_str()
             .and_then(|t| t.trim().parse::<i64>().ok())
@@ -151,8 +161,36 @@ impl Telegram {
         }
     }
 
+    async fn answer_callback(&self, request: &Json) -> Result<Json, RequestError> {
+        let id = request["callback_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut req = self.bot.answer_callback_query(CallbackQueryId(id));
+        if let Some(text) = request["text"].as_str().filter(|t| !t.is_empty()) {
+            // Telegram takes at most 200 characters here.
+            req = req.text(text.chars().take(200).collect::<String>());
+        }
+        if request["alert"] == true {
+            req = req.show_alert(true);
+        }
+        req.await?;
+        Ok(json!({"channel": self.name, "answered": true}))
+    }
+
     async fn send_now(&self, chat: i64, request: &Json) -> Result<Json, RequestError> {
         let text = request["text"].as_str().unwrap_or_default().to_string();
+        if request["method"] == "editMessageText" {
+            let id = MessageId(request["message_id"].as_i64().unwrap_or(0) as i32);
+            // Without a reply markup the buttons go away.
+            self.bot
+                .edit_message_text(ChatId(chat), id, text)
+                .parse_mode(ParseMode::Html)
+                .await?;
+            return Ok(
+                json!({"channel": self.name, "chat_id": chat, "message_id": id.0, "edited": true}),
+            );
+        }
         let mut rows = Vec::new();
         for b in request["buttons"].as_array().into_iter().flatten() {
             if let (Some(label), Some(url)) = (b["text"].as_str(), b["url"].as_str()) {
@@ -160,6 +198,20 @@ impl Telegram {
                     rows.push(vec![InlineKeyboardButton::url(label.to_string(), url)]);
                 }
             }
+        }
+        let callbacks: Vec<InlineKeyboardButton> = request["callback_buttons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| {
+                Some(InlineKeyboardButton::callback(
+                    b["text"].as_str()?.to_string(),
+                    b["data"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        if !callbacks.is_empty() {
+            rows.insert(0, callbacks);
         }
         let mut req = self
             .bot

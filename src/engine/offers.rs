@@ -1,0 +1,379 @@
+//! First click wins: an `offer` posts a message with buttons; the engine takes clicks one at a
+//! time, so the claim (a compare-and-set in the store) has exactly one winner. Every click is
+//! answered, the message is edited for the winner, and the run continues with `claim.*`.
+
+use serde_json::{json, Value as Json};
+
+use super::{steps, After, Engine, EventItem};
+use crate::config::{Action, OfferSpec, Scenario, Who};
+use crate::store::{NewOutbox, OfferRow, RunStatus, StoreError, Tx};
+
+/// `o:<offer id>:<button index>`: well inside Telegram's 64 bytes of callback data.
+fn parse_data(data: &str) -> Option<(i64, usize)> {
+    let mut it = data.strip_prefix("o:")?.split(':');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+pub fn callback_data(offer: i64, button: usize) -> String {
+    format!("o:{offer}:{button}")
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+impl Engine {
+    /// Queues a message-channel action (answer a click, edit a message) outside any step.
+    async fn channel_action(
+        &mut self,
+        tx: &mut dyn Tx,
+        run_id: Option<i64>,
+        channel: &str,
+        request: Json,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let row = NewOutbox {
+            run_id,
+            step: None,
+            kind: "send".into(),
+            channel: channel.into(),
+            request,
+            max_attempts: self.cfg.gateway.http_attempts as i64,
+            timeout_ms: self.cfg.gateway.http_timeout.as_millis() as i64,
+            resume: false,
+            now,
+        };
+        let id = tx.insert_outbox(&row).await?;
+        after.jobs.push(super::OutboxJob {
+            row: crate::store::OutboxRow {
+                id,
+                run_id,
+                step: None,
+                kind: row.kind,
+                channel: row.channel,
+                request: row.request,
+                status: "pending".into(),
+                attempts: 0,
+                max_attempts: row.max_attempts,
+                timeout_ms: row.timeout_ms,
+                next_attempt_at: now,
+                resume: false,
+                response: None,
+                last_error: None,
+            },
+            lane: format!("clicks:{channel}"),
+        });
+        Ok(())
+    }
+
+    async fn answer_click(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        run_id: Option<i64>,
+        text: &str,
+        alert: bool,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let request = json!({"method": "answerCallbackQuery", "callback_id": ev.data["callback_id"],
+            "text": text, "alert": alert});
+        let channel = ev.source.clone();
+        self.channel_action(tx, run_id, &channel, request, after)
+            .await
+    }
+
+    /// The staff record of a platform user, if the directory has one.
+    fn staff_of(&self, channel: &str, user: &str) -> Option<&crate::config::Staff> {
+        self.cfg.gateway.staff.iter().find(|s| {
+            s.ids
+                .get(channel)
+                .or_else(|| s.ids.get("telegram"))
+                .is_some_and(|id| id == user)
+        })
+    }
+
+    pub(super) async fn on_click(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        outcome: &mut Vec<Json>,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let data = ev.data["data"].as_str().unwrap_or_default();
+        let Some((offer_id, button)) = parse_data(data) else {
+            outcome.push(json!({"verdict": "a button of no offer"}));
+            return self
+                .answer_click(
+                    tx,
+                    ev,
+                    None,
+                    "This button is no longer active.",
+                    false,
+                    after,
+                )
+                .await;
+        };
+        let Some(offer) = tx.load_offer(offer_id).await? else {
+            outcome.push(json!({"verdict": "unknown offer"}));
+            return self
+                .answer_click(
+                    tx,
+                    ev,
+                    None,
+                    "This button is no longer active.",
+                    false,
+                    after,
+                )
+                .await;
+        };
+        let user = match &ev.data["from"]["id"] {
+            Json::Number(n) => n.to_string(),
+            Json::String(s) => s.clone(),
+            _ => String::new(),
+        };
+        let run_id = Some(offer.run_id);
+        if offer.status != "open" {
+            let text = match &offer.winner {
+                Some(w) => format!(
+                    "Already taken by {}.",
+                    w["name"].as_str().unwrap_or("someone")
+                ),
+                None => "This offer has expired.".to_string(),
+            };
+            outcome.push(json!({"offer": offer_id, "verdict": text}));
+            return self.answer_click(tx, ev, run_id, &text, true, after).await;
+        }
+        let Some(mut run) = tx.load_run(offer.run_id).await? else {
+            return self
+                .answer_click(
+                    tx,
+                    ev,
+                    None,
+                    "This offer is no longer active.",
+                    false,
+                    after,
+                )
+                .await;
+        };
+        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+            return self
+                .answer_click(
+                    tx,
+                    ev,
+                    run_id,
+                    "This offer is no longer active.",
+                    false,
+                    after,
+                )
+                .await;
+        };
+        let Some(Action::Offer(spec)) = sc.steps.get(offer.step as usize).map(|s| &s.action) else {
+            return self
+                .answer_click(
+                    tx,
+                    ev,
+                    run_id,
+                    "This offer is no longer active.",
+                    false,
+                    after,
+                )
+                .await;
+        };
+        let staff = self.staff_of(&ev.source, &user).cloned();
+        let allowed = match &spec.who {
+            Who::Any => true,
+            Who::Staff => staff.is_some(),
+            Who::Users(ids) => ids.contains(&user),
+        };
+        if !allowed {
+            outcome.push(json!({"offer": offer_id, "user": user, "verdict": "not allowed"}));
+            return self
+                .answer_click(tx, ev, run_id, "You cannot take this.", true, after)
+                .await;
+        }
+        if offer.excluded.contains(&user) {
+            return self
+                .answer_click(tx, ev, run_id, "You declined this offer.", true, after)
+                .await;
+        }
+        let Some(b) = spec.buttons.get(button) else {
+            return self
+                .answer_click(
+                    tx,
+                    ev,
+                    run_id,
+                    "This button is no longer active.",
+                    false,
+                    after,
+                )
+                .await;
+        };
+        if b.decline {
+            tx.exclude_from_offer(offer_id, &user).await?;
+            outcome.push(json!({"offer": offer_id, "user": user, "verdict": "declined"}));
+            return self
+                .answer_click(tx, ev, run_id, "Declined.", false, after)
+                .await;
+        }
+        let from = &ev.data["from"];
+        let name = staff
+            .as_ref()
+            .map(|s| s.name.clone())
+            .or_else(|| from["first_name"].as_str().map(str::to_string))
+            .unwrap_or_else(|| user.clone());
+        let claim = json!({
+            "user_id": user, "name": name, "username": from["username"], "button": b.id,
+            "staff": staff, "chat": ev.data["chat"], "time": crate::clock::rfc3339(now),
+            "timed_out": false,
+        });
+        if !tx.claim_offer(offer_id, &claim).await? {
+            return self
+                .answer_click(tx, ev, run_id, "Already taken.", true, after)
+                .await;
+        }
+        outcome
+            .push(json!({"offer": offer_id, "user": user, "verdict": "won", "run": offer.run_id}));
+        self.answer_click(tx, ev, run_id, "It is yours.", false, after)
+            .await?;
+        let text = self.taken_text(spec, &offer, &claim, &run);
+        self.edit_offer(tx, &offer, text, after).await?;
+        if run.status == RunStatus::Waiting && run.pc == offer.step {
+            tx.clear_parks(run.id).await?;
+            after.timers_changed = true;
+            run.vars.insert("claim".into(), claim);
+            {
+                let entry = json!({"step": run.pc, "action": "offer", "result": format!("taken by {name}"),
+                    "event_id": ev.id, "at": now});
+                steps::note(&mut run, entry);
+            }
+            run.pc = spec.branch(&b.id).map(|i| i as i64).unwrap_or(run.pc + 1);
+            run.status = RunStatus::Running;
+            self.execute(tx, &mut run, &sc, after).await?;
+        }
+        Ok(())
+    }
+
+    fn taken_text(
+        &self,
+        spec: &OfferSpec,
+        offer: &OfferRow,
+        claim: &Json,
+        run: &crate::store::RunRow,
+    ) -> String {
+        let default = || {
+            format!(
+                "{}\n\n✅ <b>{}</b>",
+                offer.text,
+                html_escape(claim["name"].as_str().unwrap_or(""))
+            )
+        };
+        match &spec.taken {
+            Some(t) => {
+                let ctx = minijinja::context! {
+                    claim => minijinja::Value::from_serialize(claim),
+                    run => minijinja::Value::from_serialize(&run.vars),
+                    event => minijinja::Value::from_serialize(&run.event),
+                    text => offer.text.clone(),
+                };
+                t.render(&ctx).unwrap_or_else(|_| default())
+            }
+            None => default(),
+        }
+    }
+
+    async fn edit_offer(
+        &mut self,
+        tx: &mut dyn Tx,
+        offer: &OfferRow,
+        text: String,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let Some(message_id) = offer.message_id else {
+            return Ok(());
+        };
+        let request = json!({"method": "editMessageText", "to": offer.chat_id, "message_id": message_id, "text": text});
+        self.channel_action(
+            tx,
+            Some(offer.run_id),
+            &offer.channel.clone(),
+            request,
+            after,
+        )
+        .await
+    }
+
+    /// The offer's timeout: closes it (buttons removed) unless someone won meanwhile.
+    pub(super) async fn expire_offer(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &mut crate::store::RunRow,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        if let Some(offer) = tx.open_offer_of(run.id).await? {
+            if tx.expire_offer(offer.id).await? {
+                let text = format!("{}\n\n⌛", offer.text);
+                self.edit_offer(tx, &offer, text, after).await?;
+            }
+        }
+        run.vars.insert("claim".into(), json!({"timed_out": true}));
+        Ok(())
+    }
+
+    /// Posts the offer; the run waits for a click or the timeout.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the interpreter's working set for one step"
+    )]
+    pub(super) async fn post_offer(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &mut crate::store::RunRow,
+        sc: &Scenario,
+        spec: &OfferSpec,
+        pc: usize,
+        ctx: &minijinja::Value,
+        after: &mut After,
+    ) -> Result<Result<Json, String>, StoreError> {
+        let now = self.now();
+        let mut request = match self.render_message(&spec.message, &spec.message.body, ctx, run, sc)
+        {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let chat = request["to"].as_str().unwrap_or_default().to_string();
+        let text = request["text"].as_str().unwrap_or_default().to_string();
+        let offer = tx
+            .insert_offer(run.id, pc as i64, &spec.message.channel, &chat, &text, now)
+            .await?;
+        let mut buttons = Vec::new();
+        for (i, b) in spec.buttons.iter().enumerate() {
+            let label = match b.label.render(ctx) {
+                Ok(l) => l,
+                Err(e) => return Ok(Err(e.0)),
+            };
+            buttons.push(json!({"text": label, "data": callback_data(offer, i)}));
+        }
+        request["callback_buttons"] = Json::Array(buttons);
+        request["offer_id"] = json!(offer);
+        self.send_message(tx, run, pc, &spec.message.channel, request.clone(), after)
+            .await?;
+        if let Some(t) = spec.timeout {
+            tx.insert_timer(&crate::store::NewTimer {
+                run_id: run.id,
+                kind: "wait_timeout".into(),
+                due_at: now + t.as_millis() as i64,
+                scenario: sc.id.clone(),
+                subject: run.subject.clone(),
+                key: None,
+            })
+            .await?;
+            after.timers_changed = true;
+        }
+        run.vars.remove("claim");
+        Ok(Ok(request))
+    }
+}
