@@ -152,8 +152,12 @@ impl App {
                     let Ok(url) = reqwest::Url::parse(&url) else {
                         return;
                     };
-                    if let Err(e) = tg.bot.set_webhook(url).secret_token(secret).await {
-                        tracing::error!(channel = %tg.name, error = %e, "setWebhook failed");
+                    match tg.bot.set_webhook(url).secret_token(secret).await {
+                        Ok(_) => tg.set_status("ok"),
+                        Err(e) => {
+                            tg.set_status(&format!("setWebhook failed: {e}"));
+                            tracing::error!(channel = %tg.name, error = %e, "setWebhook failed");
+                        }
                     }
                 }));
             } else {

@@ -40,6 +40,29 @@ impl Channels {
         Channels { cfg, telegram }
     }
 
+    /// Each channel's state for `/readyz`: `ok`, `off (no token)`, or what is wrong.
+    pub fn status(&self) -> Vec<(String, String, bool)> {
+        let mut out: Vec<(String, String, bool)> = self
+            .cfg
+            .gateway
+            .channels
+            .iter()
+            .map(|(name, ch)| match ch {
+                Channel::Log { .. } => (name.clone(), "ok".to_string(), true),
+                Channel::Telegram(_) => match self.telegram.get(name) {
+                    Some(t) => {
+                        let s = t.status();
+                        let ok = s == "ok";
+                        (name.clone(), s, ok)
+                    }
+                    None => (name.clone(), "off (no token)".to_string(), true),
+                },
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn telegram(&self) -> impl Iterator<Item = &Arc<telegram::Telegram>> {
         self.telegram.values()
     }
@@ -54,7 +77,7 @@ impl Channels {
             Some(Channel::Telegram(_)) => match self.telegram.get(name) {
                 Some(t) => t.send(request).await,
                 None => Err(SendError {
-                    message: format!("channel '{name}' is not running"),
+                    message: format!("channel '{name}' is off: it has no token"),
                     retry: false,
                 }),
             },

@@ -395,6 +395,7 @@ fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway {
             language: e.language.clone(),
             ids: e.ids.clone(),
             external: e.external.clone(),
+            groups: e.groups.clone(),
         });
     }
     Gateway {
@@ -763,7 +764,17 @@ fn compile_send(
         Some((c, a)) => (c.to_string(), Some(a.to_string())),
         None => (to.clone(), None),
     };
-    if !gw.channels.contains_key(&channel) {
+    if channel == "staff" {
+        // `staff:<id>` or `staff:@group`: checked here when it is written out.
+        match &address {
+            Some(a) if !a.contains("{{") && gw.staff_named(a).is_empty() => cx.err(
+                sd.to.span(),
+                format!("no staff member or group '{a}' in the staff directory"),
+            ),
+            None => cx.err(sd.to.span(), "staff needs an id or @group: staff:elena"),
+            _ => {}
+        }
+    } else if !gw.channels.contains_key(&channel) {
         let mut known: Vec<_> = gw.channels.keys().cloned().collect();
         known.sort();
         cx.err(

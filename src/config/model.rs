@@ -182,6 +182,38 @@ pub struct Staff {
     pub language: Option<String>,
     pub ids: std::collections::BTreeMap<String, String>,
     pub external: std::collections::BTreeMap<String, String>,
+    pub groups: Vec<String>,
+}
+
+impl Gateway {
+    /// Staff members an address names: `elena` or `@supervisors`.
+    pub fn staff_named(&self, address: &str) -> Vec<&Staff> {
+        match address.strip_prefix('@') {
+            Some(group) => self
+                .staff
+                .iter()
+                .filter(|s| s.groups.iter().any(|g| g == group))
+                .collect(),
+            None => self.staff.iter().filter(|s| s.id == address).collect(),
+        }
+    }
+
+    /// Where a staff member is reached: the first chat channel that has their id.
+    pub fn staff_chat(&self, s: &Staff) -> Option<(String, String)> {
+        let mut names: Vec<&String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| matches!(c, Channel::Telegram(_)))
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        names.into_iter().find_map(|n| {
+            s.ids
+                .get(n.as_str())
+                .or_else(|| s.ids.get("telegram"))
+                .map(|id| (n.clone(), id.clone()))
+        })
+    }
 }
 
 pub struct Scenario {

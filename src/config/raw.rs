@@ -150,6 +150,9 @@ pub struct StaffEntry {
     /// Ids in external systems, e.g. `{ crm = "u-17" }`.
     #[serde(default)]
     pub external: BTreeMap<String, String>,
+    /// Groups for `to = "staff:@group"`, e.g. `["supervisors"]`.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// One scenario file.

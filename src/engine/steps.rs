@@ -343,10 +343,18 @@ impl Engine {
                 Flow::Next
             }
             Action::Send(s) => {
-                let request = tryv!(self.render_message(s, &s.body, ctx, run, sc));
-                entry["send"] = message_entry(&s.channel, &request);
-                self.send_message(tx, run, pc, &s.channel, request, after)
-                    .await?;
+                let messages = tryv!(self.render_messages(s, ctx, run, sc));
+                let mut shown = Vec::new();
+                for (channel, request) in messages {
+                    shown.push(message_entry(&channel, &request));
+                    self.send_message(tx, run, pc, &channel, request, after)
+                        .await?;
+                }
+                entry["send"] = if shown.len() == 1 {
+                    shown.remove(0)
+                } else {
+                    json!(shown)
+                };
                 Flow::Next
             }
             Action::Offer(o) => {
@@ -654,6 +662,62 @@ impl Engine {
             Some(l) => Some(l.render(ctx).map_err(|e| e.0)?),
             None => None,
         };
+        self.compose(s, body, ctx, run, sc, address, wanted)
+    }
+
+    /// The messages of a `send`: one, or one per staff member (each in their language) for
+    /// `staff:<id>` and `staff:@group`.
+    fn render_messages(
+        &self,
+        s: &SendSpec,
+        ctx: &Value,
+        run: &RunRow,
+        sc: &Scenario,
+    ) -> Result<Vec<(String, Json)>, String> {
+        if s.channel != "staff" {
+            return Ok(vec![(
+                s.channel.clone(),
+                self.render_message(s, &s.body, ctx, run, sc)?,
+            )]);
+        }
+        let who = match &s.address {
+            Some(a) => a.render(ctx).map_err(|e| e.0)?,
+            None => String::new(),
+        };
+        let members = self.cfg.gateway.staff_named(who.trim());
+        if members.is_empty() {
+            return Err(format!("no staff member or group '{who}'"));
+        }
+        let explicit = match &s.lang {
+            Some(l) => Some(l.render(ctx).map_err(|e| e.0)?),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for m in members {
+            let (channel, chat) =
+                self.cfg.gateway.staff_chat(m).ok_or_else(|| {
+                    format!("staff member '{}' has no id on a chat channel", m.id)
+                })?;
+            let lang = explicit.clone().or_else(|| m.language.clone());
+            out.push((
+                channel,
+                self.compose(s, &s.body, ctx, run, sc, Some(chat), lang)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "a message's parts")]
+    fn compose(
+        &self,
+        s: &SendSpec,
+        body: &SendBody,
+        ctx: &Value,
+        run: &RunRow,
+        sc: &Scenario,
+        address: Option<String>,
+        wanted: Option<String>,
+    ) -> Result<Json, String> {
         let lang = self.cfg.i18n.resolve(wanted.as_deref());
         let text = match body {
             SendBody::Template(t) => t.render(ctx).map_err(|e| e.0)?,

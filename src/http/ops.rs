@@ -18,15 +18,17 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("unreachable: {e}"),
     };
-    // Log channels need no connection; platform channels report here once they exist.
+    let mut channels_ok = true;
     let channels: serde_json::Map<String, serde_json::Value> = st
-        .cfg
-        .gateway
         .channels
-        .keys()
-        .map(|name| (name.clone(), json!("ok")))
+        .status()
+        .into_iter()
+        .map(|(name, status, ok)| {
+            channels_ok &= ok;
+            (name, json!(status))
+        })
         .collect();
-    let ok = db == "ok";
+    let ok = db == "ok" && channels_ok;
     (
         if ok {
             StatusCode::OK

@@ -112,10 +112,14 @@ async fn a_new_sleep_with_the_same_key_replaces_the_pending_one() {
 #[tokio::test]
 async fn a_cancel_step_stops_pending_sleeps_of_another_scenario() {
     let cfg = ConfigDir::examples();
-    cfg.write(
-        "gateway.toml",
-        "[channels.ops]\ntype = \"log\"\n\n[hooks.payment]\n",
-    );
+    // The example gateway without the payment hook's signature check.
+    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    let gw: String = gw
+        .lines()
+        .filter(|l| !l.starts_with("hmac = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    cfg.write("gateway.toml", &gw);
     let t = TestApp::spawn(&cfg).await;
     let sleeping = start(
         &t,

@@ -302,12 +302,6 @@ send = { to = "tg:{{ event.owner }}", template = "no answer for {{ meta.subject 
 async fn ask_app(fake: &FakeTelegram) -> (ConfigDir, TestApp) {
     let cfg = ConfigDir::with(&[("confirm.toml", CONFIRM)]);
     cfg.write("gateway.toml", &gateway(fake, ""));
-    for lang in ["en", "ru", "pl"] {
-        let p = cfg.root.path().join("locales").join(lang).join("main.ftl");
-        let mut text = std::fs::read_to_string(&p).unwrap();
-        text.push_str("confirm-only-digit = Please answer with just the digit: 1, 2 or 3.\n");
-        std::fs::write(p, text).unwrap();
-    }
     let t = TestApp::spawn(&cfg).await;
     (cfg, t)
 }
@@ -345,8 +339,8 @@ async fn ask_re_asks_after_wrong_answers_then_takes_the_right_one() {
         texts,
         vec![
             "Reply 1 to confirm, 2 to reschedule, 3 to cancel",
-            "Please answer with just the digit: 1, 2 or 3.",
-            "Please answer with just the digit: 1, 2 or 3.",
+            "Please answer with just one digit: 1, 2 or 3.",
+            "Please answer with just one digit: 1, 2 or 3.",
             "confirmed after 3 tries",
         ]
     );
@@ -621,4 +615,140 @@ async fn an_offer_nobody_takes_escalates_after_its_timeout() {
     ));
     let answers = fake.wait_for("answerCallbackQuery", 1).await;
     assert_eq!(answers[0].params["text"], "This offer has expired.");
+}
+
+/// The example configs with their Telegram channel pointed at the fake.
+async fn examples_on(fake: &FakeTelegram) -> (ConfigDir, TestApp) {
+    let cfg = ConfigDir::examples();
+    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    let gw = gw
+        .replace("${TELEGRAM_TOKEN:-}", TOKEN)
+        .replace("${TELEGRAM_API_URL:-https://api.telegram.org}", &fake.url);
+    cfg.write("gateway.toml", &gw);
+    let t = TestApp::spawn(&cfg).await;
+    (cfg, t)
+}
+
+#[tokio::test]
+async fn example_deal_distribution_first_click_wins_and_tells_the_crm() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = examples_on(&fake).await;
+    let crm = Sink::start().await;
+    let (_, b) = t
+        .post(
+            "crm-deal",
+            json!({"deal": {"id": 42, "stage": "distribution", "title": "Boiler", "budget": 25000},
+            "callback_url": crm.url("/owner")}),
+        )
+        .await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let sent = fake.wait_for("sendMessage", 1).await;
+    assert_eq!(sent[0].params["chat_id"], -1001);
+    assert_eq!(
+        sent[0].params["text"],
+        "New deal “Boiler”, budget 25000. Who takes it?"
+    );
+    let accept = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fake.inject(crate::fake_telegram::click_update(
+        -1001, 99, "Stranger", &accept, 1,
+    ));
+    fake.wait_for("answerCallbackQuery", 1).await;
+    fake.inject(crate::fake_telegram::click_update(
+        -1001, 1001, "Лена", &accept, 1,
+    ));
+    let done = t.finished(run).await;
+    assert_eq!(done.vars["claim"]["name"], "Elena");
+    let got = crm.wait_for(1).await;
+    assert_eq!(got[0].body, json!({"deal": 42, "owner": "u-17"}));
+    assert!(t
+        .messages(run)
+        .await
+        .iter()
+        .any(|m| m["text"] == "The deal “Boiler” went to Elena."));
+    let answers = fake.wait_for("answerCallbackQuery", 2).await;
+    assert!(answers
+        .iter()
+        .any(|a| a.params["text"] == "You cannot take this."));
+}
+
+#[tokio::test]
+async fn example_deal_distribution_escalates_to_the_head_of_sales_in_polish() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = examples_on(&fake).await;
+    t.post(
+        "crm-deal",
+        json!({"deal": {"id": 43, "stage": "distribution", "title": "Kiln", "budget": 10}}),
+    )
+    .await;
+    fake.wait_for("sendMessage", 1).await;
+    t.advance(Duration::from_secs(11 * 60));
+    let dm = texts_eventually(&fake, 1002, 1).await;
+    assert_eq!(
+        dm,
+        vec!["Przez 10 minut nikt nie wziął transakcji „Kiln”; proszę ją przydzielić."]
+    );
+}
+
+#[tokio::test]
+async fn example_appointment_confirmation_hands_over_to_the_owner_after_two_retries() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = examples_on(&fake).await;
+    t.post(
+        "appointment-telegram",
+        json!({"id": 9, "chat_id": 555, "lang": "ru", "time": "пт 10:00", "owner": "elena"}),
+    )
+    .await;
+    let q = texts_eventually(&fake, 555, 1).await;
+    assert_eq!(
+        q[0],
+        "Ваша запись на пт 10:00. Ответьте 1 для подтверждения, 2 чтобы перенести, 3 для отмены."
+    );
+    for (n, reply) in ["да", "наверное", "?"].iter().enumerate() {
+        fake.inject(text_update(555, 77, "ru", reply));
+        if n < 2 {
+            let texts = texts_eventually(&fake, 555, n + 2).await;
+            assert_eq!(
+                texts[n + 1],
+                "Пожалуйста, ответьте одной цифрой: 1, 2 или 3."
+            );
+        }
+    }
+    let owner = texts_eventually(&fake, 1001, 1).await;
+    assert_eq!(
+        owner,
+        vec!["Нет понятного ответа по записи 9 (последний ответ: «?»); возьмите чат на себя."]
+    );
+}
+
+#[tokio::test]
+async fn example_rating_alert_reaches_each_supervisor_in_their_language() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = examples_on(&fake).await;
+    let (_, high) = t
+        .post(
+            "call-rated",
+            json!({"call_id": "c1", "operator": "Olga", "rating": 5}),
+        )
+        .await;
+    assert!(t
+        .runs_of(high["event_id"].as_i64().unwrap())
+        .await
+        .is_empty());
+    t.post(
+        "call-rated",
+        json!({"call_id": "c2", "operator": "Olga", "rating": 2}),
+    )
+    .await;
+    assert_eq!(
+        texts_eventually(&fake, 1003, 1).await,
+        vec!["Operator Olga got a rating of 2 (call c2)."]
+    );
+    assert_eq!(
+        texts_eventually(&fake, 1002, 1).await,
+        vec!["Operator Olga dostał ocenę 2 (rozmowa c2)."]
+    );
+    assert!(texts_to(&fake, 1001).is_empty());
 }

@@ -138,6 +138,7 @@ pub async fn poll(
         match updates {
             Ok(updates) => {
                 failures = 0;
+                tg.set_status("ok");
                 if updates.is_empty() {
                     continue;
                 }
@@ -158,6 +159,7 @@ pub async fn poll(
             }
             Err(e) => {
                 failures += 1;
+                tg.set_status(&format!("getUpdates failed: {e}"));
                 tracing::warn!(channel = %tg.name, error = %e, "getUpdates failed");
                 let wait = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
                 tokio::select! {

@@ -34,6 +34,8 @@ pub struct Telegram {
     pub cfg: TelegramChannel,
     chats: Mutex<HashMap<i64, mpsc::UnboundedSender<Job>>>,
     bot_limit: DefaultDirectRateLimiter,
+    /// `ok` once Telegram answered, else what went wrong.
+    status: Mutex<String>,
 }
 
 struct Job {
@@ -63,7 +65,16 @@ impl Telegram {
             cfg: cfg.clone(),
             chats: Mutex::new(HashMap::new()),
             bot_limit: RateLimiter::direct(quota(cfg.per_bot)),
+            status: Mutex::new("connecting".into()),
         }
+    }
+
+    pub fn status(&self) -> String {
+        self.status.lock().expect("not poisoned").clone()
+    }
+
+    pub fn set_status(&self, s: &str) {
+        *self.status.lock().expect("not poisoned") = s.to_string();
     }
 
     /// Sends in order per chat, within the chat's and the bot's limits; a busy chat waits
