@@ -141,3 +141,52 @@ async fn a_killed_gateway_resumes_without_losing_or_repeating_anything() {
     assert_eq!((c.timers, c.waits), (0, 0));
     assert_eq!(c.outbox_by_status.get("delivered"), Some(&35));
 }
+
+#[tokio::test]
+async fn an_offer_and_an_ask_survive_a_kill_and_nothing_is_sent_twice() {
+    use crate::fake_telegram::{click_update, text_update, FakeTelegram, TOKEN};
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[
+        (
+            "offer.toml",
+            "id = \"offer\"\non = { webhook = \"deal\" }\n[[step]]\noffer = { to = \"tg:-500\", template = \"deal {{ event.id }}\" }\n[[step]]\nsend = { to = \"tg:-500\", template = \"{{ run.claim.name }} has it\" }\n",
+        ),
+        (
+            "ask.toml",
+            "id = \"ask\"\non = { webhook = \"ask\" }\n[[step]]\nask = { to = \"tg:{{ event.chat }}\", template = \"1 or 2?\", choices = [\"1\", \"2\"] }\n[[step]]\nsend = { to = \"tg:{{ event.chat }}\", template = \"got {{ run.answer.value }}\" }\n",
+        ),
+    ]);
+    cfg.write(
+        "gateway.toml",
+        &format!("[channels.tg]\ntype = \"telegram\"\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n", fake.url),
+    );
+    let first = Gateway::start(&cfg).await;
+    first.post("deal", json!({"id": 5})).await;
+    first.post("ask", json!({"chat": 321})).await;
+    let sent = fake.wait_for("sendMessage", 2).await;
+    let offer = sent.iter().find(|c| c.params["chat_id"] == -500).unwrap();
+    let data = offer.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].as_str().unwrap().to_string();
+    // Let the delivery results (the offer's message id) be committed, then kill.
+    let store = SqliteStore::open(&cfg.db()).await.unwrap();
+    eventually(|| async {
+        let c = store.counts().await.unwrap();
+        (c.outbox_by_status.get("delivered") == Some(&2)).then_some(())
+    })
+    .await;
+    first.kill();
+
+    let second = Gateway::start(&cfg).await;
+    fake.inject(click_update(-500, 7, "Ann", &data, 1));
+    fake.inject(text_update(321, 8, "en", "2."));
+    let answers = fake.wait_for("answerCallbackQuery", 1).await;
+    assert_eq!(answers[0].params["text"], "It is yours.");
+    fake.wait_for("editMessageText", 1).await;
+    let sent = fake.wait_for("sendMessage", 4).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    second.kill();
+    let texts: Vec<_> = fake.calls("sendMessage").iter().map(|c| c.params["text"].as_str().unwrap().to_string()).collect();
+    let mut sorted = texts.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["1 or 2?", "Ann has it", "deal 5", "got 2"], "{sent:?}");
+    assert_eq!(fake.calls("editMessageText").len(), 1);
+}
