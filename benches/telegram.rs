@@ -2,11 +2,17 @@
 //! contention (click → callback answered, message edited) and ask/reply round trips with
 //! 10,000 runs waiting. `cargo bench --bench telegram`.
 
-#[expect(dead_code, reason = "shared with the integration tests; the benchmark uses part of it")]
+#[expect(
+    dead_code,
+    reason = "shared with the integration tests; the benchmark uses part of it"
+)]
 #[path = "../tests/integration/support.rs"]
 mod support;
 
-#[expect(dead_code, reason = "shared with the integration tests; the benchmark uses part of it")]
+#[expect(
+    dead_code,
+    reason = "shared with the integration tests; the benchmark uses part of it"
+)]
 #[path = "../tests/integration/fake_telegram.rs"]
 mod fake_telegram;
 
@@ -52,9 +58,15 @@ async fn main() {
         let chat = -(1000 + k as i64);
         t.post("deal", json!({"id": k, "chat": chat})).await;
         let data = eventually_within(long, || async {
-            fake.calls("sendMessage").into_iter().find(|c| c.params["chat_id"] == chat).map(|c| {
-                c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].as_str().unwrap().to_string()
-            })
+            fake.calls("sendMessage")
+                .into_iter()
+                .find(|c| c.params["chat_id"] == chat)
+                .map(|c| {
+                    c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
         })
         .await;
         let before = fake.calls("answerCallbackQuery").len();
@@ -62,7 +74,10 @@ async fn main() {
         let start = Instant::now();
         for u in 0..CLICKS {
             let upd = click_update(chat, 10_000 + u, "U", &data, 1);
-            sent_at.insert(upd["callback_query"]["id"].as_str().unwrap().to_string(), Instant::now());
+            sent_at.insert(
+                upd["callback_query"]["id"].as_str().unwrap().to_string(),
+                Instant::now(),
+            );
             fake.inject(upd);
         }
         let answers = eventually_within(long, || async {
@@ -76,7 +91,9 @@ async fn main() {
             }
         }
         let edit = eventually_within(long, || async {
-            fake.calls("editMessageText").into_iter().find(|c| c.params["chat_id"] == chat)
+            fake.calls("editMessageText")
+                .into_iter()
+                .find(|c| c.params["chat_id"] == chat)
         })
         .await;
         edit_lat.push(edit.at - start);
@@ -118,7 +135,11 @@ async fn main() {
     let took = start.elapsed();
     let lat: Vec<Duration> = replies[before..]
         .iter()
-        .filter_map(|c| sent_at.get(&c.params["chat_id"].as_i64()?).map(|at| c.at - *at))
+        .filter_map(|c| {
+            sent_at
+                .get(&c.params["chat_id"].as_i64()?)
+                .map(|at| c.at - *at)
+        })
         .collect();
     println!(
         "ask/reply: {REPLIES} replies with {waiting} runs waiting: {:.0} round trips/s; reply → confirmation p50 {:.1} ms, p99 {:.1} ms",

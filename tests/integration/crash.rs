@@ -158,14 +158,20 @@ async fn an_offer_and_an_ask_survive_a_kill_and_nothing_is_sent_twice() {
     ]);
     cfg.write(
         "gateway.toml",
-        &format!("[channels.tg]\ntype = \"telegram\"\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n", fake.url),
+        &format!(
+            "[channels.tg]\ntype = \"telegram\"\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n",
+            fake.url
+        ),
     );
     let first = Gateway::start(&cfg).await;
     first.post("deal", json!({"id": 5})).await;
     first.post("ask", json!({"chat": 321})).await;
     let sent = fake.wait_for("sendMessage", 2).await;
     let offer = sent.iter().find(|c| c.params["chat_id"] == -500).unwrap();
-    let data = offer.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].as_str().unwrap().to_string();
+    let data = offer.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Let the delivery results (the offer's message id) be committed, then kill.
     let store = SqliteStore::open(&cfg.db()).await.unwrap();
     eventually(|| async {
@@ -184,9 +190,17 @@ async fn an_offer_and_an_ask_survive_a_kill_and_nothing_is_sent_twice() {
     let sent = fake.wait_for("sendMessage", 4).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     second.kill();
-    let texts: Vec<_> = fake.calls("sendMessage").iter().map(|c| c.params["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<_> = fake
+        .calls("sendMessage")
+        .iter()
+        .map(|c| c.params["text"].as_str().unwrap().to_string())
+        .collect();
     let mut sorted = texts.clone();
     sorted.sort();
-    assert_eq!(sorted, vec!["1 or 2?", "Ann has it", "deal 5", "got 2"], "{sent:?}");
+    assert_eq!(
+        sorted,
+        vec!["1 or 2?", "Ann has it", "deal 5", "got 2"],
+        "{sent:?}"
+    );
     assert_eq!(fake.calls("editMessageText").len(), 1);
 }
