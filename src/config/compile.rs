@@ -833,6 +833,7 @@ fn compile_send(
         body,
         lang: sd.lang.as_ref().and_then(|l| cx.tmpl(t, l)),
         buttons,
+        reply_to: sd.reply_to.as_ref().and_then(|r| cx.tmpl(t, r)),
     })
 }
 
@@ -987,6 +988,7 @@ fn compile_offer(
         args: Some(od.args.clone()),
         lang: od.lang.clone(),
         buttons: Vec::new(),
+        reply_to: None,
     };
     let message = compile_send(&Sp(toml::Spanned::new(o.span(), message)), cx, t, gw, i18n)?;
     let mut buttons = Vec::new();
@@ -1078,6 +1080,7 @@ fn compile_ask(
         args: Some(ad.args.clone()),
         lang: ad.lang.clone(),
         buttons: Vec::new(),
+        reply_to: None,
     };
     let question = compile_send(&Sp(toml::Spanned::new(a.span(), question)), cx, t, gw, i18n)?;
     let retry = ad.retry_text.as_ref().map(|id| {
@@ -1122,6 +1125,17 @@ fn compile_ask(
         retry,
         choices,
         valid: ad.valid.as_ref().and_then(|v| cx.expr(t, v)),
+        pattern: ad
+            .pattern
+            .as_ref()
+            .and_then(|p| match regex::Regex::new(p.get()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    cx.err(p.span(), format!("bad pattern: {e}"));
+                    None
+                }
+            }),
+        reply_buttons: ad.buttons.clone(),
         retries: ad.retries.unwrap_or(2),
         timeout: ad.timeout.as_ref().and_then(|d| cx.duration(d)),
         save: var_name(cx, ad.save.as_ref(), "answer")?,

@@ -372,6 +372,7 @@ pub struct SendSpec {
     pub lang: Option<Tmpl>,
     /// (label, URL)
     pub buttons: Vec<(Tmpl, Tmpl)>,
+    pub reply_to: Option<Tmpl>,
 }
 
 pub enum SendBody {
@@ -439,6 +440,9 @@ pub struct AskSpec {
     /// Normalized accepted answers.
     pub choices: Vec<String>,
     pub valid: Option<Expr>,
+    pub pattern: Option<regex::Regex>,
+    /// Reply-keyboard buttons.
+    pub reply_buttons: Vec<String>,
     pub retries: u32,
     pub timeout: Option<Duration>,
     pub save: String,

@@ -247,6 +247,8 @@ pub struct SendDef {
     /// URL buttons under the message (trigger links, for example).
     #[serde(default)]
     pub buttons: Vec<Sp<ButtonDef>>,
+    /// Message to reply to (template giving a message id), e.g. `{{ event.message_id }}`.
+    pub reply_to: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -354,6 +356,11 @@ pub struct AskDef {
     pub choices: Vec<String>,
     /// Expression over `reply` (the normalized text) that must be true for other answers.
     pub valid: Option<Sp<String>>,
+    /// Regular expression the (trimmed) reply must match, for other answers.
+    pub pattern: Option<Sp<String>>,
+    /// Reply buttons under the question (their text comes back as the reply).
+    #[serde(default)]
+    pub buttons: Vec<String>,
     /// Re-asks after an invalid reply (default 2); then `branch.exhausted`.
     pub retries: Option<u32>,
     /// How long to wait in all; then `branch.timeout`.

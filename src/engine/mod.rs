@@ -459,10 +459,14 @@ impl Engine {
                 global => minijinja::Value::from_serialize(&self.globals),
             };
             let valid = a.choices.contains(&value)
-                || match &a.valid {
-                    Some(v) => v.truthy(&ctx).unwrap_or(false),
-                    None => a.choices.is_empty() && !value.is_empty(),
-                };
+                || a.pattern.as_ref().is_some_and(|p| p.is_match(text.trim()))
+                || a.valid
+                    .as_ref()
+                    .is_some_and(|v| v.truthy(&ctx).unwrap_or(false))
+                || (a.choices.is_empty()
+                    && a.pattern.is_none()
+                    && a.valid.is_none()
+                    && !value.is_empty());
             let pc = run.pc;
             if valid || attempts > a.retries as i64 {
                 tx.clear_parks(run.id).await?;
@@ -501,7 +505,10 @@ impl Engine {
                 }
                 .value();
                 let entry = match self.render_message(&a.question, body, &ctx, &run, &sc) {
-                    Ok(request) => {
+                    Ok(mut request) => {
+                        if !a.reply_buttons.is_empty() {
+                            request["reply_keyboard"] = json!(a.reply_buttons);
+                        }
                         self.send_message(
                             tx,
                             &run,

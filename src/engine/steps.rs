@@ -369,8 +369,11 @@ impl Engine {
                 Flow::Park
             }
             Action::Ask(a) => {
-                let request =
+                let mut request =
                     tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));
+                if !a.reply_buttons.is_empty() {
+                    request["reply_keyboard"] = json!(a.reply_buttons);
+                }
                 entry["send"] = message_entry(&a.question.channel, &request);
                 let chat = request["to"].as_str().unwrap_or_default().to_string();
                 self.send_message(tx, run, pc, &a.question.channel, request, after)
@@ -743,9 +746,13 @@ impl Engine {
             buttons.push(json!({"text": label.render(ctx).map_err(|e| e.0)?,
                 "url": url.render(ctx).map_err(|e| e.0)?}));
         }
+        let reply_to = match &s.reply_to {
+            Some(r) => r.render(ctx).map_err(|e| e.0)?.trim().parse::<i64>().ok(),
+            None => None,
+        };
         Ok(
             json!({"to": address, "lang": lang, "text": text, "buttons": buttons,
-            "run_id": run.id, "scenario": sc.id}),
+            "reply_to": reply_to, "run_id": run.id, "scenario": sc.id}),
         )
     }
 

@@ -13,7 +13,8 @@ use serde_json::{json, Value as Json};
 use teloxide::payloads::{AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters};
 use teloxide::requests::Requester;
 use teloxide::types::{
-    CallbackQueryId, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, MessageId, ParseMode,
+    CallbackQueryId, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, KeyboardButton,
+    KeyboardMarkup, MessageId, ParseMode, ReplyMarkup, ReplyParameters,
 };
 use teloxide::{ApiError, Bot, RequestError};
 use tokio::sync::{mpsc, oneshot};
@@ -228,8 +229,23 @@ impl Telegram {
             .bot
             .send_message(ChatId(chat), text)
             .parse_mode(ParseMode::Html);
+        let reply_keyboard: Vec<KeyboardButton> = request["reply_keyboard"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| Some(KeyboardButton::new(b.as_str()?.to_string())))
+            .collect();
         if !rows.is_empty() {
             req = req.reply_markup(InlineKeyboardMarkup::new(rows));
+        } else if !reply_keyboard.is_empty() {
+            req = req.reply_markup(ReplyMarkup::Keyboard(
+                KeyboardMarkup::new(vec![reply_keyboard])
+                    .one_time_keyboard()
+                    .resize_keyboard(),
+            ));
+        }
+        if let Some(id) = request["reply_to"].as_i64() {
+            req = req.reply_parameters(ReplyParameters::new(MessageId(id as i32)));
         }
         let msg = req.await?;
         Ok(json!({"channel": self.name, "chat_id": chat, "message_id": msg.id.0}))
