@@ -987,7 +987,7 @@ fn compile_offer(
         template: od.template.clone(),
         args: Some(od.args.clone()),
         lang: od.lang.clone(),
-        buttons: Vec::new(),
+        buttons: od.links.clone(),
         reply_to: None,
     };
     let message = compile_send(&Sp(toml::Spanned::new(o.span(), message)), cx, t, gw, i18n)?;

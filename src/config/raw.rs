@@ -251,7 +251,7 @@ pub struct SendDef {
     pub reply_to: Option<Sp<String>>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ButtonDef {
     /// Button label (template).
@@ -390,6 +390,9 @@ pub struct OfferDef {
     pub timeout: Option<Sp<String>>,
     /// Template the message becomes once taken (sees `claim`); default: the text and the taker.
     pub taken: Option<Sp<String>>,
+    /// URL buttons (trigger links, for example) beside the offer's buttons.
+    #[serde(default)]
+    pub links: Vec<Sp<ButtonDef>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -405,7 +405,7 @@ const DISTRIBUTE: &str = r#"id = "distribute"
 on = { webhook = "deal" }
 subject = "deal:{{ event.id }}"
 [[step]]
-offer = { to = "tg:-500", template = "New deal <b>{{ event.id }}</b>", buttons = [{ id = "accept", text = "Accept" }, { id = "decline", text = "Decline", decline = true }], who = "{{ event.who }}", timeout = "10m" }
+offer = { to = "tg:-500", template = "New deal <b>{{ event.id }}</b>", buttons = [{ id = "accept", text = "Accept" }, { id = "decline", text = "Decline", decline = true }], who = "{{ event.who }}", timeout = "10m", links = [{ text = "Open in CRM", url = "https://crm.example/deals/{{ event.id }}" }] }
 branch = { timeout = "escalate" }
 [[step]]
 send = { to = "ops", template = "{{ run.claim.name }} took deal {{ event.id }}" }
@@ -434,6 +434,12 @@ async fn offer_app(fake: &FakeTelegram, who: &str, extra: &str) -> (ConfigDir, T
 /// The offer message's callback data for each button, and its message id.
 async fn posted_offer(fake: &FakeTelegram) -> (Vec<String>, i64) {
     let sent = fake.wait_for("sendMessage", 1).await;
+    // The offer's buttons on the first row, its links below.
+    let link = &sent[0].params["reply_markup"]["inline_keyboard"][1][0];
+    assert!(link["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://crm.example/deals/"));
     let kb = &sent[0].params["reply_markup"]["inline_keyboard"][0];
     let data = kb
         .as_array()
