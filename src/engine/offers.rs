@@ -361,18 +361,7 @@ impl Engine {
         request["offer_id"] = json!(offer);
         self.send_message(tx, run, pc, &spec.message.channel, request.clone(), after)
             .await?;
-        if let Some(t) = spec.timeout {
-            tx.insert_timer(&crate::store::NewTimer {
-                run_id: run.id,
-                kind: "wait_timeout".into(),
-                due_at: now + t.as_millis() as i64,
-                scenario: sc.id.clone(),
-                subject: run.subject.clone(),
-                key: None,
-            })
-            .await?;
-            after.timers_changed = true;
-        }
+        self.arm_timeout(tx, run, sc, spec.timeout, after).await?;
         run.vars.remove("claim");
         Ok(Ok(request))
     }

@@ -387,18 +387,7 @@ impl Engine {
                     now,
                 })
                 .await?;
-                if let Some(t) = a.timeout {
-                    let due = now + t.as_millis() as i64;
-                    tx.insert_timer(&NewTimer {
-                        run_id: run.id,
-                        kind: "wait_timeout".into(),
-                        due_at: due,
-                        scenario: sc.id.clone(),
-                        subject: run.subject.clone(),
-                        key: None,
-                    })
-                    .await?;
-                    after.timers_changed = true;
+                if let Some(due) = self.arm_timeout(tx, run, sc, a.timeout, after).await? {
                     entry["until"] = json!(crate::clock::rfc3339(due));
                 }
                 run.vars.insert(a.save.clone(), json!({"attempts": 0}));
@@ -552,18 +541,7 @@ impl Engine {
                     now,
                 })
                 .await?;
-                if let Some(t) = w.timeout {
-                    let due = now + t.as_millis() as i64;
-                    tx.insert_timer(&NewTimer {
-                        run_id: run.id,
-                        kind: "wait_timeout".into(),
-                        due_at: due,
-                        scenario: sc.id.clone(),
-                        subject: run.subject.clone(),
-                        key: None,
-                    })
-                    .await?;
-                    after.timers_changed = true;
+                if let Some(due) = self.arm_timeout(tx, run, sc, w.timeout, after).await? {
                     entry["until"] = json!(crate::clock::rfc3339(due));
                 }
                 entry["wait"] = json!({"webhook": w.hook, "key": key});
@@ -773,6 +751,32 @@ impl Engine {
             tx, run, pc, "send", channel, request, attempts, timeout, false, after,
         )
         .await
+    }
+
+    /// The timer that ends a wait, an ask or an offer; its due time.
+    pub(super) async fn arm_timeout(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &RunRow,
+        sc: &Scenario,
+        timeout: Option<std::time::Duration>,
+        after: &mut After,
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(t) = timeout else {
+            return Ok(None);
+        };
+        let due = self.now() + t.as_millis() as i64;
+        tx.insert_timer(&NewTimer {
+            run_id: run.id,
+            kind: "wait_timeout".into(),
+            due_at: due,
+            scenario: sc.id.clone(),
+            subject: run.subject.clone(),
+            key: None,
+        })
+        .await?;
+        after.timers_changed = true;
+        Ok(Some(due))
     }
 
     /// The duration histogram of one kind of step; looked up once per kind.
