@@ -129,13 +129,14 @@ fn redacted(mut row: OutboxRow) -> OutboxRow {
     row
 }
 
-async fn admin(st: &AppState, op: AdminOp) -> Result<Json<ActionResult>, ApiError> {
+/// Hands an operator action to the engine and waits until it committed.
+pub(super) async fn admin_action(st: &AppState, op: AdminOp) -> Result<Json_, ApiError> {
     let (reply, rx) = AdminReply::new();
     st.engine
         .send(Work::Admin(op, reply))
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping"))?;
     match rx.await {
-        Ok(Ok(v)) => Ok(Json(ActionResult { result: v })),
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(AdminError::NotFound(m))) => Err(ApiError::new(StatusCode::NOT_FOUND, m)),
         Ok(Err(AdminError::Conflict(m))) => Err(ApiError::new(StatusCode::CONFLICT, m)),
         Ok(Err(AdminError::Unavailable(m))) => {
@@ -146,6 +147,12 @@ async fn admin(st: &AppState, op: AdminOp) -> Result<Json<ActionResult>, ApiErro
             "the action was not committed; try again",
         )),
     }
+}
+
+async fn admin(st: &AppState, op: AdminOp) -> Result<Json<ActionResult>, ApiError> {
+    Ok(Json(ActionResult {
+        result: admin_action(st, op).await?,
+    }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -12,10 +12,9 @@ use axum::Router;
 use minijinja::context;
 use serde_json::Value as Json;
 
-use super::api::{find_runs, run_detail, scenarios, RunQuery};
+use super::api::{admin_action, find_runs, run_detail, scenarios, RunQuery};
 use super::{auth, ApiError, ApiPath, AppState};
-use crate::engine::admin::{AdminOp, AdminReply};
-use crate::engine::Work;
+use crate::engine::admin::AdminOp;
 
 type Params = BTreeMap<String, String>;
 
@@ -212,15 +211,14 @@ async fn run_page(
     )
 }
 
-async fn act(st: &AppState, op: AdminOp) -> Result<(), ApiError> {
-    let (reply, rx) = AdminReply::new();
-    st.engine
-        .send(Work::Admin(op, reply))
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is stopping"))?;
-    match rx.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
-        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "try again")),
+/// Signed in: do the action, then go back to `back`.
+async fn act(st: &AppState, headers: &HeaderMap, op: AdminOp, back: &str) -> Response {
+    if let Err(r) = guard(st, headers, &Params::new(), back) {
+        return r;
+    }
+    match admin_action(st, op).await {
+        Ok(_) => Redirect::to(back).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -229,13 +227,8 @@ async fn retry_run(
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
 ) -> Response {
-    if let Err(r) = guard(&st, &headers, &Params::new(), &format!("/ui/runs/{id}")) {
-        return r;
-    }
-    match act(&st, AdminOp::RetryRun(id)).await {
-        Ok(()) => Redirect::to(&format!("/ui/runs/{id}?notice=ui-retried")).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let back = format!("/ui/runs/{id}?notice=ui-retried");
+    act(&st, &headers, AdminOp::RetryRun(id), &back).await
 }
 
 async fn cancel_run(
@@ -243,13 +236,13 @@ async fn cancel_run(
     headers: HeaderMap,
     ApiPath(id): ApiPath<i64>,
 ) -> Response {
-    if let Err(r) = guard(&st, &headers, &Params::new(), &format!("/ui/runs/{id}")) {
-        return r;
-    }
-    match act(&st, AdminOp::CancelRun(id)).await {
-        Ok(()) => Redirect::to(&format!("/ui/runs/{id}")).into_response(),
-        Err(e) => e.into_response(),
-    }
+    act(
+        &st,
+        &headers,
+        AdminOp::CancelRun(id),
+        &format!("/ui/runs/{id}"),
+    )
+    .await
 }
 
 async fn retry_outbox(
@@ -258,17 +251,11 @@ async fn retry_outbox(
     ApiPath(id): ApiPath<i64>,
     Query(p): Query<Params>,
 ) -> Response {
-    if let Err(r) = guard(&st, &headers, &p, "/ui/runs") {
-        return r;
-    }
     let back = match p.get("run").and_then(|r| r.parse::<i64>().ok()) {
         Some(run) => format!("/ui/runs/{run}?notice=ui-retried"),
         None => "/ui/runs".into(),
     };
-    match act(&st, AdminOp::RetryOutbox(id)).await {
-        Ok(()) => Redirect::to(&back).into_response(),
-        Err(e) => e.into_response(),
-    }
+    act(&st, &headers, AdminOp::RetryOutbox(id), &back).await
 }
 
 async fn scenarios_page(
@@ -308,16 +295,10 @@ async fn switch_scenario(
     headers: HeaderMap,
     ApiPath((id, action)): ApiPath<(String, String)>,
 ) -> Response {
-    if let Err(r) = guard(&st, &headers, &Params::new(), "/ui/scenarios") {
-        return r;
-    }
     let on = match action.as_str() {
         "enable" => true,
         "disable" => false,
         _ => return ApiError::new(StatusCode::NOT_FOUND, "no such action").into_response(),
     };
-    match act(&st, AdminOp::SetEnabled(id, on)).await {
-        Ok(()) => Redirect::to("/ui/scenarios").into_response(),
-        Err(e) => e.into_response(),
-    }
+    act(&st, &headers, AdminOp::SetEnabled(id, on), "/ui/scenarios").await
 }
