@@ -963,6 +963,28 @@ fn var_name(cx: &mut FileCx, s: Option<&Sp<String>>, dflt: &str) -> Option<Strin
     }
 }
 
+/// The message of an `ask` or `offer`: it must go to a chat on a chat channel, which is where
+/// replies and clicks come from.
+fn compile_chat_message(
+    what: &str,
+    def: raw::SendDef,
+    span: Range<usize>,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+    i18n: &I18n,
+) -> Option<SendSpec> {
+    let to = def.to.get().clone();
+    let channel = to.split(':').next().unwrap_or_default();
+    if !matches!(gw.channels.get(channel), Some(Channel::Telegram(_))) || !to.contains(':') {
+        cx.err(
+            def.to.span(),
+            format!("{what} needs `channel:chat` on a chat channel (a telegram channel), e.g. tg:{{{{ event.chat.id }}}}, not '{to}'"),
+        );
+    }
+    compile_send(&Sp(toml::Spanned::new(span, def)), cx, t, gw, i18n)
+}
+
 fn compile_offer(
     o: &Sp<raw::OfferDef>,
     branches: &BTreeMap<String, Sp<String>>,
@@ -973,14 +995,6 @@ fn compile_offer(
     target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
 ) -> Option<OfferSpec> {
     let od = o.get();
-    let channel = od.to.get().split(':').next().unwrap_or_default();
-    if !matches!(gw.channels.get(channel), Some(Channel::Telegram(_))) || !od.to.get().contains(':')
-    {
-        cx.err(
-            od.to.span(),
-            format!("offer needs `channel:chat` on a chat channel with buttons (a telegram channel), not '{}'", od.to.get()),
-        );
-    }
     let message = raw::SendDef {
         to: od.to.clone(),
         text: od.text.clone(),
@@ -990,7 +1004,7 @@ fn compile_offer(
         buttons: od.links.clone(),
         reply_to: None,
     };
-    let message = compile_send(&Sp(toml::Spanned::new(o.span(), message)), cx, t, gw, i18n)?;
+    let message = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)?;
     let mut buttons = Vec::new();
     for b in &od.buttons {
         if let Some(label) = cx.tmpl(t, &b.text) {
@@ -1060,19 +1074,6 @@ fn compile_ask(
     target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
 ) -> Option<AskSpec> {
     let ad = a.get();
-    let channel = ad.to.get().split(':').next().unwrap_or_default();
-    if !matches!(gw.channels.get(channel), Some(Channel::Telegram(_))) {
-        cx.err(
-            ad.to.span(),
-            format!("ask needs a chat channel that receives replies (a telegram channel), not '{channel}'"),
-        );
-    }
-    if !ad.to.get().contains(':') {
-        cx.err(
-            ad.to.span(),
-            "ask needs `channel:chat`, e.g. tg:{{ event.chat.id }}",
-        );
-    }
     let question = raw::SendDef {
         to: ad.to.clone(),
         text: ad.text.clone(),
@@ -1082,7 +1083,7 @@ fn compile_ask(
         buttons: Vec::new(),
         reply_to: None,
     };
-    let question = compile_send(&Sp(toml::Spanned::new(a.span(), question)), cx, t, gw, i18n)?;
+    let question = compile_chat_message("ask", question, a.span(), cx, t, gw, i18n)?;
     let retry = ad.retry_text.as_ref().map(|id| {
         let missing = i18n.missing_in(id.get());
         if !missing.is_empty() {
