@@ -10,6 +10,7 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, Notify};
 
 use crate::clock::Clock;
+use crate::config::Action;
 use crate::engine::{DeliveryResult, Engine, EventItem, Work};
 use crate::store::{IngestOutcome, NewEvent, RunStatus, SqliteStore, Store};
 
@@ -170,8 +171,48 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                             .iter()
                             .all(|o| o.status != "pending") =>
                     {
-                        match replies.pop_front() {
-                            Some(reply) => {
+                        let step = cfg
+                            .scenario(&run.scenario)
+                            .and_then(|sc| sc.steps.get(run.pc as usize))
+                            .map(|st| &st.action);
+                        match (replies.pop_front(), step) {
+                            (_, Some(Action::Offer(_))) => out.push(format!(
+                                "  run {} would wait for a click on its offer",
+                                run.id
+                            )),
+                            (Some(reply), Some(Action::Ask(a))) => {
+                                // The reply comes as a chat message from the asked chat.
+                                let rows = store.outbox_for_run(run.id).await?;
+                                let chat = rows
+                                    .iter()
+                                    .rev()
+                                    .find_map(|o| o.request["to"].as_str().map(str::to_string))
+                                    .unwrap_or_default();
+                                let ev = NewEvent {
+                                    kind: "message".into(),
+                                    source: a.question.channel.clone(),
+                                    dedupe_key: None,
+                                    data: json!({"chat": {"id": chat}, "text": reply}),
+                                    meta: json!({}),
+                                    rejected: None,
+                                    received_at: clock.now_ms(),
+                                };
+                                out.push(format!("  (run {}: the chat replies {reply:?})", run.id));
+                                if let IngestOutcome::Accepted(id) =
+                                    store.ingest(std::slice::from_ref(&ev)).await?[0]
+                                {
+                                    events.push(id);
+                                    queue.push_back(Work::Event(EventItem {
+                                        id,
+                                        kind: ev.kind,
+                                        source: ev.source,
+                                        data: Arc::new(ev.data),
+                                        meta: ev.meta,
+                                    }));
+                                    progressed = true;
+                                }
+                            }
+                            (Some(reply), _) => {
                                 let data = match serde_json::from_str::<Json>(&reply) {
                                     Ok(v @ Json::Object(_)) => v,
                                     _ => json!({"text": reply, "button": reply}),
@@ -183,7 +224,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                                 });
                                 progressed = true;
                             }
-                            None => out.push(format!(
+                            (None, _) => out.push(format!(
                                 "  run {} would wait here (pass --reply to answer it)",
                                 run.id
                             )),

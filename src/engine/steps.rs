@@ -391,7 +391,6 @@ impl Engine {
                     entry["until"] = json!(crate::clock::rfc3339(due));
                 }
                 run.vars.insert(a.save.clone(), json!({"attempts": 0}));
-                entry["wait"] = json!({"webhook": format!("chat {chat}"), "key": chat});
                 entry["result"] = json!("waiting");
                 run.status = RunStatus::Waiting;
                 Flow::Park

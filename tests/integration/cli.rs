@@ -104,6 +104,37 @@ fn simulate_prints_verdicts_and_what_would_be_sent() {
 }
 
 #[test]
+fn simulate_answers_an_ask_with_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("appt.json");
+    std::fs::write(
+        &ev,
+        r#"{"id": 9, "chat_id": 555, "lang": "en", "time": "Fri", "owner": "elena"}"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&[
+        "simulate",
+        "confirm-appointment",
+        "--event",
+        ev.to_str().unwrap(),
+        "--reply",
+        "yes",
+        "--reply",
+        " 1. ",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("would send to tg:555 [en]: Please answer with just one digit: 1, 2 or 3."),
+        "{out}"
+    );
+    assert!(
+        out.contains("would send to tg:555 [en]: Thank you, your appointment is confirmed."),
+        "{out}"
+    );
+    assert!(out.contains("[done]"), "{out}");
+}
+
+#[test]
 fn simulate_reports_a_broken_event_file() {
     let dir = tempfile::tempdir().unwrap();
     let ev = dir.path().join("bad.json");
