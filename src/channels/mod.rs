@@ -31,7 +31,8 @@ impl Channels {
             .channels
             .iter()
             .filter_map(|(name, ch)| match ch {
-                Channel::Telegram(t) => {
+                // A channel without a token stays off (the examples ship one like that).
+                Channel::Telegram(t) if !t.token.0.is_empty() => {
                     Some((name.clone(), Arc::new(telegram::Telegram::new(name, t))))
                 }
                 _ => None,

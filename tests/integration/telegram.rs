@@ -55,6 +55,19 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
     assert_eq!(sent[0].params["text"], "echo: <b>hello</b> (ru)");
     assert_eq!(sent[0].params["parse_mode"], "HTML");
     assert!(!fake.calls("deleteWebhook").is_empty());
+    let ready: serde_json::Value = t
+        .http
+        .get(format!("{}/readyz", t.app.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (ready["channels"]["tg"].as_str(), ready["ready"].as_bool()),
+        (Some("ok"), Some(true))
+    );
 
     // The same update again (Telegram redelivers after a lost acknowledgement): one run.
     let mut again = text_update(500, 7, "ru", "hello");

@@ -278,3 +278,38 @@ async fn form_bodies_become_event_fields() {
     let runs = t.runs_of(b["event_id"].as_i64().unwrap()).await;
     assert_eq!(t.finished(runs[0].id).await.vars["n"], "Ada");
 }
+
+#[tokio::test]
+async fn the_example_telegram_channel_stays_off_without_a_token() {
+    let cfg = ConfigDir::examples();
+    let t = TestApp::spawn(&cfg).await;
+    let r: serde_json::Value = t
+        .http
+        .get(format!("{}/readyz", t.app.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["channels"]["tg"], "off (no token)");
+    assert_eq!(r["ready"], true);
+    // A message for it fails at once, with the reason in the journal.
+    let (_, b) = t
+        .post(
+            "call-rated",
+            json!({"call_id": "c9", "operator": "Olga", "rating": 3}),
+        )
+        .await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let failed = eventually(|| async {
+        let rows = t.app.store.outbox_for_run(run).await.unwrap();
+        rows.into_iter()
+            .find(|o| o.channel == "tg" && o.status == "failed")
+    })
+    .await;
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("channel 'tg' is off: it has no token")
+    );
+}

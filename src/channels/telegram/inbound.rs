@@ -120,6 +120,11 @@ pub async fn poll(
         Ok(Some(v)) => v.parse().unwrap_or(0),
         _ => 0,
     };
+    // Ready as soon as Telegram answers, not after the first long poll returns.
+    match tg.bot.get_me().await {
+        Ok(_) => tg.set_status("ok"),
+        Err(e) => tg.set_status(&format!("getMe failed: {e}")),
+    }
     if let Err(e) = tg.bot.delete_webhook().await {
         tracing::warn!(channel = %tg.name, error = %e, "deleteWebhook failed");
     }
