@@ -28,8 +28,6 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("{0}")]
-    Unavailable(String),
 }
 
 pub type AdminResult = Result<Json, AdminError>;

@@ -139,9 +139,6 @@ pub(super) async fn admin_action(st: &AppState, op: AdminOp) -> Result<Json_, Ap
         Ok(Ok(v)) => Ok(v),
         Ok(Err(AdminError::NotFound(m))) => Err(ApiError::new(StatusCode::NOT_FOUND, m)),
         Ok(Err(AdminError::Conflict(m))) => Err(ApiError::new(StatusCode::CONFLICT, m)),
-        Ok(Err(AdminError::Unavailable(m))) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m))
-        }
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the action was not committed; try again",
