@@ -317,29 +317,24 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let mut outcome: Vec<Json> = Vec::new();
         let cfg = self.cfg.clone();
-        let scenarios: Vec<Arc<Scenario>> = match ev.kind.as_str() {
-            "webhook" => {
-                if self.answer_wait(tx, ev, &mut outcome, after).await? {
-                    tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
-                        .await?;
-                    return Ok(());
-                }
-                cfg.scenarios_for_hook(&ev.source).cloned().collect()
-            }
-            "message" => {
-                if self.answer_ask(tx, ev, &mut outcome, after).await? {
-                    tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
-                        .await?;
-                    return Ok(());
-                }
-                cfg.scenarios_for_messages(&ev.source).cloned().collect()
-            }
+        // An event that answers a waiting run, an asking run or an offer goes there only.
+        let consumed = match ev.kind.as_str() {
+            "webhook" => self.answer_wait(tx, ev, &mut outcome, after).await?,
+            "message" => self.answer_ask(tx, ev, &mut outcome, after).await?,
             "click" => {
                 self.on_click(tx, ev, &mut outcome, after).await?;
-                tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
-                    .await?;
-                return Ok(());
+                true
             }
+            _ => false,
+        };
+        if consumed {
+            return tx
+                .finish_event(ev.id, "done", &Json::Array(outcome), self.now())
+                .await;
+        }
+        let scenarios: Vec<Arc<Scenario>> = match ev.kind.as_str() {
+            "webhook" => cfg.scenarios_for_hook(&ev.source).cloned().collect(),
+            "message" => cfg.scenarios_for_messages(&ev.source).cloned().collect(),
             _ => cfg.scenario(&ev.source).cloned().into_iter().collect(),
         };
         if scenarios.is_empty() {

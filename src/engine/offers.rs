@@ -46,26 +46,8 @@ impl Engine {
             resume: false,
             now,
         };
-        let id = tx.insert_outbox(&row).await?;
-        after.jobs.push(super::OutboxJob {
-            row: crate::store::OutboxRow {
-                id,
-                run_id,
-                step: None,
-                kind: row.kind,
-                channel: row.channel,
-                request: row.request,
-                status: "pending".into(),
-                attempts: 0,
-                max_attempts: row.max_attempts,
-                timeout_ms: row.timeout_ms,
-                next_attempt_at: now,
-                resume: false,
-                response: None,
-                last_error: None,
-            },
-            lane: format!("clicks:{channel}"),
-        });
+        self.enqueue_row(tx, row, format!("clicks:{channel}"), after)
+            .await?;
         Ok(())
     }
 

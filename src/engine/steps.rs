@@ -602,6 +602,18 @@ impl Engine {
             resume,
             now,
         };
+        let lane = format!("scenario:{}", run.scenario);
+        self.enqueue_row(tx, row, lane, after).await
+    }
+
+    /// Stores an outbox row; once the batch commits, the row goes to the outbox worker.
+    pub(super) async fn enqueue_row(
+        &mut self,
+        tx: &mut dyn Tx,
+        row: NewOutbox,
+        lane: String,
+        after: &mut After,
+    ) -> Result<i64, StoreError> {
         let id = tx.insert_outbox(&row).await?;
         after.jobs.push(OutboxJob {
             row: OutboxRow {
@@ -615,12 +627,12 @@ impl Engine {
                 attempts: 0,
                 max_attempts: row.max_attempts,
                 timeout_ms: row.timeout_ms,
-                next_attempt_at: now,
-                resume,
+                next_attempt_at: row.now,
+                resume: row.resume,
                 response: None,
                 last_error: None,
             },
-            lane: format!("scenario:{}", run.scenario),
+            lane,
         });
         Ok(id)
     }
