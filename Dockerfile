@@ -18,7 +18,7 @@ COPY locales /etc/switchboard/locales
 USER switchboard
 WORKDIR /data
 ENV SWITCHBOARD_CONFIG=/etc/switchboard/bot-configs \
-    SWITCHBOARD_DATABASE=sqlite:///data/switchboard.db \
+    DATABASE_URL=sqlite:///data/switchboard.db \
     SWITCHBOARD_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 VOLUME ["/data"]

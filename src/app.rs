@@ -39,7 +39,9 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub clock: Clock,
     pub config: Arc<Config>,
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
+    /// Set when the other replicas presumed this one dead.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
     server: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -47,7 +49,7 @@ pub struct App {
 impl App {
     pub async fn start(opts: Options) -> anyhow::Result<App> {
         let cfg = Arc::new(config::load(&opts.config_dir)?);
-        let store = store::open(&opts.database)
+        let store = store::open(&opts.database, &cfg.gateway.database)
             .await
             .with_context(|| format!("opening the database {}", opts.database))?;
         let clock = opts.clock.clone();
@@ -57,6 +59,8 @@ impl App {
             }
         }
         let (stop, stop_rx) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (work_tx, work_rx) = mpsc::unbounded_channel::<Work>();
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let timer_wake = Arc::new(Notify::new());
@@ -125,10 +129,21 @@ impl App {
             let _ = outbox_tx.send(crate::outbox::job_from_row(row));
         }
         let mut tasks = vec![tokio::spawn(engine.run(work_rx, stop_rx.clone()))];
+        if !store.exclusive() {
+            tasks.push(tokio::spawn(crate::replicas::upkeep(
+                store.clone(),
+                work_tx.clone(),
+                outbox_tx.clone(),
+                stop.clone(),
+                fenced.clone(),
+            )));
+        }
         let (ingest, ingest_task) = Ingest::start(store.clone(), work_tx.clone());
         tasks.push(ingest_task);
 
-        let channels = Arc::new(Channels::new(cfg.clone()));
+        // With replicas, send pacing is shared through the database.
+        let pacing = (!store.exclusive()).then(|| store.clone());
+        let channels = Arc::new(Channels::new(cfg.clone(), pacing));
         tasks.push(tokio::spawn(crate::outbox::worker(
             cfg.clone(),
             clock.clone(),
@@ -234,6 +249,7 @@ impl App {
             clock,
             config: cfg,
             stop,
+            fenced,
             server,
             tasks,
         })
@@ -250,6 +266,10 @@ impl App {
     /// Serves until SIGINT or SIGTERM, then stops.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let ctrl_c = tokio::signal::ctrl_c();
+        let mut stopped = self.stop.subscribe();
+        let stopped = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
         #[cfg(unix)]
         {
             let mut term =
@@ -257,12 +277,22 @@ impl App {
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
+                _ = stopped => {}
             }
         }
         #[cfg(not(unix))]
-        ctrl_c.await?;
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = stopped => {}
+        }
         tracing::info!("stopping");
+        let fenced = self.fenced.clone();
         self.stop().await;
+        if fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!(
+                "this replica was presumed dead by the others (a long pause?); restart it"
+            );
+        }
         Ok(())
     }
 
@@ -274,6 +304,11 @@ impl App {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for t in self.tasks {
             t.abort();
+        }
+        if !self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = self.store.retire().await {
+                tracing::warn!(error = %e, "leaving the replicas failed");
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod i18n;
 pub mod journal;
 pub mod links;
 pub mod outbox;
+pub mod replicas;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -34,8 +34,8 @@ enum Command {
     Run {
         #[arg(long, default_value = "bot-configs", env = "SWITCHBOARD_CONFIG")]
         config: PathBuf,
-        /// Database URL; a path or sqlite://path (created and migrated on first start).
-        #[arg(long, default_value = DEFAULT_DB, env = "SWITCHBOARD_DATABASE")]
+        /// Database URL: a path, sqlite://path, or postgres://user@host/db (migrated on start).
+        #[arg(long, default_value = DEFAULT_DB, env = "DATABASE_URL")]
         database: String,
         /// Address to listen on (default: the gateway file's server.listen, else 127.0.0.1:8080).
         #[arg(long, env = "SWITCHBOARD_LISTEN")]
@@ -82,14 +82,14 @@ enum Command {
     },
     /// Create or upgrade the database schema.
     Migrate {
-        #[arg(long, default_value = DEFAULT_DB, env = "SWITCHBOARD_DATABASE")]
+        #[arg(long, default_value = DEFAULT_DB, env = "DATABASE_URL")]
         database: String,
     },
     /// Print the JSON Schema of the config format.
     Schema,
     /// Print recent events with their verdicts and runs with their steps.
     Journal {
-        #[arg(long, default_value = DEFAULT_DB, env = "SWITCHBOARD_DATABASE")]
+        #[arg(long, default_value = DEFAULT_DB, env = "DATABASE_URL")]
         database: String,
         /// How many recent events.
         #[arg(long, default_value_t = 10)]
@@ -222,7 +222,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Migrate { database } => {
-            switchboard::store::open(&database).await?;
+            switchboard::store::migrate(&database).await?;
             println!("{database}: schema is up to date");
         }
         Command::Schema => println!(
@@ -230,7 +230,9 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&switchboard::config::json_schema())?
         ),
         Command::Journal { database, last } => {
-            let store = switchboard::store::open(&database).await?;
+            let store =
+                switchboard::store::open(&database, &switchboard::store::PoolOptions::default())
+                    .await?;
             let mut events = store.recent_events(last).await?;
             events.reverse();
             for ev in events {

@@ -14,8 +14,10 @@ use crate::engine::ingest::Ingest;
 use crate::engine::{Work, WorkSender};
 use crate::store::{NewEvent, Store};
 
-/// How long the timer loop sleeps at most between looks at the table.
+/// How long the timer loop sleeps at most between looks at the table: with replicas,
+/// another one may have stored a timer this one was not told about.
 const IDLE: i64 = 30_000;
+const IDLE_SHARED: i64 = 1_000;
 
 pub async fn timer_worker(
     store: Arc<dyn Store>,
@@ -25,6 +27,7 @@ pub async fn timer_worker(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut in_flight: HashSet<i64> = HashSet::new();
+    let idle = if store.exclusive() { IDLE } else { IDLE_SHARED };
     loop {
         if *stop.borrow() {
             return;
@@ -53,8 +56,8 @@ pub async fn timer_worker(
             now + if sent == 0 { 50 } else { 10 }
         } else {
             match store.next_timer_due().await {
-                Ok(Some(at)) => at.min(now + IDLE),
-                _ => now + IDLE,
+                Ok(Some(at)) => at.min(now + idle),
+                _ => now + idle,
             }
         };
         tokio::select! {

@@ -25,16 +25,18 @@ pub struct Channels {
 }
 
 impl Channels {
-    pub fn new(cfg: Arc<Config>) -> Channels {
+    /// `shared`: the store through which replicas share send pacing (none: in memory).
+    pub fn new(cfg: Arc<Config>, shared: Option<Arc<dyn crate::store::Store>>) -> Channels {
         let telegram = cfg
             .gateway
             .channels
             .iter()
             .filter_map(|(name, ch)| match ch {
                 // A channel without a token stays off (the examples ship one like that).
-                Channel::Telegram(t) if !t.token.0.is_empty() => {
-                    Some((name.clone(), Arc::new(telegram::Telegram::new(name, t))))
-                }
+                Channel::Telegram(t) if !t.token.0.is_empty() => Some((
+                    name.clone(),
+                    Arc::new(telegram::Telegram::new(name, t, shared.clone())),
+                )),
                 _ => None,
             })
             .collect();

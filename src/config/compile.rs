@@ -414,6 +414,16 @@ fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway {
         retry_delay: dur(cx, &d.retry_delay, 1),
         retry_max_delay: dur(cx, &d.retry_max_delay, 300),
         retention: dur(cx, &d.retention, 30 * 24 * 3600),
+        database: {
+            let db = &g.database;
+            let dflt = crate::store::PoolOptions::default();
+            crate::store::PoolOptions {
+                max_connections: db.max_connections.unwrap_or(dflt.max_connections).max(2),
+                min_connections: db.min_connections.unwrap_or(dflt.min_connections),
+                acquire_timeout: dur(cx, &db.acquire_timeout, dflt.acquire_timeout.as_secs()),
+                lease: dur(cx, &db.lease, dflt.lease.as_secs()).max(Duration::from_secs(1)),
+            }
+        },
         channels,
         hooks,
         staff,

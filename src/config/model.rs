@@ -114,6 +114,7 @@ pub struct Gateway {
     pub retry_delay: Duration,
     pub retry_max_delay: Duration,
     pub retention: Duration,
+    pub database: crate::store::PoolOptions,
     pub channels: HashMap<String, Channel>,
     pub hooks: HashMap<String, Hook>,
     pub staff: Vec<Staff>,

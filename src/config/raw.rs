@@ -41,6 +41,8 @@ pub struct GatewayFile {
     pub server: ServerSection,
     #[serde(default)]
     pub defaults: DefaultsSection,
+    #[serde(default)]
+    pub database: DatabaseSection,
     /// Named channels; `log` is built in and always present.
     #[serde(default)]
     pub channels: BTreeMap<String, Sp<ChannelSection>>,
@@ -50,6 +52,22 @@ pub struct GatewayFile {
     /// The staff directory.
     #[serde(default)]
     pub staff: Vec<Sp<StaffEntry>>,
+}
+
+/// PostgreSQL pool and replica settings (SQLite ignores them). The database itself is named
+/// by `--database` or `DATABASE_URL`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// Most connections this replica opens (default 16).
+    pub max_connections: Option<u32>,
+    /// Connections kept open when idle (default 1).
+    pub min_connections: Option<u32>,
+    /// How long a request waits for a free connection (default `10s`).
+    pub acquire_timeout: Option<Sp<String>>,
+    /// How long a replica may go unseen before the others take over its work, and how long
+    /// timer claims and the Telegram polling lease last (default `15s`).
+    pub lease: Option<Sp<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

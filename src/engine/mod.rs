@@ -158,6 +158,8 @@ pub struct Engine {
     /// database's sole writer; it spares a read per response.
     http_parked: HashMap<i64, RunRow>,
     cache_runs: bool,
+    /// Whether this batch holds the globals' lock (replicas: a write re-reads them first).
+    globals_locked: bool,
     step_histograms: HashMap<&'static str, metrics::Histogram>,
 }
 
@@ -186,6 +188,7 @@ impl Engine {
             http_parked: HashMap::new(),
             step_histograms: HashMap::new(),
             cache_runs: store.exclusive(),
+            globals_locked: false,
             store,
         })
     }
@@ -258,6 +261,11 @@ impl Engine {
     }
 
     pub(crate) async fn process(&mut self, batch: &[Work]) -> Result<(), StoreError> {
+        if !self.cache_runs {
+            // Other replicas may have changed them.
+            self.globals = self.store.globals().await?;
+        }
+        self.globals_locked = false;
         let mut tx = self.store.begin().await?;
         let mut after = After::default();
         for w in batch {

@@ -188,6 +188,15 @@ impl Engine {
                 );
                 break;
             }
+            let writes_global = match &step.action {
+                Action::Set(assigns) => assigns.iter().any(|a| a.target.scope == Scope::Global),
+                Action::Incr(target) => target.scope == Scope::Global,
+                _ => false,
+            };
+            if writes_global {
+                // The step reads what it writes: read it as committed, under the lock.
+                self.lock_globals(tx).await?;
+            }
             let meta = json!({
                 "run_id": run.id, "scenario": sc.id, "subject": run.subject,
                 "event_id": run.event_id, "now": crate::clock::rfc3339(now), "now_ms": now,
@@ -567,11 +576,24 @@ impl Engine {
                 st.subject_dirty = true;
             }
             Scope::Global => {
+                self.lock_globals(tx).await?;
                 set_path(&mut self.globals, &target.path, v);
                 let name = &target.path[0];
                 let whole = self.globals.get(name).cloned().unwrap_or(Json::Null);
                 tx.put_global(name, &whole, now).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Before the first write to a global in a batch: with replicas, lock the globals and
+    /// read them as committed, so that an `incr` on two replicas never loses one.
+    async fn lock_globals(&mut self, tx: &mut dyn Tx) -> Result<(), StoreError> {
+        if !self.globals_locked {
+            if let Some(fresh) = tx.lock_globals().await? {
+                self.globals = fresh;
+            }
+            self.globals_locked = true;
         }
         Ok(())
     }

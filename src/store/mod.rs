@@ -2,12 +2,15 @@
 //! The engine talks only to these traits; SQLite implements them today and another
 //! backend (PostgreSQL) can be added beside it without touching the engine.
 
+mod postgres;
+mod rows;
 mod sqlite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,18 +21,56 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL '{0}' (use sqlite://path)")]
+    #[error("unsupported database URL '{0}' (use sqlite://path or postgres://…)")]
     Unsupported(String),
+    #[error("this replica was presumed dead and its work handed to others")]
+    Fenced,
+    #[error("{0}")]
+    Other(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Opens the store a URL names. A bare path is a SQLite file.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
-    if url.starts_with("sqlite:") || !url.contains("://") {
+/// Connection pool and work-sharing settings (the PostgreSQL store; SQLite keeps its own).
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+    /// How long a replica may go unseen before the others take over its work; also how long
+    /// a claimed timer or a named lease lasts.
+    pub lease: std::time::Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(10),
+            lease: std::time::Duration::from_secs(15),
+        }
+    }
+}
+
+/// Opens the store a URL names: `postgres://…` is PostgreSQL; `sqlite://path` or a bare
+/// path is a SQLite file.
+pub async fn open(url: &str, pool: &PoolOptions) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgStore::open(url, pool).await?))
+    } else if url.starts_with("sqlite:") || !url.contains("://") {
         Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
     } else {
         Err(StoreError::Unsupported(url.to_string()))
+    }
+}
+
+/// Applies the migrations of the database a URL names, without registering a replica.
+pub async fn migrate(url: &str) -> Result<()> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        PgStore::migrate(url).await
+    } else {
+        open(url, &PoolOptions::default()).await.map(|_| ())
     }
 }
 
@@ -329,6 +370,46 @@ pub trait Store: Send + Sync {
     async fn prune(&self, before: i64, limit: i64) -> Result<u64>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
+
+    // Several replicas on one database. An exclusive store has one process, so these are
+    // trivially true or empty there.
+
+    /// Records that this replica is alive; false when the others presumed it dead and took
+    /// its work, after which it must stop.
+    async fn heartbeat(&self) -> Result<bool> {
+        Ok(true)
+    }
+    /// Removes replicas not seen for a lease period and hands their pending events and
+    /// outbox rows to this replica; returns them for its queues.
+    async fn take_over(&self) -> Result<(Vec<EventRow>, Vec<OutboxRow>)> {
+        Ok((Vec::new(), Vec::new()))
+    }
+    /// Takes or renews the named lease; true while this replica holds it.
+    async fn hold_lease(&self, _name: &str) -> Result<bool> {
+        Ok(true)
+    }
+    /// Gives up the named lease if this replica holds it.
+    async fn release_lease(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Reserves the next send under each key, `(key, spacing in ms)` in order, each no sooner
+    /// than the one before; returns how many milliseconds to wait before sending.
+    async fn reserve_send(&self, _keys: &[(String, i64)]) -> Result<i64> {
+        Ok(0)
+    }
+    /// Leaves the replicas on a clean stop: what this one had not finished goes to the
+    /// others at once, and the leases it held are free.
+    async fn retire(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The lease period, for the loops that renew leases and look for dead replicas.
+    fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(15)
+    }
+    /// This replica's name in the database.
+    fn replica(&self) -> &str {
+        "local"
+    }
 }
 
 #[async_trait]
@@ -424,6 +505,12 @@ pub trait Tx: Send {
     async fn subject_vars(&mut self, subject: &str) -> Result<Map<String, Json>>;
     async fn put_subject_vars(&mut self, subject: &str, vars: &Map<String, Json>) -> Result<()>;
     async fn put_global(&mut self, name: &str, value: &Json, now: i64) -> Result<()>;
+    /// The global variables as committed, locked until this transaction ends so that a
+    /// read-modify-write by another replica waits (an exclusive store returns `None`: its
+    /// engine's copy is current).
+    async fn lock_globals(&mut self) -> Result<Option<Map<String, Json>>> {
+        Ok(None)
+    }
     async fn delete_global(&mut self, name: &str) -> Result<bool>;
 
     /// Counts a run start (`limited` false) or a start refused by a limit.

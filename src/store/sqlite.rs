@@ -15,7 +15,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
+use super::rows::*;
 use super::*;
+
+row_mappers!(SqliteRow);
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -28,119 +31,6 @@ struct Ids {
     run: AtomicI64,
     event: AtomicI64,
     outbox: AtomicI64,
-}
-
-fn parse_json(s: &str) -> Result<Json> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn opt_json(s: Option<String>) -> Result<Option<Json>> {
-    s.map(|s| parse_json(&s)).transpose()
-}
-
-fn event_row(r: &SqliteRow) -> Result<EventRow> {
-    Ok(EventRow {
-        id: r.get("id"),
-        kind: r.get("kind"),
-        source: r.get("source"),
-        status: r.get("status"),
-        data: parse_json(r.get("data"))?,
-        meta: parse_json(r.get("meta"))?,
-        outcome: opt_json(r.get("outcome"))?,
-        error: r.get("error"),
-        received_at: r.get("received_at"),
-    })
-}
-
-fn run_row(r: &SqliteRow) -> Result<RunRow> {
-    let status: String = r.get("status");
-    let vars = match parse_json(r.get("vars"))? {
-        Json::Object(m) => m,
-        _ => Map::new(),
-    };
-    let journal = match parse_json(r.get("journal"))? {
-        Json::Array(a) => a,
-        _ => Vec::new(),
-    };
-    Ok(RunRow {
-        id: r.get("id"),
-        scenario: r.get("scenario"),
-        subject: r.get("subject"),
-        status: RunStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("run status '{status}'")))?,
-        pc: r.get("pc"),
-        vars,
-        journal,
-        event_id: r.get("event_id"),
-        event: parse_json(r.get("event"))?,
-        depth: r.get("depth"),
-        error: r.get("error"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-    })
-}
-
-fn timer_row(r: &SqliteRow) -> TimerRow {
-    TimerRow {
-        id: r.get("id"),
-        run_id: r.get("run_id"),
-        kind: r.get("kind"),
-        due_at: r.get("due_at"),
-        scenario: r.get("scenario"),
-        subject: r.get("subject"),
-        key: r.get("key"),
-    }
-}
-
-fn summary_row(r: &SqliteRow) -> Result<RunSummary> {
-    let status: String = r.get("status");
-    Ok(RunSummary {
-        id: r.get("id"),
-        scenario: r.get("scenario"),
-        subject: r.get("subject"),
-        status: RunStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("run status '{status}'")))?,
-        pc: r.get("pc"),
-        event_id: r.get("event_id"),
-        error: r.get("error"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-    })
-}
-
-fn offer_row(r: &SqliteRow) -> Result<OfferRow> {
-    let excluded: String = r.get("excluded");
-    Ok(OfferRow {
-        id: r.get("id"),
-        run_id: r.get("run_id"),
-        step: r.get("step"),
-        channel: r.get("channel"),
-        chat_id: r.get("chat_id"),
-        message_id: r.get("message_id"),
-        text: r.get("text"),
-        status: r.get("status"),
-        excluded: serde_json::from_str(&excluded).unwrap_or_default(),
-        winner: opt_json(r.get("winner"))?,
-    })
-}
-
-fn outbox_row(r: &SqliteRow) -> Result<OutboxRow> {
-    Ok(OutboxRow {
-        id: r.get("id"),
-        run_id: r.get("run_id"),
-        step: r.get("step"),
-        kind: r.get("kind"),
-        channel: r.get("channel"),
-        request: parse_json(r.get("request"))?,
-        status: r.get("status"),
-        attempts: r.get("attempts"),
-        max_attempts: r.get("max_attempts"),
-        timeout_ms: r.get("timeout_ms"),
-        next_attempt_at: r.get("next_attempt_at"),
-        resume: r.get::<i64, _>("resume") != 0,
-        response: opt_json(r.get("response"))?,
-        last_error: r.get("last_error"),
-    })
 }
 
 impl SqliteStore {
@@ -206,19 +96,6 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
-}
-
-/// Row counts per multi-row statement: few distinct statements, so they stay prepared.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-
-/// Splits `rows` into chunks of the sizes in `CHUNKS`.
-fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        let size = CHUNKS.into_iter().find(|c| *c <= rows.len())?;
-        let (head, tail) = rows.split_at(size);
-        rows = tail;
-        Some(head)
-    })
 }
 
 /// Inserts events with ids from the counter; returns the ids that went in (the others
@@ -660,79 +537,6 @@ struct SqliteTx {
     finished_outbox: Vec<FinishedOutbox>,
     /// scenario → (runs refused by limits, last start)
     counters: HashMap<String, (i64, Option<i64>)>,
-}
-
-/// A run as it will be written: its JSON columns already serialized.
-struct SavedRun {
-    id: i64,
-    scenario: String,
-    subject: Option<String>,
-    status: RunStatus,
-    pc: i64,
-    vars: String,
-    journal: String,
-    event_id: Option<i64>,
-    event: String,
-    depth: i64,
-    error: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-impl SavedRun {
-    fn new(r: &RunRow) -> SavedRun {
-        SavedRun {
-            id: r.id,
-            scenario: r.scenario.clone(),
-            subject: r.subject.clone(),
-            status: r.status,
-            pc: r.pc,
-            vars: serde_json::to_string(&r.vars).unwrap_or_else(|_| "{}".into()),
-            journal: serde_json::to_string(&r.journal).unwrap_or_else(|_| "[]".into()),
-            event_id: r.event_id,
-            event: r.event.to_string(),
-            depth: r.depth,
-            error: r.error.clone(),
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }
-
-    fn row(&self) -> Result<RunRow> {
-        Ok(RunRow {
-            id: self.id,
-            scenario: self.scenario.clone(),
-            subject: self.subject.clone(),
-            status: self.status,
-            pc: self.pc,
-            vars: serde_json::from_str(&self.vars)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            journal: serde_json::from_str(&self.journal)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            event_id: self.event_id,
-            event: parse_json(&self.event)?,
-            depth: self.depth,
-            error: self.error.clone(),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
-
-struct FinishedEvent {
-    id: i64,
-    status: String,
-    outcome: String,
-    now: i64,
-}
-
-struct FinishedOutbox {
-    id: i64,
-    status: String,
-    attempts: i64,
-    response: Option<String>,
-    error: Option<String>,
-    now: i64,
 }
 
 impl SqliteTx {

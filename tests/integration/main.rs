@@ -1,4 +1,5 @@
-//! Integration tests: the real gateway on loopback with a real SQLite file.
+//! Integration tests: the real gateway on loopback with a real SQLite file, and on a
+//! PostgreSQL server the tests start.
 
 mod api;
 mod browser;
@@ -7,6 +8,9 @@ mod crash;
 mod engine;
 mod fake_telegram;
 mod links;
+mod pg;
+mod replicas;
+mod store;
 mod support;
 mod telegram;
 mod webhooks;

@@ -35,6 +35,9 @@ pub struct Telegram {
     pub cfg: TelegramChannel,
     chats: Mutex<HashMap<i64, mpsc::UnboundedSender<Job>>>,
     bot_limit: DefaultDirectRateLimiter,
+    /// With replicas: the store where every replica reserves its sends, so that the chat's
+    /// and the bot's pace hold across them.
+    shared: Option<Arc<dyn crate::store::Store>>,
     /// `ok` once Telegram answered, else what went wrong.
     status: Mutex<String>,
 }
@@ -55,7 +58,11 @@ fn quota(limit: (u32, Duration)) -> Quota {
 }
 
 impl Telegram {
-    pub fn new(name: &str, cfg: &TelegramChannel) -> Telegram {
+    pub fn new(
+        name: &str,
+        cfg: &TelegramChannel,
+        shared: Option<Arc<dyn crate::store::Store>>,
+    ) -> Telegram {
         let mut bot = Bot::new(cfg.token.0.clone());
         if let Some(url) = &cfg.api_url {
             bot = bot.set_api_url(url.clone());
@@ -66,6 +73,7 @@ impl Telegram {
             cfg: cfg.clone(),
             chats: Mutex::new(HashMap::new()),
             bot_limit: RateLimiter::direct(quota(cfg.per_bot)),
+            shared,
             status: Mutex::new("connecting".into()),
         }
     }
@@ -156,6 +164,7 @@ impl Telegram {
                     tokio::time::sleep_until(t + pace).await;
                 }
                 self.bot_limit.until_ready().await;
+                self.shared_pace(chat, pace).await;
                 let sent = self.send_now(chat, &job.request).await;
                 last_done = Some(tokio::time::Instant::now());
                 match sent {
@@ -170,6 +179,27 @@ impl Telegram {
                 }
             };
             let _ = job.done.send(result);
+        }
+    }
+
+    /// With replicas: waits for this message's slot in the bot's and the chat's shared pace.
+    async fn shared_pace(&self, chat: i64, pace: Duration) {
+        let Some(store) = &self.shared else { return };
+        let ms = |d: Duration| d.as_micros().div_ceil(1000) as i64;
+        let keys = [
+            (
+                format!("tg:{}:bot", self.name),
+                ms(spacing(self.cfg.per_bot)),
+            ),
+            (format!("tg:{}:chat:{chat}", self.name), ms(pace)),
+        ];
+        match store.reserve_send(&keys).await {
+            Ok(wait) if wait > 0 => tokio::time::sleep(Duration::from_millis(wait as u64)).await,
+            Ok(_) => {}
+            // The local pace still holds; only the other replicas' sends are not counted.
+            Err(e) => {
+                tracing::warn!(channel = %self.name, error = %e, "reserving a send slot failed")
+            }
         }
     }
 

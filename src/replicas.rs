@@ -1,0 +1,60 @@
+//! Several replicas on one database: each keeps its registration fresh and, now and then,
+//! takes over the queued work of replicas that stopped answering. A replica that finds it
+//! was presumed dead stops at once: its work is with the others already.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::engine::OutboxJob;
+use crate::engine::{EventItem, Work, WorkSender};
+use crate::store::Store;
+
+pub async fn upkeep(
+    store: Arc<dyn Store>,
+    engine: WorkSender,
+    outbox: mpsc::UnboundedSender<OutboxJob>,
+    stop: Arc<watch::Sender<bool>>,
+    fenced: Arc<AtomicBool>,
+) {
+    let mut stopped = stop.subscribe();
+    let lease = store.lease();
+    let beat = (lease / 5).max(Duration::from_millis(100));
+    let sweep = (lease / 2).max(Duration::from_millis(200));
+    let mut next_sweep = tokio::time::Instant::now();
+    loop {
+        match store.heartbeat().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(
+                    replica = store.replica(),
+                    "this replica was presumed dead and its work was taken over; stopping"
+                );
+                fenced.store(true, Ordering::SeqCst);
+                let _ = stop.send(true);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "replica heartbeat failed"),
+        }
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep = tokio::time::Instant::now() + sweep;
+            match store.take_over().await {
+                Ok((events, rows)) => {
+                    for ev in events {
+                        let _ = engine.send(Work::Event(EventItem::from(ev)));
+                    }
+                    for row in rows {
+                        let _ = outbox.send(crate::outbox::job_from_row(row));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for work of dead replicas failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(beat) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}

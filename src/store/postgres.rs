@@ -1,0 +1,1328 @@
+//! PostgreSQL implementation of the store, for one or several replicas on one database.
+//!
+//! Every replica registers itself in `replicas` and keeps its row fresh. Events and outbox
+//! rows carry the replica that owns them; rows of a replica not seen for a lease period are
+//! handed to a live one. Each write transaction first takes a key-share lock on its own
+//! replica row, so a replica presumed dead can commit nothing after its work was taken over.
+//! Run ids, event ids and outbox ids come from sequences in blocks of 100, so that a batch
+//! of rows goes in with one statement as on SQLite.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value as Json};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, QueryBuilder, Row, Transaction};
+
+use super::rows::*;
+use super::*;
+
+row_mappers!(PgRow);
+
+/// Ids per block; the sequences' increment (see the migration).
+const BLOCK: i64 = 100;
+
+pub struct PgStore {
+    pool: PgPool,
+    ids: Arc<Ids>,
+    /// This replica's row in `replicas`.
+    me: Arc<str>,
+    lease_ms: i64,
+}
+
+struct Ids {
+    run: Block,
+    event: Block,
+    outbox: Block,
+}
+
+/// The rest of a block of ids taken from a sequence.
+struct Block {
+    seq: &'static str,
+    left: Mutex<std::ops::Range<i64>>,
+}
+
+impl Block {
+    fn new(seq: &'static str) -> Block {
+        Block {
+            seq,
+            left: Mutex::new(0..0),
+        }
+    }
+
+    async fn take(&self, conn: &mut PgConnection, n: usize) -> Result<Vec<i64>> {
+        let mut out = Vec::with_capacity(n);
+        {
+            let mut left = self.left.lock().expect("not poisoned");
+            out.extend(left.by_ref().take(n));
+        }
+        if out.len() < n {
+            let need = (n - out.len()) as i64;
+            let bases: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT nextval('{}') FROM generate_series(1, $1)",
+                self.seq
+            ))
+            .bind((need + BLOCK - 1) / BLOCK)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut rest = 0..0;
+            for base in bases {
+                let mut block = base..base + BLOCK;
+                out.extend(block.by_ref().take(n - out.len()));
+                rest = block;
+            }
+            *self.left.lock().expect("not poisoned") = rest;
+        }
+        Ok(out)
+    }
+}
+
+/// A name for this process among the replicas: host, process id and a random part.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "{host}-{}-{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// Takes the key-share lock on this replica's row: fails when the replica was presumed
+/// dead, and keeps a takeover from removing it until the transaction ends.
+async fn fence(conn: &mut PgConnection, me: &str) -> Result<()> {
+    let alive: Option<i64> =
+        sqlx::query_scalar("SELECT 1::BIGINT FROM replicas WHERE id = $1 FOR KEY SHARE")
+            .bind(me)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match alive {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Fenced),
+    }
+}
+
+/// A transaction-long advisory lock on a name: serializes read-modify-write of rows that
+/// may not exist yet (subject limits, subject variables, globals) across replicas.
+async fn lock_name(conn: &mut PgConnection, name: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Connects, migrates and registers this process as a replica.
+    pub async fn open(url: &str, opts: &PoolOptions) -> Result<PgStore> {
+        let connect = PgConnectOptions::from_str(url)?.application_name("switchboard");
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(2))
+            .min_connections(opts.min_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let me: Arc<str> = replica_name().into();
+        sqlx::query(
+            "INSERT INTO replicas (id, host, started_at, seen_at)
+             VALUES ($1, $2, sb_now_ms(), sb_now_ms())",
+        )
+        .bind(&*me)
+        .bind(me.rsplitn(3, '-').last().unwrap_or_default())
+        .execute(&pool)
+        .await?;
+        Ok(PgStore {
+            pool,
+            ids: Arc::new(Ids {
+                run: Block::new("run_ids"),
+                event: Block::new("event_ids"),
+                outbox: Block::new("outbox_ids"),
+            }),
+            me,
+            lease_ms: opts.lease.as_millis() as i64,
+        })
+    }
+
+    /// Applies the migrations only.
+    pub async fn migrate(url: &str) -> Result<()> {
+        let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_fenced(&self) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, &self.me).await?;
+        Ok(tx)
+    }
+}
+
+/// Inserts events with ids from the counter; returns the ids that went in (the others
+/// repeated a dedupe key).
+async fn insert_events(
+    tx: &mut Transaction<'static, Postgres>,
+    ids: &Ids,
+    me: &str,
+    batch: &[NewEvent],
+) -> Result<(Vec<i64>, HashSet<i64>)> {
+    let assigned = ids.event.take(tx, batch.len()).await?;
+    let rows: Vec<(i64, &NewEvent)> = assigned.iter().copied().zip(batch).collect();
+    let mut inserted = HashSet::with_capacity(batch.len());
+    for chunk in chunks(&rows) {
+        let mut q = QueryBuilder::<Postgres>::new(
+            "INSERT INTO events (id, kind, source, dedupe_key, status, data, meta, error, received_at,
+                                 owner) ",
+        );
+        q.push_values(chunk, |mut b, (id, ev)| {
+            b.push_bind(*id)
+                .push_bind(ev.kind.clone())
+                .push_bind(ev.source.clone())
+                .push_bind(ev.dedupe_key.clone())
+                .push_bind(if ev.rejected.is_some() {
+                    "rejected"
+                } else {
+                    "pending"
+                })
+                .push_bind(ev.data.to_string())
+                .push_bind(ev.meta.to_string())
+                .push_bind(ev.rejected.clone())
+                .push_bind(ev.received_at)
+                .push_bind(me.to_string());
+        });
+        q.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+        let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        inserted.extend(ids);
+    }
+    Ok((assigned, inserted))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn exclusive(&self) -> bool {
+        false
+    }
+
+    async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
+        let mut tx = self.begin_fenced().await?;
+        let (ids, inserted) = insert_events(&mut tx, &self.ids, &self.me, batch).await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (ev, id) in batch.iter().zip(ids) {
+            if inserted.contains(&id) {
+                out.push(if ev.rejected.is_some() {
+                    IngestOutcome::Rejected(id)
+                } else {
+                    IngestOutcome::Accepted(id)
+                });
+            } else {
+                let first: i64 = sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = $1")
+                    .bind(&ev.dedupe_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                out.push(IngestOutcome::Duplicate(first));
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Tx>> {
+        let tx = self.begin_fenced().await?;
+        Ok(Box::new(PgTx {
+            tx,
+            ids: self.ids.clone(),
+            me: self.me.clone(),
+            runs: HashMap::new(),
+            finished_events: Vec::new(),
+            new_outbox: Vec::new(),
+            finished_outbox: Vec::new(),
+            counters: HashMap::new(),
+        }))
+    }
+
+    async fn pending_events(&self, after_id: i64, limit: i64) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE status = 'pending' AND owner = $3 AND id > $1
+             ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .bind(&*self.me)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn next_timer_due(&self) -> Result<Option<i64>> {
+        // A timer another replica claimed is not due here before its claim runs out.
+        Ok(
+            sqlx::query_scalar("SELECT min(GREATEST(due_at, claimed_until)) FROM timers")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>> {
+        let rows = sqlx::query(
+            "UPDATE timers SET claimed_until = sb_now_ms() + $3 WHERE id IN (
+                SELECT id FROM timers WHERE due_at <= $1 AND claimed_until < sb_now_ms()
+                ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING id, run_id, kind, due_at, scenario, subject, key",
+        )
+        .bind(now)
+        .bind(limit)
+        .bind(self.lease_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut due: Vec<TimerRow> = rows.iter().map(timer_row).collect();
+        due.sort_by_key(|t| (t.due_at, t.id));
+        Ok(due)
+    }
+
+    async fn open_outbox(&self) -> Result<Vec<OutboxRow>> {
+        let rows =
+            sqlx::query("SELECT * FROM outbox WHERE status = 'pending' AND owner = $1 ORDER BY id")
+                .bind(&*self.me)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    async fn globals(&self) -> Result<Map<String, Json>> {
+        let rows = sqlx::query("SELECT name, value FROM globals")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.get::<String, _>("name"), parse_json(r.get("value"))?)))
+            .collect()
+    }
+
+    async fn schedule_last(&self, scenario: &str) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT last_fire FROM schedules WHERE scenario = $1")
+                .bind(scenario)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn set_schedule_last(&self, scenario: &str, at: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedules (scenario, last_fire) VALUES ($1, $2)
+             ON CONFLICT (scenario) DO UPDATE SET last_fire = excluded.last_fire",
+        )
+        .bind(scenario)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn event(&self, id: i64) -> Result<Option<EventRow>> {
+        sqlx::query("SELECT * FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(event_row)
+            .transpose()
+    }
+
+    async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        sqlx::query("SELECT * FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(run_row)
+            .transpose()
+    }
+
+    async fn recent_events(&self, limit: i64) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query("SELECT * FROM events ORDER BY id DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn runs_for_event(&self, event_id: i64) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query("SELECT * FROM runs WHERE event_id = $1 ORDER BY id")
+            .bind(event_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    async fn outbox_for_run(&self, run_id: i64) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query("SELECT * FROM outbox WHERE run_id = $1 ORDER BY id")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(outbox_row).collect()
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let mut c = Counts {
+            events: sqlx::query_scalar("SELECT count(*) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+            timers: sqlx::query_scalar("SELECT count(*) FROM timers")
+                .fetch_one(&self.pool)
+                .await?,
+            waits: sqlx::query_scalar("SELECT count(*) FROM waits")
+                .fetch_one(&self.pool)
+                .await?,
+            ..Counts::default()
+        };
+        for r in sqlx::query("SELECT status, count(*) AS n FROM runs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            c.runs_by_status.insert(r.get("status"), r.get("n"));
+        }
+        for r in sqlx::query("SELECT status, count(*) AS n FROM outbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            c.outbox_by_status.insert(r.get("status"), r.get("n"));
+        }
+        Ok(c)
+    }
+
+    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>> {
+        let mut q = QueryBuilder::<Postgres>::new(
+            "SELECT id, scenario, subject, status, pc, event_id, error, created_at, updated_at
+             FROM runs WHERE 1 = 1",
+        );
+        if let Some(s) = &f.scenario {
+            q.push(" AND scenario = ").push_bind(s.clone());
+        }
+        if let Some(s) = f.status {
+            q.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(t) = f.from {
+            q.push(" AND created_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.to {
+            q.push(" AND created_at < ").push_bind(t);
+        }
+        if let Some(b) = f.before {
+            q.push(" AND id < ").push_bind(b);
+        }
+        if let Some(text) = &f.q {
+            q.push(" AND (strpos(event, ").push_bind(text.clone());
+            q.push(") > 0 OR strpos(subject, ").push_bind(text.clone());
+            q.push(") > 0)");
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(summary_row).collect()
+    }
+
+    async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRow>> {
+        let mut q = QueryBuilder::<Postgres>::new("SELECT * FROM events WHERE 1 = 1");
+        if let Some(s) = &f.source {
+            q.push(" AND source = ").push_bind(s.clone());
+        }
+        if let Some(s) = &f.status {
+            q.push(" AND status = ").push_bind(s.clone());
+        }
+        if let Some(b) = f.before {
+            q.push(" AND id < ").push_bind(b);
+        }
+        if let Some(text) = &f.q {
+            q.push(" AND strpos(data, ")
+                .push_bind(text.clone())
+                .push(") > 0");
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn scenario_stats(&self) -> Result<Vec<ScenarioStats>> {
+        let mut by: std::collections::BTreeMap<String, ScenarioStats> = Default::default();
+        for r in sqlx::query(
+            "SELECT scenario, status, count(*) AS n FROM runs GROUP BY scenario, status",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let scenario: String = r.get("scenario");
+            let n: i64 = r.get("n");
+            let e = by.entry(scenario.clone()).or_insert_with(|| ScenarioStats {
+                scenario,
+                ..Default::default()
+            });
+            e.started += n;
+            match RunStatus::parse(r.get("status")) {
+                Some(RunStatus::Done) => e.done += n,
+                Some(RunStatus::Failed) => e.failed += n,
+                Some(RunStatus::Cancelled) => e.cancelled += n,
+                _ => e.active += n,
+            }
+        }
+        for r in sqlx::query("SELECT scenario, limited, last_fired FROM scenario_counters")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let scenario: String = r.get("scenario");
+            let e = by.entry(scenario.clone()).or_insert_with(|| ScenarioStats {
+                scenario,
+                ..Default::default()
+            });
+            e.limited = r.get("limited");
+            e.last_fired = r.get("last_fired");
+        }
+        Ok(by.into_values().collect())
+    }
+
+    async fn list_timers(&self, limit: i64) -> Result<Vec<TimerRow>> {
+        let rows = sqlx::query("SELECT * FROM timers ORDER BY due_at, id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(timer_row).collect())
+    }
+
+    async fn list_waits(&self, limit: i64) -> Result<Vec<WaitRow>> {
+        let rows = sqlx::query("SELECT * FROM waits ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WaitRow {
+                id: r.get("id"),
+                run_id: r.get("run_id"),
+                hook: r.get("hook"),
+                scenario: r.get("scenario"),
+                step: r.get("step"),
+                match_key: r.get("match_key"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn outbox(&self, id: i64) -> Result<Option<OutboxRow>> {
+        sqlx::query("SELECT * FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(outbox_row)
+            .transpose()
+    }
+
+    async fn scenario_states(&self) -> Result<Vec<(String, bool)>> {
+        let rows = sqlx::query("SELECT scenario, enabled FROM scenario_state")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("scenario"), r.get::<i64, _>("enabled") != 0))
+            .collect())
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, before: i64, limit: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let runs: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM runs WHERE updated_at < $1
+             AND status IN ('done', 'failed', 'cancelled') ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut n = sqlx::query(
+            "DELETE FROM outbox WHERE run_id = ANY($1) AND status IN ('delivered', 'failed')",
+        )
+        .bind(&runs)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        n += sqlx::query("DELETE FROM runs WHERE id = ANY($1)")
+            .bind(&runs)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        n += sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < $1
+             AND status != 'pending' ORDER BY id LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        n += sqlx::query(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE run_id IS NULL
+             AND updated_at < $1 AND status IN ('delivered', 'failed') LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<bool> {
+        let r = sqlx::query("UPDATE replicas SET seen_at = sb_now_ms() WHERE id = $1")
+            .bind(&*self.me)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn take_over(&self) -> Result<(Vec<EventRow>, Vec<OutboxRow>)> {
+        let mut tx = self.begin_fenced().await?;
+        let dead: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM replicas WHERE seen_at < sb_now_ms() - $1 AND id <> $2 RETURNING id",
+        )
+        .bind(self.lease_ms)
+        .bind(&*self.me)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &dead {
+            tracing::warn!(replica = %id, "replica not seen for a lease period; taking over its work");
+        }
+        // Rows whose owner is gone: just removed, or removed by another replica that died
+        // before it finished taking over.
+        let orphan = "status = 'pending' AND (owner IS NULL OR NOT EXISTS
+                      (SELECT 1 FROM replicas r WHERE r.id = owner))";
+        let events = sqlx::query(&format!(
+            "UPDATE events SET owner = $1 WHERE {orphan} RETURNING *"
+        ))
+        .bind(&*self.me)
+        .fetch_all(&mut *tx)
+        .await?;
+        let outbox = sqlx::query(&format!(
+            "UPDATE outbox SET owner = $1 WHERE {orphan} RETURNING *"
+        ))
+        .bind(&*self.me)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut events = events.iter().map(event_row).collect::<Result<Vec<_>>>()?;
+        events.sort_by_key(|e| e.id);
+        let mut outbox = outbox.iter().map(outbox_row).collect::<Result<Vec<_>>>()?;
+        outbox.sort_by_key(|o| o.id);
+        if !events.is_empty() || !outbox.is_empty() {
+            tracing::info!(
+                events = events.len(),
+                outbox = outbox.len(),
+                "took over work of replicas that are gone"
+            );
+        }
+        Ok((events, outbox))
+    }
+
+    async fn hold_lease(&self, name: &str) -> Result<bool> {
+        let held: Option<String> = sqlx::query_scalar(
+            "INSERT INTO leases (name, owner, until_at) VALUES ($1, $2, sb_now_ms() + $3)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_at = excluded.until_at
+             WHERE leases.owner = excluded.owner OR leases.until_at < sb_now_ms()
+             RETURNING owner",
+        )
+        .bind(name)
+        .bind(&*self.me)
+        .bind(self.lease_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn release_lease(&self, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
+            .bind(name)
+            .bind(&*self.me)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn reserve_send(&self, keys: &[(String, i64)]) -> Result<i64> {
+        let mut at = 0i64;
+        let mut now = 0i64;
+        for (key, spacing) in keys {
+            let row = sqlx::query(
+                "INSERT INTO send_slots (key, next_at) VALUES ($1, GREATEST(sb_now_ms(), $2) + $3)
+                 ON CONFLICT (key) DO UPDATE
+                 SET next_at = GREATEST(send_slots.next_at, sb_now_ms(), $2) + $3
+                 RETURNING next_at - $3 AS at, sb_now_ms() AS now",
+            )
+            .bind(key)
+            .bind(at)
+            .bind(*spacing)
+            .fetch_one(&self.pool)
+            .await?;
+            at = row.get("at");
+            now = row.get("now");
+        }
+        Ok((at - now).max(0))
+    }
+
+    async fn retire(&self) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE owner = $1")
+            .bind(&*self.me)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM replicas WHERE id = $1")
+            .bind(&*self.me)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ms as u64)
+    }
+
+    fn replica(&self) -> &str {
+        &self.me
+    }
+}
+
+/// A write transaction. Frequent writes (run states, finished events, new and finished
+/// outbox rows) are kept until a read needs them or the commit, then written with one
+/// statement per table.
+struct PgTx {
+    tx: Transaction<'static, Postgres>,
+    ids: Arc<Ids>,
+    me: Arc<str>,
+    runs: HashMap<i64, SavedRun>,
+    finished_events: Vec<FinishedEvent>,
+    new_outbox: Vec<(i64, NewOutbox)>,
+    finished_outbox: Vec<FinishedOutbox>,
+    /// scenario → (runs refused by limits, last start)
+    counters: HashMap<String, (i64, Option<i64>)>,
+}
+
+impl PgTx {
+    async fn flush_runs(&mut self) -> Result<()> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let runs: Vec<SavedRun> = self.runs.drain().map(|(_, r)| r).collect();
+        for chunk in chunks(&runs) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
+                                   depth, error, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.id)
+                    .push_bind(r.scenario.clone())
+                    .push_bind(r.subject.clone())
+                    .push_bind(r.status.as_str())
+                    .push_bind(r.pc)
+                    .push_bind(r.vars.clone())
+                    .push_bind(r.journal.clone())
+                    .push_bind(r.event_id)
+                    .push_bind(r.event.clone())
+                    .push_bind(r.depth)
+                    .push_bind(r.error.clone())
+                    .push_bind(r.created_at)
+                    .push_bind(r.updated_at);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, pc = excluded.pc,
+                   vars = excluded.vars, journal = excluded.journal, error = excluded.error,
+                   updated_at = excluded.updated_at",
+            );
+            q.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let new_outbox = std::mem::take(&mut self.new_outbox);
+        for chunk in chunks(&new_outbox) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO outbox (id, run_id, step, kind, channel, request, status, attempts,
+                                     max_attempts, timeout_ms, next_attempt_at, resume,
+                                     created_at, updated_at, owner) ",
+            );
+            q.push_values(chunk, |mut b, (id, o)| {
+                b.push_bind(*id)
+                    .push_bind(o.run_id)
+                    .push_bind(o.step)
+                    .push_bind(o.kind.clone())
+                    .push_bind(o.channel.clone())
+                    .push_bind(o.request.to_string())
+                    .push_bind("pending")
+                    .push_bind(0i64)
+                    .push_bind(o.max_attempts)
+                    .push_bind(o.timeout_ms)
+                    .push_bind(o.now)
+                    .push_bind(o.resume as i64)
+                    .push_bind(o.now)
+                    .push_bind(o.now)
+                    .push_bind(self.me.to_string());
+            });
+            q.build().execute(&mut *self.tx).await?;
+        }
+        self.flush_runs().await?;
+        let finished = std::mem::take(&mut self.finished_outbox);
+        for chunk in chunks(&finished) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "UPDATE outbox SET status = v.column2, attempts = v.column3, response = v.column4,
+                        last_error = v.column5, updated_at = v.column6 FROM (",
+            );
+            q.push_values(chunk, |mut b, f| {
+                b.push_bind(f.id)
+                    .push_bind(f.status.clone())
+                    .push_bind(f.attempts)
+                    .push_bind(f.response.clone())
+                    .push_bind(f.error.clone())
+                    .push_bind(f.now);
+            });
+            q.push(") AS v WHERE outbox.id = v.column1");
+            q.build().execute(&mut *self.tx).await?;
+        }
+        for (scenario, (limited, fired)) in std::mem::take(&mut self.counters) {
+            sqlx::query(
+                "INSERT INTO scenario_counters (scenario, limited, last_fired) VALUES ($1, $2, $3)
+                 ON CONFLICT (scenario) DO UPDATE
+                 SET limited = scenario_counters.limited + excluded.limited,
+                     last_fired = coalesce(excluded.last_fired, scenario_counters.last_fired)",
+            )
+            .bind(scenario)
+            .bind(limited)
+            .bind(fired)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let events = std::mem::take(&mut self.finished_events);
+        for chunk in chunks(&events) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "UPDATE events SET status = v.column2, outcome = v.column3, processed_at = v.column4
+                 FROM (",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.id)
+                    .push_bind(e.status.clone())
+                    .push_bind(e.outcome.clone())
+                    .push_bind(e.now);
+            });
+            q.push(") AS v WHERE events.id = v.column1");
+            q.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Tx for PgTx {
+    async fn new_run_id(&mut self) -> Result<i64> {
+        let id = self.ids.run.take(&mut self.tx, 1).await?;
+        Ok(id[0])
+    }
+
+    async fn save_run(&mut self, run: &RunRow) -> Result<()> {
+        self.runs.insert(run.id, SavedRun::new(run));
+        Ok(())
+    }
+
+    async fn load_run(&mut self, id: i64) -> Result<Option<RunRow>> {
+        if let Some(r) = self.runs.get(&id) {
+            return r.row().map(Some);
+        }
+        // Locked until the commit: a replica working on the same run waits and then sees
+        // what this one did.
+        sqlx::query("SELECT * FROM runs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .as_ref()
+            .map(run_row)
+            .transpose()
+    }
+
+    async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool> {
+        lock_name(
+            &mut self.tx,
+            &format!("limit\u{1f}{scenario}\u{1f}{subject}"),
+        )
+        .await?;
+        self.flush_runs().await?;
+        let n: Option<i64> = sqlx::query_scalar(
+            "SELECT 1::BIGINT FROM runs WHERE scenario = $1 AND subject = $2
+             AND status IN ('running', 'waiting', 'sleeping') LIMIT 1",
+        )
+        .bind(scenario)
+        .bind(subject)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(n.is_some())
+    }
+
+    async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>> {
+        let (ids, inserted) =
+            insert_events(&mut self.tx, &self.ids, &self.me, std::slice::from_ref(ev)).await?;
+        Ok(ids.into_iter().find(|id| inserted.contains(id)))
+    }
+
+    async fn finish_event(
+        &mut self,
+        id: i64,
+        status: &str,
+        outcome: &Json,
+        now: i64,
+    ) -> Result<()> {
+        self.finished_events.push(FinishedEvent {
+            id,
+            status: status.to_string(),
+            outcome: outcome.to_string(),
+            now,
+        });
+        Ok(())
+    }
+
+    async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64> {
+        let id = self.ids.outbox.take(&mut self.tx, 1).await?[0];
+        self.new_outbox.push((id, row.clone()));
+        Ok(id)
+    }
+
+    async fn outbox_attempt(
+        &mut self,
+        id: i64,
+        attempts: i64,
+        next_at: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3,
+             updated_at = $4 WHERE id = $5 AND status = 'pending'",
+        )
+        .bind(attempts)
+        .bind(next_at)
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_finish(
+        &mut self,
+        id: i64,
+        status: &str,
+        attempts: i64,
+        response: Option<&Json>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
+        self.finished_outbox.push(FinishedOutbox {
+            id,
+            status: status.to_string(),
+            attempts,
+            response: response.map(|r| r.to_string()),
+            error: error.map(str::to_string),
+            now,
+        });
+        Ok(())
+    }
+
+    async fn insert_timer(&mut self, t: &NewTimer) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO timers (run_id, kind, due_at, scenario, subject, key)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(t.run_id)
+        .bind(&t.kind)
+        .bind(t.due_at)
+        .bind(&t.scenario)
+        .bind(&t.subject)
+        .bind(&t.key)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    async fn delete_timer(&mut self, id: i64) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM timers WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn take_keyed_timers(
+        &mut self,
+        scenario: &str,
+        subject: Option<&str>,
+        key: &str,
+    ) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "DELETE FROM timers WHERE scenario = $1 AND subject IS NOT DISTINCT FROM $2 AND key = $3
+             AND kind = 'sleep' RETURNING run_id",
+        )
+        .bind(scenario)
+        .bind(subject)
+        .bind(key)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn parked_runs(&mut self, scenario: &str, subject: Option<&str>) -> Result<Vec<i64>> {
+        self.flush_runs().await?;
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM runs WHERE scenario = $1 AND ($2 IS NULL OR subject = $2)
+             AND status IN ('waiting', 'sleeping') ORDER BY id",
+        )
+        .bind(scenario)
+        .bind(subject)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn clear_parks(&mut self, run_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM timers WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM waits WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_wait(&mut self, w: &NewWait) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO waits (run_id, hook, scenario, step, match_key, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(w.run_id)
+        .bind(&w.hook)
+        .bind(&w.scenario)
+        .bind(w.step)
+        .bind(&w.match_key)
+        .bind(w.now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_waits(
+        &mut self,
+        hook: &str,
+        scenario: &str,
+        step: i64,
+        match_key: &str,
+    ) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT run_id FROM waits WHERE hook = $1 AND scenario = $2 AND step = $3
+             AND match_key = $4 ORDER BY id LIMIT 16",
+        )
+        .bind(hook)
+        .bind(scenario)
+        .bind(step)
+        .bind(match_key)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn insert_offer(
+        &mut self,
+        run_id: i64,
+        step: i64,
+        channel: &str,
+        chat_id: &str,
+        text: &str,
+        now: i64,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO offers (run_id, step, channel, chat_id, text, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, 'open', $6) RETURNING id",
+        )
+        .bind(run_id)
+        .bind(step)
+        .bind(channel)
+        .bind(chat_id)
+        .bind(text)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    async fn load_offer(&mut self, id: i64) -> Result<Option<OfferRow>> {
+        sqlx::query("SELECT * FROM offers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .as_ref()
+            .map(offer_row)
+            .transpose()
+    }
+
+    async fn claim_offer(&mut self, id: i64, winner: &Json) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE offers SET status = 'taken', winner = $2 WHERE id = $1 AND status = 'open'",
+        )
+        .bind(id)
+        .bind(winner.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn expire_offer(&mut self, id: i64) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE offers SET status = 'expired' WHERE id = $1 AND status = 'open'")
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn exclude_from_offer(&mut self, id: i64, user: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE offers SET excluded = (excluded::jsonb || to_jsonb($2::text))::text WHERE id = $1",
+        )
+            .bind(id)
+            .bind(user)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_offer_message(&mut self, id: i64, message_id: i64) -> Result<()> {
+        sqlx::query("UPDATE offers SET message_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(message_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn open_offer_of(&mut self, run_id: i64) -> Result<Option<OfferRow>> {
+        sqlx::query(
+            "SELECT * FROM offers WHERE run_id = $1 AND status = 'open' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .as_ref()
+        .map(offer_row)
+        .transpose()
+    }
+
+    async fn find_waits_any(&mut self, hook: &str, match_key: &str) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT run_id FROM waits WHERE hook = $1 AND match_key = $2 ORDER BY id LIMIT 16",
+        )
+        .bind(hook)
+        .bind(match_key)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn subject_limit(
+        &mut self,
+        scenario: &str,
+        subject: &str,
+    ) -> Result<Option<SubjectLimit>> {
+        lock_name(
+            &mut self.tx,
+            &format!("limit\u{1f}{scenario}\u{1f}{subject}"),
+        )
+        .await?;
+        let row = sqlx::query(
+            "SELECT total, window_start, window_count FROM subject_limits
+             WHERE scenario = $1 AND subject = $2",
+        )
+        .bind(scenario)
+        .bind(subject)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.map(|r| SubjectLimit {
+            total: r.get("total"),
+            window_start: r.get("window_start"),
+            window_count: r.get("window_count"),
+        }))
+    }
+
+    async fn put_subject_limit(
+        &mut self,
+        scenario: &str,
+        subject: &str,
+        l: &SubjectLimit,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO subject_limits (scenario, subject, total, window_start, window_count)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (scenario, subject) DO UPDATE SET total = excluded.total,
+                window_start = excluded.window_start, window_count = excluded.window_count",
+        )
+        .bind(scenario)
+        .bind(subject)
+        .bind(l.total)
+        .bind(l.window_start)
+        .bind(l.window_count)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn subject_vars(&mut self, subject: &str) -> Result<Map<String, Json>> {
+        lock_name(&mut self.tx, &format!("subject\u{1f}{subject}")).await?;
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT vars FROM subject_vars WHERE subject = $1")
+                .bind(subject)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        Ok(match v.map(|v| parse_json(&v)).transpose()? {
+            Some(Json::Object(m)) => m,
+            _ => Map::new(),
+        })
+    }
+
+    async fn put_subject_vars(&mut self, subject: &str, vars: &Map<String, Json>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO subject_vars (subject, vars) VALUES ($1, $2)
+             ON CONFLICT (subject) DO UPDATE SET vars = excluded.vars",
+        )
+        .bind(subject)
+        .bind(Json::Object(vars.clone()).to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn put_global(&mut self, name: &str, value: &Json, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO globals (name, value, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value,
+                updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(value.to_string())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_globals(&mut self) -> Result<Option<Map<String, Json>>> {
+        lock_name(&mut self.tx, "globals").await?;
+        let rows = sqlx::query("SELECT name, value FROM globals")
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.get::<String, _>("name"), parse_json(r.get("value"))?)))
+            .collect::<Result<Map<String, Json>>>()
+            .map(Some)
+    }
+
+    async fn delete_global(&mut self, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM globals WHERE name = $1")
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn bump_counter(&mut self, scenario: &str, limited: bool, now: i64) -> Result<()> {
+        let e = self.counters.entry(scenario.to_string()).or_default();
+        if limited {
+            e.0 += 1;
+        } else {
+            e.1 = Some(now);
+        }
+        Ok(())
+    }
+
+    async fn set_enabled(&mut self, scenario: &str, enabled: bool, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO scenario_state (scenario, enabled, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (scenario) DO UPDATE SET enabled = excluded.enabled,
+                updated_at = excluded.updated_at",
+        )
+        .bind(scenario)
+        .bind(enabled as i64)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset_outbox(&mut self, id: i64, now: i64) -> Result<Option<OutboxRow>> {
+        self.flush().await?;
+        sqlx::query(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                    last_error = NULL, updated_at = $2, owner = $3
+             WHERE id = $1 AND status = 'failed' RETURNING *",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(&*self.me)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .as_ref()
+        .map(outbox_row)
+        .transpose()
+    }
+
+    async fn last_outbox_of(&mut self, run_id: i64, step: i64) -> Result<Option<OutboxRow>> {
+        self.flush().await?;
+        sqlx::query("SELECT * FROM outbox WHERE run_id = $1 AND step = $2 ORDER BY id DESC LIMIT 1")
+            .bind(run_id)
+            .bind(step)
+            .fetch_optional(&mut *self.tx)
+            .await?
+            .as_ref()
+            .map(outbox_row)
+            .transpose()
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        self.flush().await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,477 @@
+//! One store test suite, run against SQLite (a temp file) and PostgreSQL (a throwaway
+//! server on loopback): every test below runs once per backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map};
+use switchboard::store::{
+    self, EventFilter, IngestOutcome, NewEvent, NewOutbox, NewTimer, NewWait, PoolOptions,
+    RunFilter, RunRow, RunStatus, Store, StoreError, SubjectLimit,
+};
+
+use crate::pg;
+
+pub async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    (
+        store::open(&url, &PoolOptions::default()).await.unwrap(),
+        dir,
+    )
+}
+
+pub async fn postgres() -> (Arc<dyn Store>, String) {
+    let url = pg::fresh_db().await;
+    (
+        store::open(&url, &PoolOptions::default()).await.unwrap(),
+        url,
+    )
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let (s, _dir) = super::sqlite().await;
+                    super::$name(s).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let (s, _url) = super::postgres().await;
+                    super::$name(s).await;
+                }
+            }
+        )*
+    };
+}
+
+both!(
+    ingest_deduplicates,
+    runs_round_trip,
+    outbox_lifecycle,
+    timers_fire_once,
+    waits_and_offers,
+    limits_variables_and_settings,
+    prune_keeps_what_is_live,
+    one_claim_wins_under_contention,
+);
+
+fn event(key: Option<&str>, n: i64) -> NewEvent {
+    NewEvent {
+        kind: "webhook".into(),
+        source: "orders".into(),
+        dedupe_key: key.map(str::to_string),
+        data: json!({"n": n, "text": format!("order number {n}")}),
+        meta: json!({}),
+        rejected: None,
+        received_at: 1_000 + n,
+    }
+}
+
+fn run(id: i64, scenario: &str, subject: Option<&str>, status: RunStatus, at: i64) -> RunRow {
+    RunRow {
+        id,
+        scenario: scenario.into(),
+        subject: subject.map(str::to_string),
+        status,
+        pc: 0,
+        vars: Map::new(),
+        journal: vec![json!({"step": 0})],
+        event_id: None,
+        event: json!({"customer": "Olga Petrova"}),
+        depth: 0,
+        error: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+async fn ingest_deduplicates(s: Arc<dyn Store>) {
+    let mut rejected = event(None, 3);
+    rejected.rejected = Some("bad signature".into());
+    let out = s
+        .ingest(&[
+            event(Some("a"), 1),
+            event(Some("a"), 2),
+            rejected,
+            event(None, 4),
+        ])
+        .await
+        .unwrap();
+    let IngestOutcome::Accepted(first) = out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(out[1], IngestOutcome::Duplicate(first));
+    assert!(matches!(out[2], IngestOutcome::Rejected(_)));
+    let IngestOutcome::Accepted(fourth) = out[3] else {
+        panic!("{out:?}")
+    };
+    // A later batch repeating the key is a duplicate of the first delivery too.
+    let again = s.ingest(&[event(Some("a"), 5)]).await.unwrap();
+    assert_eq!(again, vec![IngestOutcome::Duplicate(first)]);
+
+    let pending: Vec<i64> = s
+        .pending_events(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(pending, vec![first, fourth]);
+    let ev = s.event(first).await.unwrap().unwrap();
+    assert_eq!(ev.data["n"], 1);
+    assert_eq!(ev.status, "pending");
+
+    let mut tx = s.begin().await.unwrap();
+    tx.finish_event(first, "done", &json!([{"verdict": "ok"}]), 2_000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ev = s.event(first).await.unwrap().unwrap();
+    assert_eq!(
+        (ev.status.as_str(), ev.outcome),
+        ("done", Some(json!([{"verdict": "ok"}])))
+    );
+    assert_eq!(s.pending_events(0, 100).await.unwrap().len(), 1);
+
+    let found = s
+        .list_events(&EventFilter {
+            q: Some("number 4".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|e| e.id).collect::<Vec<_>>(), vec![fourth]);
+    assert_eq!(s.counts().await.unwrap().events, 3);
+}
+
+async fn runs_round_trip(s: Arc<dyn Store>) {
+    let mut tx = s.begin().await.unwrap();
+    let a = tx.new_run_id().await.unwrap();
+    let b = tx.new_run_id().await.unwrap();
+    assert_ne!(a, b);
+    let mut r = run(a, "callback", Some("client:1"), RunStatus::Running, 10);
+    tx.save_run(&r).await.unwrap();
+    // A transaction reads its own writes.
+    assert_eq!(tx.load_run(a).await.unwrap().unwrap().scenario, "callback");
+    assert!(tx.active_run_exists("callback", "client:1").await.unwrap());
+    r.status = RunStatus::Waiting;
+    r.pc = 2;
+    r.vars.insert("attempt".into(), json!(2));
+    tx.save_run(&r).await.unwrap();
+    tx.save_run(&run(b, "payment", None, RunStatus::Done, 20))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let got = s.run(a).await.unwrap().unwrap();
+    assert_eq!((got.status, got.pc), (RunStatus::Waiting, 2));
+    assert_eq!(got.vars["attempt"], 2);
+    assert_eq!(got.event["customer"], "Olga Petrova");
+
+    let waiting = s
+        .list_runs(&RunFilter {
+            status: Some(RunStatus::Waiting),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(waiting.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
+    let by_text = s
+        .list_runs(&RunFilter {
+            q: Some("Petrova".into()),
+            scenario: Some("payment".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_text.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b]);
+    let mut tx = s.begin().await.unwrap();
+    assert_eq!(tx.parked_runs("callback", None).await.unwrap(), vec![a]);
+    assert!(tx.parked_runs("payment", None).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    let stats = s.scenario_stats().await.unwrap();
+    let cb = stats.iter().find(|x| x.scenario == "callback").unwrap();
+    assert_eq!((cb.started, cb.active), (1, 1));
+}
+
+async fn outbox_lifecycle(s: Arc<dyn Store>) {
+    let mut tx = s.begin().await.unwrap();
+    let row = |n: i64| NewOutbox {
+        run_id: Some(7),
+        step: Some(n),
+        kind: "http".into(),
+        channel: "http".into(),
+        request: json!({"url": "http://127.0.0.1:9/", "n": n}),
+        max_attempts: 3,
+        timeout_ms: 1000,
+        resume: true,
+        now: 100,
+    };
+    let a = tx.insert_outbox(&row(1)).await.unwrap();
+    let b = tx.insert_outbox(&row(2)).await.unwrap();
+    assert_ne!(a, b);
+    tx.commit().await.unwrap();
+    let open: Vec<i64> = s
+        .open_outbox()
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(open, vec![a, b]);
+
+    let mut tx = s.begin().await.unwrap();
+    tx.outbox_attempt(a, 1, 500, "connection refused", 200)
+        .await
+        .unwrap();
+    tx.outbox_finish(b, "delivered", 1, Some(&json!({"status": 200})), None, 300)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ra = s.outbox(a).await.unwrap().unwrap();
+    assert_eq!((ra.attempts, ra.next_attempt_at), (1, 500));
+    assert_eq!(ra.last_error.as_deref(), Some("connection refused"));
+    let rb = s.outbox(b).await.unwrap().unwrap();
+    assert_eq!(rb.status, "delivered");
+    assert_eq!(rb.response, Some(json!({"status": 200})));
+
+    let mut tx = s.begin().await.unwrap();
+    tx.outbox_finish(a, "failed", 3, None, Some("gave up"), 400)
+        .await
+        .unwrap();
+    // Only a failed row can be reset.
+    assert!(tx.reset_outbox(b, 450).await.unwrap().is_none());
+    let reset = tx.reset_outbox(a, 450).await.unwrap().unwrap();
+    assert_eq!((reset.status.as_str(), reset.attempts), ("pending", 0));
+    assert_eq!(tx.last_outbox_of(7, 2).await.unwrap().unwrap().id, b);
+    tx.commit().await.unwrap();
+    assert_eq!(s.outbox_for_run(7).await.unwrap().len(), 2);
+    let c = s.counts().await.unwrap();
+    assert_eq!(c.outbox_by_status.get("pending"), Some(&1));
+    assert_eq!(c.outbox_by_status.get("delivered"), Some(&1));
+}
+
+async fn timers_fire_once(s: Arc<dyn Store>) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut tx = s.begin().await.unwrap();
+    let timer = |run_id: i64, due_at: i64, key: Option<&str>| NewTimer {
+        run_id,
+        kind: "sleep".into(),
+        due_at,
+        scenario: "reminder".into(),
+        subject: Some("client:1".into()),
+        key: key.map(str::to_string),
+    };
+    let soon = tx.insert_timer(&timer(1, now - 10, None)).await.unwrap();
+    tx.insert_timer(&timer(2, now + 60_000, Some("remind")))
+        .await
+        .unwrap();
+    tx.insert_timer(&timer(3, now + 120_000, None))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(s.next_timer_due().await.unwrap().unwrap() <= now);
+    let due = s.due_timers(now, 10).await.unwrap();
+    assert_eq!(due.iter().map(|t| t.id).collect::<Vec<_>>(), vec![soon]);
+
+    let mut tx = s.begin().await.unwrap();
+    assert!(tx.delete_timer(soon).await.unwrap());
+    assert!(!tx.delete_timer(soon).await.unwrap(), "a timer fires once");
+    let keyed = tx
+        .take_keyed_timers("reminder", Some("client:1"), "remind")
+        .await
+        .unwrap();
+    assert_eq!(keyed, vec![2]);
+    tx.clear_parks(3).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(s.list_timers(10).await.unwrap().is_empty());
+    assert_eq!(s.next_timer_due().await.unwrap(), None);
+}
+
+async fn waits_and_offers(s: Arc<dyn Store>) {
+    let mut tx = s.begin().await.unwrap();
+    for (run_id, step) in [(11, 1), (12, 1), (13, 4)] {
+        tx.insert_wait(&NewWait {
+            run_id,
+            hook: "telegram:tg".into(),
+            scenario: "confirm".into(),
+            step,
+            match_key: "chat:42".into(),
+            now: run_id,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        tx.find_waits("telegram:tg", "confirm", 1, "chat:42")
+            .await
+            .unwrap(),
+        vec![11, 12]
+    );
+    assert_eq!(
+        tx.find_waits_any("telegram:tg", "chat:42").await.unwrap(),
+        vec![11, 12, 13]
+    );
+    tx.clear_parks(11).await.unwrap();
+
+    let offer = tx
+        .insert_offer(12, 1, "tg", "-100", "New deal: 120,000", 50)
+        .await
+        .unwrap();
+    tx.set_offer_message(offer, 777).await.unwrap();
+    tx.exclude_from_offer(offer, "501").await.unwrap();
+    tx.exclude_from_offer(offer, "502").await.unwrap();
+    let open = tx.open_offer_of(12).await.unwrap().unwrap();
+    assert_eq!(open.message_id, Some(777));
+    assert_eq!(open.excluded, vec!["501", "502"]);
+    assert!(tx.claim_offer(offer, &json!({"id": 503})).await.unwrap());
+    assert!(!tx.claim_offer(offer, &json!({"id": 504})).await.unwrap());
+    assert!(!tx.expire_offer(offer).await.unwrap());
+    tx.commit().await.unwrap();
+
+    let mut tx = s.begin().await.unwrap();
+    let taken = tx.load_offer(offer).await.unwrap().unwrap();
+    assert_eq!(taken.status, "taken");
+    assert_eq!(taken.winner, Some(json!({"id": 503})));
+    assert!(tx.open_offer_of(12).await.unwrap().is_none());
+    tx.commit().await.unwrap();
+    assert_eq!(s.list_waits(10).await.unwrap().len(), 2);
+}
+
+async fn limits_variables_and_settings(s: Arc<dyn Store>) {
+    let mut tx = s.begin().await.unwrap();
+    assert!(tx
+        .subject_limit("rating", "client:1")
+        .await
+        .unwrap()
+        .is_none());
+    let l = SubjectLimit {
+        total: 1,
+        window_start: 100,
+        window_count: 1,
+    };
+    tx.put_subject_limit("rating", "client:1", &l)
+        .await
+        .unwrap();
+    assert_eq!(tx.subject_vars("client:1").await.unwrap(), Map::new());
+    let mut vars = Map::new();
+    vars.insert("visits".into(), json!(3));
+    tx.put_subject_vars("client:1", &vars).await.unwrap();
+    tx.put_global("deals", &json!({"today": 5}), 10)
+        .await
+        .unwrap();
+    tx.put_global("gone", &json!(1), 10).await.unwrap();
+    assert!(tx.delete_global("gone").await.unwrap());
+    tx.bump_counter("rating", false, 500).await.unwrap();
+    tx.bump_counter("rating", true, 600).await.unwrap();
+    tx.bump_counter("rating", true, 700).await.unwrap();
+    tx.set_enabled("rating", false, 10).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = s.begin().await.unwrap();
+    let got = tx
+        .subject_limit("rating", "client:1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.total, got.window_start, got.window_count), (1, 100, 1));
+    assert_eq!(tx.subject_vars("client:1").await.unwrap()["visits"], 3);
+    tx.commit().await.unwrap();
+    let globals = s.globals().await.unwrap();
+    assert_eq!(globals.len(), 1);
+    assert_eq!(globals["deals"]["today"], 5);
+    let stats = s.scenario_stats().await.unwrap();
+    let rating = stats.iter().find(|x| x.scenario == "rating").unwrap();
+    assert_eq!((rating.limited, rating.last_fired), (2, Some(500)));
+    assert_eq!(
+        s.scenario_states().await.unwrap(),
+        vec![("rating".to_string(), false)]
+    );
+    assert_eq!(s.setting("link_key").await.unwrap(), None);
+    s.put_setting("link_key", "k1").await.unwrap();
+    s.put_setting("link_key", "k2").await.unwrap();
+    assert_eq!(s.setting("link_key").await.unwrap().as_deref(), Some("k2"));
+    s.ping().await.unwrap();
+}
+
+async fn prune_keeps_what_is_live(s: Arc<dyn Store>) {
+    let out = s
+        .ingest(&[event(Some("old"), 1), event(Some("new"), 2)])
+        .await
+        .unwrap();
+    let (IngestOutcome::Accepted(old), IngestOutcome::Accepted(new)) = (out[0], out[1]) else {
+        panic!("{out:?}")
+    };
+    let mut tx = s.begin().await.unwrap();
+    tx.finish_event(old, "done", &json!([]), 1_500)
+        .await
+        .unwrap();
+    let (a, b) = (
+        tx.new_run_id().await.unwrap(),
+        tx.new_run_id().await.unwrap(),
+    );
+    tx.save_run(&run(a, "x", None, RunStatus::Done, 100))
+        .await
+        .unwrap();
+    tx.save_run(&run(b, "x", None, RunStatus::Waiting, 100))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut removed = 0;
+    loop {
+        let n = s.prune(5_000, 1).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        removed += n;
+    }
+    assert_eq!(removed, 2, "the finished run and the processed event");
+    assert!(s.run(a).await.unwrap().is_none());
+    assert!(s.run(b).await.unwrap().is_some(), "a waiting run stays");
+    assert!(s.event(old).await.unwrap().is_none());
+    assert!(
+        s.event(new).await.unwrap().is_some(),
+        "a pending event stays"
+    );
+}
+
+async fn one_claim_wins_under_contention(s: Arc<dyn Store>) {
+    let mut tx = s.begin().await.unwrap();
+    let offer = tx
+        .insert_offer(1, 0, "tg", "-1", "Accept?", 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tasks = Vec::new();
+    for user in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let attempt = async {
+                    let mut tx = s.begin().await?;
+                    let won = tx.claim_offer(offer, &json!({"id": user})).await?;
+                    tx.commit().await?;
+                    Ok::<bool, StoreError>(won)
+                };
+                match attempt.await {
+                    Ok(won) => return won,
+                    // SQLite may answer "busy" under this much contention: try again.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += t.await.unwrap() as usize;
+    }
+    assert_eq!(winners, 1);
+}
