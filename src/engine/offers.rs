@@ -213,9 +213,14 @@ impl Engine {
             "timed_out": false,
         });
         if !tx.claim_offer(offer_id, &claim).await? {
-            return self
-                .answer_click(tx, ev, run_id, "Already taken.", true, after)
-                .await;
+            // Another click won in the meantime: name its winner.
+            let winner = tx.load_offer(offer_id).await?.and_then(|o| o.winner);
+            let text = match winner.as_ref().and_then(|w| w["name"].as_str()) {
+                Some(name) => format!("Already taken by {name}."),
+                None => "Already taken.".to_string(),
+            };
+            outcome.push(json!({"offer": offer_id, "verdict": text}));
+            return self.answer_click(tx, ev, run_id, &text, true, after).await;
         }
         outcome
             .push(json!({"offer": offer_id, "user": user, "verdict": "won", "run": offer.run_id}));

@@ -1091,7 +1091,9 @@ impl Tx for PgTx {
     }
 
     async fn load_offer(&mut self, id: i64) -> Result<Option<OfferRow>> {
-        sqlx::query("SELECT * FROM offers WHERE id = $1")
+        // Clicks on one offer on several replicas queue here; each then sees the offer as
+        // the one before left it (taken, and by whom).
+        sqlx::query("SELECT * FROM offers WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(&mut *self.tx)
             .await?

@@ -2,76 +2,11 @@
 //! restart it on the same database, and check that everything completes exactly once.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
 use switchboard::store::{SqliteStore, Store};
 
 use crate::support::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Gateway {
-    child: Child,
-    url: String,
-}
-
-impl Gateway {
-    async fn start(cfg: &ConfigDir) -> Gateway {
-        let port = free_port();
-        let child = Command::new(bin())
-            .args([
-                "run",
-                "--config",
-                cfg.dir().to_str().unwrap(),
-                "--database",
-                &cfg.db(),
-            ])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        eventually(|| async {
-            client
-                .get(format!("{url}/healthz"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-        })
-        .await;
-        Gateway { child, url }
-    }
-
-    async fn post(&self, hook: &str, body: serde_json::Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/hooks/{hook}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
 
 #[tokio::test]
 async fn a_killed_gateway_resumes_without_losing_or_repeating_anything() {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+use crate::support::free_port;
+
 pub struct PgServer {
     pub port: u16,
 }
@@ -60,14 +62,6 @@ fn run_as() -> Option<(u32, u32)> {
             .expect("a postgres user (apt-get install postgresql creates it)")
     };
     Some((id("-u"), id("-g")))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Removes the folders of earlier test processes that are gone.

@@ -1,1 +1,404 @@
+//! Several `switchboard run` processes on one PostgreSQL database: work is shared and done
+//! once, a replica killed mid-load has its work finished by the others, the first click wins
+//! across replicas, and the Telegram polling leader is replaced from the stored offset.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Row;
+
+use crate::fake_telegram::{click_update, text_update, FakeTelegram, TOKEN};
+use crate::pg;
+use crate::support::*;
+
+const PUSH: &str = r#"id = "push"
+on = { webhook = "push" }
+[[step]]
+http = { post = "{{ event.url }}/push/{{ event.n }}", attempts = 1000 }
+"#;
+
+const ONCE: &str = r#"id = "once"
+on = { webhook = "once" }
+subject = "client:{{ event.client }}"
+limit = { once = true }
+[[step]]
+http = { post = "{{ event.url }}/once/{{ event.client }}/{{ event.n }}" }
+"#;
+
+/// Replicas here notice a dead one after two seconds.
+const GATEWAY: &str = "[database]\nlease = \"2s\"\nmax_connections = 8\n\n[defaults]\nretry_delay = \"100ms\"\nretry_max_delay = \"1s\"\n";
+
+async fn replicas(cfg: &ConfigDir, db: &str, n: usize) -> Vec<Gateway> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Gateway::start_on(cfg, db).await);
+    }
+    out
+}
+
+async fn pool(db: &str) -> sqlx::PgPool {
+    sqlx::PgPool::connect(db).await.unwrap()
+}
+
+async fn scalar(db: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(db).await.unwrap()
+}
+
+/// Posts the events to the replicas in turn, 32 at a time, each with its own
+/// `Idempotency-Key`. A post that fails (its replica was killed) goes to the next replica,
+/// as a load balancer would retry it; the key keeps a retry of a stored event from
+/// counting twice.
+async fn post_spread(urls: Arc<Vec<String>>, hook: &str, events: Vec<serde_json::Value>) {
+    let client = reqwest::Client::new();
+    let hook = hook.to_string();
+    let mut tasks = Vec::new();
+    let events = Arc::new(tokio::sync::Mutex::new(events.into_iter().enumerate()));
+    for _ in 0..32 {
+        let (client, urls, hook, events) =
+            (client.clone(), urls.clone(), hook.clone(), events.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some((i, body)) = events.lock().await.next() else {
+                    return;
+                };
+                let mut k = i;
+                loop {
+                    let url = format!("{}/hooks/{hook}", urls[k % urls.len()]);
+                    let post = client
+                        .post(&url)
+                        .header("Idempotency-Key", format!("{hook}-{i}"))
+                        .json(&body);
+                    match post.send().await {
+                        Ok(r) if r.status() == 202 => break,
+                        _ => k += 1,
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Paths the sink answered with 200, with how often each came.
+fn delivered(sink: &Sink) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for r in sink.received().into_iter().filter(|r| r.status == 200) {
+        *out.entry(r.path).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_process_3000_webhooks_once_each() {
+    let db = pg::fresh_db().await;
+    let sink = Sink::start().await;
+    let cfg = ConfigDir::with(&[("push.toml", PUSH), ("once.toml", ONCE)]);
+    cfg.write("gateway.toml", GATEWAY);
+    let gws = replicas(&cfg, &db, 3).await;
+    let urls = Arc::new(gws.iter().map(|g| g.url.clone()).collect::<Vec<_>>());
+    let url = format!("http://{}", sink.addr);
+    let events = (0..3000).map(|n| json!({"url": url, "n": n})).collect();
+    post_spread(urls.clone(), "push", events).await;
+    // "Only once" per client, however many replicas the same client's events hit at once.
+    let once = (0..60)
+        .map(|n| json!({"url": url, "client": n % 3, "n": n}))
+        .collect();
+    post_spread(urls, "once", once).await;
+
+    let seen = eventually_within(Duration::from_secs(120), || async {
+        let d = delivered(&sink);
+        let push = d.keys().filter(|p| p.starts_with("/push/")).count();
+        let once = d.keys().filter(|p| p.starts_with("/once/")).count();
+        (push == 3000 && once >= 3).then_some(d)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let d = delivered(&sink);
+    assert_eq!(d.len(), seen.len());
+    assert!(d.values().all(|n| *n == 1), "a request was delivered twice");
+    let once: Vec<_> = d.keys().filter(|p| p.starts_with("/once/")).collect();
+    assert_eq!(once.len(), 3, "one run per client: {once:?}");
+
+    let db = pool(&db).await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM runs WHERE scenario = 'push' AND status = 'done'"
+        )
+        .await,
+        3000
+    );
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM events WHERE status <> 'done'").await,
+        0
+    );
+    // Each replica processed what it received.
+    let owners = sqlx::query("SELECT owner, count(*) AS n FROM events WHERE kind = 'webhook' AND source = 'push' GROUP BY owner")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(owners.len(), 3);
+    for o in owners {
+        assert_eq!(o.get::<i64, _>("n"), 1000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_load_has_its_work_finished_by_the_others() {
+    let db_url = pg::fresh_db().await;
+    let sink = Sink::start().await;
+    // Nothing gets through at first: every replica holds requests it has not delivered.
+    sink.set_default(503);
+    let cfg = ConfigDir::with(&[("push.toml", PUSH)]);
+    cfg.write("gateway.toml", GATEWAY);
+    let mut gws = replicas(&cfg, &db_url, 3).await;
+    let urls = Arc::new(gws.iter().map(|g| g.url.clone()).collect::<Vec<_>>());
+    let url = format!("http://{}", sink.addr);
+    let db = pool(&db_url).await;
+    let victim = gws.remove(0);
+    let victim_id: String = sqlx::query_scalar("SELECT id FROM replicas WHERE id LIKE $1")
+        .bind(format!("%-{}-%", victim.pid()))
+        .fetch_one(&db)
+        .await
+        .unwrap();
+
+    let events: Vec<_> = (0..600).map(|n| json!({"url": url, "n": n})).collect();
+    let load = tokio::spawn(post_spread(urls, "push", events));
+    // Mid-load: once the victim holds undelivered requests, SIGKILL it.
+    eventually(|| async {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE owner = $1 AND status = 'pending'",
+        )
+        .bind(&victim_id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        (held >= 50).then_some(())
+    })
+    .await;
+    victim.kill();
+    load.await.unwrap();
+    let held: i64 = scalar(
+        &db,
+        &format!("SELECT count(*) FROM outbox WHERE owner = '{victim_id}' AND status = 'pending'"),
+    )
+    .await;
+    assert!(held > 0);
+    sink.set_default(200);
+
+    eventually_within(Duration::from_secs(60), || async {
+        (delivered(&sink).len() == 600).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let d = delivered(&sink);
+    assert_eq!(d.len(), 600);
+    let twice: Vec<_> = d.iter().filter(|(_, n)| **n > 1).collect();
+    if !twice.is_empty() {
+        for r in sink.received() {
+            if twice.iter().any(|(p, _)| **p == r.path) {
+                eprintln!(
+                    "{} {} {:?}",
+                    r.path,
+                    r.status,
+                    r.headers.get("idempotency-key")
+                );
+            }
+        }
+    }
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_eq!(
+        scalar(
+            &db,
+            &format!("SELECT count(*) FROM outbox WHERE owner = '{victim_id}'")
+        )
+        .await,
+        0,
+        "every row of the dead replica was taken over"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM runs WHERE status = 'done'").await,
+        600
+    );
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM replicas").await,
+        2,
+        "the dead replica was removed"
+    );
+}
+
+const DISTRIBUTE: &str = r#"id = "distribute"
+on = { webhook = "deal" }
+subject = "deal:{{ event.id }}"
+[[step]]
+offer = { to = "tg:-500", template = "New deal <b>{{ event.id }}</b>", buttons = [{ id = "accept", text = "Accept" }], who = "any", timeout = "10m" }
+branch = { timeout = "escalate" }
+[[step]]
+send = { to = "ops", template = "{{ run.claim.name }} took deal {{ event.id }}" }
+stop = true
+[[step]]
+label = "escalate"
+send = { to = "tg:777", template = "nobody took deal {{ event.id }}" }
+"#;
+
+fn telegram_gateway(fake: &FakeTelegram, extra: &str) -> String {
+    format!(
+        "{GATEWAY}\n[channels.tg]\ntype = \"telegram\"\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n{extra}\n\n[channels.ops]\ntype = \"log\"\noutput = \"journal\"\n",
+        fake.url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_of_200_clicks_spread_over_three_replicas_wins() {
+    let db = pg::fresh_db().await;
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[("distribute.toml", DISTRIBUTE)]);
+    cfg.write(
+        "gateway.toml",
+        &telegram_gateway(&fake, "mode = \"webhook\"\nwebhook_secret = \"s3cret\"\n"),
+    );
+    let gws = replicas(&cfg, &db, 3).await;
+    gws[0].post("deal", json!({"id": 42})).await;
+    let sent = fake.wait_for("sendMessage", 1).await;
+    let data = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let message_id = 1;
+    let client = reqwest::Client::new();
+    let posts = (0..200).map(|u| {
+        let mut c = click_update(-500, 10_000 + u, &format!("User{u}"), &data, message_id);
+        c["update_id"] = json!(5000 + u);
+        let req = client
+            .post(format!("{}/telegram/tg", gws[u as usize % 3].url))
+            .header("X-Telegram-Bot-Api-Secret-Token", "s3cret")
+            .json(&c);
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(posts).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    fake.wait_for("answerCallbackQuery", 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answers = fake.calls("answerCallbackQuery");
+    assert_eq!(answers.len(), 200, "every click answered once");
+    let ids: HashSet<_> = answers
+        .iter()
+        .map(|a| a.params["callback_query_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 200);
+    let won = answers
+        .iter()
+        .filter(|a| a.params["text"] == "It is yours.")
+        .count();
+    assert_eq!(won, 1);
+    let taken = answers
+        .iter()
+        .filter(|a| {
+            a.params["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Already taken by User"))
+        })
+        .count();
+    let odd: Vec<_> = answers
+        .iter()
+        .filter(|a| {
+            a.params["text"] != "It is yours."
+                && !a.params["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Already taken by User"))
+        })
+        .map(|a| a.params.clone())
+        .collect();
+    assert_eq!(taken, 199, "{odd:?}");
+    // The edit keeps the group's pace (20 a minute) after the offer went out.
+    fake.wait_for("editMessageText", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.calls("editMessageText").len(), 1);
+    // The clicks really were spread: each replica stored some.
+    let db = pool(&db).await;
+    let owners = scalar(
+        &db,
+        "SELECT count(DISTINCT owner) FROM events WHERE kind = 'click'",
+    )
+    .await;
+    assert_eq!(owners, 3);
+}
+
+const ECHO: &str = r#"id = "echo"
+on = { message = "tg" }
+[[step]]
+send = { to = "tg:{{ event.chat.id }}", template = "echo {{ event.text }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_takes_over_polling_from_the_stored_offset() {
+    let db_url = pg::fresh_db().await;
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[("echo.toml", ECHO)]);
+    cfg.write("gateway.toml", &telegram_gateway(&fake, ""));
+    let mut gws = replicas(&cfg, &db_url, 3).await;
+    let db = pool(&db_url).await;
+    for i in 0..20 {
+        fake.inject(text_update(100 + i % 4, 1, "en", &format!("m{i}")));
+    }
+    fake.wait_for("sendMessage", 20).await;
+    // Sends finished and recorded: what is checked below is the updates, not a message
+    // whose sending a SIGKILL interrupts (delivery is at least once).
+    eventually(|| async {
+        (scalar(
+            &db,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        )
+        .await
+            == 20)
+            .then_some(())
+    })
+    .await;
+    let leader: String =
+        sqlx::query_scalar("SELECT owner FROM leases WHERE name = 'telegram_poll:tg'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let at = gws
+        .iter()
+        .position(|g| leader.contains(&format!("-{}-", g.pid())))
+        .expect("the leader is one of ours");
+    gws.remove(at).kill();
+    let offset_then: i64 = scalar(
+        &db,
+        "SELECT value::BIGINT FROM settings WHERE name = 'telegram_offset:tg'",
+    )
+    .await;
+    for i in 20..40 {
+        fake.inject(text_update(100 + i % 4, 1, "en", &format!("m{i}")));
+    }
+    fake.wait_for("sendMessage", 40).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent: Vec<String> = fake
+        .calls("sendMessage")
+        .iter()
+        .map(|c| c.params["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sent.len(), 40, "no update processed twice");
+    let distinct: HashSet<_> = sent.iter().collect();
+    assert_eq!(distinct.len(), 40, "no update lost");
+    let new_leader: String =
+        sqlx::query_scalar("SELECT owner FROM leases WHERE name = 'telegram_poll:tg'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_ne!(new_leader, leader);
+    // The new leader asked from the stored offset on.
+    let polls = fake.calls("getUpdates");
+    assert!(polls
+        .iter()
+        .any(|p| p.params["offset"].as_i64() == Some(offset_then)));
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM events WHERE kind = 'message'").await,
+        40
+    );
+}

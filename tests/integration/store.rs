@@ -475,3 +475,116 @@ async fn one_claim_wins_under_contention(s: Arc<dyn Store>) {
     }
     assert_eq!(winners, 1);
 }
+
+/// Two replicas on one PostgreSQL database with a one-second lease.
+async fn two_replicas() -> (Arc<dyn Store>, Arc<dyn Store>) {
+    let url = pg::fresh_db().await;
+    let opts = PoolOptions {
+        lease: Duration::from_secs(1),
+        ..PoolOptions::default()
+    };
+    let a = store::open(&url, &opts).await.unwrap();
+    let b = store::open(&url, &opts).await.unwrap();
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_work_of_a_silent_replica_goes_to_a_live_one_and_the_silent_one_is_fenced() {
+    let (a, b) = two_replicas().await;
+    assert_ne!(a.replica(), b.replica());
+    let out = a
+        .ingest(&[event(Some("x"), 1), event(Some("y"), 2)])
+        .await
+        .unwrap();
+    let mut tx = a.begin().await.unwrap();
+    let row = tx
+        .insert_outbox(&NewOutbox {
+            run_id: None,
+            step: None,
+            kind: "http".into(),
+            channel: "http".into(),
+            request: json!({}),
+            max_attempts: 1,
+            timeout_ms: 1000,
+            resume: false,
+            now: 1,
+        })
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // A is alive: nothing to take, and B does not see A's work as its own.
+    assert!(b.take_over().await.unwrap().0.is_empty());
+    assert!(b.pending_events(0, 10).await.unwrap().is_empty());
+    assert_eq!(a.pending_events(0, 10).await.unwrap().len(), 2);
+
+    // A falls silent for longer than the lease; B keeps beating.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(b.heartbeat().await.unwrap());
+    }
+    let (events, rows) = b.take_over().await.unwrap();
+    let ids: Vec<i64> = out
+        .iter()
+        .map(|o| match o {
+            IngestOutcome::Accepted(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![row]);
+    assert_eq!(b.pending_events(0, 10).await.unwrap().len(), 2);
+    // Taken once: a second look finds nothing.
+    assert!(b.take_over().await.unwrap().0.is_empty());
+
+    // A wakes up: it learns it was presumed dead and can commit nothing more.
+    assert!(!a.heartbeat().await.unwrap());
+    assert!(matches!(a.begin().await, Err(StoreError::Fenced)));
+    assert!(matches!(
+        a.ingest(&[event(Some("z"), 3)]).await,
+        Err(StoreError::Fenced)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_named_lease_has_one_holder_at_a_time() {
+    let (a, b) = two_replicas().await;
+    assert!(a.hold_lease("telegram_poll:tg").await.unwrap());
+    assert!(!b.hold_lease("telegram_poll:tg").await.unwrap());
+    assert!(a.hold_lease("telegram_poll:tg").await.unwrap(), "renewed");
+    assert!(b.hold_lease("other").await.unwrap());
+    a.release_lease("telegram_poll:tg").await.unwrap();
+    assert!(b.hold_lease("telegram_poll:tg").await.unwrap());
+    assert!(!a.hold_lease("telegram_poll:tg").await.unwrap());
+    // Not renewed for a lease period: free for the other.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(a.hold_lease("telegram_poll:tg").await.unwrap());
+    // A clean stop frees what a replica held.
+    a.retire().await.unwrap();
+    assert!(b.hold_lease("telegram_poll:tg").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_send_slots_keep_the_pace_across_replicas() {
+    let (a, b) = two_replicas().await;
+    let started = tokio::time::Instant::now();
+    let mut slots = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let keys = [("tg:bot".to_string(), 10), ("tg:chat:42".to_string(), 100)];
+        let wait = s.reserve_send(&keys).await.unwrap();
+        slots.push(started.elapsed().as_millis() as i64 + wait);
+    }
+    slots.sort();
+    for w in slots.windows(2) {
+        // Allow for the milliseconds the reservations themselves took.
+        assert!(w[1] - w[0] >= 90, "slots too close: {slots:?}");
+    }
+    // Another chat is not held back by this one's pace, only by the bot's.
+    let other = a
+        .reserve_send(&[("tg:bot".to_string(), 10), ("tg:chat:43".to_string(), 100)])
+        .await
+        .unwrap();
+    // (Eight sends reserved at 10 ms each hold the bot for about 80 ms; chat 42 is booked
+    // for 700 ms.)
+    assert!(other <= 150, "waited {other} ms");
+}

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -330,4 +331,85 @@ async fn record(
 
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_switchboard"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The gateway binary as a child process (tests that SIGKILL it, or run several).
+pub struct Gateway {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Gateway {
+    pub async fn start(cfg: &ConfigDir) -> Gateway {
+        Gateway::start_on(cfg, &cfg.db()).await
+    }
+
+    /// On another database (a PostgreSQL URL for replicas).
+    pub async fn start_on(cfg: &ConfigDir, database: &str) -> Gateway {
+        let port = free_port();
+        let child = Command::new(bin())
+            .args([
+                "run",
+                "--config",
+                cfg.dir().to_str().unwrap(),
+                "--database",
+                database,
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        eventually(|| async {
+            client
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+        })
+        .await;
+        Gateway { child, url }
+    }
+
+    pub async fn post(&self, hook: &str, body: serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/hooks/{hook}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
