@@ -24,6 +24,11 @@ pub struct BenchOptions {
     pub parked: usize,
     /// Folder with the Fluent locales the gateway loads.
     pub locales: PathBuf,
+    /// A PostgreSQL server URL: run there (in a database of the bench's own) instead of on a
+    /// SQLite file.
+    pub postgres: Option<String>,
+    /// Gateway processes sharing the load (PostgreSQL only).
+    pub replicas: usize,
 }
 
 const SCENARIO: &str = r#"
@@ -109,7 +114,7 @@ impl Drop for Gateway {
     }
 }
 
-async fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
+async fn start_gateway(dir: &Path, database: &str) -> anyhow::Result<Gateway> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -118,7 +123,7 @@ async fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
         .arg("--config")
         .arg(dir.join("bot-configs"))
         .arg("--database")
-        .arg(format!("sqlite://{}", dir.join("bench.db").display()))
+        .arg(database)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--admin-listen")
@@ -147,9 +152,10 @@ async fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
     bail!("the gateway did not come up")
 }
 
-/// Where the load goes: the gateway, and the sink the scenario calls.
+/// Where the load goes: the gateways (connections spread over them), and the sink the
+/// scenario calls.
 struct Target<'a> {
-    url: &'a str,
+    urls: &'a [String],
     sink: &'a Arc<Sink>,
     sink_url: &'a str,
     conns: usize,
@@ -157,16 +163,16 @@ struct Target<'a> {
 
 /// Sends `n` events (ids from `first`) to `hook`, paced at `rate`/s if non-zero.
 async fn fire(t: &Target<'_>, hook: &str, first: usize, n: usize, rate: u64) -> anyhow::Result<()> {
-    let (url, sink, sink_url, conns) = (t.url, t.sink, t.sink_url, t.conns);
+    let (sink, sink_url, conns) = (t.sink, t.sink_url, t.conns);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(conns)
         .build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conns {
+    for c in 0..conns {
         let (client, next, sink) = (client.clone(), next.clone(), sink.clone());
-        let target = format!("{url}/hooks/{hook}");
+        let target = format!("{}/hooks/{hook}", t.urls[c % t.urls.len()]);
         let sink_url = sink_url.to_string();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -251,40 +257,60 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
     let sink_url = format!("http://{}/sink", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let gw = start_gateway(dir.path()).await?;
-    let pid = gw.child.id();
+    let pg = match &o.postgres {
+        Some(url) => Some(PgBench::create(url).await?),
+        None if o.replicas > 1 => bail!("several replicas need --postgres"),
+        None => None,
+    };
+    let database = match &pg {
+        Some(pg) => pg.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
+    let mut gws = Vec::new();
+    for _ in 0..o.replicas.max(1) {
+        gws.push(start_gateway(dir.path(), &database).await?);
+    }
+    let pids: Vec<u32> = gws.iter().map(|g| g.child.id()).collect();
+    let urls: Vec<String> = gws.iter().map(|g| g.url.clone()).collect();
+    let rss = || pids.iter().map(|p| rss_kib(*p)).sum::<u64>();
+    let cpu = || pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
     let target = Target {
-        url: &gw.url,
+        urls: &urls,
         sink: &sink,
         sink_url: &sink_url,
         conns: o.connections,
     };
-    let mut out = vec![format!(
-        "gateway pid {pid}, SQLite in {}",
-        dir.path().display()
-    )];
+    let mut out = vec![match &pg {
+        Some(pg) => format!(
+            "{} gateway process(es) {pids:?} on PostgreSQL database {}",
+            pids.len(),
+            pg.name
+        ),
+        None => format!("gateway pid {pids:?}, SQLite in {}", dir.path().display()),
+    }];
 
-    out.push(format!(
-        "RSS at start: {:.1} MiB",
-        rss_kib(pid) as f64 / 1024.0
-    ));
+    out.push(format!("RSS at start: {:.1} MiB", rss() as f64 / 1024.0));
     // Warm-up: connections, statement caches.
     fire(&target, "bench", 0, 1000, 0).await?;
     wait_received(&sink, 1000, Duration::from_secs(60)).await?;
     latency_report(&sink);
-    let idle = rss_kib(pid);
+    let idle = rss();
     out.push(format!(
         "RSS idle after warm-up: {:.1} MiB",
         idle as f64 / 1024.0
     ));
 
     // Throughput: as fast as the clients can send.
-    let cpu_before = cpu_secs(pid);
+    let db_before = match &pg {
+        Some(pg) => Some(pg.counters().await?),
+        None => None,
+    };
+    let cpu_before = cpu();
     let start_us = sink.base.elapsed().as_micros() as u64;
     fire(&target, "bench", 1000, o.events, 0).await?;
     wait_received(&sink, 1000 + o.events, Duration::from_secs(600)).await?;
     let secs = (sink.last.load(Ordering::Relaxed) - start_us) as f64 / 1e6;
-    let cpu = cpu_secs(pid) - cpu_before;
+    let cpu = cpu() - cpu_before;
     let (p50, p99, max) = latency_report(&sink);
     out.push(format!(
         "gateway CPU: {:.0} µs per event ({:.2} CPU-seconds for {} events; the load generator and sink share the machine)",
@@ -298,9 +324,25 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
         o.events as f64 / secs,
         o.connections
     ));
+    if let (Some(pg), Some(before)) = (&pg, db_before) {
+        // The server publishes its counters with a delay of up to a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = pg.counters().await?;
+        let per = |a: i64, b: i64| (a - b) as f64 / o.events as f64;
+        out.push(format!(
+            "database: {:.2} transactions per event{}",
+            per(after.0, before.0),
+            match (after.1, before.1) {
+                (Some(a), Some(b)) =>
+                    format!(", {:.2} statements (round trips) per event", per(a, b)),
+                _ => " (statements per event need pg_stat_statements in shared_preload_libraries)"
+                    .to_string(),
+            }
+        ));
+    }
     out.push(format!(
         "RSS after the throughput run: {:.1} MiB",
-        rss_kib(pid) as f64 / 1024.0
+        rss() as f64 / 1024.0
     ));
 
     if o.rate > 0 {
@@ -315,26 +357,21 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
     }
 
     if o.parked > 0 {
-        let before = rss_kib(pid);
+        let before = rss();
         fire(&target, "park", 0, o.parked, 0).await?;
-        let store = crate::store::SqliteStore::open(&format!(
-            "sqlite://{}",
-            dir.path().join("bench.db").display()
-        ))
-        .await?;
         let until = Instant::now() + Duration::from_secs(600);
         loop {
-            let c = crate::store::Store::counts(&store).await?;
-            if c.waits as usize >= o.parked {
+            let waits = count_waits(&database).await?;
+            if waits as usize >= o.parked {
                 break;
             }
             if Instant::now() > until {
-                bail!("only {} of {} runs parked", c.waits, o.parked);
+                bail!("only {waits} of {} runs parked", o.parked);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = rss_kib(pid);
+        let after = rss();
         out.push(format!(
             "{} parked runs: RSS {:.1} MiB (was {:.1} MiB), {:.0} bytes of RSS per parked run",
             o.parked,
@@ -343,6 +380,92 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
             (after.saturating_sub(before) * 1024) as f64 / o.parked as f64
         ));
     }
-    drop(gw); // stops the gateway process
+    drop(gws); // stops the gateway processes
+    if let Some(pg) = pg {
+        pg.drop_database().await?;
+    }
     Ok(out)
+}
+
+/// Runs parked in `wait`, read straight from the database (without joining as a replica).
+async fn count_waits(database: &str) -> anyhow::Result<i64> {
+    const SQL: &str = "SELECT count(*) FROM waits";
+    Ok(if database.starts_with("postgres") {
+        let db = sqlx::PgPool::connect(database).await?;
+        let n = sqlx::query_scalar(SQL).fetch_one(&db).await?;
+        db.close().await;
+        n
+    } else {
+        let db = sqlx::SqlitePool::connect(database).await?;
+        let n = sqlx::query_scalar(SQL).fetch_one(&db).await?;
+        db.close().await;
+        n
+    })
+}
+
+/// The bench's own database on a PostgreSQL server, and the server's counters for it.
+struct PgBench {
+    server: sqlx::PgPool,
+    /// A connection to the bench database itself (pg_stat_statements is read there).
+    db: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl PgBench {
+    async fn create(server_url: &str) -> anyhow::Result<PgBench> {
+        let server = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(server_url)
+            .await
+            .context("connecting to the PostgreSQL server")?;
+        let name = format!("switchboard_bench_{}", std::process::id());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&server)
+            .await
+            .context("creating the bench database")?;
+        let mut url = reqwest::Url::parse(server_url)?;
+        url.set_path(&format!("/{name}"));
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url.as_str())
+            .await?;
+        // Statement counts, where the server loads pg_stat_statements.
+        let _ = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&db)
+            .await;
+        Ok(PgBench {
+            server,
+            db,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// Transactions, and statements when pg_stat_statements is loaded, in the bench database.
+    async fn counters(&self) -> anyhow::Result<(i64, Option<i64>)> {
+        let xacts: i64 = sqlx::query_scalar(
+            "SELECT (xact_commit + xact_rollback)::BIGINT FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.server)
+        .await?;
+        let statements: Option<i64> = sqlx::query_scalar(
+            "SELECT coalesce(sum(calls), 0)::BIGINT FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.db)
+        .await
+        .ok();
+        Ok((xacts, statements))
+    }
+
+    async fn drop_database(self) -> anyhow::Result<()> {
+        self.db.close().await;
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&self.server)
+            .await?;
+        Ok(())
+    }
 }

@@ -111,6 +111,13 @@ enum Command {
         parked: usize,
         #[arg(long, default_value = "locales")]
         locales: PathBuf,
+        /// A PostgreSQL server (postgres://user@host/db) to run on instead of a SQLite file;
+        /// the bench creates a database of its own there and drops it afterwards.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Gateway processes on the PostgreSQL database, sharing the load.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
 }
 
@@ -251,6 +258,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             rate,
             parked,
             locales,
+            postgres,
+            replicas,
         } => {
             let lines = switchboard::bench::bench(switchboard::bench::BenchOptions {
                 events,
@@ -258,6 +267,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 rate,
                 parked,
                 locales,
+                postgres,
+                replicas,
             })
             .await?;
             for l in lines {
