@@ -83,14 +83,11 @@ impl App {
         let admin_addr = admin_listener.local_addr()?;
         let link_key = match opts.link_key {
             Some(k) => k,
-            None => match store.setting("link_key").await? {
-                Some(k) => k,
-                None => {
-                    let k = Links::random_key();
-                    store.put_setting("link_key", &k).await?;
-                    k
-                }
-            },
+            None => {
+                store
+                    .setting_or_put("link_key", &Links::random_key())
+                    .await?
+            }
         };
         let links = Arc::new(Links::for_config(
             &cfg,

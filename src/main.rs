@@ -170,7 +170,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 public_url,
                 admin_listen: Some(admin_listen),
                 admin_token,
-                link_key,
+                // An empty value (an unset variable in a compose file) means none.
+                link_key: link_key.filter(|k| !k.is_empty()),
                 clock: Clock::default(),
             })
             .await?;

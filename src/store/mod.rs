@@ -365,6 +365,9 @@ pub trait Store: Send + Sync {
     async fn scenario_states(&self) -> Result<Vec<(String, bool)>>;
     async fn setting(&self, name: &str) -> Result<Option<String>>;
     async fn put_setting(&self, name: &str, value: &str) -> Result<()>;
+    /// The setting's value; `value` is stored first when there is none, so that replicas
+    /// starting together agree on one.
+    async fn setting_or_put(&self, name: &str, value: &str) -> Result<String>;
     /// Deletes up to `limit` finished runs, and events and outbox rows, last touched before
     /// `before`; returns how many rows went.
     async fn prune(&self, before: i64, limit: i64) -> Result<u64>;

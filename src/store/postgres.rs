@@ -547,6 +547,22 @@ impl Store for PgStore {
         )
     }
 
+    async fn setting_or_put(&self, name: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2)

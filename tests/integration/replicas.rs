@@ -19,6 +19,14 @@ on = { webhook = "push" }
 http = { post = "{{ event.url }}/push/{{ event.n }}", attempts = 1000 }
 "#;
 
+const SLEEPY: &str = r#"id = "sleepy"
+on = { webhook = "sleepy" }
+[[step]]
+sleep = { for = "2s" }
+[[step]]
+http = { post = "{{ event.url }}/woke/{{ event.n }}", attempts = 1000 }
+"#;
+
 const ONCE: &str = r#"id = "once"
 on = { webhook = "once" }
 subject = "client:{{ event.client }}"
@@ -153,7 +161,7 @@ async fn a_replica_killed_mid_load_has_its_work_finished_by_the_others() {
     let sink = Sink::start().await;
     // Nothing gets through at first: every replica holds requests it has not delivered.
     sink.set_default(503);
-    let cfg = ConfigDir::with(&[("push.toml", PUSH)]);
+    let cfg = ConfigDir::with(&[("push.toml", PUSH), ("sleepy.toml", SLEEPY)]);
     cfg.write("gateway.toml", GATEWAY);
     let mut gws = replicas(&cfg, &db_url, 3).await;
     let urls = Arc::new(gws.iter().map(|g| g.url.clone()).collect::<Vec<_>>());
@@ -166,6 +174,10 @@ async fn a_replica_killed_mid_load_has_its_work_finished_by_the_others() {
         .await
         .unwrap();
 
+    // Runs asleep on every replica, the victim's among them: their timers are the
+    // database's, and whichever replica is alive fires them.
+    let sleepy = (0..60).map(|n| json!({"url": url, "n": n})).collect();
+    post_spread(urls.clone(), "sleepy", sleepy).await;
     let events: Vec<_> = (0..600).map(|n| json!({"url": url, "n": n})).collect();
     let load = tokio::spawn(post_spread(urls, "push", events));
     // Mid-load: once the victim holds undelivered requests, SIGKILL it.
@@ -191,12 +203,13 @@ async fn a_replica_killed_mid_load_has_its_work_finished_by_the_others() {
     sink.set_default(200);
 
     eventually_within(Duration::from_secs(60), || async {
-        (delivered(&sink).len() == 600).then_some(())
+        (delivered(&sink).len() == 660).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = delivered(&sink);
-    assert_eq!(d.len(), 600);
+    assert_eq!(d.len(), 660);
+    assert_eq!(d.keys().filter(|p| p.starts_with("/woke/")).count(), 60);
     let twice: Vec<_> = d.iter().filter(|(_, n)| **n > 1).collect();
     if !twice.is_empty() {
         for r in sink.received() {
@@ -222,8 +235,9 @@ async fn a_replica_killed_mid_load_has_its_work_finished_by_the_others() {
     );
     assert_eq!(
         scalar(&db, "SELECT count(*) FROM runs WHERE status = 'done'").await,
-        600
+        660
     );
+    assert_eq!(scalar(&db, "SELECT count(*) FROM timers").await, 0);
     assert_eq!(
         scalar(&db, "SELECT count(*) FROM replicas").await,
         2,
@@ -401,4 +415,74 @@ async fn another_replica_takes_over_polling_from_the_stored_offset() {
         scalar(&db, "SELECT count(*) FROM events WHERE kind = 'message'").await,
         40
     );
+}
+
+const NOTIFY: &str = r#"id = "notify"
+on = { webhook = "notify" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "{{ event.text }}" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_and_bot_send_limits_hold_across_replicas() {
+    let db = pg::fresh_db().await;
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[("notify.toml", NOTIFY)]);
+    cfg.write(
+        "gateway.toml",
+        &telegram_gateway(
+            &fake,
+            "limits = { chat = \"1/200ms\", group = \"4/1s\", bot = \"20/1s\" }\n",
+        ),
+    );
+    let gws = replicas(&cfg, &db, 3).await;
+    let urls = Arc::new(gws.iter().map(|g| g.url.clone()).collect::<Vec<_>>());
+    // 12 messages to one group and 12 to each of three private chats, posted to all three
+    // replicas at once.
+    let mut events = Vec::new();
+    for n in 0..12 {
+        events.push(json!({"chat": -100, "text": format!("g{n}")}));
+        for c in 1..=3 {
+            events.push(json!({"chat": c, "text": format!("p{c}-{n}")}));
+        }
+    }
+    let total = events.len();
+    post_spread(urls, "notify", events).await;
+    let calls = eventually_within(Duration::from_secs(60), || async {
+        let c = fake.calls("sendMessage");
+        (c.len() >= total).then_some(c)
+    })
+    .await;
+    let by_chat = |chat: i64| -> Vec<std::time::Instant> {
+        let mut at: Vec<_> = calls
+            .iter()
+            .filter(|c| c.params["chat_id"] == chat)
+            .map(|c| c.at)
+            .collect();
+        at.sort();
+        at
+    };
+    // A private chat: one message per 200 ms; the group: 4 a second, so 250 ms apart (a
+    // little slack for timers and loopback).
+    for (chat, gap) in [(1, 180), (2, 180), (3, 180), (-100, 230)] {
+        let at = by_chat(chat);
+        assert_eq!(at.len(), 12);
+        for w in at.windows(2) {
+            assert!(
+                w[1] - w[0] >= Duration::from_millis(gap),
+                "chat {chat} too fast: {:?}",
+                w[1] - w[0]
+            );
+        }
+    }
+    // The bot: at most 20 in any one second (one more for a request delayed on its way).
+    let mut all: Vec<_> = calls.iter().map(|c| c.at).collect();
+    all.sort();
+    for (i, start) in all.iter().enumerate() {
+        let in_window = all[i..]
+            .iter()
+            .filter(|t| **t - *start < Duration::from_millis(990))
+            .count();
+        assert!(in_window <= 21, "{in_window} messages within a second");
+    }
 }

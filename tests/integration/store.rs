@@ -399,6 +399,8 @@ async fn limits_variables_and_settings(s: Arc<dyn Store>) {
     s.put_setting("link_key", "k1").await.unwrap();
     s.put_setting("link_key", "k2").await.unwrap();
     assert_eq!(s.setting("link_key").await.unwrap().as_deref(), Some("k2"));
+    assert_eq!(s.setting_or_put("link_key", "k3").await.unwrap(), "k2");
+    assert_eq!(s.setting_or_put("fresh", "k4").await.unwrap(), "k4");
     s.ping().await.unwrap();
 }
 
