@@ -267,6 +267,18 @@ impl Engine {
         }
         self.globals_locked = false;
         let mut tx = self.store.begin().await?;
+        // The runs that responses and timers resume, read in one go.
+        let resumed: Vec<i64> = batch
+            .iter()
+            .filter_map(|w| match w {
+                Work::Delivery(d) if d.resume => d.run_id,
+                Work::Timer(t) => Some(t.run_id),
+                _ => None,
+            })
+            .collect();
+        if !resumed.is_empty() {
+            tx.prefetch_runs(&resumed).await?;
+        }
         let mut after = After::default();
         for w in batch {
             match w {

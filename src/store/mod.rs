@@ -420,6 +420,11 @@ pub trait Tx: Send {
     async fn new_run_id(&mut self) -> Result<i64>;
     async fn save_run(&mut self, run: &RunRow) -> Result<()>;
     async fn load_run(&mut self, id: i64) -> Result<Option<RunRow>>;
+    /// Reads (and, with replicas, locks) the runs a batch is about to load, in one round
+    /// trip; `load_run` then answers from memory.
+    async fn prefetch_runs(&mut self, _ids: &[i64]) -> Result<()> {
+        Ok(())
+    }
     async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool>;
 
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>>;

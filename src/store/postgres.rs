@@ -245,6 +245,7 @@ impl Store for PgStore {
             tx,
             ids: self.ids.clone(),
             me: self.me.clone(),
+            loaded: HashMap::new(),
             runs: HashMap::new(),
             finished_events: Vec::new(),
             new_outbox: Vec::new(),
@@ -748,6 +749,8 @@ struct PgTx {
     tx: Transaction<'static, Postgres>,
     ids: Arc<Ids>,
     me: Arc<str>,
+    /// Runs read (and locked) ahead by `prefetch_runs`, as committed.
+    loaded: HashMap<i64, RunRow>,
     runs: HashMap<i64, SavedRun>,
     finished_events: Vec<FinishedEvent>,
     new_outbox: Vec<(i64, NewOutbox)>,
@@ -885,6 +888,9 @@ impl Tx for PgTx {
         if let Some(r) = self.runs.get(&id) {
             return r.row().map(Some);
         }
+        if let Some(r) = self.loaded.get(&id) {
+            return Ok(Some(r.clone()));
+        }
         // Locked until the commit: a replica working on the same run waits and then sees
         // what this one did.
         sqlx::query("SELECT * FROM runs WHERE id = $1 FOR UPDATE")
@@ -894,6 +900,27 @@ impl Tx for PgTx {
             .as_ref()
             .map(run_row)
             .transpose()
+    }
+
+    async fn prefetch_runs(&mut self, ids: &[i64]) -> Result<()> {
+        let want: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.loaded.contains_key(id) && !self.runs.contains_key(id))
+            .collect();
+        if want.is_empty() {
+            return Ok(());
+        }
+        // Locked in id order, as every batch does, so that two batches do not deadlock.
+        let rows = sqlx::query("SELECT * FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&want)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        for r in &rows {
+            let run = run_row(r)?;
+            self.loaded.insert(run.id, run);
+        }
+        Ok(())
     }
 
     async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool> {
