@@ -345,8 +345,9 @@ async fn scenarios_show_counters_and_can_be_switched_off_and_on() {
     assert_eq!(s, 404);
 
     // The switch survives a restart.
+    let db = t.database.clone();
     t.app.stop().await;
-    let t = TestApp::spawn(&cfg).await;
+    let t = TestApp::spawn_on(&cfg, &db).await;
     let (_, list) = t.get("/api/scenarios").await;
     let gated = list
         .as_array()

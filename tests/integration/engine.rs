@@ -348,7 +348,7 @@ async fn a_burst_for_one_scenario_does_not_hold_back_another() {
         // Closed before the gateway opens the file: closing checkpoints the write-ahead log.
         store.pool().close().await;
     }
-    let t = TestApp::spawn(&cfg).await;
+    let t = TestApp::spawn_on(&cfg, &cfg.db()).await;
     let quiet = t.runs_of(10_001).await;
     t.finished(quiet[0].id).await;
     // Run ids are handed out in processing order: the quiet event went in the first batches,

@@ -85,13 +85,25 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub struct TestApp {
     pub app: App,
     pub http: reqwest::Client,
+    /// Its database URL, to start it again on the same one.
+    pub database: String,
 }
 
 impl TestApp {
+    /// The app on the config folder's SQLite file, or, with `SWITCHBOARD_TEST_DATABASE=postgres`,
+    /// on a fresh PostgreSQL database (the whole suite can run against either).
     pub async fn spawn(cfg: &ConfigDir) -> TestApp {
+        let db = match std::env::var("SWITCHBOARD_TEST_DATABASE").as_deref() {
+            Ok("postgres") => crate::pg::fresh_db().await,
+            _ => cfg.db(),
+        };
+        TestApp::spawn_on(cfg, &db).await
+    }
+
+    pub async fn spawn_on(cfg: &ConfigDir, database: &str) -> TestApp {
         let app = App::start(Options {
             config_dir: cfg.dir(),
-            database: cfg.db(),
+            database: database.to_string(),
             listen: Some("127.0.0.1:0".into()),
             public_url: None,
             admin_listen: Some("127.0.0.1:0".into()),
@@ -104,6 +116,7 @@ impl TestApp {
         TestApp {
             app,
             http: reqwest::Client::new(),
+            database: database.to_string(),
         }
     }
 

@@ -84,9 +84,10 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
     assert_eq!(fake.calls("sendMessage").len(), 2);
 
     // A restart continues after the last stored update.
+    let db = t.database.clone();
     t.app.stop().await;
     let polls_before = fake.calls("getUpdates").len();
-    let t = TestApp::spawn(&cfg).await;
+    let t = TestApp::spawn_on(&cfg, &db).await;
     let polls = eventually(|| async {
         let p = fake.calls("getUpdates");
         (p.len() > polls_before).then_some(p)
