@@ -16,6 +16,10 @@ mod support;
 #[path = "../tests/integration/fake_telegram.rs"]
 mod fake_telegram;
 
+// The support code can start gateways on PostgreSQL.
+#[path = "../tests/integration/pg.rs"]
+mod pg;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
