@@ -128,6 +128,7 @@ impl App {
         let mut tasks = vec![tokio::spawn(engine.run(work_rx, stop_rx.clone()))];
         if !store.exclusive() {
             tasks.push(tokio::spawn(crate::replicas::upkeep(
+                cfg.clone(),
                 store.clone(),
                 work_tx.clone(),
                 outbox_tx.clone(),

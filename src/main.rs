@@ -252,6 +252,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            // A reader only: leave the replicas table as it was.
+            store.retire().await?;
         }
         Command::Bench {
             events,

@@ -1,6 +1,7 @@
 //! Several replicas on one database: each keeps its registration fresh and, now and then,
 //! takes over the queued work of replicas that stopped answering. A replica that finds it
-//! was presumed dead stops at once: its work is with the others already.
+//! was presumed dead stops at once: its work is with the others already. Scenario switches
+//! made through another replica are picked up here too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::engine::{EventItem, Work, WorkSender};
 use crate::store::Store;
 
 pub async fn upkeep(
+    cfg: Arc<crate::config::Config>,
     store: Arc<dyn Store>,
     engine: WorkSender,
     outbox: mpsc::UnboundedSender<OutboxJob>,
@@ -36,7 +38,23 @@ pub async fn upkeep(
                 let _ = stop.send(true);
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "replica heartbeat failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "replica heartbeat failed");
+                // The database was out of reach, maybe for everyone: give the other replicas
+                // a lease to show they are alive before presuming any of them dead.
+                next_sweep = tokio::time::Instant::now() + lease;
+            }
+        }
+        // Scenarios an operator switched on or off through another replica.
+        match store.scenario_states().await {
+            Ok(states) => {
+                for (id, on) in states {
+                    if let Some(sc) = cfg.scenario(&id) {
+                        sc.set_enabled(on);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading scenario switches failed"),
         }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + sweep;

@@ -486,3 +486,37 @@ async fn chat_and_bot_send_limits_hold_across_replicas() {
         assert!(in_window <= 21, "{in_window} messages within a second");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_switched_off_on_one_replica_is_off_on_all() {
+    let db_url = pg::fresh_db().await;
+    let sink = Sink::start().await;
+    let cfg = ConfigDir::with(&[("push.toml", PUSH)]);
+    cfg.write("gateway.toml", GATEWAY);
+    let gws = replicas(&cfg, &db_url, 2).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/api/scenarios/push/disable", gws[0].admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let db = pool(&db_url).await;
+    let url = format!("http://{}", sink.addr);
+    // Within a heartbeat or two the other replica refuses to start the scenario too.
+    let verdict = eventually(|| async {
+        gws[1].post("push", json!({"url": url, "n": 1})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let outcome: Option<String> = sqlx::query_scalar(
+            "SELECT outcome FROM events WHERE status = 'done' ORDER BY received_at DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+        .flatten();
+        outcome.filter(|o| o.contains("disabled"))
+    })
+    .await;
+    assert!(verdict.contains("disabled"));
+}

@@ -358,6 +358,8 @@ pub fn free_port() -> u16 {
 pub struct Gateway {
     pub child: Child,
     pub url: String,
+    /// The admin listener (token `ADMIN_TOKEN`).
+    pub admin: String,
 }
 
 impl Gateway {
@@ -368,6 +370,7 @@ impl Gateway {
     /// On another database (a PostgreSQL URL for replicas).
     pub async fn start_on(cfg: &ConfigDir, database: &str) -> Gateway {
         let port = free_port();
+        let admin_port = free_port();
         let child = Command::new(bin())
             .args([
                 "run",
@@ -380,7 +383,9 @@ impl Gateway {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--admin-listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{admin_port}"),
+                "--admin-token",
+                ADMIN_TOKEN,
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -397,7 +402,11 @@ impl Gateway {
                 .filter(|r| r.status() == 200)
         })
         .await;
-        Gateway { child, url }
+        Gateway {
+            child,
+            url,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+        }
     }
 
     pub async fn post(&self, hook: &str, body: serde_json::Value) {
