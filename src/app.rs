@@ -304,8 +304,12 @@ impl App {
             t.abort();
         }
         if !self.fenced.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Err(e) = self.store.retire().await {
-                tracing::warn!(error = %e, "leaving the replicas failed");
+            // A transaction cut short above may hold its locks a moment longer; if leaving
+            // takes too long, the others take over after the lease instead.
+            match tokio::time::timeout(Duration::from_secs(3), self.store.retire()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "leaving the replicas failed"),
+                Err(_) => tracing::warn!("leaving the replicas timed out"),
             }
         }
     }
