@@ -27,6 +27,15 @@ sleep = { for = "2s" }
 http = { post = "{{ event.url }}/woke/{{ event.n }}", attempts = 1000 }
 "#;
 
+const COUNT: &str = r#"id = "count"
+on = { webhook = "count" }
+subject = "client:{{ event.client }}"
+[[step]]
+incr = "global.seen"
+[[step]]
+incr = "subject.visits"
+"#;
+
 const ONCE: &str = r#"id = "once"
 on = { webhook = "once" }
 subject = "client:{{ event.client }}"
@@ -104,7 +113,11 @@ fn delivered(sink: &Sink) -> HashMap<String, usize> {
 async fn three_replicas_process_3000_webhooks_once_each() {
     let db = pg::fresh_db().await;
     let sink = Sink::start().await;
-    let cfg = ConfigDir::with(&[("push.toml", PUSH), ("once.toml", ONCE)]);
+    let cfg = ConfigDir::with(&[
+        ("push.toml", PUSH),
+        ("once.toml", ONCE),
+        ("count.toml", COUNT),
+    ]);
     cfg.write("gateway.toml", GATEWAY);
     let gws = replicas(&cfg, &db, 3).await;
     let urls = Arc::new(gws.iter().map(|g| g.url.clone()).collect::<Vec<_>>());
@@ -115,7 +128,10 @@ async fn three_replicas_process_3000_webhooks_once_each() {
     let once = (0..60)
         .map(|n| json!({"url": url, "client": n % 3, "n": n}))
         .collect();
-    post_spread(urls, "once", once).await;
+    post_spread(urls.clone(), "once", once).await;
+    // Read-modify-write of a global and of subject variables from three replicas at once.
+    let count = (0..300).map(|n| json!({"client": n % 2})).collect();
+    post_spread(urls, "count", count).await;
 
     let seen = eventually_within(Duration::from_secs(120), || async {
         let d = delivered(&sink);
@@ -132,14 +148,28 @@ async fn three_replicas_process_3000_webhooks_once_each() {
     assert_eq!(once.len(), 3, "one run per client: {once:?}");
 
     let db = pool(&db).await;
+    // Responses are committed a moment after the sink saw the requests.
+    eventually(|| async {
+        let sql = "SELECT count(*) FROM runs WHERE status = 'done' AND scenario = ";
+        let push = scalar(&db, &format!("{sql} 'push'")).await;
+        let count = scalar(&db, &format!("{sql} 'count'")).await;
+        (push == 3000 && count == 300).then_some(())
+    })
+    .await;
     assert_eq!(
-        scalar(
-            &db,
-            "SELECT count(*) FROM runs WHERE scenario = 'push' AND status = 'done'"
-        )
-        .await,
-        3000
+        scalar(&db, "SELECT value::BIGINT FROM globals WHERE name = 'seen'").await,
+        300,
+        "no increment lost"
     );
+    for client in ["client:0", "client:1"] {
+        let vars: String = sqlx::query_scalar("SELECT vars FROM subject_vars WHERE subject = $1")
+            .bind(client)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        let vars: serde_json::Value = serde_json::from_str(&vars).unwrap();
+        assert_eq!(vars["visits"], 150);
+    }
     assert_eq!(
         scalar(&db, "SELECT count(*) FROM events WHERE status <> 'done'").await,
         0
