@@ -4,6 +4,7 @@
 
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
 
 use async_trait::async_trait;

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::rows::*;
+use super::sql::{impl_store, impl_tx};
 use super::*;
 
 row_mappers!(SqliteRow);
@@ -137,12 +138,10 @@ async fn insert_events(
     Ok((assigned, inserted))
 }
 
-#[async_trait]
-impl Store for SqliteStore {
+impl_store!(SqliteStore, Sqlite, "instr", {
     fn exclusive(&self) -> bool {
         true
     }
-
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (ids, inserted) = insert_events(&mut tx, &self.ids, batch).await?;
@@ -165,7 +164,6 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(out)
     }
-
     async fn begin(&self) -> Result<Box<dyn Tx>> {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteTx {
@@ -178,7 +176,6 @@ impl Store for SqliteStore {
             counters: HashMap::new(),
         }))
     }
-
     async fn pending_events(&self, after_id: i64, limit: i64) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(
             "SELECT * FROM events WHERE status = 'pending' AND id > $1 ORDER BY id LIMIT $2",
@@ -189,13 +186,11 @@ impl Store for SqliteStore {
         .await?;
         rows.iter().map(event_row).collect()
     }
-
     async fn next_timer_due(&self) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar("SELECT min(due_at) FROM timers")
             .fetch_one(&self.pool)
             .await?)
     }
-
     async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>> {
         let rows = sqlx::query(
             "SELECT id, run_id, kind, due_at, scenario, subject, key FROM timers WHERE due_at <= $1
@@ -207,288 +202,12 @@ impl Store for SqliteStore {
         .await?;
         Ok(rows.iter().map(timer_row).collect())
     }
-
     async fn open_outbox(&self) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query("SELECT * FROM outbox WHERE status = 'pending' ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(outbox_row).collect()
     }
-
-    async fn globals(&self) -> Result<Map<String, Json>> {
-        let rows = sqlx::query("SELECT name, value FROM globals")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.get::<String, _>("name"), parse_json(r.get("value"))?)))
-            .collect()
-    }
-
-    async fn schedule_last(&self, scenario: &str) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT last_fire FROM schedules WHERE scenario = $1")
-                .bind(scenario)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn set_schedule_last(&self, scenario: &str, at: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO schedules (scenario, last_fire) VALUES ($1, $2)
-             ON CONFLICT (scenario) DO UPDATE SET last_fire = excluded.last_fire",
-        )
-        .bind(scenario)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn event(&self, id: i64) -> Result<Option<EventRow>> {
-        sqlx::query("SELECT * FROM events WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(event_row)
-            .transpose()
-    }
-
-    async fn run(&self, id: i64) -> Result<Option<RunRow>> {
-        sqlx::query("SELECT * FROM runs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(run_row)
-            .transpose()
-    }
-
-    async fn recent_events(&self, limit: i64) -> Result<Vec<EventRow>> {
-        let rows = sqlx::query("SELECT * FROM events ORDER BY id DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(event_row).collect()
-    }
-
-    async fn runs_for_event(&self, event_id: i64) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query("SELECT * FROM runs WHERE event_id = $1 ORDER BY id")
-            .bind(event_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(run_row).collect()
-    }
-
-    async fn outbox_for_run(&self, run_id: i64) -> Result<Vec<OutboxRow>> {
-        let rows = sqlx::query("SELECT * FROM outbox WHERE run_id = $1 ORDER BY id")
-            .bind(run_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(outbox_row).collect()
-    }
-
-    async fn counts(&self) -> Result<Counts> {
-        let mut c = Counts {
-            events: sqlx::query_scalar("SELECT count(*) FROM events")
-                .fetch_one(&self.pool)
-                .await?,
-            timers: sqlx::query_scalar("SELECT count(*) FROM timers")
-                .fetch_one(&self.pool)
-                .await?,
-            waits: sqlx::query_scalar("SELECT count(*) FROM waits")
-                .fetch_one(&self.pool)
-                .await?,
-            ..Counts::default()
-        };
-        for r in sqlx::query("SELECT status, count(*) AS n FROM runs GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            c.runs_by_status.insert(r.get("status"), r.get("n"));
-        }
-        for r in sqlx::query("SELECT status, count(*) AS n FROM outbox GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            c.outbox_by_status.insert(r.get("status"), r.get("n"));
-        }
-        Ok(c)
-    }
-
-    async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunSummary>> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT id, scenario, subject, status, pc, event_id, error, created_at, updated_at
-             FROM runs WHERE 1 = 1",
-        );
-        if let Some(s) = &f.scenario {
-            q.push(" AND scenario = ").push_bind(s.clone());
-        }
-        if let Some(s) = f.status {
-            q.push(" AND status = ").push_bind(s.as_str());
-        }
-        if let Some(t) = f.from {
-            q.push(" AND created_at >= ").push_bind(t);
-        }
-        if let Some(t) = f.to {
-            q.push(" AND created_at < ").push_bind(t);
-        }
-        if let Some(b) = f.before {
-            q.push(" AND id < ").push_bind(b);
-        }
-        if let Some(text) = &f.q {
-            q.push(" AND (instr(event, ").push_bind(text.clone());
-            q.push(") > 0 OR instr(subject, ").push_bind(text.clone());
-            q.push(") > 0)");
-        }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(summary_row).collect()
-    }
-
-    async fn list_events(&self, f: &EventFilter) -> Result<Vec<EventRow>> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM events WHERE 1 = 1");
-        if let Some(s) = &f.source {
-            q.push(" AND source = ").push_bind(s.clone());
-        }
-        if let Some(s) = &f.status {
-            q.push(" AND status = ").push_bind(s.clone());
-        }
-        if let Some(b) = f.before {
-            q.push(" AND id < ").push_bind(b);
-        }
-        if let Some(text) = &f.q {
-            q.push(" AND instr(data, ")
-                .push_bind(text.clone())
-                .push(") > 0");
-        }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(f.limit);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(event_row).collect()
-    }
-
-    async fn scenario_stats(&self) -> Result<Vec<ScenarioStats>> {
-        let mut by: std::collections::BTreeMap<String, ScenarioStats> = Default::default();
-        for r in sqlx::query(
-            "SELECT scenario, status, count(*) AS n FROM runs GROUP BY scenario, status",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let scenario: String = r.get("scenario");
-            let n: i64 = r.get("n");
-            let e = by.entry(scenario.clone()).or_insert_with(|| ScenarioStats {
-                scenario,
-                ..Default::default()
-            });
-            e.started += n;
-            match RunStatus::parse(r.get("status")) {
-                Some(RunStatus::Done) => e.done += n,
-                Some(RunStatus::Failed) => e.failed += n,
-                Some(RunStatus::Cancelled) => e.cancelled += n,
-                _ => e.active += n,
-            }
-        }
-        for r in sqlx::query("SELECT scenario, limited, last_fired FROM scenario_counters")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let scenario: String = r.get("scenario");
-            let e = by.entry(scenario.clone()).or_insert_with(|| ScenarioStats {
-                scenario,
-                ..Default::default()
-            });
-            e.limited = r.get("limited");
-            e.last_fired = r.get("last_fired");
-        }
-        Ok(by.into_values().collect())
-    }
-
-    async fn list_timers(&self, limit: i64) -> Result<Vec<TimerRow>> {
-        let rows = sqlx::query("SELECT * FROM timers ORDER BY due_at, id LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(timer_row).collect())
-    }
-
-    async fn list_waits(&self, limit: i64) -> Result<Vec<WaitRow>> {
-        let rows = sqlx::query("SELECT * FROM waits ORDER BY id LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| WaitRow {
-                id: r.get("id"),
-                run_id: r.get("run_id"),
-                hook: r.get("hook"),
-                scenario: r.get("scenario"),
-                step: r.get("step"),
-                match_key: r.get("match_key"),
-                created_at: r.get("created_at"),
-            })
-            .collect())
-    }
-
-    async fn outbox(&self, id: i64) -> Result<Option<OutboxRow>> {
-        sqlx::query("SELECT * FROM outbox WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(outbox_row)
-            .transpose()
-    }
-
-    async fn scenario_states(&self) -> Result<Vec<(String, bool)>> {
-        let rows = sqlx::query("SELECT scenario, enabled FROM scenario_state")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get("scenario"), r.get::<i64, _>("enabled") != 0))
-            .collect())
-    }
-
-    async fn setting(&self, name: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn setting_or_put(&self, name: &str, value: &str) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
-        Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO settings (name, value) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn prune(&self, before: i64, limit: i64) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let runs: Vec<i64> = sqlx::query_scalar(
@@ -534,12 +253,7 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(n)
     }
-
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-}
+});
 
 /// A write transaction. Frequent writes (run states, finished events, new and finished
 /// outbox rows) are kept until a read needs them or the commit, then written with one
@@ -666,17 +380,10 @@ impl SqliteTx {
     }
 }
 
-#[async_trait]
-impl Tx for SqliteTx {
+impl_tx!(SqliteTx, {
     async fn new_run_id(&mut self) -> Result<i64> {
         Ok(self.ids.run.fetch_add(1, Ordering::Relaxed))
     }
-
-    async fn save_run(&mut self, run: &RunRow) -> Result<()> {
-        self.runs.insert(run.id, SavedRun::new(run));
-        Ok(())
-    }
-
     async fn load_run(&mut self, id: i64) -> Result<Option<RunRow>> {
         if let Some(r) = self.runs.get(&id) {
             return r.row().map(Some);
@@ -689,7 +396,6 @@ impl Tx for SqliteTx {
             .map(run_row)
             .transpose()
     }
-
     async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool> {
         self.flush_runs().await?;
         let n: Option<i64> = sqlx::query_scalar(
@@ -702,100 +408,16 @@ impl Tx for SqliteTx {
         .await?;
         Ok(n.is_some())
     }
-
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>> {
         let (ids, inserted) =
             insert_events(&mut self.tx, &self.ids, std::slice::from_ref(ev)).await?;
         Ok(ids.into_iter().find(|id| inserted.contains(id)))
     }
-
-    async fn finish_event(
-        &mut self,
-        id: i64,
-        status: &str,
-        outcome: &Json,
-        now: i64,
-    ) -> Result<()> {
-        self.finished_events.push(FinishedEvent {
-            id,
-            status: status.to_string(),
-            outcome: outcome.to_string(),
-            now,
-        });
-        Ok(())
-    }
-
     async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64> {
         let id = self.ids.outbox.fetch_add(1, Ordering::Relaxed);
         self.new_outbox.push((id, row.clone()));
         Ok(id)
     }
-
-    async fn outbox_attempt(
-        &mut self,
-        id: i64,
-        attempts: i64,
-        next_at: i64,
-        error: &str,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = $1, next_attempt_at = $2, last_error = $3,
-             updated_at = $4 WHERE id = $5 AND status = 'pending'",
-        )
-        .bind(attempts)
-        .bind(next_at)
-        .bind(error)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn outbox_finish(
-        &mut self,
-        id: i64,
-        status: &str,
-        attempts: i64,
-        response: Option<&Json>,
-        error: Option<&str>,
-        now: i64,
-    ) -> Result<()> {
-        self.finished_outbox.push(FinishedOutbox {
-            id,
-            status: status.to_string(),
-            attempts,
-            response: response.map(|r| r.to_string()),
-            error: error.map(str::to_string),
-            now,
-        });
-        Ok(())
-    }
-
-    async fn insert_timer(&mut self, t: &NewTimer) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO timers (run_id, kind, due_at, scenario, subject, key)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(t.run_id)
-        .bind(&t.kind)
-        .bind(t.due_at)
-        .bind(&t.scenario)
-        .bind(&t.subject)
-        .bind(&t.key)
-        .fetch_one(&mut *self.tx)
-        .await?)
-    }
-
-    async fn delete_timer(&mut self, id: i64) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM timers WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
     async fn take_keyed_timers(
         &mut self,
         scenario: &str,
@@ -812,89 +434,6 @@ impl Tx for SqliteTx {
         .fetch_all(&mut *self.tx)
         .await?)
     }
-
-    async fn parked_runs(&mut self, scenario: &str, subject: Option<&str>) -> Result<Vec<i64>> {
-        self.flush_runs().await?;
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM runs WHERE scenario = $1 AND ($2 IS NULL OR subject = $2)
-             AND status IN ('waiting', 'sleeping') ORDER BY id",
-        )
-        .bind(scenario)
-        .bind(subject)
-        .fetch_all(&mut *self.tx)
-        .await?)
-    }
-
-    async fn clear_parks(&mut self, run_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM timers WHERE run_id = $1")
-            .bind(run_id)
-            .execute(&mut *self.tx)
-            .await?;
-        sqlx::query("DELETE FROM waits WHERE run_id = $1")
-            .bind(run_id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn insert_wait(&mut self, w: &NewWait) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO waits (run_id, hook, scenario, step, match_key, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(w.run_id)
-        .bind(&w.hook)
-        .bind(&w.scenario)
-        .bind(w.step)
-        .bind(&w.match_key)
-        .bind(w.now)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn find_waits(
-        &mut self,
-        hook: &str,
-        scenario: &str,
-        step: i64,
-        match_key: &str,
-    ) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT run_id FROM waits WHERE hook = $1 AND scenario = $2 AND step = $3
-             AND match_key = $4 ORDER BY id LIMIT 16",
-        )
-        .bind(hook)
-        .bind(scenario)
-        .bind(step)
-        .bind(match_key)
-        .fetch_all(&mut *self.tx)
-        .await?)
-    }
-
-    async fn insert_offer(
-        &mut self,
-        run_id: i64,
-        step: i64,
-        channel: &str,
-        chat_id: &str,
-        text: &str,
-        now: i64,
-    ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO offers (run_id, step, channel, chat_id, text, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, 'open', $6) RETURNING id",
-        )
-        .bind(run_id)
-        .bind(step)
-        .bind(channel)
-        .bind(chat_id)
-        .bind(text)
-        .bind(now)
-        .fetch_one(&mut *self.tx)
-        .await?)
-    }
-
     async fn load_offer(&mut self, id: i64) -> Result<Option<OfferRow>> {
         sqlx::query("SELECT * FROM offers WHERE id = $1")
             .bind(id)
@@ -904,27 +443,6 @@ impl Tx for SqliteTx {
             .map(offer_row)
             .transpose()
     }
-
-    async fn claim_offer(&mut self, id: i64, winner: &Json) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE offers SET status = 'taken', winner = $2 WHERE id = $1 AND status = 'open'",
-        )
-        .bind(id)
-        .bind(winner.to_string())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    async fn expire_offer(&mut self, id: i64) -> Result<bool> {
-        let r =
-            sqlx::query("UPDATE offers SET status = 'expired' WHERE id = $1 AND status = 'open'")
-                .bind(id)
-                .execute(&mut *self.tx)
-                .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
     async fn exclude_from_offer(&mut self, id: i64, user: &str) -> Result<()> {
         sqlx::query("UPDATE offers SET excluded = json_insert(excluded, '$[#]', $2) WHERE id = $1")
             .bind(id)
@@ -933,38 +451,6 @@ impl Tx for SqliteTx {
             .await?;
         Ok(())
     }
-
-    async fn set_offer_message(&mut self, id: i64, message_id: i64) -> Result<()> {
-        sqlx::query("UPDATE offers SET message_id = $2 WHERE id = $1")
-            .bind(id)
-            .bind(message_id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn open_offer_of(&mut self, run_id: i64) -> Result<Option<OfferRow>> {
-        sqlx::query(
-            "SELECT * FROM offers WHERE run_id = $1 AND status = 'open' ORDER BY id DESC LIMIT 1",
-        )
-        .bind(run_id)
-        .fetch_optional(&mut *self.tx)
-        .await?
-        .as_ref()
-        .map(offer_row)
-        .transpose()
-    }
-
-    async fn find_waits_any(&mut self, hook: &str, match_key: &str) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT run_id FROM waits WHERE hook = $1 AND match_key = $2 ORDER BY id LIMIT 16",
-        )
-        .bind(hook)
-        .bind(match_key)
-        .fetch_all(&mut *self.tx)
-        .await?)
-    }
-
     async fn subject_limit(
         &mut self,
         scenario: &str,
@@ -984,29 +470,6 @@ impl Tx for SqliteTx {
             window_count: r.get("window_count"),
         }))
     }
-
-    async fn put_subject_limit(
-        &mut self,
-        scenario: &str,
-        subject: &str,
-        l: &SubjectLimit,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO subject_limits (scenario, subject, total, window_start, window_count)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (scenario, subject) DO UPDATE SET total = excluded.total,
-                window_start = excluded.window_start, window_count = excluded.window_count",
-        )
-        .bind(scenario)
-        .bind(subject)
-        .bind(l.total)
-        .bind(l.window_start)
-        .bind(l.window_count)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     async fn subject_vars(&mut self, subject: &str) -> Result<Map<String, Json>> {
         let v: Option<String> =
             sqlx::query_scalar("SELECT vars FROM subject_vars WHERE subject = $1")
@@ -1018,65 +481,6 @@ impl Tx for SqliteTx {
             _ => Map::new(),
         })
     }
-
-    async fn put_subject_vars(&mut self, subject: &str, vars: &Map<String, Json>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO subject_vars (subject, vars) VALUES ($1, $2)
-             ON CONFLICT (subject) DO UPDATE SET vars = excluded.vars",
-        )
-        .bind(subject)
-        .bind(Json::Object(vars.clone()).to_string())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn put_global(&mut self, name: &str, value: &Json, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO globals (name, value, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value,
-                updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(value.to_string())
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn delete_global(&mut self, name: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM globals WHERE name = $1")
-            .bind(name)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    async fn bump_counter(&mut self, scenario: &str, limited: bool, now: i64) -> Result<()> {
-        let e = self.counters.entry(scenario.to_string()).or_default();
-        if limited {
-            e.0 += 1;
-        } else {
-            e.1 = Some(now);
-        }
-        Ok(())
-    }
-
-    async fn set_enabled(&mut self, scenario: &str, enabled: bool, now: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO scenario_state (scenario, enabled, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (scenario) DO UPDATE SET enabled = excluded.enabled,
-                updated_at = excluded.updated_at",
-        )
-        .bind(scenario)
-        .bind(enabled as i64)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     async fn reset_outbox(&mut self, id: i64, now: i64) -> Result<Option<OutboxRow>> {
         self.flush().await?;
         sqlx::query(
@@ -1092,22 +496,4 @@ impl Tx for SqliteTx {
         .map(outbox_row)
         .transpose()
     }
-
-    async fn last_outbox_of(&mut self, run_id: i64, step: i64) -> Result<Option<OutboxRow>> {
-        self.flush().await?;
-        sqlx::query("SELECT * FROM outbox WHERE run_id = $1 AND step = $2 ORDER BY id DESC LIMIT 1")
-            .bind(run_id)
-            .bind(step)
-            .fetch_optional(&mut *self.tx)
-            .await?
-            .as_ref()
-            .map(outbox_row)
-            .transpose()
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.flush().await?;
-        self.tx.commit().await?;
-        Ok(())
-    }
-}
+});

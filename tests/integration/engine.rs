@@ -325,6 +325,7 @@ async fn a_schedule_fires_on_its_cron_times() {
 
 #[tokio::test]
 async fn a_burst_for_one_scenario_does_not_hold_back_another() {
+    let _heavy = HEAVY.lock().await;
     let cfg = ConfigDir::with(&[
         ("busy.toml", "id = \"busy\"\non = { webhook = \"busy\" }\n[[step]]\nset = { \"run.x\" = \"event.n * 2\" }\n"),
         ("quiet.toml", "id = \"quiet\"\non = { webhook = \"quiet\" }\n[[step]]\nstop = true\n"),

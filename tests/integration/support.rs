@@ -80,6 +80,10 @@ impl ConfigDir {
     }
 }
 
+/// Tests that load the machine on purpose (several gateway processes, thousands of events)
+/// take this first, so that they run one at a time and leave the other tests time to run.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub struct TestApp {
