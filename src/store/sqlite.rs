@@ -24,6 +24,8 @@ row_mappers!(SqliteRow);
 pub struct SqliteStore {
     pool: SqlitePool,
     ids: Arc<Ids>,
+    /// The owner of queued rows: always this process.
+    me: Arc<str>,
 }
 
 /// Row ids handed out in memory: this process is the file's only writer, and knowing an id
@@ -91,6 +93,7 @@ impl SqliteStore {
                 event: take(),
                 outbox: take(),
             }),
+            me: "local".into(),
         })
     }
 
@@ -169,6 +172,7 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         Ok(Box::new(SqliteTx {
             tx,
             ids: self.ids.clone(),
+            me: self.me.clone(),
             runs: HashMap::new(),
             finished_events: Vec::new(),
             new_outbox: Vec::new(),
@@ -261,6 +265,7 @@ impl_store!(SqliteStore, Sqlite, "instr", {
 struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
     ids: Arc<Ids>,
+    me: Arc<str>,
     runs: HashMap<i64, SavedRun>,
     finished_events: Vec<FinishedEvent>,
     new_outbox: Vec<(i64, NewOutbox)>,
@@ -269,118 +274,7 @@ struct SqliteTx {
     counters: HashMap<String, (i64, Option<i64>)>,
 }
 
-impl SqliteTx {
-    async fn flush_runs(&mut self) -> Result<()> {
-        if self.runs.is_empty() {
-            return Ok(());
-        }
-        let runs: Vec<SavedRun> = self.runs.drain().map(|(_, r)| r).collect();
-        for chunk in chunks(&runs) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
-                                   depth, error, created_at, updated_at) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.id)
-                    .push_bind(r.scenario.clone())
-                    .push_bind(r.subject.clone())
-                    .push_bind(r.status.as_str())
-                    .push_bind(r.pc)
-                    .push_bind(r.vars.clone())
-                    .push_bind(r.journal.clone())
-                    .push_bind(r.event_id)
-                    .push_bind(r.event.clone())
-                    .push_bind(r.depth)
-                    .push_bind(r.error.clone())
-                    .push_bind(r.created_at)
-                    .push_bind(r.updated_at);
-            });
-            q.push(
-                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, pc = excluded.pc,
-                   vars = excluded.vars, journal = excluded.journal, error = excluded.error,
-                   updated_at = excluded.updated_at",
-            );
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        let new_outbox = std::mem::take(&mut self.new_outbox);
-        for chunk in chunks(&new_outbox) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO outbox (id, run_id, step, kind, channel, request, status, attempts,
-                                     max_attempts, timeout_ms, next_attempt_at, resume,
-                                     created_at, updated_at) ",
-            );
-            q.push_values(chunk, |mut b, (id, o)| {
-                b.push_bind(*id)
-                    .push_bind(o.run_id)
-                    .push_bind(o.step)
-                    .push_bind(o.kind.clone())
-                    .push_bind(o.channel.clone())
-                    .push_bind(o.request.to_string())
-                    .push_bind("pending")
-                    .push_bind(0i64)
-                    .push_bind(o.max_attempts)
-                    .push_bind(o.timeout_ms)
-                    .push_bind(o.now)
-                    .push_bind(o.resume as i64)
-                    .push_bind(o.now)
-                    .push_bind(o.now);
-            });
-            q.build().execute(&mut *self.tx).await?;
-        }
-        self.flush_runs().await?;
-        let finished = std::mem::take(&mut self.finished_outbox);
-        for chunk in chunks(&finished) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "UPDATE outbox SET status = v.column2, attempts = v.column3, response = v.column4,
-                        last_error = v.column5, updated_at = v.column6 FROM (",
-            );
-            q.push_values(chunk, |mut b, f| {
-                b.push_bind(f.id)
-                    .push_bind(f.status.clone())
-                    .push_bind(f.attempts)
-                    .push_bind(f.response.clone())
-                    .push_bind(f.error.clone())
-                    .push_bind(f.now);
-            });
-            q.push(") AS v WHERE outbox.id = v.column1");
-            q.build().execute(&mut *self.tx).await?;
-        }
-        for (scenario, (limited, fired)) in std::mem::take(&mut self.counters) {
-            sqlx::query(
-                "INSERT INTO scenario_counters (scenario, limited, last_fired) VALUES ($1, $2, $3)
-                 ON CONFLICT (scenario) DO UPDATE SET limited = limited + excluded.limited,
-                    last_fired = coalesce(excluded.last_fired, last_fired)",
-            )
-            .bind(scenario)
-            .bind(limited)
-            .bind(fired)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        let events = std::mem::take(&mut self.finished_events);
-        for chunk in chunks(&events) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "UPDATE events SET status = v.column2, outcome = v.column3, processed_at = v.column4
-                 FROM (",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.id)
-                    .push_bind(e.status.clone())
-                    .push_bind(e.outcome.clone())
-                    .push_bind(e.now);
-            });
-            q.push(") AS v WHERE events.id = v.column1");
-            q.build().execute(&mut *self.tx).await?;
-        }
-        Ok(())
-    }
-}
-
-impl_tx!(SqliteTx, {
+impl_tx!(SqliteTx, Sqlite, {
     async fn new_run_id(&mut self) -> Result<i64> {
         Ok(self.ids.run.fetch_add(1, Ordering::Relaxed))
     }
