@@ -27,6 +27,14 @@ sleep = { for = "2s" }
 http = { post = "{{ event.url }}/woke/{{ event.n }}", attempts = 1000 }
 "#;
 
+const HOURLY: &str = r#"id = "hourly"
+on = { webhook = "hourly" }
+subject = "client:{{ event.client }}"
+limit = { per_subject = "1/1h" }
+[[step]]
+http = { post = "{{ event.url }}/hourly/{{ event.client }}/{{ event.n }}" }
+"#;
+
 const COUNT: &str = r#"id = "count"
 on = { webhook = "count" }
 subject = "client:{{ event.client }}"
@@ -124,6 +132,7 @@ async fn three_replicas_process_3000_webhooks_once_each() {
         ("push.toml", PUSH),
         ("once.toml", ONCE),
         ("count.toml", COUNT),
+        ("hourly.toml", HOURLY),
     ]);
     cfg.write("gateway.toml", GATEWAY);
     let gws = replicas(&cfg, &db, 3).await;
@@ -136,6 +145,11 @@ async fn three_replicas_process_3000_webhooks_once_each() {
         .map(|n| json!({"url": url, "client": n % 3, "n": n}))
         .collect();
     post_spread(urls.clone(), "once", once).await;
+    // "Once per hour" likewise.
+    let hourly = (0..60)
+        .map(|n| json!({"url": url, "client": n % 3, "n": n}))
+        .collect();
+    post_spread(urls.clone(), "hourly", hourly).await;
     // Read-modify-write of a global and of subject variables from three replicas at once.
     let count = (0..300).map(|n| json!({"client": n % 2})).collect();
     post_spread(urls, "count", count).await;
@@ -144,7 +158,8 @@ async fn three_replicas_process_3000_webhooks_once_each() {
         let d = delivered(&sink);
         let push = d.keys().filter(|p| p.starts_with("/push/")).count();
         let once = d.keys().filter(|p| p.starts_with("/once/")).count();
-        (push == 3000 && once >= 3).then_some(d)
+        let hourly = d.keys().filter(|p| p.starts_with("/hourly/")).count();
+        (push == 3000 && once >= 3 && hourly >= 3).then_some(d)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -153,6 +168,8 @@ async fn three_replicas_process_3000_webhooks_once_each() {
     assert!(d.values().all(|n| *n == 1), "a request was delivered twice");
     let once: Vec<_> = d.keys().filter(|p| p.starts_with("/once/")).collect();
     assert_eq!(once.len(), 3, "one run per client: {once:?}");
+    let hourly: Vec<_> = d.keys().filter(|p| p.starts_with("/hourly/")).collect();
+    assert_eq!(hourly.len(), 3, "one run per client and hour: {hourly:?}");
 
     let db = pool(&db).await;
     // Responses are committed a moment after the sink saw the requests.

@@ -58,6 +58,7 @@ both!(
     limits_variables_and_settings,
     prune_keeps_what_is_live,
     one_claim_wins_under_contention,
+    read_modify_write_of_a_subject_waits_for_the_writer,
 );
 
 fn event(key: Option<&str>, n: i64) -> NewEvent {
@@ -589,4 +590,60 @@ async fn postgres_send_slots_keep_the_pace_across_replicas() {
     // (Eight sends reserved at 10 ms each hold the bot for about 80 ms; chat 42 is booked
     // for 700 ms.)
     assert!(other <= 150, "waited {other} ms");
+}
+
+/// A second transaction reading a subject's limit and variables waits until the first one,
+/// which read and wrote them, has committed, then sees what it wrote (on SQLite the write
+/// transactions themselves take turns; on PostgreSQL a lock per scenario and subject).
+async fn read_modify_write_of_a_subject_waits_for_the_writer(s: Arc<dyn Store>) {
+    let mut first = s.begin().await.unwrap();
+    assert!(first
+        .subject_limit("once", "client:1")
+        .await
+        .unwrap()
+        .is_none());
+    let mut vars = first.subject_vars("client:1").await.unwrap();
+    vars.insert("visits".into(), json!(1));
+    first.put_subject_vars("client:1", &vars).await.unwrap();
+    let l = SubjectLimit {
+        total: 1,
+        window_start: 0,
+        window_count: 1,
+    };
+    first
+        .put_subject_limit("once", "client:1", &l)
+        .await
+        .unwrap();
+
+    let s2 = s.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = s2.begin().await.unwrap();
+        let limit = tx.subject_limit("once", "client:1").await.unwrap();
+        let vars = tx.subject_vars("client:1").await.unwrap();
+        tx.commit().await.unwrap();
+        (limit.map(|l| l.total), vars.get("visits").cloned())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second read did not wait");
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap(), (Some(1), Some(json!(1))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_global_write_waits_for_the_previous_writer() {
+    let (s, _url) = postgres().await;
+    let mut first = s.begin().await.unwrap();
+    assert_eq!(first.lock_globals().await.unwrap(), Some(Map::new()));
+    first.put_global("seen", &json!(1), 1).await.unwrap();
+    let s2 = s.clone();
+    let second = tokio::spawn(async move {
+        let mut tx = s2.begin().await.unwrap();
+        let globals = tx.lock_globals().await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        globals
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second writer did not wait");
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap()["seen"], 1);
 }
