@@ -246,7 +246,7 @@ where
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "condition not reached within 20 s"
+            "condition not reached within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
