@@ -726,7 +726,7 @@ fn compile_scenario(
         return None;
     }
     let uses_subject_vars = uses_subject_vars(cx.text);
-    Some(Scenario::new(
+    let mut scenario = Scenario::new(
         id,
         cx.file.to_path_buf(),
         raw.description.clone(),
@@ -737,7 +737,9 @@ fn compile_scenario(
         limit,
         steps,
         uses_subject_vars,
-    ))
+    );
+    scenario.uses_globals = cx.text.contains("global.");
+    Some(scenario)
 }
 
 /// A string is an expression; other TOML values are literal.

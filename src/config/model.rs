@@ -228,6 +228,8 @@ pub struct Scenario {
     pub limit: Limits,
     pub steps: Vec<Step>,
     pub uses_subject_vars: bool,
+    /// Whether the file mentions `global.` at all (true unless known otherwise).
+    pub uses_globals: bool,
 }
 
 impl Scenario {
@@ -258,6 +260,7 @@ impl Scenario {
             limit,
             steps,
             uses_subject_vars,
+            uses_globals: true,
         }
     }
 

@@ -160,6 +160,8 @@ pub struct Engine {
     cache_runs: bool,
     /// Whether this batch holds the globals' lock (replicas: a write re-reads them first).
     globals_locked: bool,
+    /// Whether any scenario reads or writes globals (else nothing re-reads them per batch).
+    uses_globals: bool,
     step_histograms: HashMap<&'static str, metrics::Histogram>,
 }
 
@@ -177,6 +179,7 @@ impl Engine {
         public_url: String,
     ) -> Result<Engine, StoreError> {
         let globals = store.globals().await?;
+        let uses_globals = cfg.scenarios.iter().any(|s| s.uses_globals);
         Ok(Engine {
             cfg,
             clock,
@@ -189,6 +192,7 @@ impl Engine {
             step_histograms: HashMap::new(),
             cache_runs: store.exclusive(),
             globals_locked: false,
+            uses_globals,
             store,
         })
     }
@@ -261,7 +265,7 @@ impl Engine {
     }
 
     pub(crate) async fn process(&mut self, batch: &[Work]) -> Result<(), StoreError> {
-        if !self.cache_runs {
+        if !self.cache_runs && self.uses_globals {
             // Other replicas may have changed them.
             self.globals = self.store.globals().await?;
         }
