@@ -375,7 +375,8 @@ impl Gateway {
     pub async fn start_on(cfg: &ConfigDir, database: &str) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
-        let child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .args([
                 "run",
                 "--config",
@@ -392,9 +393,16 @@ impl Gateway {
                 ADMIN_TOKEN,
             ])
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::null());
+        // SAFETY: prctl only sets the child's parent-death signal between fork and exec, so
+        // that a gateway never outlives a test process that was killed.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         eventually(|| async {
