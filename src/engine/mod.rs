@@ -825,7 +825,7 @@ impl Engine {
         };
         if let (Some(offer), Some(r)) = (d.offer_id, &response) {
             if let Some(m) = r["message_id"].as_i64() {
-                tx.set_offer_message(offer, m).await?;
+                self.offer_message_known(tx, offer, m, after).await?;
             }
         }
         let (true, Some(run_id)) = (d.resume, d.run_id) else {

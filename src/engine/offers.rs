@@ -293,6 +293,41 @@ impl Engine {
         .await
     }
 
+    /// Records the offer message's id. An offer closed before the id was known (its timeout
+    /// or a click came first) missed its edit: make it now.
+    pub(super) async fn offer_message_known(
+        &mut self,
+        tx: &mut dyn Tx,
+        offer_id: i64,
+        message_id: i64,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        tx.set_offer_message(offer_id, message_id).await?;
+        let Some(offer) = tx.load_offer(offer_id).await? else {
+            return Ok(());
+        };
+        let text = match offer.status.as_str() {
+            "expired" => format!("{}\n\n⌛", offer.text),
+            "taken" => {
+                let Some(run) = tx.load_run(offer.run_id).await? else {
+                    return Ok(());
+                };
+                let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+                    return Ok(());
+                };
+                let Some(Action::Offer(spec)) =
+                    sc.steps.get(offer.step as usize).map(|s| &s.action)
+                else {
+                    return Ok(());
+                };
+                let claim = offer.winner.clone().unwrap_or(Json::Null);
+                self.taken_text(spec, &offer, &claim, &run)
+            }
+            _ => return Ok(()),
+        };
+        self.edit_offer(tx, &offer, text, after).await
+    }
+
     /// The offer's timeout: closes it (buttons removed) unless someone won meanwhile.
     pub(super) async fn expire_offer(
         &mut self,
