@@ -820,3 +820,27 @@ send = { to = "tg:{{ event.chat.id }}", template = "quoted", reply_to = "{{ even
         quoted.params
     );
 }
+
+#[tokio::test]
+async fn an_offer_that_times_out_before_its_message_is_sent_is_closed_once_it_is() {
+    let fake = FakeTelegram::start().await;
+    let (_cfg, t) = offer_app(&fake, "\"any\"", "").await;
+    // The offer's first send is refused with retry_after = 2 s; its time runs out meanwhile.
+    fake.throttle_next(-500, 2);
+    let (_, b) = t.post("deal", json!({"id": 9})).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    fake.wait_for("sendMessage", 1).await;
+    t.advance(Duration::from_secs(11 * 60));
+    let done = t.finished(run).await;
+    assert_eq!(done.vars["claim"]["timed_out"], true);
+    // Once the message goes out and its id is known, the buttons are taken away.
+    let edits = fake.wait_for("editMessageText", 1).await;
+    assert_eq!(edits[0].params["text"], "New deal <b>9</b>\n\n⌛");
+    let sent = fake.calls("sendMessage");
+    let offers: Vec<_> = sent
+        .iter()
+        .filter(|c| c.params["chat_id"] == -500)
+        .collect();
+    assert_eq!(offers.len(), 2, "refused once, then sent");
+    assert!(edits[0].params["message_id"].as_i64().is_some());
+}
