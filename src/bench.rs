@@ -359,9 +359,20 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
     if o.parked > 0 {
         let before = rss();
         fire(&target, "park", 0, o.parked, 0).await?;
+        // Counted straight from the database, without joining as a replica: on PostgreSQL
+        // through the bench's own connection, on SQLite through one opened for this.
+        const WAITS: &str = "SELECT count(*) FROM waits";
+        let sqlite = match &pg {
+            Some(_) => None,
+            None => Some(sqlx::SqlitePool::connect(&database).await?),
+        };
         let until = Instant::now() + Duration::from_secs(600);
         loop {
-            let waits = count_waits(&database).await?;
+            let waits: i64 = match (&pg, &sqlite) {
+                (Some(pg), _) => sqlx::query_scalar(WAITS).fetch_one(&pg.db).await?,
+                (None, Some(db)) => sqlx::query_scalar(WAITS).fetch_one(db).await?,
+                (None, None) => unreachable!("one of the two is open"),
+            };
             if waits as usize >= o.parked {
                 break;
             }
@@ -385,22 +396,6 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
         pg.drop_database().await?;
     }
     Ok(out)
-}
-
-/// Runs parked in `wait`, read straight from the database (without joining as a replica).
-async fn count_waits(database: &str) -> anyhow::Result<i64> {
-    const SQL: &str = "SELECT count(*) FROM waits";
-    Ok(if database.starts_with("postgres") {
-        let db = sqlx::PgPool::connect(database).await?;
-        let n = sqlx::query_scalar(SQL).fetch_one(&db).await?;
-        db.close().await;
-        n
-    } else {
-        let db = sqlx::SqlitePool::connect(database).await?;
-        let n = sqlx::query_scalar(SQL).fetch_one(&db).await?;
-        db.close().await;
-        n
-    })
 }
 
 /// The bench's own database on a PostgreSQL server, and the server's counters for it.

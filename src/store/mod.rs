@@ -28,8 +28,6 @@ pub enum StoreError {
     Unsupported(String),
     #[error("this replica was presumed dead and its work handed to others")]
     Fenced,
-    #[error("{0}")]
-    Other(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -161,10 +161,6 @@ impl PgStore {
         Ok(())
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn begin_fenced(&self) -> Result<Transaction<'static, Postgres>> {
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, &self.me).await?;

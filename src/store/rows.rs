@@ -13,6 +13,10 @@ pub(super) fn opt_json(s: Option<String>) -> Result<Option<Json>> {
     s.map(|s| parse_json(&s)).transpose()
 }
 
+pub(super) fn run_status(s: &str) -> Result<RunStatus> {
+    RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("run status '{s}'")))
+}
+
 /// Defines `event_row`, `run_row`, `timer_row`, `summary_row`, `offer_row` and `outbox_row`
 /// for a driver's row type; both schemas name and type the columns alike.
 macro_rules! row_mappers {
@@ -32,7 +36,6 @@ macro_rules! row_mappers {
         }
 
         fn run_row(r: &$row) -> Result<RunRow> {
-            let status: String = r.get("status");
             let vars = match parse_json(r.get("vars"))? {
                 Json::Object(m) => m,
                 _ => Map::new(),
@@ -45,8 +48,7 @@ macro_rules! row_mappers {
                 id: r.get("id"),
                 scenario: r.get("scenario"),
                 subject: r.get("subject"),
-                status: RunStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("run status '{status}'")))?,
+                status: run_status(r.get("status"))?,
                 pc: r.get("pc"),
                 vars,
                 journal,
@@ -72,13 +74,11 @@ macro_rules! row_mappers {
         }
 
         fn summary_row(r: &$row) -> Result<RunSummary> {
-            let status: String = r.get("status");
             Ok(RunSummary {
                 id: r.get("id"),
                 scenario: r.get("scenario"),
                 subject: r.get("subject"),
-                status: RunStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("run status '{status}'")))?,
+                status: run_status(r.get("status"))?,
                 pc: r.get("pc"),
                 event_id: r.get("event_id"),
                 error: r.get("error"),

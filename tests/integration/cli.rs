@@ -166,3 +166,46 @@ fn migrate_creates_the_database() {
     assert!(out.contains("schema is up to date"));
     assert!(db.exists());
 }
+
+#[tokio::test]
+async fn migrate_and_journal_work_on_postgres_without_leaving_a_replica_behind() {
+    let db = crate::pg::fresh_db().await;
+    let url = db.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run(&["migrate", "--database", &url]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("schema is up to date"));
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables
+         WHERE table_name IN ('events', 'runs', 'outbox', 'replicas', 'leases', 'send_slots')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 6);
+
+    let url = db.clone();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || run(&["journal", "--database", &url, "--last", "5"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    // A reader is not a replica: nobody has to take over from it later.
+    let replicas: i64 = sqlx::query_scalar("SELECT count(*) FROM replicas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(replicas, 0);
+
+    // A server that is not there: a clear error, no panic.
+    let (code, _, err) = tokio::task::spawn_blocking(|| {
+        run(&["migrate", "--database", "postgres://nobody@127.0.0.1:1/x"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "a failure, not a config problem (1)");
+    assert!(err.contains("Connection refused"), "{err}");
+}
