@@ -170,6 +170,19 @@ impl I18n {
         id: &str,
         args: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String, String> {
+        self.render_with(lang, id, args, &|s| s.to_owned())
+    }
+
+    /// Like [`I18n::render`], but every non-numeric argument goes through `escape` first, so a
+    /// value such as `R&D <Ltd>` can be escaped for a channel's markup while the markup the
+    /// operator wrote in the `.ftl` text stays markup. Numbers stay numbers for Fluent.
+    pub fn render_with(
+        &self,
+        lang: &str,
+        id: &str,
+        args: &serde_json::Map<String, serde_json::Value>,
+        escape: &dyn Fn(&str) -> String,
+    ) -> Result<String, String> {
         let bundle = self
             .bundles
             .get(lang)
@@ -181,17 +194,7 @@ impl I18n {
         let pattern = msg
             .value()
             .ok_or_else(|| format!("message '{id}' has no value"))?;
-        let mut fargs = FluentArgs::new();
-        for (k, v) in args {
-            let fv = match v {
-                serde_json::Value::Number(n) => FluentValue::from(n.as_f64().unwrap_or(0.0)),
-                serde_json::Value::String(s) => FluentValue::from(s.clone()),
-                serde_json::Value::Bool(b) => FluentValue::from(b.to_string()),
-                serde_json::Value::Null => continue,
-                other => FluentValue::from(other.to_string()),
-            };
-            fargs.set(k.clone(), fv);
-        }
+        let fargs = fluent_args(args, escape);
         let mut errors = Vec::new();
         let out = bundle.format_pattern(pattern, Some(&fargs), &mut errors);
         if let Some(e) = errors.first() {
@@ -199,6 +202,26 @@ impl I18n {
         }
         Ok(out.into_owned())
     }
+}
+
+/// JSON arguments as Fluent arguments: numbers stay numbers, everything else becomes a string
+/// passed through `escape`; nulls are left out, so the message shows the missing variable.
+fn fluent_args(
+    args: &serde_json::Map<String, serde_json::Value>,
+    escape: &dyn Fn(&str) -> String,
+) -> FluentArgs<'static> {
+    let mut fargs = FluentArgs::new();
+    for (k, v) in args {
+        let fv = match v {
+            serde_json::Value::Number(n) => FluentValue::from(n.as_f64().unwrap_or(0.0)),
+            serde_json::Value::String(s) => FluentValue::from(escape(s)),
+            serde_json::Value::Bool(b) => FluentValue::from(escape(&b.to_string())),
+            serde_json::Value::Null => continue,
+            other => FluentValue::from(escape(&other.to_string())),
+        };
+        fargs.set(k.clone(), fv);
+    }
+    fargs
 }
 
 #[cfg(test)]
@@ -248,5 +271,41 @@ mod tests {
         let (_d, i) = sample();
         assert_eq!(i.missing_in("only-en"), vec!["ru"]);
         assert!(i.missing_in("hello").is_empty());
+    }
+
+    #[test]
+    fn render_with_escapes_values_but_not_the_operators_markup() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("en")).unwrap();
+        std::fs::write(
+            dir.path().join("en").join("main.ftl"),
+            "deal = <b>{ $title }</b>: { $count ->\n    [one] one seat\n   *[other] { $count } seats\n}\n",
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        let i = I18n::load(dir.path(), "en", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let html = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let mut args = serde_json::Map::new();
+        args.insert("title".into(), "R&D <Ltd>".into());
+        args.insert("count".into(), 1.into());
+        assert_eq!(
+            i.render_with("en", "deal", &args, &html).unwrap(),
+            "<b>R&amp;D &lt;Ltd&gt;</b>: one seat"
+        );
+        args.insert("count".into(), 1500.into());
+        assert_eq!(
+            i.render_with("en", "deal", &args, &html).unwrap(),
+            "<b>R&amp;D &lt;Ltd&gt;</b>: 1500 seats"
+        );
+        // Plain `render` is the same path with no escaping.
+        assert_eq!(
+            i.render("en", "deal", &args).unwrap(),
+            "<b>R&D <Ltd></b>: 1500 seats"
+        );
     }
 }
