@@ -9,9 +9,11 @@ use unic_langid::LanguageIdentifier;
 
 use crate::config::{ConfigError, Position};
 
+type Bundle = FluentBundle<FluentResource>;
+
 pub struct I18n {
     default: String,
-    bundles: BTreeMap<String, FluentBundle<FluentResource>>,
+    bundles: BTreeMap<String, Bundle>,
 }
 
 impl I18n {
@@ -91,17 +93,10 @@ impl I18n {
 
     /// Bundles from texts compiled into the binary, e.g. the gateway's own pages.
     pub fn from_sources(default: &str, sources: &[(&str, &str)]) -> I18n {
-        let mut bundles = BTreeMap::new();
-        for (lang, text) in sources {
-            let id: LanguageIdentifier = lang.parse().expect("built-in language tags are valid");
-            let mut bundle = FluentBundle::new_concurrent(vec![id]);
-            bundle.set_use_isolating(false);
-            let res = FluentResource::try_new(text.to_string()).expect("built-in messages parse");
-            bundle
-                .add_resource(res)
-                .expect("built-in messages have unique ids");
-            bundles.insert(lang.to_string(), bundle);
-        }
+        let bundles = sources
+            .iter()
+            .map(|(lang, text)| (lang.to_string(), compiled_in(lang, text)))
+            .collect();
         I18n {
             default: default.to_string(),
             bundles,
@@ -151,16 +146,9 @@ impl I18n {
     /// The best loaded language for a requested tag: exact, then its primary subtag
     /// (`ru-RU` → `ru`), then the default.
     pub fn resolve(&self, wanted: Option<&str>) -> String {
-        if let Some(w) = wanted.map(|w| w.trim().replace('_', "-")) {
-            if self.bundles.contains_key(&w) {
-                return w;
-            }
-            let primary = w.split('-').next().unwrap_or("").to_ascii_lowercase();
-            if self.bundles.contains_key(&primary) {
-                return primary;
-            }
-        }
-        self.default.clone()
+        wanted
+            .and_then(|w| match_tag(w, |l| self.bundles.contains_key(l)))
+            .unwrap_or_else(|| self.default.clone())
     }
 
     /// Renders message `id` in `lang` with arguments; Fluent errors are reported, not hidden.
@@ -202,6 +190,33 @@ impl I18n {
         }
         Ok(out.into_owned())
     }
+}
+
+/// The available language for `tag` (`pt_BR` is read as `pt-BR`): the tag itself, else its
+/// primary subtag (`ru-RU` → `ru`).
+fn match_tag(tag: &str, available: impl Fn(&str) -> bool) -> Option<String> {
+    let tag = tag.trim().replace('_', "-");
+    if tag.is_empty() {
+        return None;
+    }
+    if available(&tag) {
+        return Some(tag);
+    }
+    let primary = tag.split('-').next().unwrap_or("").to_ascii_lowercase();
+    available(&primary).then_some(primary)
+}
+
+/// A bundle from a text compiled into the binary. Such texts are constants checked by unit
+/// tests, so a failure here is a build defect, not something input can cause.
+fn compiled_in(lang: &str, text: &str) -> Bundle {
+    let id: LanguageIdentifier = lang.parse().expect("built-in language tags are valid");
+    let mut bundle = FluentBundle::new_concurrent(vec![id]);
+    bundle.set_use_isolating(false);
+    let res = FluentResource::try_new(text.to_string()).expect("built-in messages parse");
+    bundle
+        .add_resource(res)
+        .expect("built-in messages have unique ids");
+    bundle
 }
 
 /// JSON arguments as Fluent arguments: numbers stay numbers, everything else becomes a string
