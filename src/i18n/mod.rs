@@ -9,6 +9,8 @@ use unic_langid::LanguageIdentifier;
 
 use crate::config::{ConfigError, Position};
 
+mod builtin;
+
 type Bundle = FluentBundle<FluentResource>;
 
 pub struct I18n {
