@@ -149,40 +149,13 @@ impl App {
             channels.clone(),
             outbox_rx,
         )));
-        for tg in channels.telegram() {
-            if tg.cfg.webhook {
-                let url = format!("{}/telegram/{}", public_url.trim_end_matches('/'), tg.name);
-                let secret = tg
-                    .cfg
-                    .webhook_secret
-                    .clone()
-                    .map(|s| s.0)
-                    .unwrap_or_default();
-                let tg = tg.clone();
-                tasks.push(tokio::spawn(async move {
-                    use teloxide::payloads::SetWebhookSetters;
-                    use teloxide::requests::Requester;
-                    let Ok(url) = reqwest::Url::parse(&url) else {
-                        return;
-                    };
-                    match tg.bot.set_webhook(url).secret_token(secret).await {
-                        Ok(_) => tg.set_status("ok"),
-                        Err(e) => {
-                            tg.set_status(&format!("setWebhook failed: {e}"));
-                            tracing::error!(channel = %tg.name, error = %e, "setWebhook failed");
-                        }
-                    }
-                }));
-            } else {
-                tasks.push(tokio::spawn(crate::channels::telegram::poll(
-                    tg.clone(),
-                    store.clone(),
-                    ingest.clone(),
-                    clock.clone(),
-                    stop_rx.clone(),
-                )));
-            }
-        }
+        tasks.extend(channels.start(&crate::channels::Context {
+            store: store.clone(),
+            ingest: ingest.clone(),
+            clock: clock.clone(),
+            public_url: public_url.clone(),
+            stop: stop_rx.clone(),
+        }));
         tasks.push(tokio::spawn(crate::timers::timer_worker(
             store.clone(),
             clock.clone(),

@@ -2,6 +2,7 @@
 //! retries and exponential backoff. Every attempt's outcome goes back through the engine,
 //! which records it (and resumes the waiting run) in its next transaction.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::channels::{Channels, SendError};
+use crate::channels::{Channels, Outbound, SendError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{DeliveryResult, OutboxJob, Work, WorkSender};
@@ -27,6 +28,22 @@ pub fn job_from_row(row: OutboxRow) -> OutboxJob {
     }
 }
 
+/// A conversation's queue stops after this long without messages.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// What every delivery needs.
+struct Deliverer {
+    cfg: Arc<Config>,
+    clock: Clock,
+    engine: WorkSender,
+    http: reqwest::Client,
+    channels: Arc<Channels>,
+}
+
+/// Delivers committed rows. HTTP requests go out side by side (a bounded number at once);
+/// a conversation's messages and edits go out one at a time in the order they were
+/// committed, each after the platform answered the previous one (retries included); click
+/// answers go out at once.
 pub async fn worker(
     cfg: Arc<Config>,
     clock: Clock,
@@ -39,29 +56,100 @@ pub async fn worker(
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()
         .expect("the HTTP client builds with static settings");
+    let d = Arc::new(Deliverer {
+        cfg,
+        clock,
+        engine,
+        http,
+        channels,
+    });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut conversations: HashMap<String, mpsc::UnboundedSender<(OutboxJob, Outbound)>> =
+        HashMap::new();
     while let Some(job) = rx.recv().await {
-        // HTTP requests share a bound on connections in flight; channel messages queue per
-        // chat inside their channel, so that a busy chat holds back nobody else.
-        let permit = if job.row.kind == "http" {
-            match slots.clone().acquire_owned().await {
-                Ok(p) => Some(p),
-                Err(_) => return,
+        if job.row.kind == "http" {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let d = d.clone();
+            tokio::spawn(async move {
+                d.deliver(job, None).await;
+                drop(permit);
+            });
+            continue;
+        }
+        let op = match Outbound::from_json(&job.row.request) {
+            Ok(op) => op,
+            Err(e) => {
+                let result = DeliveryResult::Failed {
+                    error: e.message,
+                    response: None,
+                };
+                let _ = d
+                    .engine
+                    .send(Work::Delivery(job.delivery(job.row.attempts + 1, result)));
+                continue;
             }
-        } else {
-            None
         };
-        let (cfg, clock, engine, http, channels) = (
-            cfg.clone(),
-            clock.clone(),
-            engine.clone(),
-            http.clone(),
-            channels.clone(),
-        );
-        tokio::spawn(async move {
-            deliver(&cfg, &clock, &engine, &http, &channels, job).await;
-            drop(permit);
-        });
+        let Some(conversation) = op.conversation() else {
+            let d = d.clone();
+            tokio::spawn(async move { d.deliver(job, Some(op)).await });
+            continue;
+        };
+        let key = format!("{}\u{1f}{conversation}", job.row.channel);
+        if conversations.len() >= 1024 {
+            conversations.retain(|_, q| !q.is_closed());
+        }
+        let mut item = (job, op);
+        loop {
+            let queue = conversations.entry(key.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(d.clone().conversation(rx));
+                tx
+            });
+            match queue.send(item) {
+                Ok(()) => break,
+                // The conversation's queue just stopped for idleness: start another.
+                Err(mpsc::error::SendError(back)) => {
+                    item = back;
+                    conversations.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl Deliverer {
+    /// One conversation's operations, one at a time.
+    async fn conversation(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(OutboxJob, Outbound)>) {
+        loop {
+            let (job, op) = match tokio::time::timeout(IDLE, rx.recv()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
+                Err(_) => {
+                    // Whatever arrived before the close is still delivered, in order.
+                    rx.close();
+                    match rx.try_recv() {
+                        Ok(item) => item,
+                        Err(_) => return,
+                    }
+                }
+            };
+            self.deliver(job, Some(op)).await;
+        }
+    }
+
+    async fn deliver(&self, job: OutboxJob, op: Option<Outbound>) {
+        deliver(
+            &self.cfg,
+            &self.clock,
+            &self.engine,
+            &self.http,
+            &self.channels,
+            job,
+            op,
+        )
+        .await
     }
 }
 
@@ -82,6 +170,7 @@ async fn deliver(
     http: &reqwest::Client,
     channels: &Channels,
     job: OutboxJob,
+    op: Option<Outbound>,
 ) {
     let row = &job.row;
     clock.sleep_until(row.next_attempt_at, None).await;
@@ -89,11 +178,12 @@ async fn deliver(
     let mut delays = backoff(cfg).skip(attempts.max(0) as usize);
     loop {
         attempts += 1;
-        let outcome = match row.kind.as_str() {
-            "http" => send_http(http, row).await,
-            _ => channels
-                .deliver(&row.channel, &row.request)
+        let outcome = match &op {
+            None => send_http(http, row).await,
+            Some(op) => channels
+                .deliver(&row.channel, op)
                 .await
+                .map(|d| d.to_json())
                 .map_err(|e| (e, None)),
         };
         if let Err((_, response)) = &outcome {

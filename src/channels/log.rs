@@ -3,34 +3,59 @@
 
 use std::io::Write;
 
-use serde_json::{json, Value as Json};
+use serde_json::json;
 
-use super::SendError;
+use super::{Adapter, Capabilities, Delivered, Outbound, SendError};
 
-pub fn deliver(name: &str, stdout: bool, request: &Json) -> Result<Json, SendError> {
-    let to = request.get("to").and_then(Json::as_str).unwrap_or("-");
-    let lang = request.get("lang").and_then(Json::as_str).unwrap_or("-");
-    let mut text = request
-        .get("text")
-        .and_then(Json::as_str)
-        .unwrap_or("")
-        .to_string();
-    for b in request["buttons"].as_array().into_iter().flatten() {
-        text.push_str(&format!(
-            " [{}]({})",
-            b["text"].as_str().unwrap_or(""),
-            b["url"].as_str().unwrap_or("")
-        ));
+pub struct Log {
+    name: String,
+    stdout: bool,
+}
+
+impl Log {
+    pub fn new(name: &str, stdout: bool) -> Log {
+        Log {
+            name: name.to_string(),
+            stdout,
+        }
     }
-    let text = text.as_str();
-    tracing::info!(target: "journal", channel = name, to, lang, text, "message");
-    if stdout {
-        let line = format!("[{name}] to={to} lang={lang}: {text}\n");
-        let mut out = std::io::stdout().lock();
-        out.write_all(line.as_bytes()).map_err(|e| SendError {
-            message: format!("cannot write to stdout: {e}"),
-            retry: true,
-        })?;
+}
+
+#[async_trait::async_trait]
+impl Adapter for Log {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::WRITE_ONLY
     }
-    Ok(json!({"channel": name, "logged": true}))
+
+    fn status(&self) -> (String, bool) {
+        ("ok".into(), true)
+    }
+
+    async fn deliver(&self, op: &Outbound) -> Result<Delivered, SendError> {
+        let Outbound::Send(m) = op else {
+            return Err(SendError {
+                message: format!("the log channel '{}' only sends messages", self.name),
+                retry: false,
+            });
+        };
+        let lang = m.lang.as_deref().unwrap_or("-");
+        let mut text = m.text.clone();
+        for b in &m.links {
+            text.push_str(&format!(" [{}]({})", b.text, b.url));
+        }
+        let text = text.as_str();
+        tracing::info!(target: "journal", channel = %self.name, to = %m.to, lang, text, "message");
+        if self.stdout {
+            let line = format!("[{}] to={} lang={lang}: {text}\n", self.name, m.to);
+            let mut out = std::io::stdout().lock();
+            out.write_all(line.as_bytes()).map_err(|e| SendError {
+                message: format!("cannot write to stdout: {e}"),
+                retry: true,
+            })?;
+        }
+        Ok(Delivered {
+            message: None,
+            detail: json!({"channel": self.name, "logged": true}),
+        })
+    }
 }

@@ -1,15 +1,196 @@
-//! Channels: one folder or file per platform, each turning inbound updates into events and
-//! delivering rendered messages from the outbox. The engine sees channel names and JSON.
+//! The channel interface. The engine and the outbox speak one neutral language — `send`,
+//! `edit`, `answer` (a click) — stored in outbox rows as such; each channel folder translates
+//! it to its platform, says what it can do through its capabilities, and owns its routes and
+//! workers. Nothing outside a channel's folder knows its platform's wire format.
 
 pub mod log;
+pub mod pacing;
 pub mod telegram;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::config::{Channel, Config};
+use crate::engine::ingest::Ingest;
+use crate::store::Store;
+
+pub use crate::engine::expr::Markup;
+
+/// Callback buttons a channel can attach to a message.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceLimits {
+    /// Buttons on one message.
+    pub max: usize,
+    /// Characters in a label, if the platform limits them.
+    pub label_max: Option<usize>,
+    /// Bytes of callback data the platform carries back with a click.
+    pub data_max: usize,
+}
+
+/// What a channel can do; `check` holds scenarios to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// Messages come back from conversations: `ask`, `on = { message = … }`.
+    pub replies: bool,
+    /// Callback buttons: `offer`, `ask` with `buttons = "inline"`, `send` with button ids.
+    pub choices: Option<ChoiceLimits>,
+    /// Reply keyboards (`ask` with a list of `buttons`).
+    pub keyboard: bool,
+    /// URL buttons; without them links are written into the text.
+    pub links: bool,
+    /// Sent messages can be edited (`edit`, an offer's "taken" text).
+    pub edits: bool,
+    /// Clicks get an answer of their own (a popup, a toast).
+    pub answers: bool,
+    pub markup: Markup,
+}
+
+impl Capabilities {
+    /// A channel that only writes (the log channel).
+    pub const WRITE_ONLY: Capabilities = Capabilities {
+        replies: false,
+        choices: None,
+        keyboard: false,
+        links: true,
+        edits: false,
+        answers: false,
+        markup: Markup::Plain,
+    };
+}
+
+/// The capabilities of a configured channel (also when it is off for want of a token).
+pub fn capabilities(ch: &Channel) -> Capabilities {
+    match ch {
+        Channel::Log { .. } => Capabilities::WRITE_ONLY,
+        Channel::Telegram(_) => telegram::CAPABILITIES,
+    }
+}
+
+/// A callback button: its label and the data its click carries back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub text: String,
+    pub data: String,
+}
+
+/// A URL button.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkButton {
+    pub text: String,
+    pub url: String,
+}
+
+/// A new message to a conversation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutMessage {
+    /// The conversation on the channel: a chat id, a phone number, an address.
+    pub to: String,
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// Rich text in the channel's markup, data already escaped.
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkButton>,
+    /// Reply-keyboard buttons: pressing one sends its text as a reply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyboard: Vec<String>,
+    /// Quotes this message (a reference the channel gave out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The offer this message carries, if any (bookkeeping; not sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+}
+
+/// A change to a message sent earlier: its text and buttons are replaced (no buttons:
+/// they go away).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutEdit {
+    pub to: String,
+    /// The message's reference.
+    pub message: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkButton>,
+}
+
+/// The answer to a click: a short plain text, as a popup (`alert`) or a toast.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutAnswer {
+    /// The click's id on the platform.
+    pub click: String,
+    pub text: String,
+    #[serde(default)]
+    pub alert: bool,
+    /// The conversation the click came from (journal only).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// One outbound operation, as stored in an outbox row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Outbound {
+    Send(OutMessage),
+    Edit(OutEdit),
+    Answer(OutAnswer),
+}
+
+impl Outbound {
+    pub fn from_json(v: &Json) -> Result<Outbound, SendError> {
+        serde_json::from_value(v.clone()).map_err(|e| SendError {
+            message: format!("not a channel operation: {e}"),
+            retry: false,
+        })
+    }
+
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self).expect("operations serialize")
+    }
+
+    /// The conversation whose messages this one must follow; `None` for what is not a
+    /// message (a click answer goes out at once).
+    pub fn conversation(&self) -> Option<&str> {
+        match self {
+            Outbound::Send(m) => Some(&m.to),
+            Outbound::Edit(e) => Some(&e.to),
+            Outbound::Answer(_) => None,
+        }
+    }
+}
+
+/// The platform's answer to a delivered operation.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The reference of the message sent (for later edits and replies).
+    pub message: Option<String>,
+    /// What the journal keeps.
+    pub detail: Json,
+}
+
+impl Delivered {
+    pub fn to_json(&self) -> Json {
+        let mut d = self.detail.clone();
+        if let (Some(m), Some(o)) = (&self.message, d.as_object_mut()) {
+            o.insert("message".into(), Json::String(m.clone()));
+        }
+        d
+    }
+}
 
 /// A failed delivery: `retry` when trying again may help.
 #[derive(Debug)]
@@ -18,76 +199,151 @@ pub struct SendError {
     pub retry: bool,
 }
 
+/// What a channel's background workers get.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Arc<dyn Store>,
+    pub ingest: Ingest,
+    pub clock: Clock,
+    pub public_url: String,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// One live channel.
+#[async_trait::async_trait]
+pub trait Adapter: Send + Sync {
+    fn capabilities(&self) -> Capabilities;
+    /// Performs one operation. Operations of one conversation come one at a time, in order.
+    async fn deliver(&self, op: &Outbound) -> Result<Delivered, SendError>;
+    /// `(state, ready)` for `/readyz`.
+    fn status(&self) -> (String, bool);
+    /// The channel's public routes (platform webhooks), state included.
+    fn routes(self: Arc<Self>, _ingest: Ingest, _clock: Clock) -> Option<axum::Router> {
+        None
+    }
+    /// Starts the channel's workers (polling, sessions).
+    fn start(self: Arc<Self>, _cx: &Context) -> Vec<JoinHandle<()>> {
+        Vec::new()
+    }
+}
+
 /// The live side of the configured channels.
 pub struct Channels {
-    cfg: Arc<Config>,
-    telegram: HashMap<String, Arc<telegram::Telegram>>,
+    live: HashMap<String, Arc<dyn Adapter>>,
+    /// Channels configured but off, with the reason.
+    off: HashMap<String, String>,
 }
 
 impl Channels {
     /// `shared`: the store through which replicas share send pacing (none: in memory).
-    pub fn new(cfg: Arc<Config>, shared: Option<Arc<dyn crate::store::Store>>) -> Channels {
-        let telegram = cfg
-            .gateway
-            .channels
-            .iter()
-            .filter_map(|(name, ch)| match ch {
+    pub fn new(cfg: Arc<Config>, shared: Option<Arc<dyn Store>>) -> Channels {
+        let mut live: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
+        let mut off = HashMap::new();
+        for (name, ch) in &cfg.gateway.channels {
+            match ch {
+                Channel::Log { stdout } => {
+                    live.insert(name.clone(), Arc::new(log::Log::new(name, *stdout)));
+                }
                 // A channel without a token stays off (the examples ship one like that).
-                Channel::Telegram(t) if !t.token.0.is_empty() => Some((
-                    name.clone(),
-                    Arc::new(telegram::Telegram::new(name, t, shared.clone())),
-                )),
-                _ => None,
-            })
-            .collect();
-        Channels { cfg, telegram }
+                Channel::Telegram(t) if t.token.0.is_empty() => {
+                    off.insert(name.clone(), "off (no token)".to_string());
+                }
+                Channel::Telegram(t) => {
+                    live.insert(
+                        name.clone(),
+                        Arc::new(telegram::Telegram::new(name, t, shared.clone())),
+                    );
+                }
+            }
+        }
+        Channels { live, off }
     }
 
     /// Each channel's state for `/readyz`: `ok`, `off (no token)`, or what is wrong.
     pub fn status(&self) -> Vec<(String, String, bool)> {
         let mut out: Vec<(String, String, bool)> = self
-            .cfg
-            .gateway
-            .channels
+            .live
             .iter()
-            .map(|(name, ch)| match ch {
-                Channel::Log { .. } => (name.clone(), "ok".to_string(), true),
-                Channel::Telegram(_) => match self.telegram.get(name) {
-                    Some(t) => {
-                        let s = t.status();
-                        let ok = s == "ok";
-                        (name.clone(), s, ok)
-                    }
-                    None => (name.clone(), "off (no token)".to_string(), true),
-                },
+            .map(|(name, ch)| {
+                let (s, ok) = ch.status();
+                (name.clone(), s, ok)
             })
+            .chain(
+                self.off
+                    .iter()
+                    .map(|(name, why)| (name.clone(), why.clone(), true)),
+            )
             .collect();
         out.sort();
         out
     }
 
-    pub fn telegram(&self) -> impl Iterator<Item = &Arc<telegram::Telegram>> {
-        self.telegram.values()
+    /// Every channel's public routes.
+    pub fn routes(&self, ingest: &Ingest, clock: &Clock) -> axum::Router {
+        let mut router = axum::Router::new();
+        for ch in self.live.values() {
+            if let Some(r) = ch.clone().routes(ingest.clone(), clock.clone()) {
+                router = router.merge(r);
+            }
+        }
+        router
     }
 
-    pub fn telegram_named(&self, name: &str) -> Option<&Arc<telegram::Telegram>> {
-        self.telegram.get(name)
+    /// Starts every channel's workers.
+    pub fn start(&self, cx: &Context) -> Vec<JoinHandle<()>> {
+        self.live
+            .values()
+            .flat_map(|ch| ch.clone().start(cx))
+            .collect()
     }
 
-    pub async fn deliver(&self, name: &str, request: &Json) -> Result<Json, SendError> {
-        match self.cfg.gateway.channels.get(name) {
-            Some(Channel::Log { stdout }) => log::deliver(name, *stdout, request),
-            Some(Channel::Telegram(_)) => match self.telegram.get(name) {
-                Some(t) => t.send(request).await,
-                None => Err(SendError {
-                    message: format!("channel '{name}' is off: it has no token"),
-                    retry: false,
-                }),
-            },
+    pub async fn deliver(&self, name: &str, op: &Outbound) -> Result<Delivered, SendError> {
+        match self.live.get(name) {
+            Some(ch) => ch.deliver(op).await,
             None => Err(SendError {
-                message: format!("channel '{name}' is not configured"),
+                message: match self.off.get(name) {
+                    Some(_) => format!("channel '{name}' is off: it has no token"),
+                    None => format!("channel '{name}' is not configured"),
+                },
                 retry: false,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn html_escaping_keeps_data_literal() {
+        assert_eq!(
+            Markup::Html.escape(r#"R&D <Ltd> "Q" 5 > 3"#),
+            "R&amp;D &lt;Ltd&gt; &quot;Q&quot; 5 &gt; 3"
+        );
+        assert_eq!(Markup::Plain.escape("a & b"), "a & b");
+    }
+
+    #[test]
+    fn operations_round_trip_through_their_stored_form() {
+        let op = Outbound::Send(OutMessage {
+            to: "-100".into(),
+            text: "hi".into(),
+            choices: vec![Choice {
+                text: "Take".into(),
+                data: "o:1:0".into(),
+            }],
+            reply_to: Some("42".into()),
+            ..Default::default()
+        });
+        let stored = op.to_json();
+        assert_eq!(stored["op"], "send");
+        assert_eq!(stored["reply_to"], "42");
+        assert_eq!(Outbound::from_json(&stored).unwrap(), op);
+        assert_eq!(op.conversation(), Some("-100"));
+        let answer = Outbound::from_json(&json!({"op": "answer", "click": "c1", "text": "ok"}));
+        assert_eq!(answer.unwrap().conversation(), None);
+        assert!(Outbound::from_json(&json!({"method": "sendMessage"})).is_err());
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::model::*;
 use super::raw::{self, Sp};
 use super::{interpolate, ConfigError, Position, GATEWAY_FILE};
+use crate::channels::capabilities;
 use crate::engine::expr::{CompileError, Expr, Templates, Tmpl, ValueTmpl};
 use crate::i18n::I18n;
 
@@ -514,12 +515,16 @@ fn compile_scenario(
                 Some(Trigger::Link)
             } else if let Some(ch) = &on.message {
                 match gw.channels.get(ch.get()) {
-                    Some(Channel::Telegram(_)) => Some(Trigger::Message(ch.get().clone())),
-                    _ => {
+                    Some(c) if capabilities(c).replies => Some(Trigger::Message(ch.get().clone())),
+                    Some(c) => {
                         cx.err(
                             ch.span(),
-                            format!("'{}' is not a chat channel (a telegram channel)", ch.get()),
+                            format!("channel '{}' ({}) receives no messages", ch.get(), c.kind()),
                         );
+                        None
+                    }
+                    None => {
+                        cx.err(ch.span(), format!("unknown channel '{}'", ch.get()));
                         None
                     }
                 }
@@ -975,6 +980,70 @@ fn var_name(cx: &mut FileCx, s: Option<&Sp<String>>, dflt: &str) -> Option<Strin
     }
 }
 
+/// Bytes a choice's callback data adds to its id (`b:`).
+const CHOICE_DATA_PREFIX: usize = 2;
+
+/// A callback button against its channel's limits: the id travels in the callback data, a
+/// literal label is checked against the label limit.
+fn check_choice(
+    cx: &mut FileCx,
+    gw: &Gateway,
+    channel: &str,
+    id: &Sp<String>,
+    label: Option<&Sp<String>>,
+) {
+    let Some(c) = gw.channels.get(channel) else {
+        return;
+    };
+    let Some(limits) = capabilities(c).choices else {
+        return;
+    };
+    let room = limits.data_max.saturating_sub(CHOICE_DATA_PREFIX);
+    if id.get().is_empty() || id.get().len() > room {
+        cx.err(
+            id.span(),
+            format!(
+                "button id '{}' is {} bytes; channel '{channel}' ({}) carries ids of 1 to {room} bytes ({} bytes of callback data)",
+                id.get(),
+                id.get().len(),
+                c.kind(),
+                limits.data_max
+            ),
+        );
+    }
+    if let (Some(max), Some(label)) = (limits.label_max, label) {
+        let n = label.get().chars().count();
+        if !label.get().contains("{{") && n > max {
+            cx.err(
+                label.span(),
+                format!(
+                    "button label is {n} characters; channel '{channel}' ({}) shows at most {max}",
+                    c.kind()
+                ),
+            );
+        }
+    }
+}
+
+/// The number of callback buttons on one message against the channel's limit.
+fn check_choice_count(cx: &mut FileCx, gw: &Gateway, channel: &str, n: usize, span: Range<usize>) {
+    let Some(c) = gw.channels.get(channel) else {
+        return;
+    };
+    if let Some(limits) = capabilities(c).choices {
+        if n > limits.max {
+            cx.err(
+                span,
+                format!(
+                    "{n} buttons; channel '{channel}' ({}) shows at most {} on a message",
+                    c.kind(),
+                    limits.max
+                ),
+            );
+        }
+    }
+}
+
 /// The message of an `ask` or `offer`: it must go to a chat on a chat channel, which is where
 /// replies and clicks come from.
 fn compile_chat_message(
@@ -988,11 +1057,25 @@ fn compile_chat_message(
 ) -> Option<SendSpec> {
     let to = def.to.get().clone();
     let channel = to.split(':').next().unwrap_or_default();
-    if !matches!(gw.channels.get(channel), Some(Channel::Telegram(_))) || !to.contains(':') {
-        cx.err(
+    let caps = gw
+        .channels
+        .get(channel)
+        .map(|c| (c.kind(), capabilities(c)));
+    let lacks = match (what, caps) {
+        ("ask", Some((_, c))) if !c.replies => Some("replies"),
+        ("offer", Some((_, c))) if c.choices.is_none() => Some("callback buttons"),
+        _ => None,
+    };
+    match (caps, lacks) {
+        (Some((kind, _)), Some(lacks)) => cx.err(
             def.to.span(),
-            format!("{what} needs `channel:chat` on a chat channel (a telegram channel), e.g. tg:{{{{ event.chat.id }}}}, not '{to}'"),
-        );
+            format!("{what} needs a channel with {lacks}; channel '{channel}' ({kind}) has none"),
+        ),
+        (Some(_), None) if to.contains(':') => {}
+        _ => cx.err(
+            def.to.span(),
+            format!("{what} needs `channel:conversation` on a configured channel, e.g. tg:{{{{ event.chat.id }}}}, not '{to}'"),
+        ),
     }
     compile_send(&Sp(toml::Spanned::new(span, def)), cx, t, gw, i18n)
 }
@@ -1017,16 +1100,19 @@ fn compile_offer(
         reply_to: None,
     };
     let message = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)?;
+    let ch = message.channel.clone();
     let mut buttons = Vec::new();
     for b in &od.buttons {
+        check_choice(cx, gw, &ch, &b.id, Some(&b.text));
         if let Some(label) = cx.tmpl(t, &b.text) {
             buttons.push(OfferButton {
-                id: b.id.clone(),
+                id: b.id.get().clone(),
                 label,
                 decline: b.decline.unwrap_or(false),
             });
         }
     }
+    check_choice_count(cx, gw, &ch, od.buttons.len(), o.span());
     if od.buttons.is_empty() {
         buttons.push(OfferButton {
             id: "accept".into(),

@@ -149,6 +149,16 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl Channel {
+    /// The channel's type as written in `type = "…"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Channel::Log { .. } => "log",
+            Channel::Telegram(_) => "telegram",
+        }
+    }
+}
+
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -199,21 +209,33 @@ impl Gateway {
         }
     }
 
-    /// Where a staff member is reached: the first chat channel that has their id.
+    /// A staff member's id on a channel: under the channel's name, else under its type.
+    pub fn staff_id<'a>(&self, s: &'a Staff, channel: &str) -> Option<&'a String> {
+        s.ids
+            .get(channel)
+            .or_else(|| self.channels.get(channel).and_then(|c| s.ids.get(c.kind())))
+    }
+
+    /// The staff member who is `user` on `channel`, if the directory has one.
+    pub fn staff_on(&self, channel: &str, user: &str) -> Option<&Staff> {
+        self.staff
+            .iter()
+            .find(|s| self.staff_id(s, channel).is_some_and(|id| id == user))
+    }
+
+    /// Where a staff member is reached: the first conversational channel (by name) that
+    /// has their id.
     pub fn staff_chat(&self, s: &Staff) -> Option<(String, String)> {
         let mut names: Vec<&String> = self
             .channels
             .iter()
-            .filter(|(_, c)| matches!(c, Channel::Telegram(_)))
+            .filter(|(_, c)| crate::channels::capabilities(c).replies)
             .map(|(n, _)| n)
             .collect();
         names.sort();
-        names.into_iter().find_map(|n| {
-            s.ids
-                .get(n.as_str())
-                .or_else(|| s.ids.get("telegram"))
-                .map(|id| (n.clone(), id.clone()))
-        })
+        names
+            .into_iter()
+            .find_map(|n| self.staff_id(s, n).map(|id| (n.clone(), id.clone())))
     }
 }
 

@@ -416,7 +416,7 @@ pub struct OfferDef {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OfferButtonDef {
-    pub id: String,
+    pub id: Sp<String>,
     pub text: Sp<String>,
     pub decline: Option<bool>,
 }

@@ -9,6 +9,40 @@ use serde_json::Value as Json;
 
 use crate::links::{Claims, Links};
 
+/// Marks the name of a template rendered as HTML.
+const HTML_MARK: &str = "\u{0}html\u{0}";
+
+/// How a channel marks up rich text. Operator-written templates may use it; values
+/// interpolated from events and variables are escaped for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Markup {
+    /// Telegram's HTML subset.
+    Html,
+    Plain,
+}
+
+impl Markup {
+    /// `s` as literal text in this markup.
+    pub fn escape(self, s: &str) -> String {
+        match self {
+            Markup::Html => {
+                let mut out = String::with_capacity(s.len());
+                for c in s.chars() {
+                    match c {
+                        '&' => out.push_str("&amp;"),
+                        '<' => out.push_str("&lt;"),
+                        '>' => out.push_str("&gt;"),
+                        '"' => out.push_str("&quot;"),
+                        c => out.push(c),
+                    }
+                }
+                out
+            }
+            Markup::Plain => s.to_string(),
+        }
+    }
+}
+
 /// The shared template environment. It lives for the whole process: compiled expressions
 /// borrow it, and configs are loaded once per process.
 #[derive(Clone)]
@@ -53,10 +87,31 @@ impl Templates {
         let mut env = Environment::new();
         env.set_fuel(Some(fuel));
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        // Message texts for a channel with markup are rendered under a marked name: their
+        // interpolated values are escaped for the markup, their literal text is not.
+        env.set_auto_escape_callback(|name| match name.strip_prefix(HTML_MARK) {
+            Some(_) => minijinja::AutoEscape::Custom("html"),
+            None => minijinja::AutoEscape::None,
+        });
+        env.set_formatter(|out, state, value| match state.auto_escape() {
+            minijinja::AutoEscape::Custom("html") => {
+                if value.is_undefined() {
+                    Ok(())
+                } else if value.is_safe() {
+                    Ok(write!(out, "{value}")?)
+                } else {
+                    Ok(out.write_str(&Markup::Html.escape(&value.to_string()))?)
+                }
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         // Templates are registered by their own source text: the loader hands the name back
         // and MiniJinja compiles and caches it on first use.
-        env.set_loader(|name| Ok(Some(name.to_string())));
+        env.set_loader(|name| {
+            Ok(Some(
+                name.strip_prefix(HTML_MARK).unwrap_or(name).to_string(),
+            ))
+        });
         env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
         let links: Arc<RwLock<Option<Arc<Links>>>> = Arc::default();
         let signer = links.clone();
@@ -226,6 +281,17 @@ impl Tmpl {
         }
     }
 
+    /// Renders a message text for a channel's markup: the operator's literal text stays
+    /// markup, every interpolated value is escaped (unless marked `| safe`).
+    pub fn render_in(&self, ctx: &Value, markup: Markup) -> Result<String, EvalError> {
+        match (self, markup) {
+            (Tmpl::Dyn { src, env }, Markup::Html) => Ok(env
+                .get_template(&format!("{HTML_MARK}{src}"))?
+                .render(ctx)?),
+            _ => self.render(ctx),
+        }
+    }
+
     pub fn source(&self) -> &str {
         match self {
             Tmpl::Const(s) => s,
@@ -275,6 +341,8 @@ pub fn to_json(v: &Value) -> Result<Json, EvalError> {
 mod tests {
     use super::*;
 
+    use serde_json::json;
+
     fn ctx(j: Json) -> Value {
         Value::from_serialize(&j)
     }
@@ -317,6 +385,29 @@ mod tests {
             .render(&ctx(serde_json::json!({"event": {"n": 21}})))
             .unwrap();
         assert_eq!(out, serde_json::json!({"n": 42, "s": "id-21"}));
+    }
+
+    #[test]
+    fn html_texts_escape_values_but_not_the_operators_markup() {
+        let t = Templates::new(10_000);
+        let tmpl = t
+            .tmpl("<b>{{ event.title }}</b> {{ event.n }} {{ event.tag | safe }}")
+            .unwrap();
+        let c =
+            ctx(json!({"event": {"title": "R&D <Ltd> \"Q\" 5 > 3", "n": 5, "tag": "<i>x</i>"}}));
+        assert_eq!(
+            tmpl.render_in(&c, Markup::Html).unwrap(),
+            "<b>R&amp;D &lt;Ltd&gt; &quot;Q&quot; 5 &gt; 3</b> 5 <i>x</i>"
+        );
+        assert_eq!(
+            tmpl.render_in(&c, Markup::Plain).unwrap(),
+            "<b>R&D <Ltd> \"Q\" 5 > 3</b> 5 <i>x</i>"
+        );
+        // The same source still renders plain where it is not a message (a URL, a body).
+        assert_eq!(
+            tmpl.render(&c).unwrap(),
+            "<b>R&D <Ltd> \"Q\" 5 > 3</b> 5 <i>x</i>"
+        );
     }
 
     #[test]

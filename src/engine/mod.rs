@@ -525,9 +525,7 @@ impl Engine {
                 .value();
                 let entry = match self.render_message(&a.question, body, &ctx, &run, &sc) {
                     Ok(mut request) => {
-                        if !a.reply_buttons.is_empty() {
-                            request["reply_keyboard"] = json!(a.reply_buttons);
-                        }
+                        request.keyboard = a.reply_buttons.clone();
                         self.send_message(
                             tx,
                             &run,
@@ -824,7 +822,7 @@ impl Engine {
             }
         };
         if let (Some(offer), Some(r)) = (d.offer_id, &response) {
-            if let Some(m) = r["message_id"].as_i64() {
+            if let Some(m) = r["message"].as_str() {
                 self.offer_message_known(tx, offer, m, after).await?;
             }
         }

@@ -2,9 +2,10 @@
 //! time, so the claim (a compare-and-set in the store) has exactly one winner. Every click is
 //! answered, the message is edited for the winner, and the run continues with `claim.*`.
 
-use serde_json::{json, Value as Json};
+use serde_json::{json, Map, Value as Json};
 
 use super::{steps, After, Engine, EventItem};
+use crate::channels::{Choice, OutAnswer, OutEdit, OutMessage, Outbound};
 use crate::config::{Action, OfferSpec, Scenario, Who};
 use crate::store::{NewOutbox, OfferRow, RunStatus, StoreError, Tx};
 
@@ -18,23 +19,18 @@ pub fn callback_data(offer: i64, button: usize) -> String {
     format!("o:{offer}:{button}")
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 impl Engine {
-    /// Queues a message-channel action (answer a click, edit a message) outside any step.
-    async fn channel_action(
+    /// Queues a channel operation (answer a click, edit a message) outside any step.
+    pub(super) async fn channel_action(
         &mut self,
         tx: &mut dyn Tx,
         run_id: Option<i64>,
         channel: &str,
-        request: Json,
+        op: Outbound,
         after: &mut After,
     ) -> Result<(), StoreError> {
         let now = self.now();
+        let request = op.to_json();
         let row = NewOutbox {
             run_id,
             step: None,
@@ -51,30 +47,42 @@ impl Engine {
         Ok(())
     }
 
-    async fn answer_click(
+    /// Answers a click with a built-in text (`switchboard-click-<what>`) in the clicker's
+    /// language: the platform's language of the user, else the staff member's.
+    #[expect(clippy::too_many_arguments, reason = "the click and its answer")]
+    pub(super) async fn answer_click(
         &mut self,
         tx: &mut dyn Tx,
         ev: &EventItem,
         run_id: Option<i64>,
-        text: &str,
+        what: &str,
+        name: Option<&str>,
         alert: bool,
         after: &mut After,
     ) -> Result<(), StoreError> {
-        let request = json!({"method": "answerCallbackQuery", "callback_id": ev.data["callback_id"],
-            "text": text, "alert": alert});
+        let user = user_of(ev);
+        let staff_lang = self
+            .cfg
+            .gateway
+            .staff_on(&ev.source, &user)
+            .and_then(|s| s.language.clone());
+        let mut args = Map::new();
+        if let Some(n) = name {
+            args.insert("name".into(), json!(n));
+        }
+        let text = self.cfg.i18n.builtin(
+            &[ev.data["lang"].as_str(), staff_lang.as_deref()],
+            &format!("switchboard-click-{what}"),
+            &args,
+        );
+        let op = Outbound::Answer(OutAnswer {
+            click: ev.data["click"].as_str().unwrap_or_default().to_string(),
+            text,
+            alert,
+            to: chat_of(ev),
+        });
         let channel = ev.source.clone();
-        self.channel_action(tx, run_id, &channel, request, after)
-            .await
-    }
-
-    /// The staff record of a platform user, if the directory has one.
-    fn staff_of(&self, channel: &str, user: &str) -> Option<&crate::config::Staff> {
-        self.cfg.gateway.staff.iter().find(|s| {
-            s.ids
-                .get(channel)
-                .or_else(|| s.ids.get("telegram"))
-                .is_some_and(|id| id == user)
-        })
+        self.channel_action(tx, run_id, &channel, op, after).await
     }
 
     pub(super) async fn on_click(
@@ -89,83 +97,45 @@ impl Engine {
         let Some((offer_id, button)) = parse_data(data) else {
             outcome.push(json!({"verdict": "a button of no offer"}));
             return self
-                .answer_click(
-                    tx,
-                    ev,
-                    None,
-                    "This button is no longer active.",
-                    false,
-                    after,
-                )
+                .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
         let Some(offer) = tx.load_offer(offer_id).await? else {
             outcome.push(json!({"verdict": "unknown offer"}));
             return self
-                .answer_click(
-                    tx,
-                    ev,
-                    None,
-                    "This button is no longer active.",
-                    false,
-                    after,
-                )
+                .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
-        let user = match &ev.data["from"]["id"] {
-            Json::Number(n) => n.to_string(),
-            Json::String(s) => s.clone(),
-            _ => String::new(),
-        };
+        let user = user_of(ev);
         let run_id = Some(offer.run_id);
         if offer.status != "open" {
-            let text = match &offer.winner {
-                Some(w) => format!(
-                    "Already taken by {}.",
-                    w["name"].as_str().unwrap_or("someone")
-                ),
-                None => "This offer has expired.".to_string(),
+            let winner = offer.winner.as_ref().and_then(|w| w["name"].as_str());
+            let (what, verdict) = match (&offer.winner, winner) {
+                (Some(_), Some(name)) => ("taken-by", format!("already taken by {name}")),
+                (Some(_), None) => ("taken", "already taken".to_string()),
+                (None, _) => ("expired", "expired".to_string()),
             };
-            outcome.push(json!({"offer": offer_id, "verdict": text}));
-            return self.answer_click(tx, ev, run_id, &text, true, after).await;
+            outcome.push(json!({"offer": offer_id, "verdict": verdict}));
+            return self
+                .answer_click(tx, ev, run_id, what, winner, true, after)
+                .await;
         }
         let Some(mut run) = tx.load_run(offer.run_id).await? else {
             return self
-                .answer_click(
-                    tx,
-                    ev,
-                    None,
-                    "This offer is no longer active.",
-                    false,
-                    after,
-                )
+                .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
         let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
             return self
-                .answer_click(
-                    tx,
-                    ev,
-                    run_id,
-                    "This offer is no longer active.",
-                    false,
-                    after,
-                )
+                .answer_click(tx, ev, run_id, "inactive", None, false, after)
                 .await;
         };
         let Some(Action::Offer(spec)) = sc.steps.get(offer.step as usize).map(|s| &s.action) else {
             return self
-                .answer_click(
-                    tx,
-                    ev,
-                    run_id,
-                    "This offer is no longer active.",
-                    false,
-                    after,
-                )
+                .answer_click(tx, ev, run_id, "inactive", None, false, after)
                 .await;
         };
-        let staff = self.staff_of(&ev.source, &user).cloned();
+        let staff = self.cfg.gateway.staff_on(&ev.source, &user).cloned();
         let allowed = match &spec.who {
             Who::Any => true,
             Who::Staff => staff.is_some(),
@@ -174,31 +144,24 @@ impl Engine {
         if !allowed {
             outcome.push(json!({"offer": offer_id, "user": user, "verdict": "not allowed"}));
             return self
-                .answer_click(tx, ev, run_id, "You cannot take this.", true, after)
+                .answer_click(tx, ev, run_id, "not-allowed", None, true, after)
                 .await;
         }
         if offer.excluded.contains(&user) {
             return self
-                .answer_click(tx, ev, run_id, "You declined this offer.", true, after)
+                .answer_click(tx, ev, run_id, "already-declined", None, true, after)
                 .await;
         }
         let Some(b) = spec.buttons.get(button) else {
             return self
-                .answer_click(
-                    tx,
-                    ev,
-                    run_id,
-                    "This button is no longer active.",
-                    false,
-                    after,
-                )
+                .answer_click(tx, ev, run_id, "inactive", None, false, after)
                 .await;
         };
         if b.decline {
             tx.exclude_from_offer(offer_id, &user).await?;
             outcome.push(json!({"offer": offer_id, "user": user, "verdict": "declined"}));
             return self
-                .answer_click(tx, ev, run_id, "Declined.", false, after)
+                .answer_click(tx, ev, run_id, "declined", None, false, after)
                 .await;
         }
         let from = &ev.data["from"];
@@ -215,16 +178,16 @@ impl Engine {
         if !tx.claim_offer(offer_id, &claim).await? {
             // Another click won in the meantime: name its winner.
             let winner = tx.load_offer(offer_id).await?.and_then(|o| o.winner);
-            let text = match winner.as_ref().and_then(|w| w["name"].as_str()) {
-                Some(name) => format!("Already taken by {name}."),
-                None => "Already taken.".to_string(),
-            };
-            outcome.push(json!({"offer": offer_id, "verdict": text}));
-            return self.answer_click(tx, ev, run_id, &text, true, after).await;
+            let name = winner.as_ref().and_then(|w| w["name"].as_str());
+            let what = if name.is_some() { "taken-by" } else { "taken" };
+            outcome.push(json!({"offer": offer_id, "verdict": "already taken", "winner": name}));
+            return self
+                .answer_click(tx, ev, run_id, what, name, true, after)
+                .await;
         }
         outcome
             .push(json!({"offer": offer_id, "user": user, "verdict": "won", "run": offer.run_id}));
-        self.answer_click(tx, ev, run_id, "It is yours.", false, after)
+        self.answer_click(tx, ev, run_id, "yours", None, false, after)
             .await?;
         let text = self.taken_text(spec, &offer, &claim, &run);
         self.edit_offer(tx, &offer, text, after).await?;
@@ -251,12 +214,11 @@ impl Engine {
         claim: &Json,
         run: &crate::store::RunRow,
     ) -> String {
-        let default = || {
-            format!(
-                "{}\n\n✅ <b>{}</b>",
-                offer.text,
-                html_escape(claim["name"].as_str().unwrap_or(""))
-            )
+        let markup = self.markup(&offer.channel);
+        let name = markup.escape(claim["name"].as_str().unwrap_or(""));
+        let default = || match markup {
+            crate::channels::Markup::Html => format!("{}\n\n✅ <b>{name}</b>", offer.text),
+            crate::channels::Markup::Plain => format!("{}\n\n✅ {name}", offer.text),
         };
         match &spec.taken {
             Some(t) => {
@@ -264,9 +226,10 @@ impl Engine {
                     claim => minijinja::Value::from_serialize(claim),
                     run => minijinja::Value::from_serialize(&run.vars),
                     event => minijinja::Value::from_serialize(&run.event),
-                    text => offer.text.clone(),
+                    // Already in the channel's markup.
+                    text => minijinja::Value::from_safe_string(offer.text.clone()),
                 };
-                t.render(&ctx).unwrap_or_else(|_| default())
+                t.render_in(&ctx, markup).unwrap_or_else(|_| default())
             }
             None => default(),
         }
@@ -279,18 +242,17 @@ impl Engine {
         text: String,
         after: &mut After,
     ) -> Result<(), StoreError> {
-        let Some(message_id) = offer.message_id else {
+        let Some(message) = offer.message_id.clone() else {
             return Ok(());
         };
-        let request = json!({"method": "editMessageText", "to": offer.chat_id, "message_id": message_id, "text": text});
-        self.channel_action(
-            tx,
-            Some(offer.run_id),
-            &offer.channel.clone(),
-            request,
-            after,
-        )
-        .await
+        let op = Outbound::Edit(OutEdit {
+            to: offer.chat_id.clone(),
+            message,
+            text,
+            ..Default::default()
+        });
+        self.channel_action(tx, Some(offer.run_id), &offer.channel.clone(), op, after)
+            .await
     }
 
     /// Records the offer message's id. An offer closed before the id was known (its timeout
@@ -299,7 +261,7 @@ impl Engine {
         &mut self,
         tx: &mut dyn Tx,
         offer_id: i64,
-        message_id: i64,
+        message_id: &str,
         after: &mut After,
     ) -> Result<(), StoreError> {
         tx.set_offer_message(offer_id, message_id).await?;
@@ -359,32 +321,56 @@ impl Engine {
         pc: usize,
         ctx: &minijinja::Value,
         after: &mut After,
-    ) -> Result<Result<Json, String>, StoreError> {
+    ) -> Result<Result<OutMessage, String>, StoreError> {
         let now = self.now();
         let mut request = match self.render_message(&spec.message, &spec.message.body, ctx, run, sc)
         {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let chat = request["to"].as_str().unwrap_or_default().to_string();
-        let text = request["text"].as_str().unwrap_or_default().to_string();
         let offer = tx
-            .insert_offer(run.id, pc as i64, &spec.message.channel, &chat, &text, now)
+            .insert_offer(
+                run.id,
+                pc as i64,
+                &spec.message.channel,
+                &request.to,
+                &request.text,
+                now,
+            )
             .await?;
-        let mut buttons = Vec::new();
         for (i, b) in spec.buttons.iter().enumerate() {
             let label = match b.label.render(ctx) {
                 Ok(l) => l,
                 Err(e) => return Ok(Err(e.0)),
             };
-            buttons.push(json!({"text": label, "data": callback_data(offer, i)}));
+            request.choices.push(Choice {
+                text: label,
+                data: callback_data(offer, i),
+            });
         }
-        request["callback_buttons"] = Json::Array(buttons);
-        request["offer_id"] = json!(offer);
+        request.offer_id = Some(offer);
         self.send_message(tx, run, pc, &spec.message.channel, request.clone(), after)
             .await?;
         self.arm_timeout(tx, run, sc, spec.timeout, after).await?;
         run.vars.remove("claim");
         Ok(Ok(request))
+    }
+}
+
+/// The clicking user's id on the platform.
+fn user_of(ev: &EventItem) -> String {
+    match &ev.data["from"]["id"] {
+        Json::Number(n) => n.to_string(),
+        Json::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The conversation a click came from.
+fn chat_of(ev: &EventItem) -> Option<String> {
+    match &ev.data["chat"]["id"] {
+        Json::Number(n) => Some(n.to_string()),
+        Json::String(s) => Some(s.clone()),
+        _ => None,
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
 use super::{After, Engine, EventItem, OutboxJob, Work, PARKED_CACHE};
+use crate::channels::{LinkButton, Markup, OutMessage, Outbound};
 use crate::config::{
     Action, HttpBody, Scenario, Scope, SendBody, SendSpec, SleepTime, Step, VarRef,
 };
@@ -31,9 +32,15 @@ impl Ctx<'_> {
     }
 }
 
-fn message_entry(channel: &str, request: &Json) -> Json {
-    json!({"channel": channel, "to": request["to"], "lang": request["lang"],
-        "text": request["text"], "buttons": request["buttons"]})
+pub(super) fn message_entry(channel: &str, m: &OutMessage) -> Json {
+    let mut e = json!({"channel": channel, "to": m.to, "lang": m.lang, "text": m.text});
+    if !m.links.is_empty() {
+        e["buttons"] = json!(m.links);
+    }
+    if !m.choices.is_empty() {
+        e["choices"] = json!(m.choices.iter().map(|c| &c.text).collect::<Vec<_>>());
+    }
+    e
 }
 
 /// Longest journal a run keeps; older entries are dropped (a count is kept).
@@ -354,10 +361,9 @@ impl Engine {
             Action::Send(s) => {
                 let messages = tryv!(self.render_messages(s, ctx, run, sc));
                 let mut shown = Vec::new();
-                for (channel, request) in messages {
-                    shown.push(message_entry(&channel, &request));
-                    self.send_message(tx, run, pc, &channel, request, after)
-                        .await?;
+                for (channel, m) in messages {
+                    shown.push(message_entry(&channel, &m));
+                    self.send_message(tx, run, pc, &channel, m, after).await?;
                 }
                 entry["send"] = if shown.len() == 1 {
                     shown.remove(0)
@@ -372,20 +378,17 @@ impl Engine {
                     Err(e) => return Ok(Err(e)),
                 };
                 entry["send"] = message_entry(&o.message.channel, &request);
-                entry["offer_id"] = request["offer_id"].clone();
+                entry["offer_id"] = json!(request.offer_id);
                 entry["result"] = json!("waiting for a click");
                 run.status = RunStatus::Waiting;
                 Flow::Park
             }
             Action::Ask(a) => {
-                let mut request =
-                    tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));
-                if !a.reply_buttons.is_empty() {
-                    request["reply_keyboard"] = json!(a.reply_buttons);
-                }
-                entry["send"] = message_entry(&a.question.channel, &request);
-                let chat = request["to"].as_str().unwrap_or_default().to_string();
-                self.send_message(tx, run, pc, &a.question.channel, request, after)
+                let mut m = tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));
+                m.keyboard = a.reply_buttons.clone();
+                entry["send"] = message_entry(&a.question.channel, &m);
+                let chat = m.to.clone();
+                self.send_message(tx, run, pc, &a.question.channel, m, after)
                     .await?;
                 tx.insert_wait(&NewWait {
                     run_id: run.id,
@@ -667,7 +670,7 @@ impl Engine {
         ctx: &Value,
         run: &RunRow,
         sc: &Scenario,
-    ) -> Result<Json, String> {
+    ) -> Result<OutMessage, String> {
         let address = match &s.address {
             Some(a) => Some(a.render(ctx).map_err(|e| e.0)?),
             None => None,
@@ -676,7 +679,7 @@ impl Engine {
             Some(l) => Some(l.render(ctx).map_err(|e| e.0)?),
             None => None,
         };
-        self.compose(s, body, ctx, run, sc, address, wanted)
+        self.compose(s, &s.channel, body, ctx, run, sc, address, wanted)
     }
 
     /// The messages of a `send`: one, or one per staff member (each in their language) for
@@ -687,7 +690,7 @@ impl Engine {
         ctx: &Value,
         run: &RunRow,
         sc: &Scenario,
-    ) -> Result<Vec<(String, Json)>, String> {
+    ) -> Result<Vec<(String, OutMessage)>, String> {
         if s.channel != "staff" {
             return Ok(vec![(
                 s.channel.clone(),
@@ -713,10 +716,8 @@ impl Engine {
                     format!("staff member '{}' has no id on a chat channel", m.id)
                 })?;
             let lang = explicit.clone().or_else(|| m.language.clone());
-            out.push((
-                channel,
-                self.compose(s, &s.body, ctx, run, sc, Some(chat), lang)?,
-            ));
+            let m = self.compose(s, &channel, &s.body, ctx, run, sc, Some(chat), lang)?;
+            out.push((channel, m));
         }
         Ok(out)
     }
@@ -725,16 +726,18 @@ impl Engine {
     fn compose(
         &self,
         s: &SendSpec,
+        channel: &str,
         body: &SendBody,
         ctx: &Value,
         run: &RunRow,
         sc: &Scenario,
         address: Option<String>,
         wanted: Option<String>,
-    ) -> Result<Json, String> {
+    ) -> Result<OutMessage, String> {
         let lang = self.cfg.i18n.resolve(wanted.as_deref());
+        let markup = self.markup(channel);
         let text = match body {
-            SendBody::Template(t) => t.render(ctx).map_err(|e| e.0)?,
+            SendBody::Template(t) => t.render_in(ctx, markup).map_err(|e| e.0)?,
             SendBody::Fluent { id, args } => {
                 let mut fargs = Map::new();
                 for (k, v) in run
@@ -749,22 +752,42 @@ impl Engine {
                 for (k, t) in args {
                     fargs.insert(k.clone(), json!(t.render(ctx).map_err(|e| e.0)?));
                 }
-                self.cfg.i18n.render(&lang, id, &fargs)?
+                self.cfg
+                    .i18n
+                    .render_with(&lang, id, &fargs, &|v| markup.escape(v))?
             }
         };
-        let mut buttons = Vec::with_capacity(s.buttons.len());
+        let mut links = Vec::with_capacity(s.buttons.len());
         for (label, url) in &s.buttons {
-            buttons.push(json!({"text": label.render(ctx).map_err(|e| e.0)?,
-                "url": url.render(ctx).map_err(|e| e.0)?}));
+            links.push(LinkButton {
+                text: label.render(ctx).map_err(|e| e.0)?,
+                url: url.render(ctx).map_err(|e| e.0)?,
+            });
         }
         let reply_to = match &s.reply_to {
-            Some(r) => r.render(ctx).map_err(|e| e.0)?.trim().parse::<i64>().ok(),
+            Some(r) => Some(r.render(ctx).map_err(|e| e.0)?.trim().to_string()),
             None => None,
         };
-        Ok(
-            json!({"to": address, "lang": lang, "text": text, "buttons": buttons,
-            "reply_to": reply_to, "run_id": run.id, "scenario": sc.id}),
-        )
+        Ok(OutMessage {
+            to: address.unwrap_or_default(),
+            lang: Some(lang),
+            text,
+            links,
+            reply_to: reply_to.filter(|r| !r.is_empty()),
+            run_id: Some(run.id),
+            scenario: Some(sc.id.clone()),
+            ..Default::default()
+        })
+    }
+
+    /// The markup of a channel's texts.
+    pub(super) fn markup(&self, channel: &str) -> Markup {
+        self.cfg
+            .gateway
+            .channels
+            .get(channel)
+            .map(|c| crate::channels::capabilities(c).markup)
+            .unwrap_or(Markup::Plain)
     }
 
     pub(super) async fn send_message(
@@ -773,9 +796,10 @@ impl Engine {
         run: &RunRow,
         pc: usize,
         channel: &str,
-        request: Json,
+        m: OutMessage,
         after: &mut After,
     ) -> Result<i64, StoreError> {
+        let request = Outbound::Send(m).to_json();
         let (attempts, timeout) = (
             self.cfg.gateway.http_attempts,
             self.cfg.gateway.http_timeout,

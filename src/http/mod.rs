@@ -9,7 +9,6 @@ mod hooks;
 mod links;
 mod ops;
 pub mod pages;
-mod telegram;
 mod ui;
 
 use std::sync::Arc;
@@ -46,17 +45,19 @@ pub struct AppState {
 
 /// Hooks, trigger links and health: what the outside world reaches.
 pub fn public_router(state: AppState) -> Router {
+    // Platform webhooks are mounted by their channels.
+    let channels = state.channels.routes(&state.ingest, &state.clock);
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/hooks/{name}", post(hooks::receive))
-        .route("/telegram/{channel}", post(telegram::receive))
         .route(
             "/l/{token}",
             get(links::open).head(links::head).post(links::confirm),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
+        .merge(channels)
 }
 
 /// The operator's side: admin API, journal pages, metrics.

@@ -316,7 +316,8 @@ pub struct OfferRow {
     pub step: i64,
     pub channel: String,
     pub chat_id: String,
-    pub message_id: Option<i64>,
+    /// The reference of the offer's message, once the channel gave it out.
+    pub message_id: Option<String>,
     pub text: String,
     /// `open`, `taken` or `expired`.
     pub status: String,
@@ -505,7 +506,7 @@ pub trait Tx: Send {
     /// Closes an open offer without a winner; true when it was open.
     async fn expire_offer(&mut self, id: i64) -> Result<bool>;
     async fn exclude_from_offer(&mut self, id: i64, user: &str) -> Result<()>;
-    async fn set_offer_message(&mut self, id: i64, message_id: i64) -> Result<()>;
+    async fn set_offer_message(&mut self, id: i64, message_id: &str) -> Result<()>;
     /// The open offer a run is waiting on, if any.
     async fn open_offer_of(&mut self, run_id: i64) -> Result<Option<OfferRow>>;
 

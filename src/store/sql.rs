@@ -605,7 +605,7 @@ macro_rules! impl_tx {
                 Ok(r.rows_affected() == 1)
             }
 
-            async fn set_offer_message(&mut self, id: i64, message_id: i64) -> Result<()> {
+            async fn set_offer_message(&mut self, id: i64, message_id: &str) -> Result<()> {
                 sqlx::query("UPDATE offers SET message_id = $2 WHERE id = $1")
                     .bind(id)
                     .bind(message_id)

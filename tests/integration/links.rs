@@ -59,7 +59,7 @@ impl Links {
     async fn buttons(&self, deal: i64) -> Vec<(String, String)> {
         let run = start_one(&self.t, "offer", json!({"deal": deal})).await;
         let msg = self.t.messages(run).await.remove(0);
-        msg["buttons"]
+        msg["links"]
             .as_array()
             .unwrap()
             .iter()

@@ -3,6 +3,7 @@
 
 mod api;
 mod browser;
+mod channels;
 mod cli;
 mod crash;
 mod engine;

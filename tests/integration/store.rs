@@ -327,11 +327,11 @@ async fn waits_and_offers(s: Arc<dyn Store>) {
         .insert_offer(12, 1, "tg", "-100", "New deal: 120,000", 50)
         .await
         .unwrap();
-    tx.set_offer_message(offer, 777).await.unwrap();
+    tx.set_offer_message(offer, "777").await.unwrap();
     tx.exclude_from_offer(offer, "501").await.unwrap();
     tx.exclude_from_offer(offer, "502").await.unwrap();
     let open = tx.open_offer_of(12).await.unwrap().unwrap();
-    assert_eq!(open.message_id, Some(777));
+    assert_eq!(open.message_id.as_deref(), Some("777"));
     assert_eq!(open.excluded, vec!["501", "502"]);
     assert!(tx.claim_offer(offer, &json!({"id": 503})).await.unwrap());
     assert!(!tx.claim_offer(offer, &json!({"id": 504})).await.unwrap());

@@ -79,7 +79,7 @@ async fn a_guard_picks_one_of_two_branches_and_records_what_it_saw() {
 
     // The big deal's message carries a single-use "Take it" link to the take-deal scenario.
     // The example gateway file names the public URL; the link's path is what the gateway serves.
-    let take = big_msg["buttons"][0]["url"].as_str().unwrap();
+    let take = big_msg["links"][0]["url"].as_str().unwrap();
     let path = take
         .strip_prefix("http://127.0.0.1:8080")
         .expect("the configured public URL");

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
-use subtle::ConstantTimeEq;
 use teloxide::payloads::GetUpdatesSetters;
 use teloxide::requests::Requester;
 use teloxide::types::{AllowedUpdate, Chat, Update, UpdateKind, User};
@@ -55,7 +54,8 @@ pub fn normalize(channel: &str, u: &Update, now: i64) -> Option<NewEvent> {
                     "from": from.map(user),
                     "text": text,
                     "lang": from.and_then(|f| f.language_code.clone()),
-                    "reply_to": m.reply_to_message().map(|r| r.id.0),
+                    "message": m.id.0.to_string(),
+                    "reply_to": m.reply_to_message().map(|r| r.id.0.to_string()),
                     "start_payload": start_payload,
                 }),
             )
@@ -64,12 +64,13 @@ pub fn normalize(channel: &str, u: &Update, now: i64) -> Option<NewEvent> {
             "click",
             json!({
                 "update_id": u.id.0,
-                "callback_id": q.id.0,
+                "click": q.id.0,
                 "data": q.data,
                 "from": user(&q.from),
                 "lang": q.from.language_code,
                 "chat": q.message.as_ref().map(|m| chat(m.chat())),
                 "message_id": q.message.as_ref().map(|m| m.id().0),
+                "message": q.message.as_ref().map(|m| m.id().0.to_string()),
             }),
         ),
         _ => return None,
@@ -214,20 +215,6 @@ pub async fn poll(
                     _ = stop.changed() => return,
                 }
             }
-        }
-    }
-}
-
-/// The webhook's shared secret check, in constant time.
-pub trait WebhookCheck {
-    fn secret_ok(&self, given: Option<&str>) -> bool;
-}
-
-impl WebhookCheck for Telegram {
-    fn secret_ok(&self, given: Option<&str>) -> bool {
-        match (&self.cfg.webhook_secret, given) {
-            (Some(want), Some(got)) => bool::from(want.0.as_bytes().ct_eq(got.as_bytes())),
-            _ => false,
         }
     }
 }

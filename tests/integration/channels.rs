@@ -1,0 +1,219 @@
+//! The channel interface on Telegram: a conversation's messages leave in step order (also
+//! across runs and a SIGKILL), data interpolated into HTML is escaped while the operator's
+//! markup stays, and click answers come in the clicker's language.
+
+use serde_json::json;
+
+use crate::fake_telegram::{click_update, FakeTelegram, TOKEN};
+use crate::support::*;
+
+const FIVE: &str = r#"id = "five"
+on = { webhook = "five" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "{{ event.run }}-1" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "{{ event.run }}-2" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "{{ event.run }}-3" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "{{ event.run }}-4" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "{{ event.run }}-5" }
+"#;
+
+fn gateway(fake: &FakeTelegram) -> String {
+    format!(
+        "[defaults]\nretry_delay = \"50ms\"\n\n[channels.tg]\ntype = \"telegram\"\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\nlimits = {{ chat = \"1000/1s\", group = \"1000/1s\", bot = \"1000/1s\" }}\n",
+        fake.url
+    )
+}
+
+/// The texts a chat received, in the order the fake received them.
+fn received(fake: &FakeTelegram, chat: i64) -> Vec<String> {
+    fake.calls("sendMessage")
+        .into_iter()
+        .filter(|c| c.params["chat_id"] == chat)
+        .map(|c| c.params["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn received_eventually(fake: &FakeTelegram, chat: i64, n: usize) -> Vec<String> {
+    eventually(|| async {
+        let r = received(fake, chat);
+        (r.len() >= n).then_some(r)
+    })
+    .await
+}
+
+/// Each run's messages in the order the chat got them (a repeat of the same message right
+/// after itself — resent after a crash — counts once).
+fn per_run(texts: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for t in texts {
+        let (run, step) = t.split_once('-').unwrap();
+        let steps = out.entry(run.to_string()).or_default();
+        if steps.last().map(String::as_str) != Some(step) {
+            steps.push(step.to_string());
+        }
+    }
+    out
+}
+
+const STEPS: [&str; 5] = ["1", "2", "3", "4", "5"];
+
+#[tokio::test]
+async fn one_run_s_five_messages_reach_the_chat_in_step_order() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[("five.toml", FIVE)]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    for round in 0..3 {
+        let run = format!("r{round}");
+        t.post("five", json!({"chat": 700 + round, "run": run}))
+            .await;
+        let got = received_eventually(&fake, 700 + round, 5).await;
+        let want: Vec<String> = STEPS.iter().map(|s| format!("{run}-{s}")).collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[tokio::test]
+async fn three_runs_writing_to_one_chat_each_keep_their_order() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[("five.toml", FIVE)]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    let posts = (0..3).map(|i| t.post("five", json!({"chat": 800, "run": format!("r{i}")})));
+    futures::future::join_all(posts).await;
+    let got = received_eventually(&fake, 800, 15).await;
+    assert_eq!(got.len(), 15, "{got:?}");
+    let runs = per_run(&got);
+    assert_eq!(runs.len(), 3, "{got:?}");
+    for (run, steps) in runs {
+        assert_eq!(steps, STEPS, "run {run}: {got:?}");
+    }
+    // One at a time: each message was sent only after the previous one was answered.
+    let calls = fake.calls("sendMessage");
+    assert!(calls.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+#[tokio::test]
+async fn order_holds_across_a_sigkill() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[("five.toml", FIVE)]);
+    // Slow enough that the kill lands between two messages of each run.
+    cfg.write(
+        "gateway.toml",
+        &gateway(&fake).replace("chat = \"1000/1s\"", "chat = \"4/1s\""),
+    );
+    let first = Gateway::start(&cfg).await;
+    for i in 0..3 {
+        first
+            .post("five", json!({"chat": 900 + i, "run": format!("r{i}")}))
+            .await;
+    }
+    for i in 0..3 {
+        received_eventually(&fake, 900 + i, 2).await;
+    }
+    first.kill();
+    let _second = Gateway::start(&cfg).await;
+    for i in 0..3 {
+        let chat = 900 + i;
+        let got = eventually(|| async {
+            let r = received(&fake, chat);
+            (r.last().map(String::as_str) == Some(format!("r{i}-5").as_str())).then_some(r)
+        })
+        .await;
+        let runs = per_run(&got);
+        assert_eq!(runs[&format!("r{i}")], STEPS, "chat {chat}: {got:?}");
+    }
+}
+
+const DATA: &str = r#"R&D <Ltd> "Q" 5 > 3"#;
+const ESCAPED: &str = "R&amp;D &lt;Ltd&gt; &quot;Q&quot; 5 &gt; 3";
+
+#[tokio::test]
+async fn data_is_escaped_in_html_while_the_operators_tags_stay() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[(
+        "notify.toml",
+        r#"id = "notify"
+on = { webhook = "notify" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "<b>Deal</b> {{ event.title }}", buttons = [{ text = "{{ event.title }}", url = "https://crm.example/d?x=1&y=2" }] }
+[[step]]
+send = { to = "tg:{{ event.chat }}", text = "company-note", args = { company = "{{ event.title }}" } }
+[[step]]
+offer = { to = "tg:{{ event.chat }}", template = "Offer: {{ event.title }}", buttons = [{ id = "take", text = "Take {{ event.title }}" }] }
+"#,
+    )]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    for lang in ["en", "ru", "pl"] {
+        std::fs::write(
+            cfg.root.path().join("locales").join(lang).join("extra.ftl"),
+            "company-note = <b>Company</b>: { $company }\n",
+        )
+        .unwrap();
+    }
+    let t = TestApp::spawn(&cfg).await;
+    t.post("notify", json!({"chat": -300, "title": DATA})).await;
+    let sent = fake.wait_for("sendMessage", 3).await;
+    assert_eq!(sent[0].params["text"], format!("<b>Deal</b> {ESCAPED}"));
+    // A button label is plain text on Telegram: it goes as the data is.
+    let kb = &sent[0].params["reply_markup"]["inline_keyboard"];
+    assert_eq!(kb[0][0]["text"], DATA);
+    assert_eq!(kb[0][0]["url"], "https://crm.example/d?x=1&y=2");
+    assert_eq!(sent[1].params["text"], format!("<b>Company</b>: {ESCAPED}"));
+    assert_eq!(sent[2].params["text"], format!("Offer: {ESCAPED}"));
+    let offer_kb = &sent[2].params["reply_markup"]["inline_keyboard"];
+    assert_eq!(offer_kb[0][0]["text"], format!("Take {DATA}"));
+
+    // The taker's name is data too.
+    let data = offer_kb[0][0]["callback_data"].as_str().unwrap();
+    let message = 3; // the fake numbers messages from 1
+    fake.inject(click_update(-300, 55, DATA, data, message));
+    let edits = fake.wait_for("editMessageText", 1).await;
+    assert_eq!(
+        edits[0].params["text"],
+        format!("Offer: {ESCAPED}\n\n✅ <b>{ESCAPED}</b>")
+    );
+}
+
+#[tokio::test]
+async fn a_click_on_a_taken_offer_is_answered_in_the_clickers_language() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[(
+        "offer.toml",
+        r#"id = "offer"
+on = { webhook = "offer" }
+[[step]]
+offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "take", text = "Take" }] }
+"#,
+    )]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    t.post("offer", json!({"chat": -400})).await;
+    let sent = fake.wait_for("sendMessage", 1).await;
+    let data = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let message = 1;
+    fake.inject(click_update(-400, 1, "Elena", &data, message));
+    let answers = fake.wait_for("answerCallbackQuery", 1).await;
+    assert_eq!(answers[0].params["text"], "It is yours.");
+    let mut late = click_update(-400, 2, "Oleg", &data, message);
+    late["callback_query"]["from"]["language_code"] = json!("ru");
+    fake.inject(late);
+    let mut polish = click_update(-400, 3, "Ola", &data, message);
+    polish["callback_query"]["from"]["language_code"] = json!("pl-PL");
+    fake.inject(polish);
+    let answers = fake.wait_for("answerCallbackQuery", 3).await;
+    let texts: Vec<&str> = answers[1..]
+        .iter()
+        .map(|a| a.params["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.contains(&"Уже занято: Elena."), "{texts:?}");
+    assert!(texts.contains(&"Już zajęte przez Elena."), "{texts:?}");
+    assert!(answers[1..].iter().all(|a| a.params["show_alert"] == true));
+}
