@@ -147,6 +147,7 @@ impl App {
             clock.clone(),
             work_tx.clone(),
             channels.clone(),
+            store.clone(),
             outbox_rx,
         )));
         tasks.extend(channels.start(&crate::channels::Context {

@@ -1,9 +1,9 @@
-//! Delivery of committed outbox rows: HTTP requests and channel messages, with bounded
-//! retries and exponential backoff. Every attempt's outcome goes back through the engine,
+//! Delivery of committed outbox rows: HTTP requests and channel operations, with bounded
+//! retries and exponential backoff; a conversation's messages leave in order. Every attempt's outcome goes back through the engine,
 //! which records it (and resumes the waiting run) in its next transaction.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -14,7 +14,7 @@ use crate::channels::{Channels, Outbound, SendError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{DeliveryResult, OutboxJob, Work, WorkSender};
-use crate::store::OutboxRow;
+use crate::store::{OutboxRow, Store};
 
 /// Deliveries in flight at once.
 const IN_FLIGHT: usize = 256;
@@ -31,6 +31,9 @@ pub fn job_from_row(row: OutboxRow) -> OutboxJob {
 /// A conversation's queue stops after this long without messages.
 const IDLE: Duration = Duration::from_secs(60);
 
+/// Message references of recent sends remembered for edits that name their send's row.
+const REMEMBERED_REFS: usize = 10_000;
+
 /// What every delivery needs.
 struct Deliverer {
     cfg: Arc<Config>,
@@ -38,6 +41,9 @@ struct Deliverer {
     engine: WorkSender,
     http: reqwest::Client,
     channels: Arc<Channels>,
+    store: Arc<dyn Store>,
+    /// outbox row → the reference of the message it sent (recent ones, oldest first out).
+    refs: Mutex<(HashMap<i64, String>, VecDeque<i64>)>,
 }
 
 /// Delivers committed rows. HTTP requests go out side by side (a bounded number at once);
@@ -49,6 +55,7 @@ pub async fn worker(
     clock: Clock,
     engine: WorkSender,
     channels: Arc<Channels>,
+    store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<OutboxJob>,
 ) {
     let http = reqwest::Client::builder()
@@ -62,6 +69,8 @@ pub async fn worker(
         engine,
         http,
         channels,
+        store,
+        refs: Mutex::default(),
     });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut conversations: HashMap<String, mpsc::UnboundedSender<(OutboxJob, Outbound)>> =
@@ -140,16 +149,62 @@ impl Deliverer {
     }
 
     async fn deliver(&self, job: OutboxJob, op: Option<Outbound>) {
-        deliver(
-            &self.cfg,
-            &self.clock,
-            &self.engine,
-            &self.http,
-            &self.channels,
-            job,
-            op,
-        )
-        .await
+        deliver(self, job, op).await
+    }
+
+    fn remember(&self, row: i64, message: &str) {
+        let mut refs = self.refs.lock().expect("not poisoned");
+        let (map, order) = &mut *refs;
+        map.insert(row, message.to_string());
+        order.push_back(row);
+        while order.len() > REMEMBERED_REFS {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// The reference of the message an edit names by its send's row: remembered from the
+    /// delivery, else as committed.
+    async fn resolve(&self, op: &mut Outbound) -> Result<(), SendError> {
+        let Outbound::Edit(e) = op else { return Ok(()) };
+        let (Some(row), true) = (e.of_outbox, e.message.is_empty()) else {
+            return Ok(());
+        };
+        let known = self.refs.lock().expect("not poisoned").0.get(&row).cloned();
+        if let Some(m) = known {
+            e.message = m;
+            return Ok(());
+        }
+        let sent = self.store.outbox(row).await.map_err(|err| SendError {
+            message: format!("reading outbox row {row}: {err}"),
+            retry: true,
+        })?;
+        match sent {
+            Some(r) if r.status == "delivered" => {
+                match r.response.as_ref().and_then(|v| v["message"].as_str()) {
+                    Some(m) => {
+                        e.message = m.to_string();
+                        Ok(())
+                    }
+                    None => Err(SendError {
+                        message: format!(
+                            "the message of outbox row {row} has no reference to edit"
+                        ),
+                        retry: false,
+                    }),
+                }
+            }
+            // Delivered a moment ago, not yet committed; or still on its way.
+            Some(r) if r.status == "pending" => Err(SendError {
+                message: format!("the message to edit (outbox row {row}) is not sent yet"),
+                retry: true,
+            }),
+            _ => Err(SendError {
+                message: format!("the message to edit (outbox row {row}) was never sent"),
+                retry: false,
+            }),
+        }
     }
 }
 
@@ -163,28 +218,30 @@ fn backoff(cfg: &Config) -> impl Iterator<Item = Duration> {
         .build()
 }
 
-async fn deliver(
-    cfg: &Config,
-    clock: &Clock,
-    engine: &WorkSender,
-    http: &reqwest::Client,
-    channels: &Channels,
-    job: OutboxJob,
-    op: Option<Outbound>,
-) {
+async fn deliver(d: &Deliverer, job: OutboxJob, mut op: Option<Outbound>) {
+    let (cfg, clock, engine, http, channels) =
+        (&*d.cfg, &d.clock, &d.engine, &d.http, &*d.channels);
     let row = &job.row;
     clock.sleep_until(row.next_attempt_at, None).await;
     let mut attempts = row.attempts;
     let mut delays = backoff(cfg).skip(attempts.max(0) as usize);
     loop {
         attempts += 1;
-        let outcome = match &op {
+        let outcome = match &mut op {
             None => send_http(http, row).await,
-            Some(op) => channels
-                .deliver(&row.channel, op)
-                .await
-                .map(|d| d.to_json())
-                .map_err(|e| (e, None)),
+            Some(op) => match d.resolve(op).await {
+                Err(e) => Err((e, None)),
+                Ok(()) => channels
+                    .deliver(&row.channel, op)
+                    .await
+                    .map(|sent| {
+                        if let Some(m) = &sent.message {
+                            d.remember(row.id, m);
+                        }
+                        sent.to_json()
+                    })
+                    .map_err(|e| (e, None)),
+            },
         };
         if let Err((_, response)) = &outcome {
             let code = response

@@ -114,14 +114,21 @@ pub struct OutMessage {
     pub scenario: Option<String>,
 }
 
-/// A change to a message sent earlier: its text and buttons are replaced (no buttons:
-/// they go away).
+/// A change to a message sent earlier: its text (if given) and its buttons are replaced
+/// (no buttons: they go away).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutEdit {
     pub to: String,
-    /// The message's reference.
+    /// The message's reference; empty while it is known only as `of_outbox`.
+    #[serde(default)]
     pub message: String,
-    pub text: String,
+    /// The outbox row that sent the message: its reference is looked up at delivery (the
+    /// row goes out first, being earlier in the same conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of_outbox: Option<i64>,
+    /// The new text; `None` keeps the text and changes only the buttons.
+    #[serde(default)]
+    pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<Choice>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -479,7 +479,11 @@ fn compile_scenario(
         on.call == Some(true),
         on.link == Some(true),
         on.message.is_some(),
+        on.click.is_some(),
     ];
+    if let (Some(b), None) = (&on.button, &on.click) {
+        cx.err(b.span(), "`button` belongs to a `click` trigger");
+    }
     let trigger = match given.iter().filter(|b| **b).count() {
         1 => {
             if let Some(h) = &on.webhook {
@@ -513,6 +517,33 @@ fn compile_scenario(
                 }
             } else if on.link == Some(true) {
                 Some(Trigger::Link)
+            } else if let Some(ch) = &on.click {
+                match gw.channels.get(ch.get()) {
+                    Some(c) if capabilities(c).choices.is_some() => {
+                        if let Some(b) = &on.button {
+                            check_choice(cx, gw, ch.get(), b, None);
+                        }
+                        Some(Trigger::Click {
+                            channel: ch.get().clone(),
+                            button: on.button.as_ref().map(|b| b.get().clone()),
+                        })
+                    }
+                    Some(c) => {
+                        cx.err(
+                            ch.span(),
+                            format!(
+                                "channel '{}' ({}) has no callback buttons",
+                                ch.get(),
+                                c.kind()
+                            ),
+                        );
+                        None
+                    }
+                    None => {
+                        cx.err(ch.span(), format!("unknown channel '{}'", ch.get()));
+                        None
+                    }
+                }
             } else if let Some(ch) = &on.message {
                 match gw.channels.get(ch.get()) {
                     Some(c) if capabilities(c).replies => Some(Trigger::Message(ch.get().clone())),
@@ -535,7 +566,7 @@ fn compile_scenario(
         _ => {
             cx.err(
                 raw.on.span(),
-                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true, message = \"channel\"",
+                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true, message = \"channel\", click = \"channel\"",
             );
             None
         }
@@ -580,6 +611,15 @@ fn compile_scenario(
         }
     };
 
+    // Messages `send` steps keep for a later `edit`: name → where they go.
+    let saved: HashMap<String, Sp<String>> = raw
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let sd = s.get().send.as_ref()?.get();
+            Some((sd.save.as_ref()?.get().clone(), sd.to.clone()))
+        })
+        .collect();
     let mut steps = Vec::new();
     for st_sp in &raw.steps {
         let st = st_sp.get();
@@ -598,6 +638,7 @@ fn compile_scenario(
             (st.wait.is_some(), "wait"),
             (st.ask.is_some(), "ask"),
             (st.offer.is_some(), "offer"),
+            (st.edit.is_some(), "edit"),
         ] {
             if present {
                 actions.push(name);
@@ -706,6 +747,8 @@ fn compile_scenario(
         } else if let Some(o) = &st.offer {
             compile_offer(o, &branch_map, cx, t, gw, i18n, &target)
                 .map(|o| Action::Offer(Box::new(o)))
+        } else if let Some(e) = &st.edit {
+            compile_edit(e, &saved, cx, t, gw, i18n).map(|e| Action::Edit(Box::new(e)))
         } else if let Some(a) = &st.ask {
             compile_ask(a, &branch_map, cx, t, gw, i18n, &target).map(|a| Action::Ask(Box::new(a)))
         } else if st.stop == Some(true) {
@@ -836,14 +879,18 @@ fn compile_send(
             return None;
         }
     };
-    let buttons = sd
-        .buttons
-        .iter()
-        .filter_map(|b| {
-            let b = b.get();
-            Some((cx.tmpl(t, &b.text)?, cx.tmpl(t, &b.url)?))
-        })
-        .collect();
+    let buttons = compile_buttons(&sd.buttons, &channel, cx, t, gw);
+    let save = match &sd.save {
+        Some(_) if channel == "staff" => {
+            cx.err(
+                sd.to.span(),
+                "`save` keeps one message: send to one conversation, not staff",
+            );
+            None
+        }
+        Some(v) => var_name(cx, Some(v), ""),
+        None => None,
+    };
     Some(SendSpec {
         channel,
         address,
@@ -851,7 +898,114 @@ fn compile_send(
         lang: sd.lang.as_ref().and_then(|l| cx.tmpl(t, l)),
         buttons,
         reply_to: sd.reply_to.as_ref().and_then(|r| cx.tmpl(t, r)),
+        save,
     })
+}
+
+/// URL buttons and callback buttons (with an `id`), the latter checked against the channel.
+fn compile_buttons(
+    defs: &[Sp<raw::ButtonDef>],
+    channel: &str,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+) -> Vec<ButtonSpec> {
+    let mut out = Vec::new();
+    let mut choices = 0;
+    let mut first_choice = None;
+    for b in defs {
+        let bd = b.get();
+        match (&bd.url, &bd.id) {
+            (Some(url), None) => {
+                if let (Some(label), Some(url)) = (cx.tmpl(t, &bd.text), cx.tmpl(t, url)) {
+                    out.push(ButtonSpec::Link { label, url });
+                }
+            }
+            (None, Some(id)) => {
+                choices += 1;
+                first_choice.get_or_insert(b.span());
+                let caps = gw
+                    .channels
+                    .get(channel)
+                    .map(|c| (c.kind(), capabilities(c)));
+                if let Some((kind, c)) = caps.filter(|(_, c)| c.choices.is_none()) {
+                    let _ = c;
+                    cx.err(
+                        b.span(),
+                        format!("channel '{channel}' ({kind}) has no callback buttons: give this button a `url`"),
+                    );
+                } else if channel == "staff" {
+                    cx.err(
+                        b.span(),
+                        "callback buttons go to one conversation, not staff",
+                    );
+                }
+                check_choice(cx, gw, channel, id, Some(&bd.text));
+                if let Some(label) = cx.tmpl(t, &bd.text) {
+                    out.push(ButtonSpec::Choice {
+                        id: id.get().clone(),
+                        label,
+                    });
+                }
+            }
+            _ => cx.err(b.span(), "a button has either a `url` or an `id`"),
+        }
+    }
+    if let Some(span) = first_choice {
+        check_choice_count(cx, gw, channel, choices, span);
+    }
+    out
+}
+
+fn compile_edit(
+    e: &Sp<raw::EditDef>,
+    saved: &HashMap<String, Sp<String>>,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+    i18n: &I18n,
+) -> Option<EditSpec> {
+    let ed = e.get();
+    let (to, target) = match &ed.to {
+        Some(to) => (to.clone(), EditTarget::Ref(cx.tmpl(t, &ed.message)?)),
+        None => {
+            let name = var_name(cx, Some(&ed.message), "")?;
+            let Some(to) = saved.get(&name) else {
+                cx.err(
+                    ed.message.span(),
+                    format!("no `send` in this scenario saves '{name}' (send = {{ …, save = \"{name}\" }}); or give `to` and a message reference"),
+                );
+                return None;
+            };
+            (to.clone(), EditTarget::Saved(name))
+        }
+    };
+    let def = raw::SendDef {
+        to,
+        text: ed.text.clone(),
+        template: ed.template.clone(),
+        args: ed.args.clone(),
+        lang: ed.lang.clone(),
+        buttons: ed.buttons.clone(),
+        reply_to: None,
+        save: None,
+    };
+    let message = compile_send(&Sp(toml::Spanned::new(e.span(), def)), cx, t, gw, i18n)?;
+    {
+        if let Some(c) = gw.channels.get(&message.channel) {
+            if !capabilities(c).edits {
+                cx.err(
+                    e.span(),
+                    format!(
+                        "channel '{}' ({}) cannot edit messages",
+                        message.channel,
+                        c.kind()
+                    ),
+                );
+            }
+        }
+    }
+    Some(EditSpec { target, message })
 }
 
 fn compile_http(
@@ -1098,6 +1252,7 @@ fn compile_offer(
         lang: od.lang.clone(),
         buttons: od.links.clone(),
         reply_to: None,
+        save: None,
     };
     let message = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)?;
     let ch = message.channel.clone();
@@ -1180,6 +1335,7 @@ fn compile_ask(
         lang: ad.lang.clone(),
         buttons: Vec::new(),
         reply_to: None,
+        save: None,
     };
     let question = compile_chat_message("ask", question, a.span(), cx, t, gw, i18n)?;
     let retry = ad.retry_text.as_ref().map(|id| {
@@ -1206,6 +1362,51 @@ fn compile_ask(
         }
     });
     let choices: Vec<String> = ad.choices.iter().map(|c| normalize_reply(c)).collect();
+    let (mut inline, mut reply_buttons) = (false, Vec::new());
+    match ad.buttons.as_ref().map(|b| (b, b.get())) {
+        None => {}
+        Some((_, serde_json::Value::String(s))) if s == "inline" => inline = true,
+        Some((_, serde_json::Value::String(s))) if s == "keyboard" => {
+            reply_buttons = ad.choices.clone()
+        }
+        Some((b, serde_json::Value::Array(items))) => {
+            for i in items {
+                match i {
+                    serde_json::Value::String(s) => reply_buttons.push(s.clone()),
+                    other => cx.err(b.span(), format!("a reply button is a text, not {other}")),
+                }
+            }
+        }
+        Some((b, _)) => cx.err(
+            b.span(),
+            "buttons must be \"inline\", \"keyboard\" or a list of reply-button texts",
+        ),
+    }
+    let ch = question.channel.clone();
+    if let (Some(b), Some(c)) = (&ad.buttons, gw.channels.get(&ch)) {
+        let caps = capabilities(c);
+        if inline && caps.choices.is_none() {
+            cx.err(
+                b.span(),
+                format!("channel '{ch}' ({}) has no callback buttons", c.kind()),
+            );
+        } else if inline && ad.choices.is_empty() {
+            cx.err(b.span(), "inline buttons show the `choices`: list them");
+        } else if inline {
+            for (i, label) in ad.choices.iter().enumerate() {
+                // The callback data is the run and the choice's index.
+                let id = Sp(toml::Spanned::new(b.span(), i.to_string()));
+                let label = Sp(toml::Spanned::new(b.span(), label.clone()));
+                check_choice(cx, gw, &ch, &id, Some(&label));
+            }
+            check_choice_count(cx, gw, &ch, ad.choices.len(), b.span());
+        } else if !reply_buttons.is_empty() && !caps.keyboard {
+            cx.err(
+                b.span(),
+                format!("channel '{ch}' ({}) has no reply buttons", c.kind()),
+            );
+        }
+    }
     let mut out = Vec::new();
     for (k, l) in branches {
         let known = k == "exhausted" || k == "timeout" || choices.contains(&normalize_reply(k));
@@ -1234,7 +1435,9 @@ fn compile_ask(
                     None
                 }
             }),
-        reply_buttons: ad.buttons.clone(),
+        reply_buttons,
+        labels: ad.choices.clone(),
+        inline,
         retries: ad.retries.unwrap_or(2),
         timeout: ad.timeout.as_ref().and_then(|d| cx.duration(d)),
         save: var_name(cx, ad.save.as_ref(), "answer")?,
@@ -1330,6 +1533,86 @@ mod tests {
                 .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
                 .collect(),
         }
+    }
+
+    /// Problems of a scenario next to a gateway file with a Telegram channel `tg`.
+    fn errors_on_telegram(scenario: &str) -> Vec<String> {
+        let d = folder(scenario);
+        write(
+            &d.path().join("cfg"),
+            "gateway.toml",
+            "[defaults]\nlanguage = \"en\"\n[channels.tg]\ntype = \"telegram\"\ntoken = \"1:x\"\n",
+        );
+        match load_dir(&d.path().join("cfg")) {
+            Ok(_) => vec![],
+            Err(es) => es
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn scenarios_are_held_to_their_channels_capabilities() {
+        let all = errors_on_telegram(
+            r#"id = "a"
+on = { webhook = "h" }
+[[step]]
+ask = { to = "log:x", template = "Yes?", choices = ["1"] }
+[[step]]
+offer = { to = "tg:1", template = "Deal", buttons = [{ id = "take-it-now-before-someone-else-does-it-please-quickly-thank-you-again", text = "Take" }] }
+[[step]]
+send = { to = "log:x", template = "Hi", buttons = [{ id = "ack", text = "OK" }] }
+"#,
+        )
+        .join("\n");
+        assert!(
+            all.contains("4:14: ask needs a channel with replies; channel 'log' (log) has none"),
+            "{all}"
+        );
+        assert!(
+            all.contains("6:61: button id 'take-it-now-before-someone-else-does-it-please-quickly-thank-you-again' is 70 bytes; channel 'tg' (telegram) carries ids of 1 to 62 bytes (64 bytes of callback data)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("8:52: channel 'log' (log) has no callback buttons"),
+            "{all}"
+        );
+        assert_eq!(all.lines().count(), 3, "{all}");
+    }
+
+    #[test]
+    fn asks_offers_edits_and_clicks_load_on_a_channel_that_has_them() {
+        let all = errors_on_telegram(
+            r#"id = "a"
+on = { click = "tg", button = "ack" }
+[[step]]
+ask = { to = "tg:{{ event.chat.id }}", template = "Yes?", choices = ["Yes", "No"], buttons = "inline" }
+[[step]]
+send = { to = "tg:1", template = "Hi", buttons = [{ id = "ack", text = "OK" }], save = "note" }
+[[step]]
+edit = { message = "note", template = "Done" }
+[[step]]
+edit = { to = "tg:{{ event.chat.id }}", message = "{{ event.message }}", template = "Seen" }
+"#,
+        );
+        assert!(all.is_empty(), "{all:?}");
+        let all = errors_on_telegram(
+            r#"id = "a"
+on = { click = "log" }
+[[step]]
+edit = { message = "nothing", template = "Done" }
+"#,
+        )
+        .join("\n");
+        assert!(
+            all.contains("2:16: channel 'log' (log) has no callback buttons"),
+            "{all}"
+        );
+        assert!(
+            all.contains("4:20: no `send` in this scenario saves 'nothing'"),
+            "{all}"
+        );
     }
 
     #[test]

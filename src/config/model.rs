@@ -65,6 +65,21 @@ impl Config {
         }
     }
 
+    /// Scenarios started by a click on button `button` under a message on `channel`.
+    pub fn scenarios_for_click<'a>(
+        &'a self,
+        channel: &'a str,
+        button: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Scenario>> {
+        self.scenarios.iter().filter(move |sc| match &sc.trigger {
+            Trigger::Click {
+                channel: c,
+                button: b,
+            } => c == channel && b.as_deref().is_none_or(|b| b == button),
+            _ => false,
+        })
+    }
+
     /// Scenarios started by messages on a chat channel.
     pub fn scenarios_for_messages(&self, channel: &str) -> impl Iterator<Item = &Arc<Scenario>> {
         self.by_channel
@@ -306,6 +321,11 @@ pub enum Trigger {
     Link,
     /// Messages arriving on a chat channel.
     Message(String),
+    /// Clicks on buttons with an id under messages a `send` posted (any button, or one).
+    Click {
+        channel: String,
+        button: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -339,6 +359,7 @@ pub enum Action {
     Wait(WaitSpec),
     Ask(Box<AskSpec>),
     Offer(Box<OfferSpec>),
+    Edit(Box<EditSpec>),
     Stop,
 }
 
@@ -357,6 +378,7 @@ impl Action {
             Action::Wait(_) => "wait",
             Action::Ask(_) => "ask",
             Action::Offer(_) => "offer",
+            Action::Edit(_) => "edit",
             Action::Stop => "stop",
         }
     }
@@ -396,9 +418,36 @@ pub struct SendSpec {
     pub address: Option<Tmpl>,
     pub body: SendBody,
     pub lang: Option<Tmpl>,
-    /// (label, URL)
-    pub buttons: Vec<(Tmpl, Tmpl)>,
+    pub buttons: Vec<ButtonSpec>,
     pub reply_to: Option<Tmpl>,
+    /// Run variable that keeps the sent message's reference.
+    pub save: Option<String>,
+}
+
+pub enum ButtonSpec {
+    Link {
+        label: Tmpl,
+        url: Tmpl,
+    },
+    /// A callback button; its click is a `click` event with `event.button` = `id`.
+    Choice {
+        id: String,
+        label: Tmpl,
+    },
+}
+
+/// Which message an `edit` changes.
+pub enum EditTarget {
+    /// The run variable a `send` saved.
+    Saved(String),
+    /// A reference (template) in the conversation of `message.address`.
+    Ref(Tmpl),
+}
+
+pub struct EditSpec {
+    pub target: EditTarget,
+    /// The new text and buttons; its channel and address name the conversation for `Ref`.
+    pub message: SendSpec,
 }
 
 pub enum SendBody {
@@ -469,6 +518,10 @@ pub struct AskSpec {
     pub pattern: Option<regex::Regex>,
     /// Reply-keyboard buttons.
     pub reply_buttons: Vec<String>,
+    /// The choices as written: labels of inline buttons.
+    pub labels: Vec<String>,
+    /// Show the choices as callback buttons under the question.
+    pub inline: bool,
     pub retries: u32,
     pub timeout: Option<Duration>,
     pub save: String,

@@ -206,6 +206,10 @@ pub struct TriggerDef {
     pub link: Option<bool>,
     /// Started by messages to a chat channel, e.g. `message = "tg"`.
     pub message: Option<Sp<String>>,
+    /// Started by clicks on buttons with an id that `send` steps put under messages, e.g.
+    /// `click = "tg"` (with `button = "ack"`: only that button).
+    pub click: Option<Sp<String>>,
+    pub button: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -243,6 +247,7 @@ pub struct StepDef {
     pub wait: Option<Sp<WaitDef>>,
     pub ask: Option<Sp<AskDef>>,
     pub offer: Option<Sp<OfferDef>>,
+    pub edit: Option<Sp<EditDef>>,
     /// Outcome → label, for `http` (`"2xx"`, `"404"`, `error`) and `wait` (`timeout`).
     pub branch: Option<Sp<BTreeMap<String, Sp<String>>>>,
     /// End the run (after this step's action, if any).
@@ -262,11 +267,35 @@ pub struct SendDef {
     pub args: Option<BTreeMap<String, Sp<String>>>,
     /// Recipient's language (template), e.g. `{{ event.lang }}`.
     pub lang: Option<Sp<String>>,
-    /// URL buttons under the message (trigger links, for example).
+    /// Buttons under the message: URL buttons (`url`, trigger links for example) and, on
+    /// channels with callback buttons, buttons with an `id` whose click starts the scenarios
+    /// with `on = { click = "<channel>", button = "<id>" }`.
     #[serde(default)]
     pub buttons: Vec<Sp<ButtonDef>>,
-    /// Message to reply to (template giving a message id), e.g. `{{ event.message_id }}`.
+    /// Message to reply to (template giving a message reference), e.g. `{{ event.message }}`.
     pub reply_to: Option<Sp<String>>,
+    /// Run variable that keeps a reference to the sent message, for a later `edit`.
+    pub save: Option<Sp<String>>,
+}
+
+/// Change a message an earlier step sent: its text and buttons are replaced.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditDef {
+    /// The run variable a `send` saved (`save = "note"`), or with `to`, a template giving the
+    /// message reference, e.g. `{{ event.message }}`.
+    pub message: Sp<String>,
+    /// `channel:conversation` of a message named by reference.
+    pub to: Option<Sp<String>>,
+    /// Fluent message id of the new text.
+    pub text: Option<Sp<String>>,
+    /// Inline template of the new text instead.
+    pub template: Option<Sp<String>>,
+    pub args: Option<BTreeMap<String, Sp<String>>>,
+    pub lang: Option<Sp<String>>,
+    /// The new buttons (none: the buttons go away).
+    #[serde(default)]
+    pub buttons: Vec<Sp<ButtonDef>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -275,7 +304,9 @@ pub struct ButtonDef {
     /// Button label (template).
     pub text: Sp<String>,
     /// Target URL (template), e.g. `{{ link("approve", subject=meta.subject) }}`.
-    pub url: Sp<String>,
+    pub url: Option<Sp<String>>,
+    /// A callback button's id instead of a URL: its click is an event (`event.button`).
+    pub id: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -376,9 +407,10 @@ pub struct AskDef {
     pub valid: Option<Sp<String>>,
     /// Regular expression the (trimmed) reply must match, for other answers.
     pub pattern: Option<Sp<String>>,
-    /// Reply buttons under the question (their text comes back as the reply).
-    #[serde(default)]
-    pub buttons: Vec<String>,
+    /// Buttons for the answers: `"inline"` (the `choices` as callback buttons under the
+    /// question; a press answers and the buttons go away), `"keyboard"` (the `choices` as
+    /// reply-keyboard buttons), or a list of reply-keyboard labels.
+    pub buttons: Option<Sp<serde_json::Value>>,
     /// Re-asks after an invalid reply (default 2); then `branch.exhausted`.
     pub retries: Option<u32>,
     /// How long to wait in all; then `branch.timeout`.

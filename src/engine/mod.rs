@@ -3,6 +3,7 @@
 //! timers, waits, variables) before anything it caused is sent.
 
 pub mod admin;
+mod ask;
 pub mod expr;
 pub mod ingest;
 mod offers;
@@ -438,119 +439,6 @@ impl Engine {
         Ok(false)
     }
 
-    /// Gives a chat message to the oldest run asking that chat. True when one took it.
-    async fn answer_ask(
-        &mut self,
-        tx: &mut dyn Tx,
-        ev: &EventItem,
-        outcome: &mut Vec<Json>,
-        after: &mut After,
-    ) -> Result<bool, StoreError> {
-        let chat = match &ev.data["chat"]["id"] {
-            Json::Number(n) => n.to_string(),
-            Json::String(s) => s.clone(),
-            _ => return Ok(false),
-        };
-        let now = self.now();
-        for run_id in tx
-            .find_waits_any(&format!("chat:{}", ev.source), &chat)
-            .await?
-        {
-            let Some(mut run) = tx.load_run(run_id).await? else {
-                continue;
-            };
-            let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
-                continue;
-            };
-            let Some(Action::Ask(a)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
-                continue;
-            };
-            if run.status != RunStatus::Waiting {
-                continue;
-            }
-            let text = ev.data["text"].as_str().unwrap_or_default();
-            let value = crate::config::normalize_reply(text);
-            let attempts = run.vars[&a.save]["attempts"].as_i64().unwrap_or(0) + 1;
-            let ctx = minijinja::context! {
-                reply => value.clone(),
-                event => minijinja::Value::from_serialize(&*ev.data),
-                run => minijinja::Value::from_serialize(&run.vars),
-                global => minijinja::Value::from_serialize(&self.globals),
-            };
-            let valid = a.choices.contains(&value)
-                || a.pattern.as_ref().is_some_and(|p| p.is_match(text.trim()))
-                || a.valid
-                    .as_ref()
-                    .is_some_and(|v| v.truthy(&ctx).unwrap_or(false))
-                || (a.choices.is_empty()
-                    && a.pattern.is_none()
-                    && a.valid.is_none()
-                    && !value.is_empty());
-            let pc = run.pc;
-            if valid || attempts > a.retries as i64 {
-                tx.clear_parks(run.id).await?;
-                after.timers_changed = true;
-                run.vars.insert(
-                    a.save.clone(),
-                    json!({"text": text, "value": value, "attempts": attempts,
-                        "timed_out": false, "exhausted": !valid}),
-                );
-                let (result, next) = if valid {
-                    ("answered", a.branch(&value))
-                } else {
-                    ("no valid answer; retries used up", a.branch("exhausted"))
-                };
-                {
-                    let entry = json!({"step": pc, "action": "ask", "result": result,
-                        "reply": text, "event_id": ev.id, "at": now});
-                    steps::note(&mut run, entry);
-                }
-                run.pc = next.map(|i| i as i64).unwrap_or(pc + 1);
-                run.status = RunStatus::Running;
-                self.execute(tx, &mut run, &sc, after).await?;
-            } else {
-                run.vars.insert(
-                    a.save.clone(),
-                    json!({"text": text, "value": value, "attempts": attempts}),
-                );
-                let body = a.retry.as_ref().unwrap_or(&a.question.body);
-                let empty = Map::new();
-                let ctx = steps::Ctx {
-                    event: &run.event,
-                    run: &run.vars,
-                    subject: &empty,
-                    global: &self.globals,
-                    meta: json!({"run_id": run.id, "scenario": sc.id, "subject": run.subject}),
-                }
-                .value();
-                let entry = match self.render_message(&a.question, body, &ctx, &run, &sc) {
-                    Ok(mut request) => {
-                        request.keyboard = a.reply_buttons.clone();
-                        self.send_message(
-                            tx,
-                            &run,
-                            pc as usize,
-                            &a.question.channel,
-                            request,
-                            after,
-                        )
-                        .await?;
-                        json!({"step": pc, "action": "ask", "result": "invalid answer, asked again",
-                            "reply": text, "event_id": ev.id, "at": now})
-                    }
-                    Err(e) => json!({"step": pc, "action": "ask", "result": "invalid answer",
-                        "reply": text, "error": e, "at": now}),
-                };
-                steps::note(&mut run, entry);
-                run.updated_at = now;
-                tx.save_run(&run).await?;
-            }
-            outcome.push(json!({"scenario": sc.id, "run": run_id, "verdict": "answered an ask"}));
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
     #[expect(
         clippy::too_many_arguments,
         reason = "the run, its step and the answer"
@@ -755,7 +643,10 @@ impl Engine {
                 tx.clear_parks(run.id).await?;
                 let (action, save, next) = match sc.steps.get(run.pc as usize).map(|s| &s.action) {
                     Some(Action::Wait(w)) => ("wait", w.save.clone(), w.on_timeout),
-                    Some(Action::Ask(a)) => ("ask", a.save.clone(), a.branch("timeout")),
+                    Some(Action::Ask(a)) => {
+                        self.drop_ask_buttons(tx, &run, a, after).await?;
+                        ("ask", a.save.clone(), a.branch("timeout"))
+                    }
                     Some(Action::Offer(o)) => {
                         let next = o.branch("timeout");
                         self.expire_offer(tx, &mut run, after).await?;

@@ -94,6 +94,12 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let now = self.now();
         let data = ev.data["data"].as_str().unwrap_or_default();
+        if let Some(press) = super::ask::parse_press(data) {
+            return self.on_ask_press(tx, ev, press, outcome, after).await;
+        }
+        if let Some(button) = data.strip_prefix(super::steps::BUTTON_PREFIX) {
+            return self.on_button(tx, ev, button, outcome, after).await;
+        }
         let Some((offer_id, button)) = parse_data(data) else {
             outcome.push(json!({"verdict": "a button of no offer"}));
             return self
@@ -207,6 +213,47 @@ impl Engine {
         Ok(())
     }
 
+    /// A click on a `send` step's button: starts the scenarios listening to it, with
+    /// `event.button`; the click itself gets a silent answer.
+    async fn on_button(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        button: &str,
+        outcome: &mut Vec<Json>,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let cfg = self.cfg.clone();
+        let scenarios: Vec<_> = cfg
+            .scenarios_for_click(&ev.source, button)
+            .cloned()
+            .collect();
+        if scenarios.is_empty() {
+            outcome
+                .push(json!({"button": button, "verdict": "no scenario listens to this button"}));
+            return self
+                .answer_click(tx, ev, None, "inactive", None, false, after)
+                .await;
+        }
+        let mut data = (*ev.data).clone();
+        data["button"] = json!(button);
+        let clicked = EventItem {
+            data: std::sync::Arc::new(data),
+            ..ev.clone()
+        };
+        for sc in scenarios {
+            let o = self.start_run(tx, &sc, &clicked, after).await?;
+            outcome.push(o);
+        }
+        let op = Outbound::Answer(OutAnswer {
+            click: ev.data["click"].as_str().unwrap_or_default().to_string(),
+            to: chat_of(ev),
+            ..Default::default()
+        });
+        let channel = ev.source.clone();
+        self.channel_action(tx, None, &channel, op, after).await
+    }
+
     fn taken_text(
         &self,
         spec: &OfferSpec,
@@ -248,7 +295,7 @@ impl Engine {
         let op = Outbound::Edit(OutEdit {
             to: offer.chat_id.clone(),
             message,
-            text,
+            text: Some(text),
             ..Default::default()
         });
         self.channel_action(tx, Some(offer.run_id), &offer.channel.clone(), op, after)

@@ -8,10 +8,16 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
 use super::{After, Engine, EventItem, OutboxJob, Work, PARKED_CACHE};
-use crate::channels::{LinkButton, Markup, OutMessage, Outbound};
+use crate::channels::{Choice, LinkButton, Markup, OutEdit, OutMessage, Outbound};
 use crate::config::{
-    Action, HttpBody, Scenario, Scope, SendBody, SendSpec, SleepTime, Step, VarRef,
+    Action, AskSpec, ButtonSpec, EditTarget, HttpBody, Scenario, Scope, SendBody, SendSpec,
+    SleepTime, Step, VarRef,
 };
+
+/// Callback data of a `send` step's button: `b:<id>`.
+pub const BUTTON_PREFIX: &str = "b:";
+/// Callback data of an `ask`'s inline choice: `a:<run>:<choice index>`.
+pub const ASK_PREFIX: &str = "a:";
 use crate::store::{
     NewEvent, NewOutbox, NewTimer, NewWait, OutboxRow, RunRow, RunStatus, StoreError, Tx,
 };
@@ -363,13 +369,87 @@ impl Engine {
                 let mut shown = Vec::new();
                 for (channel, m) in messages {
                     shown.push(message_entry(&channel, &m));
-                    self.send_message(tx, run, pc, &channel, m, after).await?;
+                    let to = m.to.clone();
+                    let id = self.send_message(tx, run, pc, &channel, m, after).await?;
+                    if let Some(name) = &s.save {
+                        run.vars.insert(
+                            name.clone(),
+                            json!({"outbox": id, "channel": channel, "to": to}),
+                        );
+                    }
                 }
                 entry["send"] = if shown.len() == 1 {
                     shown.remove(0)
                 } else {
                     json!(shown)
                 };
+                Flow::Next
+            }
+            Action::Edit(e) => {
+                let (channel, to, message, of_outbox) = match &e.target {
+                    EditTarget::Saved(name) => {
+                        let saved = run.vars.get(name).cloned().unwrap_or(Json::Null);
+                        let (Some(ch), Some(to)) =
+                            (saved["channel"].as_str(), saved["to"].as_str())
+                        else {
+                            return Ok(Err(format!("no message saved as '{name}'")));
+                        };
+                        (
+                            ch.to_string(),
+                            to.to_string(),
+                            String::new(),
+                            saved["outbox"].as_i64(),
+                        )
+                    }
+                    EditTarget::Ref(r) => {
+                        let to = match &e.message.address {
+                            Some(a) => tryv!(a.render(ctx)),
+                            None => String::new(),
+                        };
+                        (e.message.channel.clone(), to, tryv!(r.render(ctx)), None)
+                    }
+                };
+                let wanted = match &e.message.lang {
+                    Some(l) => Some(tryv!(l.render(ctx))),
+                    None => None,
+                };
+                let m = tryv!(self.compose(
+                    &e.message,
+                    &channel,
+                    &e.message.body,
+                    ctx,
+                    run,
+                    sc,
+                    Some(to.clone()),
+                    wanted
+                ));
+                entry["edit"] = json!({"channel": channel, "to": to, "message": message,
+                    "outbox": of_outbox, "text": m.text});
+                let op = Outbound::Edit(OutEdit {
+                    to,
+                    message,
+                    of_outbox,
+                    text: Some(m.text),
+                    choices: m.choices,
+                    links: m.links,
+                });
+                let (attempts, timeout) = (
+                    self.cfg.gateway.http_attempts,
+                    self.cfg.gateway.http_timeout,
+                );
+                self.enqueue(
+                    tx,
+                    run,
+                    pc,
+                    "send",
+                    &channel,
+                    op.to_json(),
+                    attempts,
+                    timeout,
+                    false,
+                    after,
+                )
+                .await?;
                 Flow::Next
             }
             Action::Offer(o) => {
@@ -385,10 +465,11 @@ impl Engine {
             }
             Action::Ask(a) => {
                 let mut m = tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));
-                m.keyboard = a.reply_buttons.clone();
+                self.ask_buttons(a, run.id, &mut m);
                 entry["send"] = message_entry(&a.question.channel, &m);
                 let chat = m.to.clone();
-                self.send_message(tx, run, pc, &a.question.channel, m, after)
+                let question = self
+                    .send_message(tx, run, pc, &a.question.channel, m, after)
                     .await?;
                 tx.insert_wait(&NewWait {
                     run_id: run.id,
@@ -402,7 +483,10 @@ impl Engine {
                 if let Some(due) = self.arm_timeout(tx, run, sc, a.timeout, after).await? {
                     entry["until"] = json!(crate::clock::rfc3339(due));
                 }
-                run.vars.insert(a.save.clone(), json!({"attempts": 0}));
+                run.vars.insert(
+                    a.save.clone(),
+                    json!({"attempts": 0, "question": question, "chat": chat}),
+                );
                 entry["result"] = json!("waiting");
                 run.status = RunStatus::Waiting;
                 Flow::Park
@@ -758,11 +842,18 @@ impl Engine {
             }
         };
         let mut links = Vec::with_capacity(s.buttons.len());
-        for (label, url) in &s.buttons {
-            links.push(LinkButton {
-                text: label.render(ctx).map_err(|e| e.0)?,
-                url: url.render(ctx).map_err(|e| e.0)?,
-            });
+        let mut choices = Vec::new();
+        for b in &s.buttons {
+            match b {
+                ButtonSpec::Link { label, url } => links.push(LinkButton {
+                    text: label.render(ctx).map_err(|e| e.0)?,
+                    url: url.render(ctx).map_err(|e| e.0)?,
+                }),
+                ButtonSpec::Choice { id, label } => choices.push(Choice {
+                    text: label.render(ctx).map_err(|e| e.0)?,
+                    data: format!("{BUTTON_PREFIX}{id}"),
+                }),
+            }
         }
         let reply_to = match &s.reply_to {
             Some(r) => Some(r.render(ctx).map_err(|e| e.0)?.trim().to_string()),
@@ -773,11 +864,29 @@ impl Engine {
             lang: Some(lang),
             text,
             links,
+            choices,
             reply_to: reply_to.filter(|r| !r.is_empty()),
             run_id: Some(run.id),
             scenario: Some(sc.id.clone()),
             ..Default::default()
         })
+    }
+
+    /// An ask's answer buttons on its question: reply-keyboard buttons, or the choices as
+    /// callback buttons that carry the run and the choice.
+    pub(super) fn ask_buttons(&self, a: &AskSpec, run_id: i64, m: &mut OutMessage) {
+        m.keyboard = a.reply_buttons.clone();
+        if a.inline {
+            m.choices = a
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| Choice {
+                    text: l.clone(),
+                    data: format!("{ASK_PREFIX}{run_id}:{i}"),
+                })
+                .collect();
+        }
     }
 
     /// The markup of a channel's texts.

@@ -411,6 +411,10 @@ pub(super) async fn scenarios(st: &AppState) -> Result<Vec<ScenarioView>, ApiErr
                 Trigger::Call => "call".into(),
                 Trigger::Link => "link".into(),
                 Trigger::Message(c) => format!("message:{c}"),
+                Trigger::Click { channel, button } => match button {
+                    Some(b) => format!("click:{channel}:{b}"),
+                    None => format!("click:{channel}"),
+                },
             },
             file: sc.file.display().to_string(),
             stats: stats.remove(&sc.id).unwrap_or_else(|| ScenarioStats {

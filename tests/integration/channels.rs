@@ -217,3 +217,133 @@ offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "
     assert!(texts.contains(&"Już zajęte przez Elena."), "{texts:?}");
     assert!(answers[1..].iter().all(|a| a.params["show_alert"] == true));
 }
+
+#[tokio::test]
+async fn an_ask_with_inline_buttons_is_answered_by_a_press_and_loses_its_buttons() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[(
+        "confirm.toml",
+        r#"id = "confirm"
+on = { webhook = "confirm" }
+[[step]]
+ask = { to = "tg:{{ event.chat }}", template = "Come on {{ event.day }}?", choices = ["Yes", "No"], buttons = "inline", timeout = "1h" }
+branch = { "yes" = "yes" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "Pity." }
+stop = true
+[[step]]
+label = "yes"
+send = { to = "tg:{{ event.chat }}", template = "See you, answer {{ run.answer.value }} after {{ run.answer.attempts }}." }
+"#,
+    )]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    let (_, body) = t
+        .post("confirm", json!({"chat": 610, "day": "Monday"}))
+        .await;
+    let question = fake.wait_for("sendMessage", 1).await.remove(0);
+    let kb = &question.params["reply_markup"]["inline_keyboard"][0];
+    assert_eq!(kb[0]["text"], "Yes");
+    assert_eq!(kb[1]["text"], "No");
+    // A press from another chat answers nothing.
+    let yes = kb[0]["callback_data"].as_str().unwrap();
+    fake.inject(click_update(-611, 5, "Eve", yes, 1));
+    let answers = fake.wait_for("answerCallbackQuery", 1).await;
+    assert_eq!(
+        answers[0].params["text"],
+        "This button is no longer active."
+    );
+
+    let mut press = click_update(610, 5, "Ann", yes, 1);
+    press["callback_query"]["message"]["chat"] =
+        json!({"id": 610, "type": "private", "first_name": "Ann"});
+    fake.inject(press);
+    let answers = fake.wait_for("answerCallbackQuery", 2).await;
+    assert_eq!(
+        answers[1].params["text"],
+        "Thank you, your answer is recorded."
+    );
+    let texts = received_eventually(&fake, 610, 2).await;
+    assert_eq!(texts[1], "See you, answer yes after 1.");
+    let removed = fake.wait_for("editMessageReplyMarkup", 1).await;
+    assert_eq!(removed[0].params["chat_id"], 610);
+    assert_eq!(removed[0].params["message_id"], 1);
+    assert!(removed[0].params.get("reply_markup").is_none());
+    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
+    let run = t.finished(runs[0].id).await;
+    assert_eq!(run.vars["answer"]["value"], "yes");
+}
+
+#[tokio::test]
+async fn an_edit_step_changes_a_saved_message_and_a_button_click_starts_a_scenario() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[
+        (
+            "notify.toml",
+            r#"id = "notify"
+on = { webhook = "notify" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "Ticket {{ event.n }} is open", buttons = [{ id = "ack", text = "Got it" }, { text = "Open", url = "https://crm.example/t/{{ event.n }}" }], save = "note" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "Another message" }
+[[step]]
+edit = { message = "note", template = "Ticket {{ event.n }} is <i>assigned</i>", buttons = [{ id = "ack", text = "Got it" }] }
+"#,
+        ),
+        (
+            "ack.toml",
+            r#"id = "ack"
+on = { click = "tg", button = "ack" }
+[[step]]
+edit = { to = "tg:{{ event.chat.id }}", message = "{{ event.message }}", template = "Seen by {{ event.from.first_name }} ({{ event.button }})" }
+"#,
+        ),
+    ]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    t.post("notify", json!({"chat": 620, "n": 7})).await;
+    let sent = fake.wait_for("sendMessage", 2).await;
+    let kb = &sent[0].params["reply_markup"]["inline_keyboard"];
+    assert_eq!(kb[0][0]["text"], "Got it");
+    assert_eq!(kb[1][0]["url"], "https://crm.example/t/7");
+    let edits = fake.wait_for("editMessageText", 1).await;
+    assert_eq!(
+        edits[0].params["message_id"], 1,
+        "the saved message, not the later one"
+    );
+    assert_eq!(edits[0].params["text"], "Ticket 7 is <i>assigned</i>");
+    assert_eq!(
+        edits[0].params["reply_markup"]["inline_keyboard"][0][0]["text"],
+        "Got it"
+    );
+
+    let data = kb[0][0]["callback_data"].as_str().unwrap();
+    let mut click = click_update(620, 9, "Olga", data, 1);
+    click["callback_query"]["message"]["chat"] =
+        json!({"id": 620, "type": "private", "first_name": "Olga"});
+    fake.inject(click);
+    let edits = fake.wait_for("editMessageText", 2).await;
+    assert_eq!(edits[1].params["message_id"], 1);
+    assert_eq!(edits[1].params["text"], "Seen by Olga (ack)");
+    // The click is answered without a text: it only stops the spinner.
+    let answers = fake.wait_for("answerCallbackQuery", 1).await;
+    assert!(answers[0].params.get("text").is_none());
+    // A button nobody listens to is answered as inactive.
+    fake.inject(click_update(620, 9, "Olga", "b:other", 1));
+    let answers = fake.wait_for("answerCallbackQuery", 2).await;
+    assert_eq!(
+        answers[1].params["text"],
+        "This button is no longer active."
+    );
+    let ack = t
+        .app
+        .store
+        .list_runs(&switchboard::store::RunFilter {
+            scenario: Some("ack".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ack.len(), 1);
+}

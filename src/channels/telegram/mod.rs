@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use teloxide::payloads::{
-    AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters, SetWebhookSetters,
+    AnswerCallbackQuerySetters, EditMessageReplyMarkupSetters, EditMessageTextSetters,
+    SendMessageSetters, SetWebhookSetters,
 };
 use teloxide::requests::Requester;
 use teloxide::types::{
@@ -135,15 +136,27 @@ impl Telegram {
 
     async fn edit_message(&self, chat: i64, e: &OutEdit) -> Result<Delivered, RequestError> {
         let id = MessageId(e.message.trim().parse::<i32>().unwrap_or(0));
-        let mut req = self
-            .bot
-            .edit_message_text(ChatId(chat), id, e.text.clone())
-            .parse_mode(ParseMode::Html);
+        let keyboard = inline_keyboard(&e.choices, &e.links);
         // Without a reply markup the buttons go away.
-        if let Some(kb) = inline_keyboard(&e.choices, &e.links) {
-            req = req.reply_markup(kb);
+        match &e.text {
+            Some(text) => {
+                let mut req = self
+                    .bot
+                    .edit_message_text(ChatId(chat), id, text.clone())
+                    .parse_mode(ParseMode::Html);
+                if let Some(kb) = keyboard {
+                    req = req.reply_markup(kb);
+                }
+                req.await?;
+            }
+            None => {
+                let mut req = self.bot.edit_message_reply_markup(ChatId(chat), id);
+                if let Some(kb) = keyboard {
+                    req = req.reply_markup(kb);
+                }
+                req.await?;
+            }
         }
-        req.await?;
         Ok(Delivered {
             message: Some(id.0.to_string()),
             detail: json!({"channel": self.name, "chat_id": chat, "edited": true}),

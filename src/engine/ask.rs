@@ -1,0 +1,241 @@
+//! `ask` answers: a chat message goes to the oldest run asking that chat; a press on one of
+//! the question's inline buttons answers that run like a typed reply. A valid answer (or
+//! the last invalid one) resumes the run; an invalid one gets the retry text. Once the ask
+//! is over, its inline buttons go away.
+
+use serde_json::{json, Map, Value as Json};
+
+use super::steps::{self, ASK_PREFIX};
+use super::{After, Engine, EventItem};
+use crate::channels::{OutEdit, Outbound};
+use crate::config::{Action, AskSpec, Scenario};
+use crate::store::{RunRow, RunStatus, StoreError, Tx};
+
+/// `a:<run>:<choice>` → (run, choice index).
+pub(super) fn parse_press(data: &str) -> Option<(i64, usize)> {
+    let (run, choice) = data.strip_prefix(ASK_PREFIX)?.split_once(':')?;
+    Some((run.parse().ok()?, choice.parse().ok()?))
+}
+
+fn chat_of(ev: &EventItem) -> Option<String> {
+    match &ev.data["chat"]["id"] {
+        Json::Number(n) => Some(n.to_string()),
+        Json::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl Engine {
+    /// Gives a chat message to the oldest run asking that chat. True when one took it.
+    pub(super) async fn answer_ask(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        outcome: &mut Vec<Json>,
+        after: &mut After,
+    ) -> Result<bool, StoreError> {
+        let Some(chat) = chat_of(ev) else {
+            return Ok(false);
+        };
+        for run_id in tx
+            .find_waits_any(&format!("chat:{}", ev.source), &chat)
+            .await?
+        {
+            let Some(run) = tx.load_run(run_id).await? else {
+                continue;
+            };
+            let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+                continue;
+            };
+            if run.status != RunStatus::Waiting {
+                continue;
+            }
+            let Some(Action::Ask(a)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
+                continue;
+            };
+            let text = ev.data["text"].as_str().unwrap_or_default().to_string();
+            self.reply_to_ask(tx, ev, run, &sc, a, &text, after).await?;
+            outcome.push(json!({"scenario": sc.id, "run": run_id, "verdict": "answered an ask"}));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// A press on an ask's inline button: answers that run if it still asks this chat.
+    pub(super) async fn on_ask_press(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        (run_id, choice): (i64, usize),
+        outcome: &mut Vec<Json>,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let chat = chat_of(ev).unwrap_or_default();
+        // The run must be asking the chat the press came from: a forged press from another
+        // chat answers nothing.
+        let asking = tx
+            .find_waits_any(&format!("chat:{}", ev.source), &chat)
+            .await?
+            .contains(&run_id);
+        let run = match asking {
+            true => tx.load_run(run_id).await?,
+            false => None,
+        };
+        let sc = run
+            .as_ref()
+            .and_then(|r| self.cfg.scenario(&r.scenario).cloned());
+        let (Some(run), Some(sc)) = (run, sc) else {
+            outcome.push(json!({"run": run_id, "verdict": "no run asks this chat"}));
+            return self
+                .answer_click(tx, ev, None, "inactive", None, false, after)
+                .await;
+        };
+        let label = match sc.steps.get(run.pc as usize).map(|s| &s.action) {
+            Some(Action::Ask(a)) if run.status == RunStatus::Waiting => {
+                a.labels.get(choice).cloned()
+            }
+            _ => None,
+        };
+        let Some(label) = label else {
+            outcome.push(json!({"run": run_id, "verdict": "the ask is over"}));
+            return self
+                .answer_click(tx, ev, Some(run_id), "inactive", None, false, after)
+                .await;
+        };
+        self.answer_click(tx, ev, Some(run_id), "answered", None, false, after)
+            .await?;
+        let Some(Action::Ask(a)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
+            return Ok(());
+        };
+        self.reply_to_ask(tx, ev, run, &sc, a, &label, after)
+            .await?;
+        outcome.push(json!({"scenario": sc.id, "run": run_id, "verdict": "answered an ask"}));
+        Ok(())
+    }
+
+    /// Takes `text` as the reply to the run's ask.
+    #[expect(clippy::too_many_arguments, reason = "the run, its ask and the reply")]
+    async fn reply_to_ask(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        mut run: RunRow,
+        sc: &std::sync::Arc<Scenario>,
+        a: &AskSpec,
+        text: &str,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let value = crate::config::normalize_reply(text);
+        let asked = run.vars.get(&a.save).cloned().unwrap_or(Json::Null);
+        let attempts = asked["attempts"].as_i64().unwrap_or(0) + 1;
+        let ctx = minijinja::context! {
+            reply => value.clone(),
+            event => minijinja::Value::from_serialize(&*ev.data),
+            run => minijinja::Value::from_serialize(&run.vars),
+            global => minijinja::Value::from_serialize(&self.globals),
+        };
+        let valid = a.choices.contains(&value)
+            || a.pattern.as_ref().is_some_and(|p| p.is_match(text.trim()))
+            || a.valid
+                .as_ref()
+                .is_some_and(|v| v.truthy(&ctx).unwrap_or(false))
+            || (a.choices.is_empty()
+                && a.pattern.is_none()
+                && a.valid.is_none()
+                && !value.is_empty());
+        let pc = run.pc;
+        // The question answered or asked again: its buttons go away.
+        self.drop_ask_buttons(tx, &run, a, after).await?;
+        if valid || attempts > a.retries as i64 {
+            tx.clear_parks(run.id).await?;
+            after.timers_changed = true;
+            run.vars.insert(
+                a.save.clone(),
+                json!({"text": text, "value": value, "attempts": attempts,
+                    "timed_out": false, "exhausted": !valid}),
+            );
+            let (result, next) = if valid {
+                ("answered", a.branch(&value))
+            } else {
+                ("no valid answer; retries used up", a.branch("exhausted"))
+            };
+            steps::note(
+                &mut run,
+                json!({"step": pc, "action": "ask", "result": result,
+                    "reply": text, "event_id": ev.id, "at": now}),
+            );
+            run.pc = next.map(|i| i as i64).unwrap_or(pc + 1);
+            run.status = RunStatus::Running;
+            return self.execute(tx, &mut run, sc, after).await;
+        }
+        let mut state = json!({"text": text, "value": value, "attempts": attempts,
+            "chat": asked["chat"]});
+        let body = a.retry.as_ref().unwrap_or(&a.question.body);
+        let empty = Map::new();
+        let ctx = steps::Ctx {
+            event: &run.event,
+            run: &run.vars,
+            subject: &empty,
+            global: &self.globals,
+            meta: json!({"run_id": run.id, "scenario": sc.id, "subject": run.subject}),
+        }
+        .value();
+        let entry = match self.render_message(&a.question, body, &ctx, &run, sc) {
+            Ok(mut m) => {
+                self.ask_buttons(a, run.id, &mut m);
+                let question = self
+                    .send_message(tx, &run, pc as usize, &a.question.channel, m, after)
+                    .await?;
+                state["question"] = json!(question);
+                json!({"step": pc, "action": "ask", "result": "invalid answer, asked again",
+                    "reply": text, "event_id": ev.id, "at": now})
+            }
+            Err(e) => json!({"step": pc, "action": "ask", "result": "invalid answer",
+                "reply": text, "error": e, "at": now}),
+        };
+        run.vars.insert(a.save.clone(), state);
+        steps::note(&mut run, entry);
+        run.updated_at = now;
+        tx.save_run(&run).await
+    }
+
+    /// Removes the inline buttons of the run's last question.
+    pub(super) async fn drop_ask_buttons(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &RunRow,
+        a: &AskSpec,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        if !a.inline {
+            return Ok(());
+        }
+        let asked = run.vars.get(&a.save).cloned().unwrap_or(Json::Null);
+        let (Some(question), Some(chat)) = (asked["question"].as_i64(), asked["chat"].as_str())
+        else {
+            return Ok(());
+        };
+        let op = Outbound::Edit(OutEdit {
+            to: chat.to_string(),
+            of_outbox: Some(question),
+            ..Default::default()
+        });
+        let channel = a.question.channel.clone();
+        self.channel_action(tx, Some(run.id), &channel, op, after)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presses_carry_the_run_and_the_choice() {
+        assert_eq!(parse_press("a:42:1"), Some((42, 1)));
+        assert_eq!(parse_press("a:42"), None);
+        assert_eq!(parse_press("o:42:1"), None);
+        assert_eq!(parse_press("a:x:1"), None);
+    }
+}
