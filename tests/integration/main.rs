@@ -9,6 +9,7 @@ mod crash;
 mod engine;
 mod fake_telegram;
 mod links;
+mod migrations;
 mod pg;
 mod replicas;
 mod store;

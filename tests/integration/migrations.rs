@@ -1,0 +1,143 @@
+//! Upgrades of a database written by an earlier version: outbox rows that carried Telegram
+//! Bot API calls become channel operations, and offer message ids become string references,
+//! on both stores.
+
+use sqlx::Connection;
+use switchboard::channels::{OutAnswer, OutEdit, Outbound};
+use switchboard::store::{self, PoolOptions, Store};
+
+use crate::pg;
+use crate::support::repo;
+
+/// The repository's migrations for `kind` up to `last`, in a folder of their own.
+fn migrations_until(kind: &str, last: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("migrations").join(kind))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() <= last {
+            std::fs::copy(&f, dir.path().join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+/// Outbox rows as the earlier version wrote them: a message with buttons, a reply keyboard
+/// and a reply, an edit, and a callback answer.
+const LEGACY: [(i64, &str); 3] = [
+    (
+        1,
+        r#"{"to":"-100","lang":"en","text":"Deal","buttons":[{"text":"Open","url":"https://crm.example/1"}],"callback_buttons":[{"text":"Take","data":"o:1:0"}],"reply_keyboard":["1","2"],"reply_to":17,"run_id":5,"scenario":"s","offer_id":1}"#,
+    ),
+    (
+        2,
+        r#"{"method":"editMessageText","to":"-100","message_id":42,"text":"Taken"}"#,
+    ),
+    (
+        3,
+        r#"{"method":"answerCallbackQuery","callback_id":"cb-9","text":"It is yours.","alert":true}"#,
+    ),
+];
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (id, run_id, step, kind, channel, request, status, max_attempts, timeout_ms, next_attempt_at, resume, created_at, updated_at) VALUES ($1, 5, 0, 'send', 'tg', $2, 'pending', 3, 1000, 0, 0, 0, 0)";
+const INSERT_OFFER: &str = "INSERT INTO offers (id, run_id, step, channel, chat_id, message_id, text, status, created_at) VALUES (1, 5, 0, 'tg', '-100', 42, 'Deal', 'open', 0)";
+
+async fn check_converted(s: &dyn Store) {
+    let op = |id: i64| async move {
+        let row = s.outbox(id).await.unwrap().unwrap();
+        Outbound::from_json(&row.request).unwrap()
+    };
+    let Outbound::Send(m) = op(1).await else {
+        panic!("a message stays a message")
+    };
+    assert_eq!((m.to.as_str(), m.text.as_str()), ("-100", "Deal"));
+    assert_eq!(m.links[0].url, "https://crm.example/1");
+    assert_eq!(m.choices[0].data, "o:1:0");
+    assert_eq!(m.keyboard, vec!["1", "2"]);
+    assert_eq!(m.reply_to.as_deref(), Some("17"));
+    assert_eq!(m.offer_id, Some(1));
+    assert_eq!(
+        op(2).await,
+        Outbound::Edit(OutEdit {
+            to: "-100".into(),
+            message: "42".into(),
+            text: Some("Taken".into()),
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        op(3).await,
+        Outbound::Answer(OutAnswer {
+            click: "cb-9".into(),
+            text: "It is yours.".into(),
+            alert: true,
+            to: None,
+        })
+    );
+    let mut tx = s.begin().await.unwrap();
+    let offer = tx.load_offer(1).await.unwrap().unwrap();
+    assert_eq!(offer.message_id.as_deref(), Some("42"));
+}
+
+#[tokio::test]
+async fn sqlite_rows_of_the_earlier_version_are_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let old = migrations_until("sqlite", "0004_owner.sql");
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&mut c)
+        .await
+        .unwrap();
+    for (id, request) in LEGACY {
+        sqlx::query(INSERT_OUTBOX)
+            .bind(id)
+            .bind(request)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    sqlx::query(INSERT_OFFER).execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+
+    let s = store::open(
+        &format!("sqlite://{}", path.display()),
+        &PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    check_converted(&*s).await;
+}
+
+#[tokio::test]
+async fn postgres_rows_of_the_earlier_version_are_converted() {
+    let url = pg::fresh_db().await;
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let old = migrations_until("postgres", "0001_init.sql");
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&mut c)
+        .await
+        .unwrap();
+    for (id, request) in LEGACY {
+        sqlx::query(INSERT_OUTBOX)
+            .bind(id)
+            .bind(request)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    sqlx::query(INSERT_OFFER).execute(&mut c).await.unwrap();
+    c.close().await.unwrap();
+
+    let s = store::open(&url, &PoolOptions::default()).await.unwrap();
+    check_converted(&*s).await;
+}
