@@ -39,14 +39,15 @@ impl Adapter for Log {
             });
         };
         let lang = m.lang.as_deref().unwrap_or("-");
+        let to = if m.to.is_empty() { "-" } else { m.to.as_str() };
         let mut text = m.text.clone();
         for b in &m.links {
             text.push_str(&format!(" [{}]({})", b.text, b.url));
         }
         let text = text.as_str();
-        tracing::info!(target: "journal", channel = %self.name, to = %m.to, lang, text, "message");
+        tracing::info!(target: "journal", channel = %self.name, to, lang, text, "message");
         if self.stdout {
-            let line = format!("[{}] to={} lang={lang}: {text}\n", self.name, m.to);
+            let line = format!("[{}] to={to} lang={lang}: {text}\n", self.name);
             let mut out = std::io::stdout().lock();
             out.write_all(line.as_bytes()).map_err(|e| SendError {
                 message: format!("cannot write to stdout: {e}"),
