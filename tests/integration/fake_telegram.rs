@@ -248,3 +248,478 @@ fn rand_suffix() -> u64 {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+// HTML as Telegram's Bot API parses it (TDLib's `parse_html`), with its error messages and
+// byte offsets. Two rules are stricter than Telegram, which keeps such text literally: a `&`
+// that starts no entity, and an unquoted attribute value. Telegram's documentation asks for
+// both to be escaped or quoted, and either one in the gateway's output means data went into
+// HTML unescaped.
+
+/// A text sent with `parse_mode` HTML, as the user sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Html {
+    /// Tags removed, entities decoded, white space around it trimmed.
+    pub text: String,
+    /// Every tag that held some text, in the order they open.
+    pub tags: Vec<Tagged>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    /// The tag's name in lower case, as written: `b` and `strong` stay apart.
+    pub tag: String,
+    /// The text inside it, decoded, not trimmed.
+    pub text: String,
+    /// The `href` of `a`, the `emoji-id` of `tg-emoji`, the language of
+    /// `<code class="language-…">`, `expandable` for such a blockquote; otherwise empty.
+    pub argument: String,
+}
+
+impl Html {
+    /// The texts inside `<b>` and `<strong>`.
+    pub fn bold(&self) -> Vec<String> {
+        self.tagged(&["b", "strong"])
+    }
+
+    /// The texts inside any of these tags, in the order the tags open.
+    pub fn tagged(&self, names: &[&str]) -> Vec<String> {
+        self.tags
+            .iter()
+            .filter(|t| names.contains(&t.tag.as_str()))
+            .map(|t| t.text.clone())
+            .collect()
+    }
+}
+
+/// The tags Telegram takes; `span` only as a spoiler.
+const SUPPORTED_TAGS: &str =
+    "b strong i em u ins s strike del span tg-spoiler a code pre blockquote tg-emoji";
+
+/// TDLib's white space; NUL too, which is what it reads past the end of the text.
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'\x0b' | 0)
+}
+
+/// Parses `html` as Telegram does; the error is the reason Telegram gives after
+/// "can't parse entities: ".
+pub fn parse_html(html: &str) -> Result<Html, String> {
+    struct Open {
+        tag: String,
+        argument: String,
+        /// Where its text starts in `out`.
+        start: usize,
+        /// Its place among the tags, by opening.
+        nth: usize,
+    }
+    let src = html.as_bytes();
+    let at = |i: usize| src.get(i).copied().unwrap_or(0);
+    // Slices between ASCII delimiters, so always whole UTF-8 characters.
+    let text_of = |from: usize, to: usize| String::from_utf8_lossy(&src[from..to]).into_owned();
+    let mut out = String::with_capacity(src.len());
+    let mut open: Vec<Open> = Vec::new();
+    let mut tags: Vec<(usize, Tagged)> = Vec::new();
+    let mut opened = 0;
+    let mut i = 0;
+    while i < src.len() {
+        match src[i] {
+            b'&' => {
+                let (c, next) = entity(src, i)?;
+                out.push(c);
+                i = next;
+            }
+            b'<' if at(i + 1) != b'/' => {
+                let begin = i;
+                i += 1;
+                while !is_space(at(i)) && at(i) != b'>' {
+                    i += 1;
+                }
+                if i >= src.len() {
+                    return Err(format!("Unclosed start tag at byte offset {begin}"));
+                }
+                let tag = text_of(begin + 1, i).to_ascii_lowercase();
+                if !SUPPORTED_TAGS.split(' ').any(|t| t == tag) {
+                    return Err(format!(
+                        "Unsupported start tag \"{tag}\" at byte offset {begin}"
+                    ));
+                }
+                let unclosed = || format!("Unclosed start tag \"{tag}\" at byte offset {begin}");
+                let mut argument = String::new();
+                let mut class = None;
+                loop {
+                    while i < src.len() && is_space(at(i)) {
+                        i += 1;
+                    }
+                    if at(i) == b'>' {
+                        break;
+                    }
+                    if i >= src.len() {
+                        return Err(unclosed());
+                    }
+                    let name_start = i;
+                    while !is_space(at(i)) && !matches!(at(i), b'=' | b'>' | b'/' | b'"' | b'\'') {
+                        i += 1;
+                    }
+                    let name = text_of(name_start, i);
+                    if name.is_empty() {
+                        return Err(format!(
+                            "Empty attribute name in the tag \"{tag}\" at byte offset {begin}"
+                        ));
+                    }
+                    while i < src.len() && is_space(at(i)) {
+                        i += 1;
+                    }
+                    if at(i) != b'=' {
+                        if i >= src.len() {
+                            return Err(unclosed());
+                        }
+                        // An attribute without a value: only this one means something.
+                        if tag == "blockquote" && name == "expandable" {
+                            argument = name;
+                        }
+                        continue;
+                    }
+                    i += 1;
+                    while i < src.len() && is_space(at(i)) {
+                        i += 1;
+                    }
+                    if i >= src.len() {
+                        return Err(unclosed());
+                    }
+                    let quote = at(i);
+                    if quote != b'"' && quote != b'\'' {
+                        return Err(format!(
+                            "Unquoted value of the attribute \"{name}\" in the tag \"{tag}\" at byte offset {i}"
+                        ));
+                    }
+                    i += 1;
+                    let mut value = String::new();
+                    loop {
+                        match at(i) {
+                            _ if i >= src.len() => {
+                                return Err(format!("Unclosed start tag at byte offset {begin}"))
+                            }
+                            c if c == quote => {
+                                i += 1;
+                                break;
+                            }
+                            b'&' => {
+                                let (c, next) = entity(src, i)?;
+                                value.push(c);
+                                i = next;
+                            }
+                            _ => {
+                                let from = i;
+                                while i < src.len() && at(i) != quote && at(i) != b'&' {
+                                    i += 1;
+                                }
+                                value.push_str(&text_of(from, i));
+                            }
+                        }
+                    }
+                    if i >= src.len() {
+                        return Err(format!("Unclosed start tag at byte offset {begin}"));
+                    }
+                    match (tag.as_str(), name.as_str()) {
+                        ("a", "href") | ("tg-emoji", "emoji-id") => argument = value,
+                        ("code", "class") => {
+                            if let Some(language) = value.strip_prefix("language-") {
+                                argument = language.to_string();
+                            }
+                        }
+                        ("span", "class") => class = Some(value),
+                        _ => {}
+                    }
+                }
+                i += 1;
+                if tag == "span" && class.as_deref() != Some("tg-spoiler") {
+                    return Err(format!(
+                        "Tag \"span\" must have class \"tg-spoiler\" at byte offset {begin}"
+                    ));
+                }
+                open.push(Open {
+                    tag,
+                    argument,
+                    start: out.len(),
+                    nth: opened,
+                });
+                opened += 1;
+            }
+            b'<' => {
+                let begin = i;
+                let Some(top) = open.pop() else {
+                    return Err(format!("Unexpected end tag at byte offset {begin}"));
+                };
+                i += 2;
+                while !is_space(at(i)) && at(i) != b'>' {
+                    i += 1;
+                }
+                let name = text_of(begin + 2, i).to_ascii_lowercase();
+                while i < src.len() && is_space(at(i)) {
+                    i += 1;
+                }
+                if at(i) != b'>' {
+                    return Err(format!("Unclosed end tag at byte offset {begin}"));
+                }
+                i += 1;
+                // `</>` closes whatever is open.
+                if !name.is_empty() && name != top.tag {
+                    return Err(format!(
+                        "Unmatched end tag at byte offset {begin}, expected \"</{}>\", found \"</{name}>\"",
+                        top.tag
+                    ));
+                }
+                // Like Telegram, an empty tag makes no entity and is not checked further.
+                if out.len() > top.start {
+                    let emoji_id = top.argument.bytes().all(|b| b.is_ascii_digit())
+                        && top.argument.parse::<i64>().is_ok_and(|id| id > 0);
+                    if top.tag == "tg-emoji" && !emoji_id {
+                        return Err("Invalid custom emoji identifier specified".into());
+                    }
+                    tags.push((
+                        top.nth,
+                        Tagged {
+                            tag: top.tag,
+                            text: out[top.start..].to_string(),
+                            argument: top.argument,
+                        },
+                    ));
+                }
+            }
+            _ => {
+                let from = i;
+                while i < src.len() && src[i] != b'&' && src[i] != b'<' {
+                    i += 1;
+                }
+                out.push_str(&text_of(from, i));
+            }
+        }
+    }
+    if let Some(top) = open.last() {
+        return Err(format!(
+            "Can't find end tag corresponding to start tag \"{}\"",
+            top.tag
+        ));
+    }
+    tags.sort_by_key(|(nth, _)| *nth);
+    Ok(Html {
+        text: out.trim().to_string(),
+        tags: tags.into_iter().map(|(_, t)| t).collect(),
+    })
+}
+
+/// The entity starting with the `&` at `pos`, and where the text goes on: `&lt;`, `&gt;`,
+/// `&amp;`, `&quot;` and numeric ones (`&#NNN;`, `&#xHH;`); like Telegram, the `;` may be left
+/// out.
+fn entity(src: &[u8], pos: usize) -> Result<(char, usize), String> {
+    let at = |i: usize| src.get(i).copied().unwrap_or(0);
+    let mut end = pos + 1;
+    let code = if at(end) == b'#' {
+        end += 1;
+        let radix = if at(end) == b'x' {
+            end += 1;
+            16
+        } else {
+            10
+        };
+        let mut code: u64 = 0;
+        while let Some(d) = (at(end) as char).to_digit(radix) {
+            code = code.saturating_mul(radix.into()).saturating_add(d.into());
+            end += 1;
+        }
+        (code != 0 && code < 0x10ffff && end - pos < 10).then_some(code as u32)
+    } else {
+        while at(end).is_ascii_alphabetic() {
+            end += 1;
+        }
+        match &src[pos + 1..end] {
+            b"lt" => Some('<' as u32),
+            b"gt" => Some('>' as u32),
+            b"amp" => Some('&' as u32),
+            b"quot" => Some('"' as u32),
+            _ => None,
+        }
+    };
+    let Some(code) = code else {
+        return Err(format!(
+            "Character \"&\" at byte offset {pos} starts no entity (write \"&amp;\")"
+        ));
+    };
+    let Some(c) = char::from_u32(code) else {
+        return Err(
+            "Text contains invalid Unicode characters after decoding HTML entities, \
+                    check for unmatched surrogate code units"
+                .into(),
+        );
+    };
+    if at(end) == b';' {
+        end += 1;
+    }
+    Ok((c, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(html: &str) -> String {
+        parse_html(html).expect_err(html)
+    }
+
+    #[test]
+    fn tags_are_removed_and_entities_decoded() {
+        let h = parse_html("New deal <b>A &amp; B &lt;x&gt;</b> &quot;ok&quot; &#65;&#x42; 1 > 0")
+            .unwrap();
+        assert_eq!(h.text, "New deal A & B <x> \"ok\" AB 1 > 0");
+        assert_eq!(h.bold(), vec!["A & B <x>"]);
+    }
+
+    #[test]
+    fn every_supported_tag_is_taken_and_recorded_in_opening_order() {
+        let h = parse_html(concat!(
+            "<b>1<i>2</i></b><STRONG>3</STRONG><em>4</em><u>5</u><ins>6</ins><s>7</s>",
+            "<strike>8</strike><del>9</del><span class=\"tg-spoiler\">a</span>",
+            "<tg-spoiler>b</tg-spoiler><a href=\"https://x.example/?a=1&amp;b=2\">c</a>",
+            "<code>d</code><pre><code class=\"language-rust\">e</code></pre>",
+            "<blockquote>f</blockquote><blockquote expandable>g</blockquote>",
+            "<tg-emoji emoji-id=\"5368324170671202286\">👍</tg-emoji>",
+        ))
+        .unwrap();
+        assert_eq!(h.text, "123456789abcdefg👍");
+        let tags: Vec<_> = h.tags.iter().map(|t| t.tag.as_str()).collect();
+        assert_eq!(
+            tags,
+            [
+                "b",
+                "i",
+                "strong",
+                "em",
+                "u",
+                "ins",
+                "s",
+                "strike",
+                "del",
+                "span",
+                "tg-spoiler",
+                "a",
+                "code",
+                "pre",
+                "code",
+                "blockquote",
+                "blockquote",
+                "tg-emoji"
+            ]
+        );
+        assert_eq!(h.bold(), vec!["12", "3"]);
+        assert_eq!(h.tags[11].argument, "https://x.example/?a=1&b=2");
+        assert_eq!(h.tags[14].argument, "rust");
+        assert_eq!(h.tags[16].argument, "expandable");
+        assert_eq!(h.tags[17].argument, "5368324170671202286");
+    }
+
+    #[test]
+    fn telegram_refuses_these_with_its_own_words() {
+        for (html, reason) in [
+            ("<br>", "Unsupported start tag \"br\" at byte offset 0"),
+            ("a < b", "Unsupported start tag \"\" at byte offset 2"),
+            (
+                "price <100 and >50",
+                "Unsupported start tag \"100\" at byte offset 6",
+            ),
+            ("x <b", "Unclosed start tag at byte offset 2"),
+            ("<a href", "Unclosed start tag \"a\" at byte offset 0"),
+            ("<a href=\"x\"", "Unclosed start tag at byte offset 0"),
+            (
+                "<a =\"x\">y</a>",
+                "Empty attribute name in the tag \"a\" at byte offset 0",
+            ),
+            (
+                "<span>x</span>",
+                "Tag \"span\" must have class \"tg-spoiler\" at byte offset 0",
+            ),
+            (
+                "<span class=\"tg-other\">x</span>",
+                "Tag \"span\" must have class \"tg-spoiler\" at byte offset 0",
+            ),
+            ("x</b>", "Unexpected end tag at byte offset 1"),
+            ("<b>x</b", "Unclosed end tag at byte offset 4"),
+            ("<b>x</ b>", "Unclosed end tag at byte offset 4"),
+            (
+                "<b>x</i>",
+                "Unmatched end tag at byte offset 4, expected \"</b>\", found \"</i>\"",
+            ),
+            (
+                "<b><i>x</b></i>",
+                "Unmatched end tag at byte offset 7, expected \"</i>\", found \"</b>\"",
+            ),
+            (
+                "<b>x",
+                "Can't find end tag corresponding to start tag \"b\"",
+            ),
+            (
+                "<tg-emoji emoji-id=\"x\">y</tg-emoji>",
+                "Invalid custom emoji identifier specified",
+            ),
+            (
+                "<tg-emoji emoji-id=\"-5\">y</tg-emoji>",
+                "Invalid custom emoji identifier specified",
+            ),
+            ("<b>привет</b> <br>", "Unsupported start tag \"br\" at byte offset 20"),
+            (
+                "&#xD800;",
+                "Text contains invalid Unicode characters after decoding HTML entities, check for unmatched surrogate code units",
+            ),
+        ] {
+            assert_eq!(refused(html), reason, "{html}");
+        }
+    }
+
+    #[test]
+    fn a_bare_ampersand_and_an_unquoted_value_are_refused() {
+        for (html, offset) in [
+            ("Tom & Jerry", 4),
+            ("&nbsp;", 0),
+            ("&copy 2024", 0),
+            ("&#0;", 0),
+            ("&#X41;", 0),
+            ("<a href=\"?a=1&b=2\">x</a>", 13),
+        ] {
+            assert_eq!(
+                refused(html),
+                format!(
+                    "Character \"&\" at byte offset {offset} starts no entity (write \"&amp;\")"
+                ),
+                "{html}"
+            );
+        }
+        assert_eq!(
+            refused("<a href=x>y</a>"),
+            "Unquoted value of the attribute \"href\" in the tag \"a\" at byte offset 8"
+        );
+    }
+
+    #[test]
+    fn what_telegram_tolerates_is_accepted() {
+        for (html, text) in [
+            ("&lt&gt", "<>"),
+            ("&#65&#x42;", "AB"),
+            ("a > b", "a > b"),
+            ("<B>x</B>", "x"),
+            ("<b >x</b >", "x"),
+            ("<b>x</>", "x"),
+            ("<i class='y' title=\"z\">x</i>", "x"),
+            ("<b></b>empty", "empty"),
+            ("<tg-emoji emoji-id=\"x\"></tg-emoji>e", "e"),
+            ("  \n padded <b>x</b> \n", "padded x"),
+        ] {
+            assert_eq!(parse_html(html).unwrap().text, text, "{html}");
+        }
+        assert!(parse_html("<b></b>").unwrap().tags.is_empty());
+    }
+
+    #[test]
+    fn escaped_data_stays_data_while_the_template_s_tags_stay_tags() {
+        let h = parse_html("Deal <b>&lt;b&gt;Boiler&lt;/b&gt; &amp; co</b>").unwrap();
+        assert_eq!(h.text, "Deal <b>Boiler</b> & co");
+        assert_eq!(h.bold(), vec!["<b>Boiler</b> & co"]);
+    }
+}
