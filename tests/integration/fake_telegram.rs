@@ -1,6 +1,7 @@
 //! A fake Telegram Bot API on loopback: speaks the real wire format for the methods the
 //! gateway uses, records every call, serves injected updates to long polling, and can answer
-//! 429 with `retry_after`.
+//! 429 with `retry_after`. It refuses what Telegram refuses (HTML it cannot parse, bad buttons,
+//! texts over the limits), so a test sees those errors.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -18,6 +20,30 @@ pub struct Call {
     pub method: String,
     pub params: Value,
     pub at: Instant,
+    /// For an accepted sendMessage or editMessageText: the text as the user sees it (HTML
+    /// parsed when `parse_mode` is HTML, trimmed as Telegram trims). `None` for other calls,
+    /// refused ones, and other parse modes (the fake does not parse Markdown).
+    pub shown: Option<String>,
+    /// The texts inside `<b>` and `<strong>`, as shown, in the order the tags open.
+    pub bold: Vec<String>,
+    /// Every tag that held some text, in the order they open.
+    pub tags: Vec<Tagged>,
+    /// The description of the error the fake answered with (400, 429); `None` on success.
+    pub error: Option<String>,
+}
+
+impl Call {
+    fn new(method: String, params: Value, at: Instant) -> Call {
+        Call {
+            method,
+            params,
+            at,
+            shown: None,
+            bold: Vec::new(),
+            tags: Vec::new(),
+            error: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -68,6 +94,18 @@ impl FakeTelegram {
             .collect()
     }
 
+    /// Every call the fake answered with an error, whatever its method.
+    pub fn errors(&self) -> Vec<Call> {
+        self.state
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.error.is_some())
+            .cloned()
+            .collect()
+    }
+
     /// Queues an update for getUpdates; returns its update_id.
     pub fn inject(&self, mut update: Value) -> i64 {
         let id = match update["update_id"].as_i64() {
@@ -110,8 +148,17 @@ pub fn text_update(chat: i64, user: i64, lang: &str, text: &str) -> Value {
     }})
 }
 
-fn ok(result: Value) -> Json<Value> {
-    Json(json!({"ok": true, "result": result}))
+/// An error answer: its HTTP status and Telegram's body.
+struct Refusal {
+    status: StatusCode,
+    body: Value,
+}
+
+fn bad_request(what: impl std::fmt::Display) -> Refusal {
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({"ok": false, "error_code": 400, "description": format!("Bad Request: {what}")}),
+    }
 }
 
 fn message(state: &State_, chat: &Value, text: &Value) -> Value {
@@ -129,7 +176,10 @@ fn message(state: &State_, chat: &Value, text: &Value) -> Value {
            "from": {"id": 1, "is_bot": true, "first_name": "Test", "username": "test_bot"}})
 }
 
-async fn handle_get(state: State<Arc<State_>>, path: Path<(String, String)>) -> Json<Value> {
+async fn handle_get(
+    state: State<Arc<State_>>,
+    path: Path<(String, String)>,
+) -> (StatusCode, Json<Value>) {
     answer(state, path, json!({})).await
 }
 
@@ -139,7 +189,7 @@ async fn handle(
     path: Path<(String, String)>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Json<Value> {
+) -> (StatusCode, Json<Value>) {
     let ct = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -175,62 +225,144 @@ async fn answer(
     State(state): State<Arc<State_>>,
     Path((_bot, method)): Path<(String, String)>,
     params: Value,
-) -> Json<Value> {
+) -> (StatusCode, Json<Value>) {
     let method = method.to_ascii_lowercase();
-    if method != "getupdates" {
-        state.calls.lock().unwrap().push(Call {
-            method: method.clone(),
-            params: params.clone(),
-            at: Instant::now(),
-        });
+    let mut call = Call::new(method, params, Instant::now());
+    if call.method == "getupdates" {
+        let params = call.params.clone();
+        state.calls.lock().unwrap().push(call);
+        return (StatusCode::OK, Json(poll(&state, &params).await));
     }
-    match method.as_str() {
-        "getme" => ok(
+    // The call is recorded once answered, so a test that sees it also sees its outcome.
+    let result = respond(&state, &mut call);
+    let answer = match result {
+        Ok(result) => (StatusCode::OK, Json(json!({"ok": true, "result": result}))),
+        Err(refusal) => {
+            call.error = refusal.body["description"].as_str().map(str::to_string);
+            (refusal.status, Json(refusal.body))
+        }
+    };
+    state.calls.lock().unwrap().push(call);
+    answer
+}
+
+async fn poll(state: &State_, params: &Value) -> Value {
+    let offset = params["offset"].as_i64().unwrap_or(0);
+    let wait = Duration::from_secs(params["timeout"].as_u64().unwrap_or(0).min(1));
+    let deadline = Instant::now() + wait;
+    loop {
+        let notified = state.arrived.notified();
+        let ready: Vec<Value> = state
+            .updates
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| u["update_id"].as_i64().unwrap_or(0) >= offset)
+            .cloned()
+            .collect();
+        if !ready.is_empty() || Instant::now() >= deadline {
+            return json!({"ok": true, "result": ready});
+        }
+        let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
+    }
+}
+
+fn respond(state: &State_, call: &mut Call) -> Result<Value, Refusal> {
+    let params = &call.params;
+    match call.method.as_str() {
+        "getme" => Ok(
             json!({"id": 1, "is_bot": true, "first_name": "Test", "username": "test_bot",
             "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false}),
         ),
-        "getupdates" => {
-            state.calls.lock().unwrap().push(Call {
-                method,
-                params: params.clone(),
-                at: Instant::now(),
-            });
-            let offset = params["offset"].as_i64().unwrap_or(0);
-            let wait = Duration::from_secs(params["timeout"].as_u64().unwrap_or(0).min(1));
-            let deadline = Instant::now() + wait;
-            loop {
-                let notified = state.arrived.notified();
-                let ready: Vec<Value> = state
-                    .updates
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|u| u["update_id"].as_i64().unwrap_or(0) >= offset)
-                    .cloned()
-                    .collect();
-                if !ready.is_empty() || Instant::now() >= deadline {
-                    return ok(Value::Array(ready));
-                }
-                let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
-            }
-        }
         "sendmessage" => {
             let chat = params["chat_id"].as_i64().unwrap_or(0);
             if let Some(secs) = state.throttle.lock().unwrap().remove(&chat) {
-                return Json(json!({"ok": false, "error_code": 429,
-                    "description": format!("Too Many Requests: retry after {secs}"),
-                    "parameters": {"retry_after": secs}}));
+                return Err(Refusal {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    body: json!({"ok": false, "error_code": 429,
+                        "description": format!("Too Many Requests: retry after {secs}"),
+                        "parameters": {"retry_after": secs}}),
+                });
             }
-            ok(message(&state, &params["chat_id"], &params["text"]))
+            check_keyboard(&params["reply_markup"])?;
+            let sent = shown_text(call, "message is too long")?;
+            Ok(message(state, &call.params["chat_id"], &sent))
         }
-        "editmessagetext" | "editmessagereplymarkup" => {
-            ok(message(&state, &params["chat_id"], &params["text"]))
+        "editmessagetext" => {
+            check_keyboard(&params["reply_markup"])?;
+            let sent = shown_text(call, "MESSAGE_TOO_LONG")?;
+            Ok(message(state, &call.params["chat_id"], &sent))
         }
-        "answercallbackquery" | "setwebhook" | "deletewebhook" => ok(json!(true)),
-        _ => Json(
-            json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"}),
-        ),
+        "editmessagereplymarkup" => {
+            check_keyboard(&params["reply_markup"])?;
+            Ok(message(state, &params["chat_id"], &params["text"]))
+        }
+        "answercallbackquery" | "setwebhook" | "deletewebhook" => Ok(json!(true)),
+        _ => Err(Refusal {
+            status: StatusCode::NOT_FOUND,
+            body: json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"}),
+        }),
     }
+}
+
+/// Checks a sendMessage or editMessageText text as Telegram does, fills in what the user sees,
+/// and returns the text the fake's answer carries.
+fn shown_text(call: &mut Call, too_long: &str) -> Result<Value, Refusal> {
+    let text = call.params["text"].as_str().unwrap_or_default();
+    let mode = call.params["parse_mode"].as_str().unwrap_or_default();
+    let html = if mode.eq_ignore_ascii_case("html") {
+        parse_html(text).map_err(|reason| bad_request(format!("can't parse entities: {reason}")))?
+    } else if mode.is_empty() {
+        Html {
+            text: text.trim().to_string(),
+            tags: Vec::new(),
+        }
+    } else {
+        return Ok(call.params["text"].clone());
+    };
+    if html.text.is_empty() {
+        return Err(bad_request("message text is empty"));
+    }
+    if html.text.chars().count() > 4096 {
+        return Err(bad_request(too_long));
+    }
+    call.bold = html.bold();
+    call.shown = Some(html.text.clone());
+    call.tags = html.tags;
+    Ok(json!(html.text))
+}
+
+/// An inline keyboard's buttons: a non-empty text, callback data of 1–64 bytes.
+fn check_keyboard(markup: &Value) -> Result<(), Refusal> {
+    // Multipart requests carry the markup as a JSON string.
+    let parsed;
+    let markup = match markup.as_str() {
+        Some(s) => {
+            parsed = serde_json::from_str(s).unwrap_or(Value::Null);
+            &parsed
+        }
+        None => markup,
+    };
+    let buttons = markup["inline_keyboard"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_array)
+        .flatten();
+    for button in buttons {
+        // Telegram itself drops a button without text silently; a missing button is a bug
+        // worth an error here.
+        if button["text"].as_str().unwrap_or_default().is_empty() {
+            return Err(bad_request("inline keyboard button text must be non-empty"));
+        }
+        if let Some(data) = button.get("callback_data") {
+            let len = data.as_str().map_or(0, str::len);
+            if !(1..=64).contains(&len) {
+                return Err(bad_request("BUTTON_DATA_INVALID"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn click_update(chat: i64, user: i64, name: &str, data: &str, message_id: i64) -> Value {
@@ -559,7 +691,116 @@ fn entity(src: &[u8], pos: usize) -> Result<(char, usize), String> {
 
 #[cfg(test)]
 mod tests {
+    // The benchmark includes this file without compiling its tests: what only they use is
+    // imported inside them.
     use super::*;
+    use teloxide::{ApiError, Bot, RequestError};
+
+    fn bot(fake: &FakeTelegram) -> Bot {
+        Bot::new(TOKEN).set_api_url(reqwest::Url::parse(&fake.url).unwrap())
+    }
+
+    fn api_error(r: Result<impl std::fmt::Debug, RequestError>) -> String {
+        match r {
+            // teloxide knows some descriptions by name and keeps the others whole.
+            Err(RequestError::Api(ApiError::Unknown(e))) => e,
+            Err(RequestError::Api(e)) => e.to_string(),
+            other => panic!("expected an API error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn html_telegram_cannot_parse_is_an_api_error_and_what_it_can_is_shown() {
+        use teloxide::payloads::{EditMessageTextSetters, SendMessageSetters};
+        use teloxide::requests::Requester;
+        use teloxide::types::{ChatId, ParseMode};
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let bad = bot
+            .send_message(ChatId(5), "<b>Deal</b> for <Ann>")
+            .parse_mode(ParseMode::Html)
+            .await;
+        let Err(RequestError::Api(ApiError::CantParseEntities(e))) = bad else {
+            panic!("expected CantParseEntities, got {bad:?}");
+        };
+        assert_eq!(
+            e,
+            "Bad Request: can't parse entities: Unsupported start tag \"ann\" at byte offset 16"
+        );
+        let sent = bot
+            .send_message(ChatId(5), "<b>Deal</b> for &lt;Ann&gt; &amp; co")
+            .parse_mode(ParseMode::Html)
+            .await
+            .unwrap();
+        assert_eq!(sent.text(), Some("Deal for <Ann> & co"));
+        bot.edit_message_text(ChatId(5), sent.id, "<i>taken</i> by <b>Ann</b>")
+            .parse_mode(ParseMode::Html)
+            .await
+            .unwrap();
+        // Without a parse mode, tags are text.
+        bot.send_message(ChatId(5), " a <b> b ").await.unwrap();
+
+        let calls = fake.calls("sendMessage");
+        assert_eq!(calls[0].error.as_deref(), Some(e.as_str()));
+        assert_eq!(calls[0].shown, None);
+        assert_eq!(calls[1].shown.as_deref(), Some("Deal for <Ann> & co"));
+        assert_eq!(calls[1].bold, vec!["Deal"]);
+        assert_eq!(calls[2].shown.as_deref(), Some("a <b> b"));
+        let edit = &fake.calls("editMessageText")[0];
+        assert_eq!(edit.shown.as_deref(), Some("taken by Ann"));
+        assert_eq!(edit.bold, vec!["Ann"]);
+        assert_eq!(edit.tags[0].tag, "i");
+        assert_eq!(fake.errors().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn empty_and_too_long_texts_and_bad_buttons_are_refused() {
+        use teloxide::payloads::SendMessageSetters;
+        use teloxide::requests::Requester;
+        use teloxide::types::{
+            ChatId, InlineKeyboardButton, InlineKeyboardMarkup, MessageId, ParseMode,
+        };
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let html = |text: String| {
+            bot.send_message(ChatId(5), text)
+                .parse_mode(ParseMode::Html)
+        };
+        assert_eq!(
+            api_error(html("<b> </b>".into()).await),
+            "Bad Request: message text is empty"
+        );
+        // 4096 characters after parsing are fine, one more is not.
+        html(format!("<b>{}</b>", "я".repeat(4096))).await.unwrap();
+        assert_eq!(
+            api_error(html(format!("{}&amp;", "я".repeat(4096))).await),
+            "Bad Request: message is too long"
+        );
+        assert_eq!(
+            api_error(
+                bot.edit_message_text(ChatId(5), MessageId(1), "x".repeat(4097))
+                    .await
+            ),
+            "Bad Request: MESSAGE_TOO_LONG"
+        );
+        let keyboard = |text: &str, data: String| {
+            InlineKeyboardMarkup::new([[InlineKeyboardButton::callback(text.to_string(), data)]])
+        };
+        let with = |markup| bot.send_message(ChatId(5), "offer").reply_markup(markup);
+        with(keyboard("Accept", "d".repeat(64))).await.unwrap();
+        for (text, data, error) in [
+            ("Accept", "d".repeat(65), "Bad Request: BUTTON_DATA_INVALID"),
+            ("Accept", String::new(), "Bad Request: BUTTON_DATA_INVALID"),
+            (
+                "",
+                "d".into(),
+                "Bad Request: inline keyboard button text must be non-empty",
+            ),
+        ] {
+            assert_eq!(api_error(with(keyboard(text, data)).await), error);
+        }
+        assert_eq!(fake.errors().len(), 6);
+    }
 
     fn refused(html: &str) -> String {
         parse_html(html).expect_err(html)
