@@ -1,10 +1,10 @@
 //! A fake Telegram Bot API on loopback: speaks the real wire format for the methods the
 //! gateway uses, records every call, serves injected updates to long polling, and can answer
 //! 429 with `retry_after`. It refuses what Telegram refuses (HTML it cannot parse, bad buttons,
-//! texts over the limits), so a test sees those errors.
+//! texts over the limits, callback queries answered twice), so a test sees those errors.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,15 @@ impl Call {
 }
 
 #[derive(Default)]
+struct Callbacks {
+    /// Callback query id → when its update was injected.
+    issued: HashMap<String, Instant>,
+    answered: HashSet<String>,
+    /// Injection → answer, for the injected queries, in the order they were answered.
+    delays: Vec<Duration>,
+}
+
+#[derive(Default)]
 struct State_ {
     calls: Mutex<Vec<Call>>,
     updates: Mutex<Vec<Value>>,
@@ -55,6 +64,9 @@ struct State_ {
     next_message: AtomicI64,
     /// chat id → retry_after seconds for its next sendMessage.
     throttle: Mutex<HashMap<i64, u32>>,
+    callbacks: Mutex<Callbacks>,
+    /// Refuse answers to callback queries that were never injected.
+    strict_callbacks: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -106,7 +118,8 @@ impl FakeTelegram {
             .collect()
     }
 
-    /// Queues an update for getUpdates; returns its update_id.
+    /// Queues an update for getUpdates; returns its update_id. A callback query in it becomes
+    /// one the fake has issued (see `strict_callbacks`).
     pub fn inject(&self, mut update: Value) -> i64 {
         let id = match update["update_id"].as_i64() {
             Some(id) => id,
@@ -116,9 +129,32 @@ impl FakeTelegram {
                 id
             }
         };
+        if let Some(query) = update["callback_query"]["id"].as_str() {
+            // A redelivered update keeps the time of its first delivery.
+            self.state
+                .callbacks
+                .lock()
+                .unwrap()
+                .issued
+                .entry(query.to_string())
+                .or_insert_with(Instant::now);
+        }
         self.state.updates.lock().unwrap().push(update);
         self.state.arrived.notify_waiters();
         id
+    }
+
+    /// From now on, answering a callback query that was never injected is refused, as Telegram
+    /// refuses an unknown query id. Off by default: tests may post updates to the gateway's
+    /// webhook directly, and the fake does not see those.
+    pub fn strict_callbacks(&self) {
+        self.state.strict_callbacks.store(true, Ordering::Relaxed);
+    }
+
+    /// For each injected callback query answered so far, in the order of the answers: the time
+    /// from its injection to its answerCallbackQuery call.
+    pub fn answer_delays(&self) -> Vec<Duration> {
+        self.state.callbacks.lock().unwrap().delays.clone()
     }
 
     pub fn throttle_next(&self, chat: i64, retry_after: u32) {
@@ -160,6 +196,8 @@ fn bad_request(what: impl std::fmt::Display) -> Refusal {
         body: json!({"ok": false, "error_code": 400, "description": format!("Bad Request: {what}")}),
     }
 }
+
+const QUERY_TOO_OLD: &str = "query is too old and response timeout expired or query ID is invalid";
 
 fn message(state: &State_, chat: &Value, text: &Value) -> Value {
     let id = state.next_message.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +335,8 @@ fn respond(state: &State_, call: &mut Call) -> Result<Value, Refusal> {
             check_keyboard(&params["reply_markup"])?;
             Ok(message(state, &params["chat_id"], &params["text"]))
         }
-        "answercallbackquery" | "setwebhook" | "deletewebhook" => Ok(json!(true)),
+        "answercallbackquery" => answer_callback(state, params, call.at),
+        "setwebhook" | "deletewebhook" => Ok(json!(true)),
         _ => Err(Refusal {
             status: StatusCode::NOT_FOUND,
             body: json!({"ok": false, "error_code": 404, "description": "Not Found: method not found"}),
@@ -363,6 +402,26 @@ fn check_keyboard(markup: &Value) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+fn answer_callback(state: &State_, params: &Value, at: Instant) -> Result<Value, Refusal> {
+    let text = params["text"].as_str().unwrap_or_default();
+    if text.chars().count() > 200 {
+        return Err(bad_request("MESSAGE_TOO_LONG"));
+    }
+    let id = params["callback_query_id"].as_str().unwrap_or_default();
+    let mut callbacks = state.callbacks.lock().unwrap();
+    let issued = callbacks.issued.get(id).copied();
+    let unknown = issued.is_none() && state.strict_callbacks.load(Ordering::Relaxed);
+    if unknown || !callbacks.answered.insert(id.to_string()) {
+        return Err(bad_request(QUERY_TOO_OLD));
+    }
+    if let Some(injected) = issued {
+        callbacks
+            .delays
+            .push(at.saturating_duration_since(injected));
+    }
+    Ok(json!(true))
 }
 
 pub fn click_update(chat: i64, user: i64, name: &str, data: &str, message_id: i64) -> Value {
@@ -800,6 +859,40 @@ mod tests {
             assert_eq!(api_error(with(keyboard(text, data)).await), error);
         }
         assert_eq!(fake.errors().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn callback_queries_are_answered_once_and_unknown_ones_only_when_not_strict() {
+        use teloxide::payloads::AnswerCallbackQuerySetters;
+        use teloxide::requests::Requester;
+        use teloxide::types::CallbackQueryId;
+        let fake = FakeTelegram::start().await;
+        let bot = bot(&fake);
+        let answer = |id: &str| bot.answer_callback_query(CallbackQueryId(id.to_string()));
+        let click = click_update(-5, 7, "Ann", "o:1:0", 1);
+        let id = click["callback_query"]["id"].as_str().unwrap().to_string();
+        fake.inject(click);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            api_error(answer(&id).text("x".repeat(201)).await),
+            "Bad Request: MESSAGE_TOO_LONG"
+        );
+        answer(&id).text("y".repeat(200)).await.unwrap();
+        assert_eq!(
+            api_error(answer(&id).await),
+            format!("Bad Request: {QUERY_TOO_OLD}")
+        );
+        // Posted to a webhook by a test, the fake never saw it: fine until strict.
+        answer("cb-webhook").await.unwrap();
+        fake.strict_callbacks();
+        assert_eq!(
+            api_error(answer("cb-never-issued").await),
+            format!("Bad Request: {QUERY_TOO_OLD}")
+        );
+        let delays = fake.answer_delays();
+        assert_eq!(delays.len(), 1);
+        assert!(delays[0] >= Duration::from_millis(20));
+        assert_eq!(fake.errors().len(), 3);
     }
 
     fn refused(html: &str) -> String {
