@@ -158,7 +158,14 @@ offer = { to = "tg:{{ event.chat }}", template = "Offer: {{ event.title }}", but
     let t = TestApp::spawn(&cfg).await;
     t.post("notify", json!({"chat": -300, "title": DATA})).await;
     let sent = fake.wait_for("sendMessage", 3).await;
+    assert!(fake.errors().is_empty(), "{:?}", fake.errors());
     assert_eq!(sent[0].params["text"], format!("<b>Deal</b> {ESCAPED}"));
+    // What the chat shows: the data as written, the operator's tag still bold.
+    assert_eq!(sent[0].shown.as_deref(), Some(format!("Deal {DATA}").as_str()));
+    assert_eq!(sent[0].bold, vec!["Deal"]);
+    assert_eq!(sent[1].shown.as_deref(), Some(format!("Company: {DATA}").as_str()));
+    assert_eq!(sent[1].bold, vec!["Company"]);
+    assert_eq!(sent[2].shown.as_deref(), Some(format!("Offer: {DATA}").as_str()));
     // A button label is plain text on Telegram: it goes as the data is.
     let kb = &sent[0].params["reply_markup"]["inline_keyboard"];
     assert_eq!(kb[0][0]["text"], DATA);
@@ -177,6 +184,35 @@ offer = { to = "tg:{{ event.chat }}", template = "Offer: {{ event.title }}", but
         edits[0].params["text"],
         format!("Offer: {ESCAPED}\n\n✅ <b>{ESCAPED}</b>")
     );
+    assert_eq!(edits[0].bold, vec![DATA]);
+}
+
+#[tokio::test]
+async fn a_message_telegram_refuses_fails_with_telegrams_own_words() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[(
+        "bad.toml",
+        r#"id = "bad"
+on = { webhook = "bad" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "<blink>{{ event.text }}</blink>" }
+"#,
+    )]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    let (_, body) = t.post("bad", json!({"chat": 630, "text": "hi"})).await;
+    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
+    let failed = eventually(|| async {
+        let rows = t.app.store.outbox_for_run(runs[0].id).await.unwrap();
+        rows.into_iter().find(|r| r.status == "failed")
+    })
+    .await;
+    // Not retried: Telegram will refuse it again.
+    assert_eq!(failed.attempts, 1);
+    let error = failed.last_error.unwrap();
+    assert!(error.contains("can't parse entities"), "{error}");
+    assert!(error.contains("blink"), "{error}");
+    assert_eq!(fake.errors().len(), 1);
 }
 
 #[tokio::test]
