@@ -9,7 +9,7 @@ use crate::channels::{Choice, OutAnswer, OutEdit, OutMessage, Outbound};
 use crate::config::{Action, OfferSpec, Scenario, Who};
 use crate::store::{NewOutbox, OfferRow, RunStatus, StoreError, Tx};
 
-/// `o:<offer id>:<button index>`: well inside Telegram's 64 bytes of callback data.
+/// `o:<offer id>:<button index>`: short enough for any channel's callback data.
 fn parse_data(data: &str) -> Option<(i64, usize)> {
     let mut it = data.strip_prefix("o:")?.split(':');
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))

@@ -161,11 +161,20 @@ offer = { to = "tg:{{ event.chat }}", template = "Offer: {{ event.title }}", but
     assert!(fake.errors().is_empty(), "{:?}", fake.errors());
     assert_eq!(sent[0].params["text"], format!("<b>Deal</b> {ESCAPED}"));
     // What the chat shows: the data as written, the operator's tag still bold.
-    assert_eq!(sent[0].shown.as_deref(), Some(format!("Deal {DATA}").as_str()));
+    assert_eq!(
+        sent[0].shown.as_deref(),
+        Some(format!("Deal {DATA}").as_str())
+    );
     assert_eq!(sent[0].bold, vec!["Deal"]);
-    assert_eq!(sent[1].shown.as_deref(), Some(format!("Company: {DATA}").as_str()));
+    assert_eq!(
+        sent[1].shown.as_deref(),
+        Some(format!("Company: {DATA}").as_str())
+    );
     assert_eq!(sent[1].bold, vec!["Company"]);
-    assert_eq!(sent[2].shown.as_deref(), Some(format!("Offer: {DATA}").as_str()));
+    assert_eq!(
+        sent[2].shown.as_deref(),
+        Some(format!("Offer: {DATA}").as_str())
+    );
     // A button label is plain text on Telegram: it goes as the data is.
     let kb = &sent[0].params["reply_markup"]["inline_keyboard"];
     assert_eq!(kb[0][0]["text"], DATA);
