@@ -49,7 +49,7 @@ pub struct App {
 impl App {
     pub async fn start(opts: Options) -> anyhow::Result<App> {
         let cfg = Arc::new(config::load(&opts.config_dir)?);
-        let store = store::open(&opts.database, &cfg.gateway.database)
+        let store = store::open_writer(&opts.database, &cfg.gateway.database)
             .await
             .with_context(|| format!("opening the database {}", opts.database))?;
         let clock = opts.clock.clone();

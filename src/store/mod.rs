@@ -28,6 +28,8 @@ pub enum StoreError {
     Unsupported(String),
     #[error("this replica was presumed dead and its work handed to others")]
     Fenced,
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -76,6 +78,18 @@ pub async fn open(url: &str, pool: &PoolOptions) -> Result<std::sync::Arc<dyn St
     } else {
         Err(StoreError::Unsupported(url.to_string()))
     }
+}
+
+/// Opens the store for a gateway that writes to it. A SQLite file has one such writer: a
+/// second gateway on the same file is refused (readers such as `journal` are not).
+pub async fn open_writer(url: &str, pool: &PoolOptions) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return open(url, pool).await;
+    }
+    let lock = sqlite::writer_lock(url)?;
+    let mut store = SqliteStore::open(url).await?;
+    store.hold(lock);
+    Ok(std::sync::Arc::new(store))
 }
 
 /// Applies the migrations of the database a URL names, without registering a replica.

@@ -26,6 +26,37 @@ pub struct SqliteStore {
     ids: Arc<Ids>,
     /// The owner of queued rows: always this process.
     me: Arc<str>,
+    /// A gateway's exclusive lock on the file (released when the process ends, however).
+    _writer: Option<Arc<std::fs::File>>,
+}
+
+/// Takes the writer's lock of a SQLite database (`<file>.lock` beside it): the ids of new
+/// rows are handed out in memory, so two gateways on one file would collide.
+pub fn writer_lock(url: &str) -> Result<Option<std::fs::File>> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Busy(format!("cannot open the lock file {lock_path}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy(format!(
+            "another gateway is running on {path} (it holds {lock_path}); one gateway process per SQLite file — use PostgreSQL for several"
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Busy(format!(
+            "cannot lock {lock_path}: {e}"
+        ))),
+    }
 }
 
 /// Row ids handed out in memory: this process is the file's only writer, and knowing an id
@@ -94,7 +125,13 @@ impl SqliteStore {
                 outbox: take(),
             }),
             me: "local".into(),
+            _writer: None,
         })
+    }
+
+    /// Keeps the writer's lock for as long as the store lives.
+    pub fn hold(&mut self, lock: Option<std::fs::File>) {
+        self._writer = lock.map(Arc::new);
     }
 
     pub fn pool(&self) -> &SqlitePool {
