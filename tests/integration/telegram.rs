@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::store::RunFilter;
+use switchboard::store::{EventFilter, EventRow, OutboxRow, RunFilter};
 
 use crate::fake_telegram::{text_update, FakeTelegram, TOKEN};
 use crate::support::*;
@@ -29,7 +29,7 @@ fn gateway(fake: &FakeTelegram, extra: &str) -> String {
     )
 }
 
-async fn echo_runs(t: &TestApp) -> usize {
+async fn echo_runs(t: &TestApp) -> Vec<i64> {
     t.app
         .store
         .list_runs(&RunFilter {
@@ -39,7 +39,9 @@ async fn echo_runs(t: &TestApp) -> usize {
         })
         .await
         .unwrap()
-        .len()
+        .iter()
+        .map(|r| r.id)
+        .collect()
 }
 
 #[tokio::test]
@@ -79,8 +81,16 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
         sent[1].params["text"],
         "echo: <b>/start deal-42</b> (en, start deal-42)"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(echo_runs(&t).await, 2);
+    // The repeated update, had it been stored, came before the second one: once the engine
+    // is through the second, every run has started, and once their messages are delivered,
+    // none goes out again.
+    let events = processed_through(&t, "tg", second).await;
+    assert_eq!(events.len(), 2, "the repeated update is stored once");
+    let runs = echo_runs(&t).await;
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        settled_outbox(&t, run).await;
+    }
     assert_eq!(fake.calls("sendMessage").len(), 2);
 
     // A restart continues after the last stored update.
@@ -94,10 +104,20 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
     })
     .await;
     assert_eq!(polls[polls_before].params["offset"], second + 1);
-    fake.inject(text_update(502, 9, "pl", "after"));
+    let third = fake.inject(text_update(502, 9, "pl", "after"));
     fake.wait_for("sendMessage", 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(echo_runs(&t).await, 3);
+    let events = processed_through(&t, "tg", third).await;
+    assert_eq!(
+        events.len(),
+        3,
+        "no update is stored again after the restart"
+    );
+    let runs = echo_runs(&t).await;
+    assert_eq!(runs.len(), 3);
+    for run in runs {
+        settled_outbox(&t, run).await;
+    }
+    assert_eq!(fake.calls("sendMessage").len(), 3);
 }
 
 #[tokio::test]
@@ -154,8 +174,11 @@ async fn webhook_mode_checks_the_secret_and_stores_updates() {
     }
     let sent = fake.wait_for("sendMessage", 1).await;
     assert_eq!(sent[0].params["text"], "echo: <b>via webhook</b> (en)");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(echo_runs(&t).await, 1);
+    // Each post was answered once its update was stored: when that event is processed, every
+    // run the two posts could start has started.
+    let events = processed_through(&t, "tg", 77).await;
+    assert_eq!(events.len(), 1, "the repeated update is stored once");
+    assert_eq!(echo_runs(&t).await.len(), 1);
     let r = t
         .http
         .post(format!("{}/telegram/other", t.app.url()))
@@ -845,4 +868,38 @@ async fn an_offer_that_times_out_before_its_message_is_sent_is_closed_once_it_is
         .collect();
     assert_eq!(offers.len(), 2, "refused once, then sent");
     assert!(edits[0].params["message_id"].as_i64().is_some());
+}
+
+/// The channel's events, newest first, once the event of this update and every event stored
+/// before it have been processed.
+async fn processed_through(t: &TestApp, channel: &str, update_id: i64) -> Vec<EventRow> {
+    eventually(|| async {
+        let events = t
+            .app
+            .store
+            .list_events(&EventFilter {
+                source: Some(channel.into()),
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ev = events.iter().find(|e| e.meta["update_id"] == update_id)?;
+        let done = ev.status == "done"
+            && events
+                .iter()
+                .filter(|e| e.id < ev.id)
+                .all(|e| e.status != "pending");
+        done.then_some(events)
+    })
+    .await
+}
+
+/// The run's outbox rows once each has been delivered or given up on.
+async fn settled_outbox(t: &TestApp, run: i64) -> Vec<OutboxRow> {
+    eventually(|| async {
+        let rows = t.app.store.outbox_for_run(run).await.unwrap();
+        rows.iter().all(|o| o.status != "pending").then_some(rows)
+    })
+    .await
 }
