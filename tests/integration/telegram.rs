@@ -512,20 +512,31 @@ async fn contended_clicks(webhook: bool) {
             )
         })
         .collect();
-    if webhook {
+    // A message after the clicks, delivered the same way: once the engine is through it, it
+    // is through every click, and through the repeated update had that been stored.
+    let marker = text_update(1, 1, "en", "after the clicks");
+    let marker = if webhook {
         let url = format!("{}/telegram/tg", t.app.url());
-        let posts = clicks.iter().enumerate().map(|(i, c)| {
-            let mut c = c.clone();
-            c["update_id"] = json!(5000 + i);
+        let post = |update: serde_json::Value| {
             let req = t
                 .http
                 .post(&url)
                 .header("X-Telegram-Bot-Api-Secret-Token", "s3cret")
-                .json(&c);
+                .json(&update);
             async move { req.send().await.unwrap().status().as_u16() }
+        };
+        let posts = clicks.iter().enumerate().map(|(i, c)| {
+            let mut c = c.clone();
+            c["update_id"] = json!(5000 + i);
+            post(c)
         });
         let statuses = futures::future::join_all(posts).await;
         assert!(statuses.iter().all(|s| *s == 200));
+        let id = 5000 + clicks.len() as i64;
+        let mut marker = marker;
+        marker["update_id"] = json!(id);
+        assert_eq!(post(marker).await, 200);
+        id
     } else {
         let first = fake.inject(clicks[0].clone());
         for c in &clicks[1..] {
@@ -535,9 +546,21 @@ async fn contended_clicks(webhook: bool) {
         let mut dup = clicks[0].clone();
         dup["update_id"] = json!(first);
         fake.inject(dup);
-    }
+        fake.inject(marker)
+    };
     fake.wait_for("answerCallbackQuery", 200).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = processed_through(&t, "tg", marker).await;
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "click").count(),
+        200,
+        "one event per click"
+    );
+    // Every answer is delivered or given up on: none goes out again.
+    let rows = settled_outbox(&t, run).await;
+    assert_eq!(
+        rows.iter().filter(|o| o.request["op"] == "answer").count(),
+        200
+    );
     let answers = fake.calls("answerCallbackQuery");
     assert_eq!(answers.len(), 200, "every click answered once");
     let mut ids: Vec<_> = answers
@@ -591,8 +614,8 @@ async fn staff_only_offers_refuse_others_and_decline_keeps_them_open() {
     let (_, b) = t.post("deal", json!({"id": 7})).await;
     let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
     let (data, mid) = posted_offer(&fake).await;
-    // Clicks are taken in the order they arrive; answers go out in parallel, so they are
-    // matched to their clicks by callback id.
+    // Each click is processed before the next one is sent; answers go out in parallel, so
+    // they are matched to their clicks by callback id.
     let clicks = [
         (99, "Stranger", data[0].clone(), "You cannot take this."),
         (42, "Elena", data[1].clone(), "Declined."),
@@ -606,8 +629,8 @@ async fn staff_only_offers_refuse_others_and_decline_keeps_them_open() {
             u["callback_query"]["id"].as_str().unwrap().to_string(),
             *answer,
         ));
-        fake.inject(u);
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        let update = fake.inject(u);
+        processed_through(&t, "tg", update).await;
     }
     let answer_of = |answers: &[crate::fake_telegram::Call], id: &str| {
         answers
