@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::store::{EventFilter, EventRow, OutboxRow, RunFilter};
+use switchboard::store::{EventFilter, EventRow, OutboxRow, RunFilter, RunStatus};
 
 use crate::fake_telegram::{text_update, FakeTelegram, TOKEN};
 use crate::support::*;
@@ -423,19 +423,49 @@ async fn ask_hands_over_after_the_retries_and_on_timeout() {
 async fn replies_go_to_the_oldest_asking_run_of_that_chat() {
     let fake = FakeTelegram::start().await;
     let (_cfg, t) = ask_app(&fake).await;
-    t.post("booked", json!({"id": 10, "chat": 304, "owner": 900}))
-        .await;
-    texts_eventually(&fake, 304, 1).await;
-    t.post("booked", json!({"id": 11, "chat": 304, "owner": 900}))
-        .await;
-    texts_eventually(&fake, 304, 2).await;
-    fake.inject(text_update(999, 1, "en", "2"));
-    fake.inject(text_update(304, 6, "en", "2"));
-    let texts = texts_eventually(&fake, 304, 3).await;
-    assert_eq!(texts[2], "rescheduling");
-    fake.inject(text_update(304, 6, "en", "3"));
-    let texts = texts_eventually(&fake, 304, 4).await;
-    assert_eq!(texts[3], "cancelled");
+    let mut runs = Vec::new();
+    for (n, id) in [10, 11, 12].into_iter().enumerate() {
+        let (_, b) = t
+            .post("booked", json!({"id": id, "chat": 304, "owner": 900}))
+            .await;
+        runs.push(t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id);
+        texts_eventually(&fake, 304, n + 1).await;
+    }
+    let elsewhere = fake.inject(text_update(999, 1, "en", "2"));
+
+    // Each reply goes to the oldest run still asking; the younger ones keep waiting.
+    let replies = [
+        ("2", "rescheduling"),
+        ("3", "cancelled"),
+        ("1", "confirmed after 1 tries"),
+    ];
+    for (n, (reply, _)) in replies.iter().enumerate() {
+        let update = fake.inject(text_update(304, 6, "en", reply));
+        let events = processed_through(&t, "tg", update).await;
+        let verdict = &update_event(&events, update).outcome.as_ref().unwrap()[0];
+        assert_eq!(verdict["verdict"], "answered an ask", "{verdict}");
+        assert_eq!(verdict["run"], runs[n], "reply {reply:?}");
+        let done = t.finished(runs[n]).await;
+        assert_eq!(done.status, RunStatus::Done);
+        assert_eq!(done.vars["answer"]["text"], *reply);
+        assert_eq!(done.vars["answer"]["attempts"], 1);
+        for younger in &runs[n + 1..] {
+            let r = t.app.store.run(*younger).await.unwrap().unwrap();
+            assert_eq!(r.status, RunStatus::Waiting, "run {younger}");
+            assert_eq!(r.vars["answer"], json!({"attempts": 0}), "run {younger}");
+        }
+    }
+    let texts = texts_eventually(&fake, 304, 6).await;
+    let mut want = vec!["Reply 1 to confirm, 2 to reschedule, 3 to cancel"; 3];
+    want.extend(replies.iter().map(|(_, outcome)| *outcome));
+    assert_eq!(texts, want);
+
+    // The message from a chat nobody asked went nowhere.
+    let events = processed_through(&t, "tg", elsewhere).await;
+    assert_eq!(
+        update_event(&events, elsewhere).outcome,
+        Some(json!([{"verdict": "no scenario listens to this event"}]))
+    );
     assert!(texts_to(&fake, 999).is_empty());
 }
 
@@ -916,6 +946,14 @@ async fn processed_through(t: &TestApp, channel: &str, update_id: i64) -> Vec<Ev
         done.then_some(events)
     })
     .await
+}
+
+/// The event of an update among the channel's events.
+fn update_event(events: &[EventRow], update_id: i64) -> &EventRow {
+    events
+        .iter()
+        .find(|e| e.meta["update_id"] == update_id)
+        .unwrap_or_else(|| panic!("no event for update {update_id}"))
 }
 
 /// The run's outbox rows once each has been delivered or given up on.
