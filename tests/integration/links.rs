@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::store::{RunFilter, RunStatus};
+use switchboard::store::{EventFilter, EventRow, RunFilter, RunStatus};
 
 use crate::support::*;
 
@@ -132,7 +132,11 @@ async fn a_single_use_link_runs_its_scenario_once_then_says_already_used() {
     let (status, body, _) = l.click(url, BROWSER, "ru").await;
     assert_eq!(status, 410);
     assert!(body.contains("Эта ссылка уже была использована."), "{body}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A link's event is stored before its page is answered: the second click stored none,
+    // and with the first one's processed, no other run can start.
+    let events = link_events(&l.t).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].outcome.as_ref().unwrap()[0]["run"], run.id);
     assert_eq!(l.approvals().await.len(), 1);
 }
 
@@ -162,8 +166,16 @@ async fn expired_forged_and_truncated_links_run_nothing() {
     let (status, body, _) = l.click(later, BROWSER, "pl").await;
     assert_eq!(status, 410);
     assert!(body.contains("Ten link wygasł."), "{body}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(l.approvals().await.is_empty());
+
+    // The genuine single-use link still works: the forged and truncated copies did not use
+    // it up. Once its event is processed, its run is the only one.
+    let (status, _, _) = l.click(&format!("{once}?src=genuine"), BROWSER, "en").await;
+    assert_eq!(status, 303);
+    let events = link_events(&l.t).await;
+    assert_eq!(events.len(), 1, "refused links store no event");
+    let runs = l.approvals().await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(l.t.finished(runs[0].id).await.vars["src"], "genuine");
 }
 
 #[tokio::test]
@@ -184,16 +196,19 @@ async fn previews_and_head_requests_never_fire_a_link() {
         assert_eq!(status, 200, "{agent}");
         assert!(body.contains("performs an action when it is opened in a browser"));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(l.approvals().await.is_empty());
 
-    // A person's click on the same (reusable) link fires, twice.
+    // A person's click on the same (reusable) link fires, twice; those are the only events.
     for _ in 0..2 {
         let (status, body, _) = l.click(url, BROWSER, "en").await;
         assert_eq!(status, 200);
         assert!(body.contains("Thank you, it is done."));
     }
-    eventually(|| async { (l.approvals().await.len() == 2).then_some(()) }).await;
+    let events = link_events(&l.t).await;
+    assert_eq!(events.len(), 2, "previews store no event");
+    for e in &events {
+        assert_eq!(e.data["link"]["user_agent"], BROWSER);
+    }
+    assert_eq!(l.approvals().await.len(), 2);
 }
 
 #[tokio::test]
@@ -206,8 +221,6 @@ async fn a_confirm_link_fires_only_from_its_button() {
     assert_eq!(status, 200);
     assert!(page.contains("Press the button to continue."));
     assert!(page.contains("method=\"post\""));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(l.approvals().await.is_empty());
 
     let r = l
         .client
@@ -218,7 +231,35 @@ async fn a_confirm_link_fires_only_from_its_button() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let runs = eventually(|| async { Some(l.approvals().await).filter(|r| !r.is_empty()) }).await;
+    assert!(r.text().await.unwrap().contains("Thank you, it is done."));
+    // The button's event is the only one: opening the page stored none.
+    let events = link_events(&l.t).await;
+    assert_eq!(events.len(), 1);
+    let runs = l.approvals().await;
+    assert_eq!(runs.len(), 1);
     let run = l.t.finished(runs[0].id).await;
     assert_eq!(run.vars["src"], "sms");
+}
+
+/// The `approve` scenario's link events, newest first, once every one has been processed.
+/// A link's event is stored before its page is answered, so after a page has been answered
+/// this is final for every click made so far.
+async fn link_events(t: &TestApp) -> Vec<EventRow> {
+    eventually(|| async {
+        let events = t
+            .app
+            .store
+            .list_events(&EventFilter {
+                source: Some("approve".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        events
+            .iter()
+            .all(|e| e.status != "pending")
+            .then_some(events)
+    })
+    .await
 }

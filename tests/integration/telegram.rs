@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::store::RunFilter;
+use switchboard::store::{EventFilter, EventRow, OutboxRow, RunFilter, RunStatus};
 
 use crate::fake_telegram::{text_update, FakeTelegram, TOKEN};
 use crate::support::*;
@@ -29,7 +29,7 @@ fn gateway(fake: &FakeTelegram, extra: &str) -> String {
     )
 }
 
-async fn echo_runs(t: &TestApp) -> usize {
+async fn echo_runs(t: &TestApp) -> Vec<i64> {
     t.app
         .store
         .list_runs(&RunFilter {
@@ -39,7 +39,9 @@ async fn echo_runs(t: &TestApp) -> usize {
         })
         .await
         .unwrap()
-        .len()
+        .iter()
+        .map(|r| r.id)
+        .collect()
 }
 
 #[tokio::test]
@@ -79,8 +81,16 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
         sent[1].params["text"],
         "echo: <b>/start deal-42</b> (en, start deal-42)"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(echo_runs(&t).await, 2);
+    // The repeated update, had it been stored, came before the second one: once the engine
+    // is through the second, every run has started, and once their messages are delivered,
+    // none goes out again.
+    let events = processed_through(&t, "tg", second).await;
+    assert_eq!(events.len(), 2, "the repeated update is stored once");
+    let runs = echo_runs(&t).await;
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        settled_outbox(&t, run).await;
+    }
     assert_eq!(fake.calls("sendMessage").len(), 2);
 
     // A restart continues after the last stored update.
@@ -94,10 +104,20 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
     })
     .await;
     assert_eq!(polls[polls_before].params["offset"], second + 1);
-    fake.inject(text_update(502, 9, "pl", "after"));
+    let third = fake.inject(text_update(502, 9, "pl", "after"));
     fake.wait_for("sendMessage", 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(echo_runs(&t).await, 3);
+    let events = processed_through(&t, "tg", third).await;
+    assert_eq!(
+        events.len(),
+        3,
+        "no update is stored again after the restart"
+    );
+    let runs = echo_runs(&t).await;
+    assert_eq!(runs.len(), 3);
+    for run in runs {
+        settled_outbox(&t, run).await;
+    }
+    assert_eq!(fake.calls("sendMessage").len(), 3);
 }
 
 #[tokio::test]
@@ -154,8 +174,11 @@ async fn webhook_mode_checks_the_secret_and_stores_updates() {
     }
     let sent = fake.wait_for("sendMessage", 1).await;
     assert_eq!(sent[0].params["text"], "echo: <b>via webhook</b> (en)");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(echo_runs(&t).await, 1);
+    // Each post was answered once its update was stored: when that event is processed, every
+    // run the two posts could start has started.
+    let events = processed_through(&t, "tg", 77).await;
+    assert_eq!(events.len(), 1, "the repeated update is stored once");
+    assert_eq!(echo_runs(&t).await.len(), 1);
     let r = t
         .http
         .post(format!("{}/telegram/other", t.app.url()))
@@ -400,19 +423,49 @@ async fn ask_hands_over_after_the_retries_and_on_timeout() {
 async fn replies_go_to_the_oldest_asking_run_of_that_chat() {
     let fake = FakeTelegram::start().await;
     let (_cfg, t) = ask_app(&fake).await;
-    t.post("booked", json!({"id": 10, "chat": 304, "owner": 900}))
-        .await;
-    texts_eventually(&fake, 304, 1).await;
-    t.post("booked", json!({"id": 11, "chat": 304, "owner": 900}))
-        .await;
-    texts_eventually(&fake, 304, 2).await;
-    fake.inject(text_update(999, 1, "en", "2"));
-    fake.inject(text_update(304, 6, "en", "2"));
-    let texts = texts_eventually(&fake, 304, 3).await;
-    assert_eq!(texts[2], "rescheduling");
-    fake.inject(text_update(304, 6, "en", "3"));
-    let texts = texts_eventually(&fake, 304, 4).await;
-    assert_eq!(texts[3], "cancelled");
+    let mut runs = Vec::new();
+    for (n, id) in [10, 11, 12].into_iter().enumerate() {
+        let (_, b) = t
+            .post("booked", json!({"id": id, "chat": 304, "owner": 900}))
+            .await;
+        runs.push(t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id);
+        texts_eventually(&fake, 304, n + 1).await;
+    }
+    let elsewhere = fake.inject(text_update(999, 1, "en", "2"));
+
+    // Each reply goes to the oldest run still asking; the younger ones keep waiting.
+    let replies = [
+        ("2", "rescheduling"),
+        ("3", "cancelled"),
+        ("1", "confirmed after 1 tries"),
+    ];
+    for (n, (reply, _)) in replies.iter().enumerate() {
+        let update = fake.inject(text_update(304, 6, "en", reply));
+        let events = processed_through(&t, "tg", update).await;
+        let verdict = &update_event(&events, update).outcome.as_ref().unwrap()[0];
+        assert_eq!(verdict["verdict"], "answered an ask", "{verdict}");
+        assert_eq!(verdict["run"], runs[n], "reply {reply:?}");
+        let done = t.finished(runs[n]).await;
+        assert_eq!(done.status, RunStatus::Done);
+        assert_eq!(done.vars["answer"]["text"], *reply);
+        assert_eq!(done.vars["answer"]["attempts"], 1);
+        for younger in &runs[n + 1..] {
+            let r = t.app.store.run(*younger).await.unwrap().unwrap();
+            assert_eq!(r.status, RunStatus::Waiting, "run {younger}");
+            assert_eq!(r.vars["answer"], json!({"attempts": 0}), "run {younger}");
+        }
+    }
+    let texts = texts_eventually(&fake, 304, 6).await;
+    let mut want = vec!["Reply 1 to confirm, 2 to reschedule, 3 to cancel"; 3];
+    want.extend(replies.iter().map(|(_, outcome)| *outcome));
+    assert_eq!(texts, want);
+
+    // The message from a chat nobody asked went nowhere.
+    let events = processed_through(&t, "tg", elsewhere).await;
+    assert_eq!(
+        update_event(&events, elsewhere).outcome,
+        Some(json!([{"verdict": "no scenario listens to this event"}]))
+    );
     assert!(texts_to(&fake, 999).is_empty());
 }
 
@@ -489,20 +542,31 @@ async fn contended_clicks(webhook: bool) {
             )
         })
         .collect();
-    if webhook {
+    // A message after the clicks, delivered the same way: once the engine is through it, it
+    // is through every click, and through the repeated update had that been stored.
+    let marker = text_update(1, 1, "en", "after the clicks");
+    let marker = if webhook {
         let url = format!("{}/telegram/tg", t.app.url());
-        let posts = clicks.iter().enumerate().map(|(i, c)| {
-            let mut c = c.clone();
-            c["update_id"] = json!(5000 + i);
+        let post = |update: serde_json::Value| {
             let req = t
                 .http
                 .post(&url)
                 .header("X-Telegram-Bot-Api-Secret-Token", "s3cret")
-                .json(&c);
+                .json(&update);
             async move { req.send().await.unwrap().status().as_u16() }
+        };
+        let posts = clicks.iter().enumerate().map(|(i, c)| {
+            let mut c = c.clone();
+            c["update_id"] = json!(5000 + i);
+            post(c)
         });
         let statuses = futures::future::join_all(posts).await;
         assert!(statuses.iter().all(|s| *s == 200));
+        let id = 5000 + clicks.len() as i64;
+        let mut marker = marker;
+        marker["update_id"] = json!(id);
+        assert_eq!(post(marker).await, 200);
+        id
     } else {
         let first = fake.inject(clicks[0].clone());
         for c in &clicks[1..] {
@@ -512,9 +576,21 @@ async fn contended_clicks(webhook: bool) {
         let mut dup = clicks[0].clone();
         dup["update_id"] = json!(first);
         fake.inject(dup);
-    }
+        fake.inject(marker)
+    };
     fake.wait_for("answerCallbackQuery", 200).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = processed_through(&t, "tg", marker).await;
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "click").count(),
+        200,
+        "one event per click"
+    );
+    // Every answer is delivered or given up on: none goes out again.
+    let rows = settled_outbox(&t, run).await;
+    assert_eq!(
+        rows.iter().filter(|o| o.request["op"] == "answer").count(),
+        200
+    );
     let answers = fake.calls("answerCallbackQuery");
     assert_eq!(answers.len(), 200, "every click answered once");
     let mut ids: Vec<_> = answers
@@ -568,8 +644,8 @@ async fn staff_only_offers_refuse_others_and_decline_keeps_them_open() {
     let (_, b) = t.post("deal", json!({"id": 7})).await;
     let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
     let (data, mid) = posted_offer(&fake).await;
-    // Clicks are taken in the order they arrive; answers go out in parallel, so they are
-    // matched to their clicks by callback id.
+    // Each click is processed before the next one is sent; answers go out in parallel, so
+    // they are matched to their clicks by callback id.
     let clicks = [
         (99, "Stranger", data[0].clone(), "You cannot take this."),
         (42, "Elena", data[1].clone(), "Declined."),
@@ -583,8 +659,8 @@ async fn staff_only_offers_refuse_others_and_decline_keeps_them_open() {
             u["callback_query"]["id"].as_str().unwrap().to_string(),
             *answer,
         ));
-        fake.inject(u);
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        let update = fake.inject(u);
+        processed_through(&t, "tg", update).await;
     }
     let answer_of = |answers: &[crate::fake_telegram::Call], id: &str| {
         answers
@@ -845,4 +921,46 @@ async fn an_offer_that_times_out_before_its_message_is_sent_is_closed_once_it_is
         .collect();
     assert_eq!(offers.len(), 2, "refused once, then sent");
     assert!(edits[0].params["message_id"].as_i64().is_some());
+}
+
+/// The channel's events, newest first, once the event of this update and every event stored
+/// before it have been processed.
+async fn processed_through(t: &TestApp, channel: &str, update_id: i64) -> Vec<EventRow> {
+    eventually(|| async {
+        let events = t
+            .app
+            .store
+            .list_events(&EventFilter {
+                source: Some(channel.into()),
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ev = events.iter().find(|e| e.meta["update_id"] == update_id)?;
+        let done = ev.status == "done"
+            && events
+                .iter()
+                .filter(|e| e.id < ev.id)
+                .all(|e| e.status != "pending");
+        done.then_some(events)
+    })
+    .await
+}
+
+/// The event of an update among the channel's events.
+fn update_event(events: &[EventRow], update_id: i64) -> &EventRow {
+    events
+        .iter()
+        .find(|e| e.meta["update_id"] == update_id)
+        .unwrap_or_else(|| panic!("no event for update {update_id}"))
+}
+
+/// The run's outbox rows once each has been delivered or given up on.
+async fn settled_outbox(t: &TestApp, run: i64) -> Vec<OutboxRow> {
+    eventually(|| async {
+        let rows = t.app.store.outbox_for_run(run).await.unwrap();
+        rows.iter().all(|o| o.status != "pending").then_some(rows)
+    })
+    .await
 }
