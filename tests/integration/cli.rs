@@ -209,3 +209,30 @@ async fn migrate_and_journal_work_on_postgres_without_leaving_a_replica_behind()
     assert_eq!(code, 2, "a failure, not a config problem (1)");
     assert!(err.contains("Connection refused"), "{err}");
 }
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_sqlite_file_refuses_to_start() {
+    let cfg = ConfigDir::with(&[(
+        "ping.toml",
+        "id = \"ping\"\non = { webhook = \"ping\" }\n[[step]]\nstop = true\n",
+    )]);
+    let first = Gateway::start(&cfg).await;
+    let second = tokio::process::Command::new(bin())
+        .args(["run", "--config", cfg.dir().to_str().unwrap()])
+        .args(["--database", &cfg.db()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .kill_on_drop(true)
+        .output();
+    // A second writer would serve until stopped: a bounded wait turns that into a failure.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), second)
+        .await
+        .expect("the second gateway should have refused to start")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("another gateway is running on"), "{err}");
+    // The first one is unharmed, and a reader still reads.
+    first.post("ping", serde_json::json!({})).await;
+    let (code, _, err) = run(&["journal", "--database", &cfg.db(), "--last", "1"]);
+    assert_eq!(code, 0, "{err}");
+}
