@@ -67,43 +67,129 @@ pub async fn receive(
             return reject(&st, &name, StatusCode::BAD_REQUEST, reason, &bytes, None).await
         }
     };
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            let path = hook.idempotency_field.as_deref()?;
-            let mut cur = &data;
-            for p in path.split('.') {
-                cur = cur.get(p)?;
-            }
-            Some(match cur {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-        });
+    let key = match idempotency_key(&hook, &headers, &data) {
+        Ok(k) => k,
+        Err(reason) => {
+            return reject(&st, &name, StatusCode::BAD_REQUEST, reason, &bytes, None).await
+        }
+    };
     let ev = NewEvent {
         kind: "webhook".into(),
         source: name.clone(),
-        dedupe_key: key.as_ref().map(|k| format!("webhook:{name}:{k}")),
+        dedupe_key: key
+            .as_ref()
+            .map(|k| format!("webhook:{name}:{}", k.stored())),
         meta: json!({"idempotency_key": key, "content_type": content_type(&headers)}),
         data,
         rejected: None,
         received_at: st.clock.now_ms(),
     };
+    let sent = ev.data.clone();
     match st.ingest.submit(ev).await {
         Ok(IngestOutcome::Accepted(id)) => (
             StatusCode::ACCEPTED,
             Json(json!({"status": "accepted", "event_id": id})),
         )
             .into_response(),
-        Ok(IngestOutcome::Duplicate(id)) | Ok(IngestOutcome::Rejected(id)) => (
-            StatusCode::OK,
-            Json(json!({"status": "duplicate", "event_id": id})),
-        )
-            .into_response(),
+        Ok(IngestOutcome::Duplicate(id)) | Ok(IngestOutcome::Rejected(id)) => {
+            // A key names one request: reused for another body, it is a client's mistake,
+            // not a repeat (the body is compared as parsed, so formatting does not matter).
+            if let Ok(Some(first)) = st.store.event(id).await {
+                if first.data != sent {
+                    return ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("idempotency key already used by event {id} with a different body"),
+                    )
+                    .into_response();
+                }
+            }
+            (
+                StatusCode::OK,
+                Json(json!({"status": "duplicate", "event_id": id})),
+            )
+                .into_response()
+        }
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
+}
+
+/// Longest idempotency key taken.
+const KEY_MAX: usize = 255;
+
+/// Where a delivery's idempotency key came from: the `Idempotency-Key` header, or the
+/// hook's `idempotency_field` in the body (a string and a number that print alike are
+/// different keys).
+#[derive(Debug, PartialEq)]
+enum Key {
+    Header(String),
+    Field(Value),
+}
+
+impl Key {
+    /// The key as stored: the header and body fields never collide.
+    fn stored(&self) -> String {
+        match self {
+            Key::Header(k) => format!("h:{k}"),
+            Key::Field(Value::String(s)) => format!("f:s:{s}"),
+            Key::Field(other) => format!("f:j:{other}"),
+        }
+    }
+}
+
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Key::Header(k) => s.serialize_str(k),
+            Key::Field(v) => v.serialize(s),
+        }
+    }
+}
+
+fn idempotency_key(hook: &Hook, headers: &HeaderMap, data: &Value) -> Result<Option<Key>, String> {
+    if let Some(v) = headers.get("idempotency-key") {
+        let k = v
+            .to_str()
+            .map_err(|_| "Idempotency-Key must be printable ASCII".to_string())?
+            .trim();
+        if k.is_empty() {
+            return Err("Idempotency-Key is empty".into());
+        }
+        if k.len() > KEY_MAX {
+            return Err(format!(
+                "Idempotency-Key is longer than {KEY_MAX} characters"
+            ));
+        }
+        return Ok(Some(Key::Header(k.to_string())));
+    }
+    let Some(path) = hook.idempotency_field.as_deref() else {
+        return Ok(None);
+    };
+    let mut cur = data;
+    for p in path.split('.') {
+        match cur.get(p) {
+            Some(v) => cur = v,
+            None => return Ok(None),
+        }
+    }
+    let printed = match cur {
+        Value::Null => return Ok(None),
+        Value::String(s) => s.clone(),
+        Value::Number(_) | Value::Bool(_) => cur.to_string(),
+        _ => {
+            return Err(format!(
+                "{path} must be a string or a number to identify the delivery"
+            ))
+        }
+    };
+    if printed.is_empty() {
+        return Err(format!("{path} is empty"));
+    }
+    if printed.len() > KEY_MAX || printed.contains('\0') {
+        return Err(format!(
+            "{path} must be at most {KEY_MAX} bytes without NUL characters"
+        ));
+    }
+    Ok(Some(Key::Field(cur.clone())))
 }
 
 fn content_type(h: &HeaderMap) -> String {

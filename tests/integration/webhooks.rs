@@ -313,3 +313,51 @@ async fn the_example_telegram_channel_stays_off_without_a_token() {
         Some("channel 'tg' is off: it has no token")
     );
 }
+
+#[tokio::test]
+async fn idempotency_keys_name_one_request() {
+    let cfg = ConfigDir::with(&[(
+        "order.toml",
+        "id = \"order\"\non = { webhook = \"order\" }\n[[step]]\nstop = true\n",
+    )]);
+    let mut gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    gw.push_str("\n[hooks.order]\nidempotency_field = \"id\"\n");
+    cfg.write("gateway.toml", &gw);
+    let t = TestApp::spawn(&cfg).await;
+
+    // An empty or non-ASCII key is refused, not taken as a key.
+    for bad in ["", " ", "clé"] {
+        let (status, body) = t
+            .post_with("order", r#"{"n": 1}"#, &[("Idempotency-Key", bad)])
+            .await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"));
+    }
+    let long = "k".repeat(300);
+    let (status, _) = t
+        .post_with("order", r#"{"n": 1}"#, &[("Idempotency-Key", &long)])
+        .await;
+    assert_eq!(status, 400);
+
+    // The same key with the same body is a repeat; with another body, a conflict.
+    let key = [("Idempotency-Key", "k-1")];
+    assert_eq!(t.post_with("order", r#"{"n": 1}"#, &key).await.0, 202);
+    let (status, body) = t.post_with("order", r#"{ "n" : 1 }"#, &key).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")));
+    let (status, body) = t.post_with("order", r#"{"n": 2}"#, &key).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("different body"));
+
+    // A header key and a body field never collide, nor do 5 and "5".
+    assert_eq!(
+        t.post_with("order", r#"{"x": 1}"#, &[("Idempotency-Key", "5")])
+            .await
+            .0,
+        202
+    );
+    assert_eq!(t.post("order", json!({"id": 5})).await.0, 202);
+    assert_eq!(t.post("order", json!({"id": "5"})).await.0, 202);
+    assert_eq!(t.post("order", json!({"id": "5"})).await.0, 200);
+    let (status, body) = t.post("order", json!({"id": ""})).await;
+    assert_eq!(status, 400, "{body}");
+}
