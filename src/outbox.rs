@@ -42,6 +42,8 @@ struct Deliverer {
     http: reqwest::Client,
     channels: Arc<Channels>,
     store: Arc<dyn Store>,
+    /// `switchboard-<database id>-outbox-`: the `Idempotency-Key` of a request, before its row id.
+    key_prefix: String,
     /// outbox row → the reference of the message it sent (recent ones, oldest first out).
     refs: Mutex<(HashMap<i64, String>, VecDeque<i64>)>,
 }
@@ -63,7 +65,18 @@ pub async fn worker(
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()
         .expect("the HTTP client builds with static settings");
+    // Without it the keys would repeat across databases; the first delivery needs it anyway.
+    let database = loop {
+        match store.database_id().await {
+            Ok(id) => break id,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the database id failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     let d = Arc::new(Deliverer {
+        key_prefix: format!("switchboard-{database}-outbox-"),
         cfg,
         clock,
         engine,
@@ -228,7 +241,7 @@ async fn deliver(d: &Deliverer, job: OutboxJob, mut op: Option<Outbound>) {
     loop {
         attempts += 1;
         let outcome = match &mut op {
-            None => send_http(http, row).await,
+            None => send_http(http, row, &d.key_prefix).await,
             Some(op) => match d.resolve(op).await {
                 Err(e) => Err((e, None)),
                 Ok(()) => channels
@@ -297,6 +310,7 @@ async fn deliver(d: &Deliverer, job: OutboxJob, mut op: Option<Outbound>) {
 async fn send_http(
     http: &reqwest::Client,
     job: &OutboxRow,
+    key_prefix: &str,
 ) -> Result<Json, (SendError, Option<Json>)> {
     let r = &job.request;
     let bad = |m: String| {
@@ -314,7 +328,7 @@ async fn send_http(
     let mut req = http
         .request(method, url)
         .timeout(Duration::from_millis(job.timeout_ms.max(1) as u64))
-        .header("Idempotency-Key", format!("switchboard-outbox-{}", job.id));
+        .header("Idempotency-Key", format!("{key_prefix}{}", job.id));
     for h in r["headers"].as_array().into_iter().flatten() {
         if let (Some(k), Some(v)) = (h[0].as_str(), h[1].as_str()) {
             req = req.header(k, v);

@@ -396,6 +396,20 @@ pub trait Store: Send + Sync {
     /// The setting's value; `value` is stored first when there is none, so that replicas
     /// starting together agree on one.
     async fn setting_or_put(&self, name: &str, value: &str) -> Result<String>;
+    /// A random name of this database, made once: it tells apart the requests of two
+    /// databases whose row ids coincide (`Idempotency-Key`).
+    async fn database_id(&self) -> Result<String> {
+        let fresh: String = {
+            use rand::Rng;
+            rand::thread_rng()
+                .sample_iter(rand::distributions::Alphanumeric)
+                .take(12)
+                .map(char::from)
+                .collect::<String>()
+                .to_lowercase()
+        };
+        self.setting_or_put("database_id", &fresh).await
+    }
     /// Deletes up to `limit` finished runs, and events and outbox rows, last touched before
     /// `before`; returns how many rows went.
     async fn prune(&self, before: i64, limit: i64) -> Result<u64>;

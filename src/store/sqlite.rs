@@ -106,14 +106,22 @@ impl SqliteStore {
         if in_memory {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         }
+        // Ids continue after the highest ever handed out: the rows may be gone (pruned), but
+        // their ids went out to receivers (`Idempotency-Key`) and into journals.
         let mut next = Vec::new();
-        for sql in [
-            "SELECT max(id) FROM runs",
-            "SELECT max(id) FROM events",
-            "SELECT max(id) FROM outbox",
+        for (sql, floor) in [
+            ("SELECT max(id) FROM runs", "id_floor:runs"),
+            ("SELECT max(id) FROM events", "id_floor:events"),
+            ("SELECT max(id) FROM outbox", "id_floor:outbox"),
         ] {
             let max: Option<i64> = sqlx::query_scalar(sql).fetch_one(&pool).await?;
-            next.push(AtomicI64::new(max.unwrap_or(0) + 1));
+            let floor: Option<String> =
+                sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                    .bind(floor)
+                    .fetch_optional(&pool)
+                    .await?;
+            let floor = floor.and_then(|f| f.parse::<i64>().ok()).unwrap_or(0);
+            next.push(AtomicI64::new(max.unwrap_or(0).max(floor) + 1));
         }
         let mut next = next.into_iter();
         let mut take = || next.next().expect("three counters");
@@ -251,6 +259,23 @@ impl_store!(SqliteStore, Sqlite, "instr", {
     }
     async fn prune(&self, before: i64, limit: i64) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // What is deleted may hold the highest ids yet: remember them, so that the next
+        // start does not hand them out again.
+        for (name, counter) in [
+            ("id_floor:runs", &self.ids.run),
+            ("id_floor:events", &self.ids.event),
+            ("id_floor:outbox", &self.ids.outbox),
+        ] {
+            let highest = counter.load(Ordering::Relaxed) - 1;
+            sqlx::query(
+                "INSERT INTO settings (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(name)
+            .bind(highest.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         let runs: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM runs WHERE updated_at < $1
              AND status IN ('done', 'failed', 'cancelled') ORDER BY updated_at LIMIT $2",

@@ -647,3 +647,30 @@ async fn postgres_a_global_write_waits_for_the_previous_writer() {
     first.commit().await.unwrap();
     assert_eq!(second.await.unwrap()["seen"], 1);
 }
+
+#[tokio::test]
+async fn sqlite_ids_never_repeat_after_pruning_and_the_database_has_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let open = || async { store::open(&url, &PoolOptions::default()).await.unwrap() };
+    let s = open().await;
+    let name = s.database_id().await.unwrap();
+    let IngestOutcome::Accepted(first) = s.ingest(&[event(Some("a"), 1)]).await.unwrap()[0] else {
+        panic!("stored")
+    };
+    let mut tx = s.begin().await.unwrap();
+    tx.finish_event(first, "done", &json!([]), 2).await.unwrap();
+    tx.commit().await.unwrap();
+    while s.prune(i64::MAX, 100).await.unwrap() > 0 {}
+    assert!(s.event(first).await.unwrap().is_none(), "pruned");
+    drop(s);
+
+    let s = open().await;
+    let IngestOutcome::Accepted(second) = s.ingest(&[event(Some("b"), 3)]).await.unwrap()[0] else {
+        panic!("stored")
+    };
+    assert!(second > first, "{second} after {first}");
+    assert_eq!(s.database_id().await.unwrap(), name, "the name stays");
+    let (other, _dir) = sqlite().await;
+    assert_ne!(other.database_id().await.unwrap(), name);
+}
