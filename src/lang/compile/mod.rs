@@ -8,21 +8,40 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::capabilities::Capabilities;
+use super::error::{ConfigError, Position};
+use super::expr::{CompileError, Expr, Templates, Tmpl, ValueTmpl};
+use super::interpolate::interpolate_with;
 use super::model::*;
 use super::raw::{self, Sp};
-use super::{interpolate, ConfigError, Position, GATEWAY_FILE};
-use crate::channels::capabilities;
-use crate::engine::expr::{CompileError, Expr, Templates, Tmpl, ValueTmpl};
-use crate::i18n::I18n;
+
+/// What the compiler asks of the rest of the gateway; config loading wires the real ones.
+pub struct Host<'a> {
+    /// What a configured channel can do.
+    pub capabilities: &'a dyn Fn(&Channel) -> Capabilities,
+    /// The value of an environment variable, for `${NAME}`.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// The Fluent messages scenarios may name.
+pub trait Messages {
+    /// Locales that lack the message `id`.
+    fn missing_in(&self, id: &str) -> Vec<String>;
+}
 
 /// One file being checked: its text (for positions) and the shared problem list.
 struct FileCx<'a> {
     file: &'a Path,
     text: &'a str,
     problems: &'a mut Vec<ConfigError>,
+    host: &'a Host<'a>,
 }
 
 impl FileCx<'_> {
+    fn caps(&self, c: &Channel) -> Capabilities {
+        (self.host.capabilities)(c)
+    }
+
     fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
         let pos = Position::of(self.text, span.start);
         self.problems.push(ConfigError::new(self.file, pos, msg));
@@ -56,7 +75,7 @@ impl FileCx<'_> {
     }
 
     fn tmpl_str(&mut self, t: &Templates, s: &str, span: Range<usize>) -> Option<Tmpl> {
-        let s = match interpolate(s) {
+        let s = match interpolate_with(s, self.host.env) {
             Ok(s) => s,
             Err(var) => {
                 self.err(span, format!("environment variable {var} is not set"));
@@ -93,7 +112,7 @@ impl FileCx<'_> {
     }
 
     fn env(&mut self, s: &Sp<String>) -> Option<String> {
-        match interpolate(s.get()) {
+        match interpolate_with(s.get(), self.host.env) {
             Ok(v) => Some(v),
             Err(var) => {
                 self.err(s.span(), format!("environment variable {var} is not set"));
@@ -121,85 +140,69 @@ fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
     ConfigError::new(file, pos, e.message().trim().to_string())
 }
 
-pub fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
-    let mut problems = Vec::new();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
-        Err(e) => {
-            return Err(vec![ConfigError::at_file(
-                dir,
-                format!("cannot read the config folder: {e}"),
-            )])
-        }
-    };
-    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-    files.sort();
-
-    let gateway_path = dir.join(GATEWAY_FILE);
-    let gateway_text = std::fs::read_to_string(&gateway_path).unwrap_or_default();
-    let raw_gateway = match toml::from_str::<raw::GatewayFile>(&gateway_text) {
+/// Parses and compiles the gateway file. The raw file comes back too: loading needs its
+/// template fuel and locales folder.
+pub fn gateway(
+    file: &Path,
+    text: &str,
+    host: &Host,
+    problems: &mut Vec<ConfigError>,
+) -> (raw::GatewayFile, Gateway) {
+    let raw_gateway = match toml::from_str::<raw::GatewayFile>(text) {
         Ok(g) => g,
         Err(e) => {
-            problems.push(toml_error(&gateway_path, &gateway_text, e));
+            problems.push(toml_error(file, text, e));
             raw::GatewayFile::default()
         }
     };
     let gateway = compile_gateway(
         &raw_gateway,
         &mut FileCx {
-            file: &gateway_path,
-            text: &gateway_text,
-            problems: &mut problems,
+            file,
+            text,
+            problems,
+            host,
         },
     );
-    let templates = Templates::new(raw_gateway.defaults.template_fuel.unwrap_or(20_000));
-    let locales = match &raw_gateway.defaults.locales {
-        Some(l) => dir.join(l.get()),
-        None => {
-            let beside = dir.join("..").join("locales");
-            if beside.is_dir() {
-                beside
-            } else {
-                dir.join("locales")
-            }
-        }
-    };
-    let i18n = I18n::load(&locales, &gateway.language, &mut problems);
-    if !i18n.languages().any(|l| l == gateway.language) {
-        problems.push(ConfigError::at_file(
-            &locales,
-            format!(
-                "the default language '{}' has no locale folder",
-                gateway.language
-            ),
-        ));
-    }
+    (raw_gateway, gateway)
+}
 
+/// Parses and compiles scenario files in order: each file's text, or why it could not be
+/// read. Ids must be unique and `call`/`cancel` must name one of these scenarios.
+pub fn scenarios(
+    files: &[(PathBuf, std::io::Result<String>)],
+    templates: &Templates,
+    gateway: &Gateway,
+    i18n: &dyn Messages,
+    host: &Host,
+    problems: &mut Vec<ConfigError>,
+) -> Vec<Arc<Scenario>> {
     let mut scenarios: Vec<Arc<Scenario>> = Vec::new();
     let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
     let mut cross: Vec<(PathBuf, String, Position, String)> = Vec::new();
-    for file in files.iter().filter(|f| **f != gateway_path) {
-        let text = match std::fs::read_to_string(file) {
+    for (file, text) in files {
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
                 problems.push(ConfigError::at_file(file, format!("cannot read: {e}")));
                 continue;
             }
         };
-        let raw: raw::ScenarioFile = match toml::from_str(&text) {
+        let raw: raw::ScenarioFile = match toml::from_str(text) {
             Ok(r) => r,
             Err(e) => {
-                problems.push(toml_error(file, &text, e));
+                problems.push(toml_error(file, text, e));
                 continue;
             }
         };
         let mut cx = FileCx {
             file,
-            text: &text,
-            problems: &mut problems,
+            text,
+            problems,
+            host,
         };
         let mut refs = Vec::new();
-        if let Some(sc) = compile_scenario(&raw, &mut cx, &templates, &gateway, &i18n, &mut refs) {
+        if let Some(sc) = compile_scenario(&raw, &mut cx, templates, gateway, i18n, &mut refs) {
             if let Some(other) = seen_ids.get(&sc.id) {
                 cx.err(
                     raw.id.span(),
@@ -218,7 +221,7 @@ pub fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
             cross.push((
                 file.clone(),
                 id,
-                Position::of(&text, span.start),
+                Position::of(text, span.start),
                 String::new(),
             ));
         }
@@ -232,17 +235,7 @@ pub fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
             ));
         }
     }
-    if problems.is_empty() {
-        Ok(Config::new(
-            dir.to_path_buf(),
-            gateway,
-            scenarios,
-            templates,
-            i18n,
-        ))
-    } else {
-        Err(problems)
-    }
+    scenarios
 }
 
 fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway {
@@ -417,8 +410,8 @@ fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway {
         retention: dur(cx, &d.retention, 30 * 24 * 3600),
         database: {
             let db = &g.database;
-            let dflt = crate::store::PoolOptions::default();
-            crate::store::PoolOptions {
+            let dflt = PoolOptions::default();
+            PoolOptions {
                 max_connections: db.max_connections.unwrap_or(dflt.max_connections).max(2),
                 min_connections: db.min_connections.unwrap_or(dflt.min_connections),
                 acquire_timeout: dur(cx, &db.acquire_timeout, dflt.acquire_timeout.as_secs()),
@@ -460,7 +453,7 @@ fn compile_scenario(
     cx: &mut FileCx,
     t: &Templates,
     gw: &Gateway,
-    i18n: &I18n,
+    i18n: &dyn Messages,
     scenario_refs: &mut Vec<(String, Range<usize>)>,
 ) -> Option<Scenario> {
     let before = cx.problems.len();
@@ -519,7 +512,7 @@ fn compile_scenario(
                 Some(Trigger::Link)
             } else if let Some(ch) = &on.click {
                 match gw.channels.get(ch.get()) {
-                    Some(c) if capabilities(c).choices.is_some() => {
+                    Some(c) if cx.caps(c).choices.is_some() => {
                         if let Some(b) = &on.button {
                             check_choice(cx, gw, ch.get(), b, None);
                         }
@@ -546,7 +539,7 @@ fn compile_scenario(
                 }
             } else if let Some(ch) = &on.message {
                 match gw.channels.get(ch.get()) {
-                    Some(c) if capabilities(c).replies => Some(Trigger::Message(ch.get().clone())),
+                    Some(c) if cx.caps(c).replies => Some(Trigger::Message(ch.get().clone())),
                     Some(c) => {
                         cx.err(
                             ch.span(),
@@ -816,7 +809,7 @@ fn compile_send(
     cx: &mut FileCx,
     t: &Templates,
     gw: &Gateway,
-    i18n: &I18n,
+    i18n: &dyn Messages,
 ) -> Option<SendSpec> {
     let sd = s.get();
     let to = sd.to.get();
@@ -924,10 +917,7 @@ fn compile_buttons(
             (None, Some(id)) => {
                 choices += 1;
                 first_choice.get_or_insert(b.span());
-                let caps = gw
-                    .channels
-                    .get(channel)
-                    .map(|c| (c.kind(), capabilities(c)));
+                let caps = gw.channels.get(channel).map(|c| (c.kind(), cx.caps(c)));
                 if let Some((kind, c)) = caps.filter(|(_, c)| c.choices.is_none()) {
                     let _ = c;
                     cx.err(
@@ -963,7 +953,7 @@ fn compile_edit(
     cx: &mut FileCx,
     t: &Templates,
     gw: &Gateway,
-    i18n: &I18n,
+    i18n: &dyn Messages,
 ) -> Option<EditSpec> {
     let ed = e.get();
     let (to, target) = match &ed.to {
@@ -993,7 +983,7 @@ fn compile_edit(
     let message = compile_send(&Sp(toml::Spanned::new(e.span(), def)), cx, t, gw, i18n)?;
     {
         if let Some(c) = gw.channels.get(&message.channel) {
-            if !capabilities(c).edits {
+            if !cx.caps(c).edits {
                 cx.err(
                     e.span(),
                     format!(
@@ -1149,7 +1139,7 @@ fn check_choice(
     let Some(c) = gw.channels.get(channel) else {
         return;
     };
-    let Some(limits) = capabilities(c).choices else {
+    let Some(limits) = cx.caps(c).choices else {
         return;
     };
     let room = limits.data_max.saturating_sub(CHOICE_DATA_PREFIX);
@@ -1184,7 +1174,7 @@ fn check_choice_count(cx: &mut FileCx, gw: &Gateway, channel: &str, n: usize, sp
     let Some(c) = gw.channels.get(channel) else {
         return;
     };
-    if let Some(limits) = capabilities(c).choices {
+    if let Some(limits) = cx.caps(c).choices {
         if n > limits.max {
             cx.err(
                 span,
@@ -1207,14 +1197,11 @@ fn compile_chat_message(
     cx: &mut FileCx,
     t: &Templates,
     gw: &Gateway,
-    i18n: &I18n,
+    i18n: &dyn Messages,
 ) -> Option<SendSpec> {
     let to = def.to.get().clone();
     let channel = to.split(':').next().unwrap_or_default();
-    let caps = gw
-        .channels
-        .get(channel)
-        .map(|c| (c.kind(), capabilities(c)));
+    let caps = gw.channels.get(channel).map(|c| (c.kind(), cx.caps(c)));
     let lacks = match (what, caps) {
         ("ask", Some((_, c))) if !c.replies => Some("replies"),
         ("offer", Some((_, c))) if c.choices.is_none() => Some("callback buttons"),
@@ -1240,7 +1227,7 @@ fn compile_offer(
     cx: &mut FileCx,
     t: &Templates,
     gw: &Gateway,
-    i18n: &I18n,
+    i18n: &dyn Messages,
     target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
 ) -> Option<OfferSpec> {
     let od = o.get();
@@ -1323,7 +1310,7 @@ fn compile_ask(
     cx: &mut FileCx,
     t: &Templates,
     gw: &Gateway,
-    i18n: &I18n,
+    i18n: &dyn Messages,
     target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
 ) -> Option<AskSpec> {
     let ad = a.get();
@@ -1384,7 +1371,7 @@ fn compile_ask(
     }
     let ch = question.channel.clone();
     if let (Some(b), Some(c)) = (&ad.buttons, gw.channels.get(&ch)) {
-        let caps = capabilities(c);
+        let caps = cx.caps(c);
         if inline && caps.choices.is_none() {
             cx.err(
                 b.span(),
@@ -1506,50 +1493,73 @@ fn compile_wait(
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, name: &str, text: &str) {
-        std::fs::write(dir.join(name), text).unwrap();
+    use crate::lang::capabilities::{ChoiceLimits, Markup};
+
+    /// The locale `en` has one message, `hello`.
+    struct OnlyHello;
+
+    impl Messages for OnlyHello {
+        fn missing_in(&self, id: &str) -> Vec<String> {
+            if id == "hello" {
+                vec![]
+            } else {
+                vec!["en".into()]
+            }
+        }
     }
 
-    fn folder(scenario: &str) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        let cfg = d.path().join("cfg");
-        std::fs::create_dir_all(cfg.join("../locales/en")).unwrap();
-        write(
-            &d.path().join("locales/en"),
-            "m.ftl",
-            "hello = Hello { $name }\n",
+    /// Log channels only write; Telegram channels have what Telegram has.
+    fn caps(c: &Channel) -> Capabilities {
+        match c {
+            Channel::Log { .. } => Capabilities::WRITE_ONLY,
+            Channel::Telegram(_) => Capabilities {
+                replies: true,
+                choices: Some(ChoiceLimits {
+                    max: 100,
+                    label_max: None,
+                    data_max: 64,
+                }),
+                keyboard: true,
+                links: true,
+                edits: true,
+                answers: true,
+                markup: Markup::Html,
+            },
+        }
+    }
+
+    /// Problems of one scenario file next to a gateway file, as `line:col: message`.
+    fn check(gateway_text: &str, scenario: &str) -> Vec<String> {
+        let host = Host {
+            capabilities: &caps,
+            env: &|_| None,
+        };
+        let mut problems = Vec::new();
+        let (raw, gw) = gateway(
+            Path::new("gateway.toml"),
+            gateway_text,
+            &host,
+            &mut problems,
         );
-        write(&cfg, "gateway.toml", "[defaults]\nlanguage = \"en\"\n");
-        write(&cfg, "s.toml", scenario);
-        d
+        let templates = Templates::new(raw.defaults.template_fuel.unwrap_or(20_000));
+        let files = [(PathBuf::from("s.toml"), Ok(scenario.to_string()))];
+        scenarios(&files, &templates, &gw, &OnlyHello, &host, &mut problems);
+        problems
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
+            .collect()
     }
 
     fn errors(scenario: &str) -> Vec<String> {
-        let d = folder(scenario);
-        match load_dir(&d.path().join("cfg")) {
-            Ok(_) => vec![],
-            Err(es) => es
-                .iter()
-                .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
-                .collect(),
-        }
+        check("[defaults]\nlanguage = \"en\"\n", scenario)
     }
 
     /// Problems of a scenario next to a gateway file with a Telegram channel `tg`.
     fn errors_on_telegram(scenario: &str) -> Vec<String> {
-        let d = folder(scenario);
-        write(
-            &d.path().join("cfg"),
-            "gateway.toml",
+        check(
             "[defaults]\nlanguage = \"en\"\n[channels.tg]\ntype = \"telegram\"\ntoken = \"1:x\"\n",
-        );
-        match load_dir(&d.path().join("cfg")) {
-            Ok(_) => vec![],
-            Err(es) => es
-                .iter()
-                .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
-                .collect(),
-        }
+            scenario,
+        )
     }
 
     #[test]
