@@ -9,6 +9,7 @@ mod http;
 mod offer;
 mod scenario;
 mod send;
+mod small;
 mod values;
 mod wait;
 

@@ -11,7 +11,8 @@ use super::cx::FileCx;
 use super::http::compile_http;
 use super::offer::compile_offer;
 use super::send::{compile_edit, compile_send};
-use super::values::{literal_or_expr, parse_rate, parse_var};
+use super::small::{compile_call, compile_cancel, compile_incr, compile_set, compile_sleep};
+use super::values::parse_rate;
 use super::wait::compile_wait;
 use super::Messages;
 use crate::lang::error::Position;
@@ -243,69 +244,19 @@ pub(super) fn compile_scenario(
         let action = if let Some(g) = &st.goto {
             target(cx, g).map(Action::Goto)
         } else if let Some(set) = &st.set {
-            let mut assigns = Vec::new();
-            for (k, v) in set.get() {
-                let tgt = match parse_var(k) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        cx.err(v.span(), e);
-                        continue;
-                    }
-                };
-                if let Some(value) = literal_or_expr(cx, t, v) {
-                    assigns.push(Assign { target: tgt, value });
-                }
-            }
-            Some(Action::Set(assigns))
+            compile_set(set, cx, t)
         } else if let Some(i) = &st.incr {
-            match parse_var(i.get()) {
-                Ok(v) => Some(Action::Incr(v)),
-                Err(e) => {
-                    cx.err(i.span(), e);
-                    None
-                }
-            }
+            compile_incr(i, cx)
         } else if let Some(s) = &st.send {
             compile_send(s, cx, t, gw, i18n).map(Action::Send)
         } else if let Some(h) = &st.http {
             compile_http(h, &branch_map, cx, t, gw, &target).map(|h| Action::Http(Box::new(h)))
         } else if let Some(c) = &st.call {
-            let c = c.get();
-            scenario_refs.push((c.scenario.get().clone(), c.scenario.span()));
-            let vars = c
-                .vars
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), literal_or_expr(cx, t, v)?)))
-                .collect();
-            Some(Action::Call(CallSpec {
-                scenario: c.scenario.get().clone(),
-                vars,
-            }))
+            compile_call(c, cx, t, scenario_refs)
         } else if let Some(s) = &st.sleep {
-            let sd = s.get();
-            let time = match (&sd.duration, &sd.until) {
-                (Some(d), None) => cx.duration(d).map(SleepTime::For),
-                (None, Some(u)) => cx.expr(t, u).map(SleepTime::Until),
-                _ => {
-                    cx.err(s.span(), "sleep needs exactly one of `for` or `until`");
-                    None
-                }
-            };
-            let key = sd.key.as_ref().and_then(|k| cx.tmpl(t, k));
-            if raw.subject.is_none() && sd.key.is_some() {
-                cx.err(s.span(), "a sleep `key` replaces pending sleeps of the same subject: the scenario needs a `subject`");
-            }
-            time.map(|time| Action::Sleep(SleepSpec { time, key }))
+            compile_sleep(s, raw, cx, t)
         } else if let Some(c) = &st.cancel {
-            let c = c.get();
-            if let Some(s) = &c.scenario {
-                scenario_refs.push((s.get().clone(), s.span()));
-            }
-            Some(Action::Cancel(CancelSpec {
-                scenario: c.scenario.as_ref().map(|s| s.get().clone()),
-                subject: c.subject.as_ref().and_then(|s| cx.tmpl(t, s)),
-                key: c.key.as_ref().and_then(|k| cx.tmpl(t, k)),
-            }))
+            compile_cancel(c, cx, t, scenario_refs)
         } else if let Some(w) = &st.wait {
             compile_wait(w, &branch_map, raw, cx, t, &target).map(Action::Wait)
         } else if let Some(o) = &st.offer {
