@@ -13,6 +13,7 @@ pub mod engine;
 pub mod http;
 pub mod i18n;
 pub mod journal;
+pub mod lang;
 pub mod links;
 pub mod outbox;
 pub mod replicas;

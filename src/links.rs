@@ -12,6 +12,7 @@ use serde_json::{Map, Value as Json};
 use sha2::Sha256;
 
 use crate::clock::Clock;
+use crate::lang::expr::{LinkRequest, LinkSigner};
 
 /// What a token carries. Short field names keep links short.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,6 +131,25 @@ impl Links {
             return Err(LinkError::Expired);
         }
         Ok(claims)
+    }
+}
+
+/// `link(…)` in templates: the request becomes claims with a fresh nonce and an absolute expiry.
+impl LinkSigner for Links {
+    fn sign(&self, link: LinkRequest) -> Result<String, String> {
+        let claims = Claims {
+            s: link.scenario,
+            u: link.subject,
+            v: link.vars,
+            e: link
+                .expires_in
+                .map(|d| self.now_ms() + d.as_millis() as i64),
+            o: link.once,
+            n: Links::nonce(),
+            r: link.redirect,
+            c: link.confirm,
+        };
+        self.url(&claims)
     }
 }
 

@@ -20,49 +20,7 @@ use crate::config::{Channel, Config};
 use crate::engine::ingest::Ingest;
 use crate::store::Store;
 
-pub use crate::engine::expr::Markup;
-
-/// Callback buttons a channel can attach to a message.
-#[derive(Debug, Clone, Copy)]
-pub struct ChoiceLimits {
-    /// Buttons on one message.
-    pub max: usize,
-    /// Characters in a label, if the platform limits them.
-    pub label_max: Option<usize>,
-    /// Bytes of callback data the platform carries back with a click.
-    pub data_max: usize,
-}
-
-/// What a channel can do; `check` holds scenarios to it.
-#[derive(Debug, Clone, Copy)]
-pub struct Capabilities {
-    /// Messages come back from conversations: `ask`, `on = { message = … }`.
-    pub replies: bool,
-    /// Callback buttons: `offer`, `ask` with `buttons = "inline"`, `send` with button ids.
-    pub choices: Option<ChoiceLimits>,
-    /// Reply keyboards (`ask` with a list of `buttons`).
-    pub keyboard: bool,
-    /// URL buttons; without them links are written into the text.
-    pub links: bool,
-    /// Sent messages can be edited (`edit`, an offer's "taken" text).
-    pub edits: bool,
-    /// Clicks get an answer of their own (a popup, a toast).
-    pub answers: bool,
-    pub markup: Markup,
-}
-
-impl Capabilities {
-    /// A channel that only writes (the log channel).
-    pub const WRITE_ONLY: Capabilities = Capabilities {
-        replies: false,
-        choices: None,
-        keyboard: false,
-        links: true,
-        edits: false,
-        answers: false,
-        markup: Markup::Plain,
-    };
-}
+pub use crate::lang::capabilities::{Capabilities, ChoiceLimits, Markup};
 
 /// The capabilities of a configured channel (also when it is off for want of a token).
 pub fn capabilities(ch: &Channel) -> Capabilities {

@@ -1,101 +1,160 @@
-//! Loading `bot-configs/`: TOML files with spans, `${ENV}` interpolation, validation that
-//! reports `file:line:col: message`, and the JSON Schema of the format.
+//! Loading `bot-configs/`: reads the folder and the locales, wires the real channel
+//! capabilities, Fluent messages and environment into the compiler (`crate::lang`), and
+//! assembles the `Config` the gateway runs.
 
-mod compile;
-pub mod model;
-pub mod raw;
-
-use std::fmt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub use model::*;
+use crate::i18n::I18n;
+use crate::lang::compile::{self, Host, Messages};
+use crate::lang::expr::Templates;
+use crate::lang::interpolate::interpolate_with;
+
+pub use crate::lang::error::{ConfigError, ConfigErrors, Position};
+pub use crate::lang::model::*;
+pub use crate::lang::schema::json_schema;
+pub use crate::lang::{model, raw};
 
 /// The gateway file's name inside the config folder; every other `*.toml` is a scenario.
 pub const GATEWAY_FILE: &str = "gateway.toml";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    pub line: usize,
-    pub col: usize,
+/// Everything loaded from one config folder.
+pub struct Config {
+    pub dir: PathBuf,
+    pub gateway: Gateway,
+    pub scenarios: Vec<Arc<Scenario>>,
+    pub templates: Templates,
+    pub i18n: I18n,
+    by_id: HashMap<String, usize>,
+    by_hook: HashMap<String, Vec<usize>>,
+    by_channel: HashMap<String, Vec<usize>>,
+    /// hook name → (scenario index, step index) of `wait` steps listening to it.
+    waits_by_hook: HashMap<String, Vec<(usize, usize)>>,
 }
 
-impl Position {
-    /// 1-based line and column (in characters) of a byte offset.
-    pub fn of(text: &str, offset: usize) -> Position {
-        let offset = offset.min(text.len());
-        let before = &text[..floor_char_boundary(text, offset)];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        Position {
-            line,
-            col: before[line_start..].chars().count() + 1,
-        }
-    }
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-/// One problem in one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub pos: Position,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(file: &Path, pos: Position, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: file.to_path_buf(),
-            pos,
-            message: message.into(),
-        }
-    }
-
-    pub fn at_file(file: &Path, message: impl Into<String>) -> ConfigError {
-        ConfigError::new(file, Position { line: 1, col: 1 }, message)
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.pos.line,
-            self.pos.col,
-            self.message
-        )
-    }
-}
-
-/// All problems found in a config folder.
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
+impl Config {
+    pub fn new(
+        dir: PathBuf,
+        gateway: Gateway,
+        scenarios: Vec<Arc<Scenario>>,
+        templates: Templates,
+        i18n: I18n,
+    ) -> Config {
+        let mut by_id = HashMap::new();
+        let mut by_hook: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_channel: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut waits_by_hook: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        for (i, sc) in scenarios.iter().enumerate() {
+            by_id.insert(sc.id.clone(), i);
+            match &sc.trigger {
+                Trigger::Webhook(h) => by_hook.entry(h.clone()).or_default().push(i),
+                Trigger::Message(c) => by_channel.entry(c.clone()).or_default().push(i),
+                _ => {}
             }
-            write!(f, "{e}")?;
+            for (j, st) in sc.steps.iter().enumerate() {
+                if let Action::Wait(w) = &st.action {
+                    waits_by_hook
+                        .entry(w.hook.clone())
+                        .or_default()
+                        .push((i, j));
+                }
+            }
         }
-        Ok(())
+        Config {
+            dir,
+            gateway,
+            scenarios,
+            templates,
+            i18n,
+            by_id,
+            by_hook,
+            by_channel,
+            waits_by_hook,
+        }
+    }
+
+    /// Scenarios started by a click on button `button` under a message on `channel`.
+    pub fn scenarios_for_click<'a>(
+        &'a self,
+        channel: &'a str,
+        button: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Scenario>> {
+        self.scenarios.iter().filter(move |sc| match &sc.trigger {
+            Trigger::Click {
+                channel: c,
+                button: b,
+            } => c == channel && b.as_deref().is_none_or(|b| b == button),
+            _ => false,
+        })
+    }
+
+    /// Scenarios started by messages on a chat channel.
+    pub fn scenarios_for_messages(&self, channel: &str) -> impl Iterator<Item = &Arc<Scenario>> {
+        self.by_channel
+            .get(channel)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.scenarios[i])
+    }
+
+    pub fn scenario(&self, id: &str) -> Option<&Arc<Scenario>> {
+        self.by_id.get(id).map(|&i| &self.scenarios[i])
+    }
+
+    pub fn scenarios_for_hook(&self, hook: &str) -> impl Iterator<Item = &Arc<Scenario>> {
+        self.by_hook
+            .get(hook)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.scenarios[i])
+    }
+
+    pub fn waits_for_hook(&self, hook: &str) -> impl Iterator<Item = (&Arc<Scenario>, usize)> {
+        self.waits_by_hook
+            .get(hook)
+            .into_iter()
+            .flatten()
+            .map(|&(i, j)| (&self.scenarios[i], j))
+    }
+
+    /// A hook is known when the gateway configures it or a scenario or wait listens to it.
+    pub fn hook_known(&self, hook: &str) -> bool {
+        self.gateway.hooks.contains_key(hook)
+            || self.by_hook.contains_key(hook)
+            || self.waits_by_hook.contains_key(hook)
     }
 }
 
-impl std::error::Error for ConfigErrors {}
+impl Gateway {
+    /// Where a staff member is reached: the first conversational channel (by name) that
+    /// has their id.
+    pub fn staff_chat(&self, s: &Staff) -> Option<(String, String)> {
+        let mut names: Vec<&String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| crate::channels::capabilities(c).replies)
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .find_map(|n| self.staff_id(s, n).map(|id| (n.clone(), id.clone())))
+    }
+}
+
+impl Messages for I18n {
+    fn missing_in(&self, id: &str) -> Vec<String> {
+        I18n::missing_in(self, id)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+}
 
 /// Loads and checks the whole folder. Every problem is collected before failing.
 pub fn load(dir: &Path) -> Result<Config, ConfigErrors> {
-    compile::load_dir(dir).map_err(ConfigErrors)
+    load_dir(dir).map_err(ConfigErrors)
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}` with environment values.
@@ -104,64 +163,70 @@ pub fn interpolate(s: &str) -> Result<String, String> {
     interpolate_with(s, |k| std::env::var(k).ok())
 }
 
-pub fn interpolate_with(s: &str, get: impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let inner = &after[..end];
-        let (name, default) = match inner.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (inner, None),
-        };
-        match (get(name), default) {
-            (Some(v), _) if !v.is_empty() || default.is_none() => out.push_str(&v),
-            (_, Some(d)) => out.push_str(d),
-            (None, None) => return Err(name.to_string()),
-            (Some(v), None) => out.push_str(&v),
+fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    let env = |k: &str| std::env::var(k).ok();
+    let host = Host {
+        capabilities: &crate::channels::capabilities,
+        env: &env,
+    };
+    let mut problems = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+        Err(e) => {
+            return Err(vec![ConfigError::at_file(
+                dir,
+                format!("cannot read the config folder: {e}"),
+            )])
         }
-        rest = &after[end + 1..];
+    };
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+
+    let gateway_path = dir.join(GATEWAY_FILE);
+    let gateway_text = std::fs::read_to_string(&gateway_path).unwrap_or_default();
+    let (raw_gateway, gateway) =
+        compile::gateway(&gateway_path, &gateway_text, &host, &mut problems);
+    let templates = Templates::new(raw_gateway.defaults.template_fuel.unwrap_or(20_000));
+    let locales = match &raw_gateway.defaults.locales {
+        Some(l) => dir.join(l.get()),
+        None => {
+            let beside = dir.join("..").join("locales");
+            if beside.is_dir() {
+                beside
+            } else {
+                dir.join("locales")
+            }
+        }
+    };
+    let i18n = I18n::load(&locales, &gateway.language, &mut problems);
+    if !i18n.languages().any(|l| l == gateway.language) {
+        problems.push(ConfigError::at_file(
+            &locales,
+            format!(
+                "the default language '{}' has no locale folder",
+                gateway.language
+            ),
+        ));
     }
-    out.push_str(rest);
-    Ok(out)
-}
 
-/// The JSON Schema of the gateway file and of scenario files, for editors.
-pub fn json_schema() -> serde_json::Value {
-    let gateway = schemars::schema_for!(raw::GatewayFile);
-    let scenario = schemars::schema_for!(raw::ScenarioFile);
-    serde_json::json!({
-        "$schema": "http://json-schema.org/draft-07/schema#",
-        "title": "Switchboard configuration",
-        "description": "gateway.toml follows `gateway`; every other file in bot-configs/ follows `scenario`.",
-        "definitions": { "gateway": gateway, "scenario": scenario },
-        "oneOf": [ { "$ref": "#/definitions/gateway" }, { "$ref": "#/definitions/scenario" } ]
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_are_one_based_lines_and_columns() {
-        let text = "a = 1\nbb = ä2\n";
-        assert_eq!(Position::of(text, 0), Position { line: 1, col: 1 });
-        assert_eq!(Position::of(text, 6), Position { line: 2, col: 1 });
-        assert_eq!(Position::of(text, 13), Position { line: 2, col: 7 });
-    }
-
-    #[test]
-    fn interpolation_uses_env_and_defaults() {
-        let get = |k: &str| (k == "A").then(|| "x".to_string());
-        assert_eq!(interpolate_with("p-${A}-q", get).unwrap(), "p-x-q");
-        assert_eq!(interpolate_with("${B:-dflt}", get).unwrap(), "dflt");
-        assert_eq!(interpolate_with("${B}", get).unwrap_err(), "B");
-        assert_eq!(interpolate_with("{{ a }}", get).unwrap(), "{{ a }}");
+    let texts: Vec<(PathBuf, std::io::Result<String>)> = files
+        .into_iter()
+        .filter(|f| *f != gateway_path)
+        .map(|f| {
+            let text = std::fs::read_to_string(&f);
+            (f, text)
+        })
+        .collect();
+    let scenarios = compile::scenarios(&texts, &templates, &gateway, &i18n, &host, &mut problems);
+    if problems.is_empty() {
+        Ok(Config::new(
+            dir.to_path_buf(),
+            gateway,
+            scenarios,
+            templates,
+            i18n,
+        ))
+    } else {
+        Err(problems)
     }
 }

@@ -4,11 +4,13 @@
 
 pub mod admin;
 mod ask;
-pub mod expr;
 pub mod ingest;
 mod offers;
 mod queue;
 mod steps;
+
+/// Expressions moved to `crate::lang`; the old path keeps working.
+pub use crate::lang::expr;
 
 use std::collections::HashMap;
 use std::sync::Arc;

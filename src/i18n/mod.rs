@@ -7,7 +7,7 @@ use fluent_bundle::concurrent::FluentBundle;
 use fluent_bundle::{FluentArgs, FluentResource, FluentValue};
 use unic_langid::LanguageIdentifier;
 
-use crate::config::{ConfigError, Position};
+use crate::lang::{ConfigError, Position};
 
 mod builtin;
 

@@ -46,27 +46,7 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Connection pool and work-sharing settings (the PostgreSQL store; SQLite keeps its own).
-#[derive(Debug, Clone)]
-pub struct PoolOptions {
-    pub max_connections: u32,
-    pub min_connections: u32,
-    pub acquire_timeout: std::time::Duration,
-    /// How long a replica may go unseen before the others take over its work; also how long
-    /// a claimed timer or a named lease lasts.
-    pub lease: std::time::Duration,
-}
-
-impl Default for PoolOptions {
-    fn default() -> Self {
-        PoolOptions {
-            max_connections: 16,
-            min_connections: 1,
-            acquire_timeout: std::time::Duration::from_secs(10),
-            lease: std::time::Duration::from_secs(15),
-        }
-    }
-}
+pub use crate::lang::model::PoolOptions;
 
 /// Opens the store a URL names: `postgres://…` is PostgreSQL; `sqlite://path` or a bare
 /// path is a SQLite file.

@@ -7,7 +7,25 @@ use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value as Json;
 
-use crate::links::{Claims, Links};
+/// What `link(…)` in a template asks for: a signed URL that starts `scenario`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkRequest {
+    pub scenario: String,
+    pub subject: Option<String>,
+    /// Variables for the run (`event.*`).
+    pub vars: serde_json::Map<String, Json>,
+    /// How long the link works, from now.
+    pub expires_in: Option<std::time::Duration>,
+    pub once: bool,
+    pub redirect: Option<String>,
+    pub confirm: bool,
+}
+
+/// Signs trigger links for templates. The language owns the trait so that it needs no key,
+/// clock or public URL of its own; `links` implements it.
+pub trait LinkSigner: Send + Sync {
+    fn sign(&self, link: LinkRequest) -> Result<String, String>;
+}
 
 /// Marks the name of a template rendered as HTML.
 const HTML_MARK: &str = "\u{0}html\u{0}";
@@ -48,7 +66,7 @@ impl Markup {
 #[derive(Clone)]
 pub struct Templates {
     env: &'static Environment<'static>,
-    links: Arc<RwLock<Option<Arc<Links>>>>,
+    links: Arc<RwLock<Option<Arc<dyn LinkSigner>>>>,
 }
 
 /// An evaluation failure: a template error, running out of fuel, a bad value.
@@ -113,7 +131,7 @@ impl Templates {
             ))
         });
         env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
-        let links: Arc<RwLock<Option<Arc<Links>>>> = Arc::default();
+        let links: Arc<RwLock<Option<Arc<dyn LinkSigner>>>> = Arc::default();
         let signer = links.clone();
         env.add_function("link", move |scenario: String, kwargs: Kwargs| {
             let links = signer
@@ -126,7 +144,7 @@ impl Templates {
                         "trigger links are not available here",
                     )
                 })?;
-            make_link(&links, scenario, &kwargs)
+            make_link(&*links, scenario, &kwargs)
         });
         Templates {
             env: Box::leak(Box::new(env)),
@@ -135,7 +153,7 @@ impl Templates {
     }
 
     /// Makes `link(…)` work in templates (it needs the signing key and the public URL).
-    pub fn set_links(&self, links: Arc<Links>) {
+    pub fn set_links(&self, links: Arc<dyn LinkSigner>) {
         *self.links.write().expect("not poisoned") = Some(links);
     }
 
@@ -196,32 +214,34 @@ impl Templates {
     }
 }
 
-fn make_link(links: &Links, scenario: String, kwargs: &Kwargs) -> Result<String, minijinja::Error> {
+fn make_link(
+    links: &dyn LinkSigner,
+    scenario: String,
+    kwargs: &Kwargs,
+) -> Result<String, minijinja::Error> {
     let bad = |m: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m);
-    let mut claims = Claims {
-        s: scenario,
-        u: kwargs.get::<Option<String>>("subject")?,
-        v: serde_json::Map::new(),
-        e: None,
-        o: kwargs.get::<Option<bool>>("once")?.unwrap_or(false),
-        n: Links::nonce(),
-        r: kwargs.get::<Option<String>>("redirect")?,
-        c: kwargs.get::<Option<bool>>("confirm")?.unwrap_or(false),
+    let mut link = LinkRequest {
+        scenario,
+        subject: kwargs.get::<Option<String>>("subject")?,
+        vars: serde_json::Map::new(),
+        expires_in: None,
+        once: kwargs.get::<Option<bool>>("once")?.unwrap_or(false),
+        redirect: kwargs.get::<Option<String>>("redirect")?,
+        confirm: kwargs.get::<Option<bool>>("confirm")?.unwrap_or(false),
     };
     if let Some(exp) = kwargs.get::<Option<String>>("expires")? {
         let d = humantime::parse_duration(&exp)
             .map_err(|e| bad(format!("expires='{exp}' is not a duration: {e}")))?;
-        claims.e = Some(links.now_ms() + d.as_millis() as i64);
+        link.expires_in = Some(d);
     }
     for name in kwargs.args() {
         if !["subject", "once", "redirect", "confirm", "expires"].contains(&name) {
             let v: Value = kwargs.get(name)?;
-            claims
-                .v
+            link.vars
                 .insert(name.to_string(), to_json(&v).map_err(|e| bad(e.0))?);
         }
     }
-    links.url(&claims).map_err(bad)
+    links.sign(link).map_err(bad)
 }
 
 /// A compiled expression with the variable paths it reads (shown in the journal).

@@ -1,121 +1,12 @@
-//! The checked, compiled configuration the engine runs: scenarios with resolved labels,
-//! compiled expressions and templates, hooks, channels and the staff directory.
+//! The checked, compiled model the engine runs: scenarios with resolved labels, compiled
+//! expressions and templates, hooks, channels and the staff directory.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::expr::{Expr, Templates, Tmpl, ValueTmpl};
-use crate::i18n::I18n;
-
-/// Everything loaded from one config folder.
-pub struct Config {
-    pub dir: PathBuf,
-    pub gateway: Gateway,
-    pub scenarios: Vec<Arc<Scenario>>,
-    pub templates: Templates,
-    pub i18n: I18n,
-    by_id: HashMap<String, usize>,
-    by_hook: HashMap<String, Vec<usize>>,
-    by_channel: HashMap<String, Vec<usize>>,
-    /// hook name → (scenario index, step index) of `wait` steps listening to it.
-    waits_by_hook: HashMap<String, Vec<(usize, usize)>>,
-}
-
-impl Config {
-    pub fn new(
-        dir: PathBuf,
-        gateway: Gateway,
-        scenarios: Vec<Arc<Scenario>>,
-        templates: Templates,
-        i18n: I18n,
-    ) -> Config {
-        let mut by_id = HashMap::new();
-        let mut by_hook: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut by_channel: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut waits_by_hook: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
-        for (i, sc) in scenarios.iter().enumerate() {
-            by_id.insert(sc.id.clone(), i);
-            match &sc.trigger {
-                Trigger::Webhook(h) => by_hook.entry(h.clone()).or_default().push(i),
-                Trigger::Message(c) => by_channel.entry(c.clone()).or_default().push(i),
-                _ => {}
-            }
-            for (j, st) in sc.steps.iter().enumerate() {
-                if let Action::Wait(w) = &st.action {
-                    waits_by_hook
-                        .entry(w.hook.clone())
-                        .or_default()
-                        .push((i, j));
-                }
-            }
-        }
-        Config {
-            dir,
-            gateway,
-            scenarios,
-            templates,
-            i18n,
-            by_id,
-            by_hook,
-            by_channel,
-            waits_by_hook,
-        }
-    }
-
-    /// Scenarios started by a click on button `button` under a message on `channel`.
-    pub fn scenarios_for_click<'a>(
-        &'a self,
-        channel: &'a str,
-        button: &'a str,
-    ) -> impl Iterator<Item = &'a Arc<Scenario>> {
-        self.scenarios.iter().filter(move |sc| match &sc.trigger {
-            Trigger::Click {
-                channel: c,
-                button: b,
-            } => c == channel && b.as_deref().is_none_or(|b| b == button),
-            _ => false,
-        })
-    }
-
-    /// Scenarios started by messages on a chat channel.
-    pub fn scenarios_for_messages(&self, channel: &str) -> impl Iterator<Item = &Arc<Scenario>> {
-        self.by_channel
-            .get(channel)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.scenarios[i])
-    }
-
-    pub fn scenario(&self, id: &str) -> Option<&Arc<Scenario>> {
-        self.by_id.get(id).map(|&i| &self.scenarios[i])
-    }
-
-    pub fn scenarios_for_hook(&self, hook: &str) -> impl Iterator<Item = &Arc<Scenario>> {
-        self.by_hook
-            .get(hook)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.scenarios[i])
-    }
-
-    pub fn waits_for_hook(&self, hook: &str) -> impl Iterator<Item = (&Arc<Scenario>, usize)> {
-        self.waits_by_hook
-            .get(hook)
-            .into_iter()
-            .flatten()
-            .map(|&(i, j)| (&self.scenarios[i], j))
-    }
-
-    /// A hook is known when the gateway configures it or a scenario or wait listens to it.
-    pub fn hook_known(&self, hook: &str) -> bool {
-        self.gateway.hooks.contains_key(hook)
-            || self.by_hook.contains_key(hook)
-            || self.waits_by_hook.contains_key(hook)
-    }
-}
+use super::expr::{Expr, Tmpl, ValueTmpl};
 
 pub struct Gateway {
     pub listen: Option<String>,
@@ -129,10 +20,32 @@ pub struct Gateway {
     pub retry_delay: Duration,
     pub retry_max_delay: Duration,
     pub retention: Duration,
-    pub database: crate::store::PoolOptions,
+    pub database: PoolOptions,
     pub channels: HashMap<String, Channel>,
     pub hooks: HashMap<String, Hook>,
     pub staff: Vec<Staff>,
+}
+
+/// Connection pool and work-sharing settings (the PostgreSQL store; SQLite keeps its own).
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+    /// How long a replica may go unseen before the others take over its work; also how long
+    /// a claimed timer or a named lease lasts.
+    pub lease: std::time::Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(10),
+            lease: std::time::Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -236,21 +149,6 @@ impl Gateway {
         self.staff
             .iter()
             .find(|s| self.staff_id(s, channel).is_some_and(|id| id == user))
-    }
-
-    /// Where a staff member is reached: the first conversational channel (by name) that
-    /// has their id.
-    pub fn staff_chat(&self, s: &Staff) -> Option<(String, String)> {
-        let mut names: Vec<&String> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| crate::channels::capabilities(c).replies)
-            .map(|(n, _)| n)
-            .collect();
-        names.sort();
-        names
-            .into_iter()
-            .find_map(|n| self.staff_id(s, n).map(|id| (n.clone(), id.clone())))
     }
 }
 

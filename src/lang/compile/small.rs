@@ -1,0 +1,101 @@
+//! The small steps: `set`, `incr`, `call`, `sleep` and `cancel`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use super::cx::FileCx;
+use super::values::{literal_or_expr, parse_var};
+use crate::lang::expr::Templates;
+use crate::lang::model::*;
+use crate::lang::raw::{self, Sp};
+
+pub(super) fn compile_set(
+    set: &Sp<BTreeMap<String, Sp<serde_json::Value>>>,
+    cx: &mut FileCx,
+    t: &Templates,
+) -> Option<Action> {
+    let mut assigns = Vec::new();
+    for (k, v) in set.get() {
+        let tgt = match parse_var(k) {
+            Ok(t) => t,
+            Err(e) => {
+                cx.err(v.span(), e);
+                continue;
+            }
+        };
+        if let Some(value) = literal_or_expr(cx, t, v) {
+            assigns.push(Assign { target: tgt, value });
+        }
+    }
+    Some(Action::Set(assigns))
+}
+
+pub(super) fn compile_incr(i: &Sp<String>, cx: &mut FileCx) -> Option<Action> {
+    match parse_var(i.get()) {
+        Ok(v) => Some(Action::Incr(v)),
+        Err(e) => {
+            cx.err(i.span(), e);
+            None
+        }
+    }
+}
+
+/// `call` names another scenario: `scenario_refs` collects it to check once all are known.
+pub(super) fn compile_call(
+    c: &Sp<raw::CallDef>,
+    cx: &mut FileCx,
+    t: &Templates,
+    scenario_refs: &mut Vec<(String, Range<usize>)>,
+) -> Option<Action> {
+    let c = c.get();
+    scenario_refs.push((c.scenario.get().clone(), c.scenario.span()));
+    let vars = c
+        .vars
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), literal_or_expr(cx, t, v)?)))
+        .collect();
+    Some(Action::Call(CallSpec {
+        scenario: c.scenario.get().clone(),
+        vars,
+    }))
+}
+
+pub(super) fn compile_sleep(
+    s: &Sp<raw::SleepDef>,
+    sc: &raw::ScenarioFile,
+    cx: &mut FileCx,
+    t: &Templates,
+) -> Option<Action> {
+    let sd = s.get();
+    let time = match (&sd.duration, &sd.until) {
+        (Some(d), None) => cx.duration(d).map(SleepTime::For),
+        (None, Some(u)) => cx.expr(t, u).map(SleepTime::Until),
+        _ => {
+            cx.err(s.span(), "sleep needs exactly one of `for` or `until`");
+            None
+        }
+    };
+    let key = sd.key.as_ref().and_then(|k| cx.tmpl(t, k));
+    if sc.subject.is_none() && sd.key.is_some() {
+        cx.err(s.span(), "a sleep `key` replaces pending sleeps of the same subject: the scenario needs a `subject`");
+    }
+    time.map(|time| Action::Sleep(SleepSpec { time, key }))
+}
+
+/// `cancel` may name another scenario: `scenario_refs` collects it to check once all are known.
+pub(super) fn compile_cancel(
+    c: &Sp<raw::CancelDef>,
+    cx: &mut FileCx,
+    t: &Templates,
+    scenario_refs: &mut Vec<(String, Range<usize>)>,
+) -> Option<Action> {
+    let c = c.get();
+    if let Some(s) = &c.scenario {
+        scenario_refs.push((s.get().clone(), s.span()));
+    }
+    Some(Action::Cancel(CancelSpec {
+        scenario: c.scenario.as_ref().map(|s| s.get().clone()),
+        subject: c.subject.as_ref().and_then(|s| cx.tmpl(t, s)),
+        key: c.key.as_ref().and_then(|k| cx.tmpl(t, k)),
+    }))
+}
