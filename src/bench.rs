@@ -233,7 +233,8 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
     std::fs::write(
         cfg.join("gateway.toml"),
         format!(
-            "[defaults]\nlanguage = \"en\"\nlocales = \"{}\"\n",
+            // The sink listens on loopback: allowed explicitly.
+            "[defaults]\nlanguage = \"en\"\nlocales = \"{}\"\n\n[http]\nallow = [\"127.0.0.1/32\"]\n",
             std::fs::canonicalize(&o.locales)
                 .context("the locales folder")?
                 .display()

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod channels;
 pub mod clock;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod http;
 pub mod i18n;

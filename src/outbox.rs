@@ -40,6 +40,7 @@ struct Deliverer {
     clock: Clock,
     engine: WorkSender,
     http: reqwest::Client,
+    guard: crate::egress::Guard,
     channels: Arc<Channels>,
     store: Arc<dyn Store>,
     /// `switchboard-<database id>-outbox-`: the `Idempotency-Key` of a request, before its row id.
@@ -60,11 +61,8 @@ pub async fn worker(
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<OutboxJob>,
 ) {
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-        .pool_max_idle_per_host(IN_FLIGHT)
-        .build()
-        .expect("the HTTP client builds with static settings");
+    let guard = crate::egress::Guard::new(cfg.gateway.http.clone());
+    let http = guard.client(IN_FLIGHT);
     // Without it the keys would repeat across databases; the first delivery needs it anyway.
     let database = loop {
         match store.database_id().await {
@@ -81,6 +79,7 @@ pub async fn worker(
         clock,
         engine,
         http,
+        guard,
         channels,
         store,
         refs: Mutex::default(),
@@ -241,7 +240,16 @@ async fn deliver(d: &Deliverer, job: OutboxJob, mut op: Option<Outbound>) {
     loop {
         attempts += 1;
         let outcome = match &mut op {
-            None => send_http(http, row, &d.key_prefix).await,
+            None => {
+                send_http(
+                    http,
+                    &d.guard,
+                    cfg.gateway.http.max_response_bytes,
+                    row,
+                    &d.key_prefix,
+                )
+                .await
+            }
             Some(op) => match d.resolve(op).await {
                 Err(e) => Err((e, None)),
                 Ok(()) => channels
@@ -309,6 +317,8 @@ async fn deliver(d: &Deliverer, job: OutboxJob, mut op: Option<Outbound>) {
 
 async fn send_http(
     http: &reqwest::Client,
+    guard: &crate::egress::Guard,
+    max_body: usize,
     job: &OutboxRow,
     key_prefix: &str,
 ) -> Result<Json, (SendError, Option<Json>)> {
@@ -325,6 +335,10 @@ async fn send_http(
     let method = r["method"].as_str().unwrap_or("GET");
     let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let url = r["url"].as_str().unwrap_or_default();
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("'{url}' is not a URL: {e}")))?;
+    guard
+        .check_url(&parsed)
+        .map_err(|r| bad(format!("{}: {r}", redact(&parsed))))?;
     let mut req = http
         .request(method, url)
         .timeout(Duration::from_millis(job.timeout_ms.max(1) as u64))
@@ -353,13 +367,18 @@ async fn send_http(
     }
     let started = std::time::Instant::now();
     let resp = req.send().await.map_err(|e| {
-        (
-            SendError {
-                message: format!("request to {url} failed: {}", error_chain(&e)),
-                retry: true,
-            },
-            None,
-        )
+        let shown = redact(&parsed);
+        match crate::egress::refusal(&e) {
+            // Refused by the address check: trying again gives the same answer.
+            Some(r) => bad(format!("{shown}: {r}")),
+            None => (
+                SendError {
+                    message: format!("request to {shown} failed: {}", error_chain(&e)),
+                    retry: true,
+                },
+                None,
+            ),
+        }
     })?;
     let status = resp.status();
     let headers: Map<String, Json> = resp
@@ -367,7 +386,10 @@ async fn send_http(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), json!(v.to_str().ok()?))))
         .collect();
-    let bytes = resp.bytes().await.unwrap_or_default();
+    let bytes = match read_capped(resp, max_body).await {
+        Ok(b) => b,
+        Err(why) => return Err(bad(format!("{}: {why}", redact(&parsed)))),
+    };
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RESPONSE_MAX)]).to_string();
     let parsed: Json = serde_json::from_slice(&bytes).unwrap_or(Json::Null);
     let captured = json!({"status": status.as_u16(), "headers": headers, "json": parsed, "body": text,
@@ -382,6 +404,36 @@ async fn send_http(
         ));
     }
     Ok(captured)
+}
+
+/// A URL as the journal shows it: without credentials or a query string, where secrets
+/// often travel.
+fn redact(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    if u.query().is_some() {
+        u.set_query(Some("…"));
+    }
+    u.to_string()
+}
+
+/// The response body, read as it arrives, up to `max` bytes.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n as usize > max) {
+        return Err(format!("response over {max} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the response failed: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("response over {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

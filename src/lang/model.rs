@@ -21,9 +21,29 @@ pub struct Gateway {
     pub retry_max_delay: Duration,
     pub retention: Duration,
     pub database: PoolOptions,
+    pub http: HttpPolicy,
     pub channels: HashMap<String, Channel>,
     pub hooks: HashMap<String, Hook>,
     pub staff: Vec<Staff>,
+}
+
+/// What outgoing `http` steps may reach beyond public addresses, and how much they read.
+#[derive(Debug, Clone)]
+pub struct HttpPolicy {
+    /// Host names reached whatever they resolve to (lower case).
+    pub allow_hosts: Vec<String>,
+    pub allow_nets: Vec<ipnet::IpNet>,
+    pub max_response_bytes: usize,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        HttpPolicy {
+            allow_hosts: Vec::new(),
+            allow_nets: Vec::new(),
+            max_response_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Connection pool and work-sharing settings (the PostgreSQL store; SQLite keeps its own).

@@ -43,6 +43,8 @@ pub struct GatewayFile {
     pub defaults: DefaultsSection,
     #[serde(default)]
     pub database: DatabaseSection,
+    #[serde(default)]
+    pub http: HttpSection,
     /// Named channels; `log` is built in and always present.
     #[serde(default)]
     pub channels: BTreeMap<String, Sp<ChannelSection>>,
@@ -68,6 +70,19 @@ pub struct DatabaseSection {
     /// How long a replica may go unseen before the others take over its work, and how long
     /// timer claims and the Telegram polling lease last (default `15s`).
     pub lease: Option<Sp<String>>,
+}
+
+/// What outgoing `http` steps may reach. Loopback, private, link-local (cloud metadata) and
+/// other special addresses are refused unless a host or range is allowed here.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Host names or address ranges (CIDR) that may be reached although they are special,
+    /// e.g. `["crm.internal", "10.0.0.0/8", "127.0.0.1/32"]`.
+    #[serde(default)]
+    pub allow: Vec<Sp<String>>,
+    /// Largest response body read, in bytes (default 1 MiB); a longer one fails the request.
+    pub max_response_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

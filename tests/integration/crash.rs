@@ -18,7 +18,9 @@ async fn a_killed_gateway_resumes_without_losing_or_repeating_anything() {
     ]);
     cfg.write(
         "gateway.toml",
-        "[defaults]\nretry_delay = \"100ms\"\nretry_max_delay = \"300ms\"\n",
+        &format!(
+            "[defaults]\nretry_delay = \"100ms\"\nretry_max_delay = \"300ms\"\n{ALLOW_LOOPBACK}"
+        ),
     );
     let url = format!("http://{}", sink.addr);
     sink.set_default(503);

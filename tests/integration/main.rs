@@ -6,6 +6,7 @@ mod browser;
 mod channels;
 mod cli;
 mod crash;
+mod egress;
 mod engine;
 mod fake_telegram;
 mod links;

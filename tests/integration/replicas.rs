@@ -53,7 +53,7 @@ http = { post = "{{ event.url }}/once/{{ event.client }}/{{ event.n }}" }
 "#;
 
 /// Replicas here notice a dead one after two seconds.
-const GATEWAY: &str = "[database]\nlease = \"2s\"\nmax_connections = 8\n\n[defaults]\nretry_delay = \"100ms\"\nretry_max_delay = \"1s\"\n";
+const GATEWAY: &str = "[database]\nlease = \"2s\"\nmax_connections = 8\n\n[defaults]\nretry_delay = \"100ms\"\nretry_max_delay = \"1s\"\n\n[http]\nallow = [\"127.0.0.1/32\"]\n";
 
 async fn replicas(cfg: &ConfigDir, db: &str, n: usize) -> Vec<Gateway> {
     let mut out = Vec::new();

@@ -22,6 +22,9 @@ pub fn repo() -> PathBuf {
 }
 
 /// A config folder in a temp dir, with the repo's locales beside it.
+/// The gateway file's section that lets `http` steps reach the tests' loopback receivers.
+pub const ALLOW_LOOPBACK: &str = "[http]\nallow = [\"127.0.0.1/32\"]\n";
+
 pub struct ConfigDir {
     pub root: tempfile::TempDir,
 }
@@ -33,6 +36,10 @@ impl ConfigDir {
             let p = e.unwrap().path();
             std::fs::copy(&p, c.dir().join(p.file_name().unwrap())).unwrap();
         }
+        // The tests' receivers listen on loopback, which `http` steps may not reach unless
+        // the gateway file allows it.
+        let gw = std::fs::read_to_string(c.dir().join("gateway.toml")).unwrap();
+        c.write("gateway.toml", &format!("{gw}\n{ALLOW_LOOPBACK}"));
         c
     }
 
@@ -56,7 +63,7 @@ impl ConfigDir {
         let c = ConfigDir::empty();
         c.write(
             "gateway.toml",
-            "[defaults]\nlanguage = \"en\"\nretry_delay = \"20ms\"\nretry_max_delay = \"100ms\"\nhttp_attempts = 4\nmax_steps = 50\n\n[channels.ops]\ntype = \"log\"\noutput = \"journal\"\n",
+            "[defaults]\nlanguage = \"en\"\nretry_delay = \"20ms\"\nretry_max_delay = \"100ms\"\nhttp_attempts = 4\nmax_steps = 50\n\n[http]\nallow = [\"127.0.0.1/32\"]\n\n[channels.ops]\ntype = \"log\"\noutput = \"journal\"\n",
         );
         for (name, text) in files {
             c.write(name, text);

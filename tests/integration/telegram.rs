@@ -452,7 +452,8 @@ async fn replies_go_to_the_oldest_asking_run_of_that_chat() {
         for younger in &runs[n + 1..] {
             let r = t.app.store.run(*younger).await.unwrap().unwrap();
             assert_eq!(r.status, RunStatus::Waiting, "run {younger}");
-            assert_eq!(r.vars["answer"], json!({"attempts": 0}), "run {younger}");
+            assert_eq!(r.vars["answer"]["attempts"], 0, "run {younger}");
+            assert!(r.vars["answer"].get("text").is_none(), "run {younger}");
         }
     }
     let texts = texts_eventually(&fake, 304, 6).await;

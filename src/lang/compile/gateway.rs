@@ -188,6 +188,34 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
                 lease: dur(cx, &db.lease, dflt.lease.as_secs()).max(Duration::from_secs(1)),
             }
         },
+        http: {
+            let mut policy = HttpPolicy::default();
+            for a in &g.http.allow {
+                let Some(v) = cx.env(a) else { continue };
+                let v = v.trim().to_ascii_lowercase();
+                if let Ok(net) = v.parse::<ipnet::IpNet>() {
+                    policy.allow_nets.push(net);
+                } else if let Ok(ip) = v.parse::<std::net::IpAddr>() {
+                    policy.allow_nets.push(ipnet::IpNet::from(ip));
+                } else if !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                {
+                    policy.allow_hosts.push(v);
+                } else {
+                    cx.err(
+                        a.span(),
+                        format!(
+                            "'{v}' is neither a host name nor an address range like 10.0.0.0/8"
+                        ),
+                    );
+                }
+            }
+            if let Some(n) = g.http.max_response_bytes {
+                policy.max_response_bytes = n;
+            }
+            policy
+        },
         channels,
         hooks,
         staff,
