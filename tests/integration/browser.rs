@@ -101,8 +101,12 @@ async fn schemathesis_finds_no_server_error_or_schema_violation() {
     let (_, b) = t.post("nap", json!({"n": 1})).await;
     t.runs_of(b["event_id"].as_i64().unwrap()).await;
     let url = format!("{}/api/openapi.json", t.app.admin_url());
+    // schemathesis keeps a cache in its working directory: not in the repository.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            .current_dir(dir)
             .args([
                 "run",
                 &url,
