@@ -16,17 +16,54 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::config::{Channel, Config};
+use crate::config::Config;
 use crate::engine::ingest::Ingest;
+use crate::lang::channel::{Channel, ChannelKinds, Section, SectionCx};
 use crate::store::Store;
 
 pub use crate::lang::capabilities::{Capabilities, ChoiceLimits, Markup};
 
 /// The capabilities of a configured channel (also when it is off for want of a token).
 pub fn capabilities(ch: &Channel) -> Capabilities {
-    match ch {
-        Channel::Log { .. } => Capabilities::WRITE_ONLY,
-        Channel::Telegram(_) => telegram::CAPABILITIES,
+    ch.caps
+}
+
+/// A channel type: parses its section of the gateway file and starts its channels.
+pub trait Kind: Sync {
+    /// As written in `type = "…"`.
+    fn name(&self) -> &'static str;
+    /// The channel a section describes; problems are reported with their positions.
+    fn parse(&self, section: &Section, cx: &mut dyn SectionCx) -> Option<Channel>;
+    /// The live channel; `None` if `ch` is not of this type.
+    fn start(
+        &self,
+        name: &str,
+        ch: &Channel,
+        shared: Option<Arc<dyn Store>>,
+    ) -> Option<Arc<dyn Adapter>>;
+}
+
+/// Every channel type. A new platform is a folder beside `telegram/` and one line here.
+pub static REGISTRY: &[&dyn Kind] = &[&log::Kind, &telegram::Kind];
+
+/// The registry as the scenario language sees it.
+pub struct Registry;
+
+impl ChannelKinds for Registry {
+    fn names(&self) -> Vec<&'static str> {
+        REGISTRY.iter().map(|k| k.name()).collect()
+    }
+
+    fn parse(
+        &self,
+        kind: &str,
+        section: &Section,
+        cx: &mut dyn SectionCx,
+    ) -> Option<Option<Channel>> {
+        REGISTRY
+            .iter()
+            .find(|k| k.name() == kind)
+            .map(|k| k.parse(section, cx))
     }
 }
 
@@ -205,19 +242,21 @@ impl Channels {
         let mut live: HashMap<String, Arc<dyn Adapter>> = HashMap::new();
         let mut off = HashMap::new();
         for (name, ch) in &cfg.gateway.channels {
-            match ch {
-                Channel::Log { stdout } => {
-                    live.insert(name.clone(), Arc::new(log::Log::new(name, *stdout)));
+            if let Some(why) = &ch.off {
+                off.insert(name.clone(), why.clone());
+                continue;
+            }
+            // Every parsed channel has a type in the registry.
+            let started = REGISTRY
+                .iter()
+                .filter(|k| k.name() == ch.kind)
+                .find_map(|k| k.start(name, ch, shared.clone()));
+            match started {
+                Some(adapter) => {
+                    live.insert(name.clone(), adapter);
                 }
-                // A channel without a token stays off (the examples ship one like that).
-                Channel::Telegram(t) if t.token.0.is_empty() => {
-                    off.insert(name.clone(), "off (no token)".to_string());
-                }
-                Channel::Telegram(t) => {
-                    live.insert(
-                        name.clone(),
-                        Arc::new(telegram::Telegram::new(name, t, shared.clone())),
-                    );
+                None => {
+                    off.insert(name.clone(), format!("no {} channel type", ch.kind));
                 }
             }
         }
@@ -236,7 +275,7 @@ impl Channels {
             .chain(
                 self.off
                     .iter()
-                    .map(|(name, why)| (name.clone(), why.clone(), true)),
+                    .map(|(name, why)| (name.clone(), format!("off ({why})"), true)),
             )
             .collect();
         out.sort();
@@ -267,7 +306,7 @@ impl Channels {
             Some(ch) => ch.deliver(op).await,
             None => Err(SendError {
                 message: match self.off.get(name) {
-                    Some(_) => format!("channel '{name}' is off: it has no token"),
+                    Some(why) => format!("channel '{name}' is off: {why}"),
                     None => format!("channel '{name}' is not configured"),
                 },
                 retry: false,
@@ -288,6 +327,44 @@ mod tests {
             "R&amp;D &lt;Ltd&gt; &quot;Q&quot; 5 &gt; 3"
         );
         assert_eq!(Markup::Plain.escape("a & b"), "a & b");
+    }
+
+    #[test]
+    fn each_type_parses_its_own_section_with_positions() {
+        let host = crate::lang::compile::Host {
+            kinds: &Registry,
+            env: &|_| None,
+        };
+        let text = "[channels.tg]\ntype = \"telegram\"\ntoken = \"1:x\"\nmode = \"hook\"\ntokn = 1\n\n[channels.fax]\ntype = \"fax\"\n\n[channels.quiet]\ntype = \"log\"\noutput = \"journal\"\n";
+        let mut problems = Vec::new();
+        let (_, gw) = crate::lang::compile::gateway(
+            std::path::Path::new("g.toml"),
+            text,
+            &host,
+            &mut problems,
+        );
+        let all: Vec<String> = problems
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                "8:8: unknown channel type 'fax' (supported: log, telegram)",
+                "4:8: unknown mode 'hook' (polling or webhook)",
+                "5:8: unknown key `tokn` in a telegram channel (it takes: api_url, limits, mode, token, webhook_secret)",
+            ]
+        );
+        assert_eq!(gw.channels["tg"].kind(), "telegram");
+        assert!(gw.channels["tg"].caps.edits);
+        let quiet = gw.channels["quiet"].settings::<log::LogSettings>().unwrap();
+        assert!(!quiet.stdout);
+        assert!(
+            gw.channels["log"]
+                .settings::<log::LogSettings>()
+                .unwrap()
+                .stdout
+        );
     }
 
     #[test]

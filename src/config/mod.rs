@@ -166,7 +166,7 @@ pub fn interpolate(s: &str) -> Result<String, String> {
 fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     let env = |k: &str| std::env::var(k).ok();
     let host = Host {
-        capabilities: &crate::channels::capabilities,
+        kinds: &crate::channels::Registry,
         env: &env,
     };
     let mut problems = Vec::new();

@@ -5,6 +5,7 @@
 //! environment variables); trigger links are signed through [`expr::LinkSigner`].
 
 pub mod capabilities;
+pub mod channel;
 pub mod compile;
 pub mod error;
 pub mod expr;

@@ -68,24 +68,7 @@ impl Default for PoolOptions {
     }
 }
 
-#[derive(Clone)]
-pub enum Channel {
-    Log { stdout: bool },
-    Telegram(Box<TelegramChannel>),
-}
-
-#[derive(Clone)]
-pub struct TelegramChannel {
-    /// Never printed: `Debug` hides it.
-    pub token: Secret,
-    pub api_url: Option<reqwest::Url>,
-    pub webhook: bool,
-    pub webhook_secret: Option<Secret>,
-    /// (messages, per period) for one private chat, one group, the whole bot.
-    pub per_chat: (u32, std::time::Duration),
-    pub per_group: (u32, std::time::Duration),
-    pub per_bot: (u32, std::time::Duration),
-}
+pub use super::channel::Channel;
 
 /// A secret string that does not print.
 #[derive(Clone, PartialEq, Eq)]
@@ -94,29 +77,6 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
-    }
-}
-
-impl Channel {
-    /// The channel's type as written in `type = "…"`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Channel::Log { .. } => "log",
-            Channel::Telegram(_) => "telegram",
-        }
-    }
-}
-
-impl std::fmt::Debug for Channel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Channel::Log { stdout } => write!(f, "Log {{ stdout: {stdout} }}"),
-            Channel::Telegram(t) => write!(
-                f,
-                "Telegram {{ api_url: {:?}, webhook: {} }}",
-                t.api_url, t.webhook
-            ),
-        }
     }
 }
 

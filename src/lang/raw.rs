@@ -121,26 +121,9 @@ pub struct DefaultsSection {
     pub retention: Option<Sp<String>>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelSection {
-    /// Channel kind: `log` or `telegram`.
-    #[serde(rename = "type")]
-    pub kind: Sp<String>,
-    /// Where a `log` channel writes: `stdout` (default) or `journal` only.
-    pub output: Option<Sp<String>>,
-    /// Telegram: the bot token, e.g. `${TELEGRAM_TOKEN}`.
-    pub token: Option<Sp<String>>,
-    /// Telegram: Bot API base URL (a local Bot API server); default `https://api.telegram.org`.
-    pub api_url: Option<Sp<String>>,
-    /// Telegram: `polling` (default, works behind NAT) or `webhook`.
-    pub mode: Option<Sp<String>>,
-    /// Telegram webhook mode: the secret Telegram sends in `X-Telegram-Bot-Api-Secret-Token`.
-    pub webhook_secret: Option<Sp<String>>,
-    /// Telegram send limits as `N/period`: `chat` (default `1/1s`), `group` (`20/1m`), `bot` (`30/1s`).
-    #[serde(default)]
-    pub limits: BTreeMap<String, Sp<String>>,
-}
+/// A channel: `type` (`log`, `telegram`, …) and the keys of that type, e.g. a Telegram
+/// bot's `token`, `api_url`, `mode`, `webhook_secret`, `limits`; a log channel's `output`.
+pub type ChannelSection = BTreeMap<String, Sp<serde_json::Value>>;
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -601,16 +601,20 @@ async fn postgres_send_slots_keep_the_pace_across_replicas() {
         assert!(w[1] - w[0] >= 100, "slots too close: {slots:?}");
     }
     // Another chat is not held back by this one's pace, only by the bot's: its slot is the
-    // bot's next one, long before chat 42's last.
+    // bot's next one (or the database's now, if that has passed since), long before chat
+    // 42's last.
     a.reserve_send(&[("tg:bot".to_string(), 10), ("tg:chat:43".to_string(), 100)])
         .await
         .unwrap();
     let other = slot("tg:chat:43", 100).await;
     let bot = slot("tg:bot", 10).await;
-    assert_eq!(other, bot, "chat 43 waits only for the bot");
+    assert!(
+        other >= bot,
+        "chat 43 keeps the bot's pace: {other} < {bot}"
+    );
     assert!(
         other < slots[7],
-        "{other} before chat 42's last slot {}",
+        "chat 43 ({other}) is not held back to chat 42's last slot ({})",
         slots[7]
     );
 }

@@ -310,7 +310,7 @@ async fn the_example_telegram_channel_stays_off_without_a_token() {
     .await;
     assert_eq!(
         failed.last_error.as_deref(),
-        Some("channel 'tg' is off: it has no token")
+        Some("channel 'tg' is off: no token")
     );
 }
 

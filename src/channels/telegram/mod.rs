@@ -2,6 +2,7 @@
 //! reply keyboards, edits, callback answers), paced per chat within Telegram's limits, and
 //! inbound updates (long polling or webhook) turned into `message` and `click` events.
 
+pub mod config;
 mod inbound;
 mod webhook;
 
@@ -28,8 +29,8 @@ use super::{
     OutEdit, OutMessage, Outbound, SendError,
 };
 use crate::clock::Clock;
-use crate::config::TelegramChannel;
 use crate::engine::ingest::Ingest;
+pub use config::TelegramChannel;
 
 /// How often one message is tried when Telegram answers 429.
 const MAX_429: u32 = 5;
@@ -294,5 +295,32 @@ fn send_error(channel: &str, e: RequestError) -> SendError {
     SendError {
         message: format!("telegram: {e}"),
         retry,
+    }
+}
+
+/// The `telegram` channel type.
+pub struct Kind;
+
+impl super::Kind for Kind {
+    fn name(&self) -> &'static str {
+        "telegram"
+    }
+
+    fn parse(
+        &self,
+        section: &crate::lang::channel::Section,
+        cx: &mut dyn crate::lang::channel::SectionCx,
+    ) -> Option<crate::lang::channel::Channel> {
+        config::parse(section, cx)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        ch: &crate::lang::channel::Channel,
+        shared: Option<Arc<dyn crate::store::Store>>,
+    ) -> Option<Arc<dyn Adapter>> {
+        let cfg = ch.settings::<TelegramChannel>()?;
+        Some(Arc::new(Telegram::new(name, cfg, shared)))
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::values::parse_duration;
 use super::Host;
 use crate::lang::capabilities::Capabilities;
+use crate::lang::channel::SectionCx;
 use crate::lang::error::{ConfigError, Position};
 use crate::lang::expr::{CompileError, Expr, Templates, Tmpl, ValueTmpl};
 use crate::lang::interpolate::interpolate_with;
@@ -25,7 +26,7 @@ pub(super) struct FileCx<'a> {
 
 impl FileCx<'_> {
     pub(super) fn caps(&self, c: &Channel) -> Capabilities {
-        (self.host.capabilities)(c)
+        c.caps
     }
 
     pub(super) fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
@@ -101,7 +102,7 @@ impl FileCx<'_> {
         }
     }
 
-    pub(super) fn env(&mut self, s: &Sp<String>) -> Option<String> {
+    pub(super) fn env_value(&mut self, s: &Sp<String>) -> Option<String> {
         match interpolate_with(s.get(), self.host.env) {
             Ok(v) => Some(v),
             Err(var) => {
@@ -109,5 +110,15 @@ impl FileCx<'_> {
                 None
             }
         }
+    }
+}
+
+impl SectionCx for FileCx<'_> {
+    fn err(&mut self, span: Range<usize>, msg: String) {
+        FileCx::err(self, span, msg)
+    }
+
+    fn env(&mut self, value: &Sp<String>) -> Option<String> {
+        self.env_value(value)
     }
 }

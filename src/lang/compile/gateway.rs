@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::cx::FileCx;
-use super::values::parse_rate;
+use crate::lang::channel::Section;
 use crate::lang::model::*;
 use crate::lang::raw::{self, Sp};
 
@@ -16,103 +16,38 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             .unwrap_or(Duration::from_secs(dflt))
     };
     let mut channels = HashMap::new();
-    channels.insert("log".to_string(), Channel::Log { stdout: true });
+    let kinds = cx.host.kinds;
+    if let Some(Some(log)) = kinds.parse("log", &Section::empty("log"), cx) {
+        channels.insert("log".to_string(), log);
+    }
     for (name, ch) in &g.channels {
-        let c = ch.get();
-        match c.kind.get().as_str() {
-            "log" => {
-                let stdout = match c.output.as_ref().map(|o| o.get().as_str()) {
-                    None | Some("stdout") => true,
-                    Some("journal") => false,
-                    Some(other) => {
-                        cx.err(
-                            c.output.as_ref().map(|o| o.span()).unwrap_or(ch.span()),
-                            format!("unknown log output '{other}' (expected stdout or journal)"),
-                        );
-                        true
-                    }
-                };
-                channels.insert(name.clone(), Channel::Log { stdout });
+        let entries = ch.get();
+        let Some(kind) = entries.get("type") else {
+            cx.err(
+                ch.span(),
+                format!(
+                    "channel '{name}' needs a `type` ({})",
+                    kinds.names().join(", ")
+                ),
+            );
+            continue;
+        };
+        let serde_json::Value::String(kind_name) = kind.get() else {
+            cx.err(kind.span(), "`type` must be a text");
+            continue;
+        };
+        let section = Section::new(name, ch.span(), entries);
+        match kinds.parse(kind_name, &section, cx) {
+            Some(Some(c)) => {
+                channels.insert(name.clone(), c);
             }
-            "telegram" => {
-                let token = match &c.token {
-                    Some(t) => cx.env(t),
-                    None => {
-                        cx.err(
-                            ch.span(),
-                            "a telegram channel needs `token` (e.g. \"${TELEGRAM_TOKEN}\")",
-                        );
-                        None
-                    }
-                };
-                let api_url = c.api_url.as_ref().and_then(|u| {
-                    let v = cx.env(u)?;
-                    match reqwest::Url::parse(&v) {
-                        Ok(url) => Some(url),
-                        Err(e) => {
-                            cx.err(u.span(), format!("'{v}' is not a URL: {e}"));
-                            None
-                        }
-                    }
-                });
-                let webhook = match c.mode.as_ref().map(|m| m.get().as_str()) {
-                    None | Some("polling") => false,
-                    Some("webhook") => true,
-                    Some(other) => {
-                        cx.err(
-                            c.mode.as_ref().map(|m| m.span()).unwrap_or(ch.span()),
-                            format!("unknown mode '{other}' (polling or webhook)"),
-                        );
-                        false
-                    }
-                };
-                let webhook_secret = c
-                    .webhook_secret
-                    .as_ref()
-                    .and_then(|w| cx.env(w))
-                    .map(Secret);
-                if webhook && webhook_secret.is_none() {
-                    cx.err(
-                        ch.span(),
-                        "webhook mode needs `webhook_secret` (1-256 of A-Z a-z 0-9 _ -)",
-                    );
-                }
-                let mut limit = |key: &str, dflt: (u32, Duration)| match c.limits.get(key) {
-                    None => dflt,
-                    Some(v) => parse_rate(v.get()).unwrap_or_else(|| {
-                        cx.err(
-                            v.span(),
-                            format!("{key} limit must look like 1/1s or 20/1m"),
-                        );
-                        dflt
-                    }),
-                };
-                let per_chat = limit("chat", (1, Duration::from_secs(1)));
-                let per_group = limit("group", (20, Duration::from_secs(60)));
-                let per_bot = limit("bot", (30, Duration::from_secs(1)));
-                for (k, v) in &c.limits {
-                    if !["chat", "group", "bot"].contains(&k.as_str()) {
-                        cx.err(v.span(), format!("unknown limit '{k}' (chat, group, bot)"));
-                    }
-                }
-                if let Some(token) = token {
-                    channels.insert(
-                        name.clone(),
-                        Channel::Telegram(Box::new(TelegramChannel {
-                            token: Secret(token),
-                            api_url,
-                            webhook,
-                            webhook_secret,
-                            per_chat,
-                            per_group,
-                            per_bot,
-                        })),
-                    );
-                }
-            }
-            other => cx.err(
-                c.kind.span(),
-                format!("unknown channel type '{other}' (supported: log, telegram)"),
+            Some(None) => {}
+            None => cx.err(
+                kind.span(),
+                format!(
+                    "unknown channel type '{kind_name}' (supported: {})",
+                    kinds.names().join(", ")
+                ),
             ),
         }
     }
@@ -123,14 +58,14 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             let s = s.get();
             Some((
                 s.header.clone().unwrap_or_else(|| "X-Hook-Secret".into()),
-                cx.env(&s.value)?,
+                cx.env_value(&s.value)?,
             ))
         });
         let hmac = h.hmac.as_ref().and_then(|s| {
             let s = s.get();
             Some(HmacSpec {
                 header: s.header.clone().unwrap_or_else(|| "X-Signature-256".into()),
-                secret: cx.env(&s.secret)?,
+                secret: cx.env_value(&s.secret)?,
                 prefix: s.prefix.clone().unwrap_or_else(|| "sha256=".into()),
             })
         });
@@ -163,8 +98,8 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
         });
     }
     Gateway {
-        listen: g.server.listen.as_ref().and_then(|l| cx.env(l)),
-        public_url: g.server.public_url.as_ref().and_then(|l| cx.env(l)),
+        listen: g.server.listen.as_ref().and_then(|l| cx.env_value(l)),
+        public_url: g.server.public_url.as_ref().and_then(|l| cx.env_value(l)),
         max_body_bytes: g.server.max_body_bytes.unwrap_or(1 << 20),
         language: d
             .language
@@ -191,7 +126,7 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
         http: {
             let mut policy = HttpPolicy::default();
             for a in &g.http.allow {
-                let Some(v) = cx.env(a) else { continue };
+                let Some(v) = cx.env_value(a) else { continue };
                 let v = v.trim().to_ascii_lowercase();
                 if let Ok(net) = v.parse::<ipnet::IpNet>() {
                     policy.allow_nets.push(net);

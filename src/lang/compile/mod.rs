@@ -10,7 +10,7 @@ mod offer;
 mod scenario;
 mod send;
 mod small;
-mod values;
+pub mod values;
 mod wait;
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use self::cx::FileCx;
 use self::gateway::compile_gateway;
 use self::scenario::compile_scenario;
-use super::capabilities::Capabilities;
+use super::channel::ChannelKinds;
 use super::error::{ConfigError, Position};
 use super::expr::Templates;
 use super::model::*;
@@ -28,8 +28,8 @@ use super::raw;
 
 /// What the compiler asks of the rest of the gateway; config loading wires the real ones.
 pub struct Host<'a> {
-    /// What a configured channel can do.
-    pub capabilities: &'a dyn Fn(&Channel) -> Capabilities,
+    /// The channel types, which parse their own sections.
+    pub kinds: &'a dyn ChannelKinds,
     /// The value of an environment variable, for `${NAME}`.
     pub env: &'a dyn Fn(&str) -> Option<String>,
 }
@@ -147,7 +147,8 @@ pub fn scenarios(
 mod testing {
     use super::*;
 
-    use crate::lang::capabilities::{ChoiceLimits, Markup};
+    use crate::lang::capabilities::{Capabilities, ChoiceLimits, Markup};
+    use crate::lang::channel::{Section, SectionCx};
 
     /// The locale `en` has one message, `hello`.
     struct OnlyHello;
@@ -162,30 +163,57 @@ mod testing {
         }
     }
 
-    /// Log channels only write; Telegram channels have what Telegram has.
-    fn caps(c: &Channel) -> Capabilities {
-        match c {
-            Channel::Log { .. } => Capabilities::WRITE_ONLY,
-            Channel::Telegram(_) => Capabilities {
-                replies: true,
-                choices: Some(ChoiceLimits {
-                    max: 100,
-                    label_max: None,
-                    data_max: 64,
-                }),
-                keyboard: true,
-                links: true,
-                edits: true,
-                answers: true,
-                markup: Markup::Html,
-            },
+    /// Two channel types: `log` only writes; `telegram` has what Telegram has.
+    struct Kinds;
+
+    impl ChannelKinds for Kinds {
+        fn names(&self) -> Vec<&'static str> {
+            vec!["log", "telegram"]
+        }
+
+        fn parse(
+            &self,
+            kind: &str,
+            section: &Section,
+            cx: &mut dyn SectionCx,
+        ) -> Option<Option<Channel>> {
+            let (kind, caps) = match kind {
+                "log" => ("log", Capabilities::WRITE_ONLY),
+                "telegram" => {
+                    section.text("token", cx);
+                    (
+                        "telegram",
+                        Capabilities {
+                            replies: true,
+                            choices: Some(ChoiceLimits {
+                                max: 100,
+                                label_max: None,
+                                data_max: 64,
+                            }),
+                            keyboard: true,
+                            links: true,
+                            edits: true,
+                            answers: true,
+                            markup: Markup::Html,
+                        },
+                    )
+                }
+                _ => return None,
+            };
+            section.finish(kind, cx);
+            Some(Some(Channel {
+                kind,
+                caps,
+                settings: std::sync::Arc::new(()),
+                off: None,
+            }))
         }
     }
 
     /// Problems of one scenario file next to a gateway file, as `line:col: message`.
     fn check(gateway_text: &str, scenario: &str) -> Vec<String> {
         let host = Host {
-            capabilities: &caps,
+            kinds: &Kinds,
             env: &|_| None,
         };
         let mut problems = Vec::new();

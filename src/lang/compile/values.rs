@@ -14,7 +14,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `N/period`, e.g. `1/5s` or `20/1m`.
-pub(super) fn parse_rate(s: &str) -> Option<(u32, Duration)> {
+pub fn parse_rate(s: &str) -> Option<(u32, Duration)> {
     let (n, d) = s.split_once('/')?;
     let n = n.trim().parse::<u32>().ok().filter(|n| *n > 0)?;
     let d = parse_duration(d).ok().filter(|d| !d.is_zero())?;
