@@ -186,6 +186,11 @@ fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     let gateway_text = std::fs::read_to_string(&gateway_path).unwrap_or_default();
     let (raw_gateway, gateway) =
         compile::gateway(&gateway_path, &gateway_text, &host, &mut problems);
+    if !problems.is_empty() && toml::from_str::<toml::Table>(&gateway_text).is_err() {
+        // Scenarios checked against a gateway file that does not parse would only repeat
+        // it as unknown channels and staff.
+        return Err(problems);
+    }
     let templates = Templates::new(raw_gateway.defaults.template_fuel.unwrap_or(20_000));
     let locales = match &raw_gateway.defaults.locales {
         Some(l) => dir.join(l.get()),

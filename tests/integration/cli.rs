@@ -236,3 +236,31 @@ async fn a_second_gateway_on_the_same_sqlite_file_refuses_to_start() {
     let (code, _, err) = run(&["journal", "--database", &cfg.db(), "--last", "1"]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn journal_on_a_missing_database_is_an_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missing.db");
+    let (code, _, err) = run(&["journal", "--database", db.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no database at"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
+
+#[test]
+fn a_gateway_file_that_does_not_parse_is_one_problem_on_one_line() {
+    let cfg = ConfigDir::examples();
+    let mut gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    gw.push_str("\n[channels.tg]\ntype = \"telegram\"\n");
+    cfg.write("gateway.toml", &gw);
+    let (code, out, _) = run(&["check", cfg.dir().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(lines[0].contains("gateway.toml:"), "{out}");
+    assert!(lines[0].contains("duplicate key `tg`"), "{out}");
+}

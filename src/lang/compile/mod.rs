@@ -42,7 +42,15 @@ pub trait Messages {
 
 fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
     let pos = Position::of(text, e.span().map(|s| s.start).unwrap_or(0));
-    ConfigError::new(file, pos, e.message().trim().to_string())
+    // One line per problem: TOML's multi-line messages are joined.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ConfigError::new(file, pos, message)
 }
 
 /// Parses and compiles the gateway file. The raw file comes back too: loading needs its
