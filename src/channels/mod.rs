@@ -3,6 +3,7 @@
 //! it to its platform, says what it can do through its capabilities, and owns its routes and
 //! workers. Nothing outside a channel's folder knows its platform's wire format.
 
+pub mod leader;
 pub mod log;
 pub mod pacing;
 pub mod telegram;

@@ -11,6 +11,7 @@ use teloxide::types::{AllowedUpdate, Chat, Update, UpdateKind, User};
 use tokio::sync::watch;
 
 use super::Telegram;
+use crate::channels::leader::{Leader, Turn};
 use crate::clock::Clock;
 use crate::engine::ingest::Ingest;
 use crate::store::{IngestOutcome, NewEvent, Store};
@@ -132,46 +133,27 @@ pub async fn poll(
     let mut failures = 0u32;
     // With replicas one of them polls (Telegram allows one poller per bot); the others wait
     // and take over from the stored offset when its lease runs out.
-    let shared = !store.exclusive();
-    let lease = format!("telegram_poll:{}", tg.name);
-    let long_poll = if shared {
+    let mut leader = Leader::new(
+        store.clone(),
+        &format!("telegram_poll:{}", tg.name),
+        "Telegram polling",
+    );
+    let long_poll = if leader.shared() {
         (store.lease().as_secs() / 2).clamp(1, 25) as u32
     } else {
         25
     };
-    let mut leader = !shared;
     loop {
-        if shared {
-            match store.hold_lease(&lease).await {
-                Ok(true) if !leader => {
-                    leader = true;
-                    offset = match store.setting(&key).await {
-                        Ok(Some(v)) => v.parse().unwrap_or(offset),
-                        _ => offset,
-                    };
-                    tracing::info!(channel = %tg.name, offset, "this replica polls Telegram now");
-                }
-                Ok(true) => {}
-                Ok(false) => {
-                    if leader {
-                        tracing::warn!(channel = %tg.name, "another replica polls Telegram now");
-                    }
-                    leader = false;
-                    let wait = (store.lease() / 4)
-                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = stop.changed() => return,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(channel = %tg.name, error = %e, "renewing the polling lease failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        _ = stop.changed() => return,
-                    }
-                }
+        match leader.turn(&mut stop).await {
+            Turn::Stop => return,
+            Turn::Lead { fresh: true } => {
+                offset = match store.setting(&key).await {
+                    Ok(Some(v)) => v.parse().unwrap_or(offset),
+                    _ => offset,
+                };
+                tracing::info!(channel = %tg.name, offset, "polling from the stored offset");
             }
+            Turn::Lead { fresh: false } => {}
         }
         let request = tg
             .bot
