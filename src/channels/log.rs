@@ -44,6 +44,9 @@ impl Adapter for Log {
         for b in &m.links {
             text.push_str(&format!(" [{}]({})", b.text, b.url));
         }
+        for a in &m.attachments {
+            text.push_str(&format!(" [attachment]({})", a.url));
+        }
         let text = text.as_str();
         tracing::info!(target: "journal", channel = %self.name, to, lang, text, "message");
         if self.stdout {

@@ -82,6 +82,12 @@ pub struct LinkButton {
     pub url: String,
 }
 
+/// A file sent with a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: String,
+}
+
 /// A new message to a conversation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutMessage {
@@ -98,6 +104,9 @@ pub struct OutMessage {
     /// Reply-keyboard buttons: pressing one sends its text as a reply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keyboard: Vec<String>,
+    /// Files sent with the message, by URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     /// Quotes this message (a reference the channel gave out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
 use super::{After, Engine, EventItem, OutboxJob, Work, PARKED_CACHE};
-use crate::channels::{Choice, LinkButton, Markup, OutEdit, OutMessage, Outbound};
+use crate::channels::{Attachment, Choice, LinkButton, Markup, OutEdit, OutMessage, Outbound};
 use crate::config::{
     Action, AskSpec, ButtonSpec, EditTarget, HttpBody, Scenario, Scope, SendBody, SendSpec,
     SleepTime, Step, VarRef,
@@ -855,6 +855,12 @@ impl Engine {
                 }),
             }
         }
+        let mut attachments = Vec::with_capacity(s.attachments.len());
+        for a in &s.attachments {
+            attachments.push(Attachment {
+                url: a.render(ctx).map_err(|e| e.0)?.trim().to_string(),
+            });
+        }
         let reply_to = match &s.reply_to {
             Some(r) => Some(r.render(ctx).map_err(|e| e.0)?.trim().to_string()),
             None => None,
@@ -865,6 +871,7 @@ impl Engine {
             text,
             links,
             choices,
+            attachments,
             reply_to: reply_to.filter(|r| !r.is_empty()),
             run_id: Some(run.id),
             scenario: Some(sc.id.clone()),

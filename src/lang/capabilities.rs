@@ -29,6 +29,8 @@ pub struct Capabilities {
     pub edits: bool,
     /// Clicks get an answer of their own (a popup, a toast).
     pub answers: bool,
+    /// Files by URL with a message (`send` with `attachments`).
+    pub attachments: bool,
     pub markup: Markup,
 }
 
@@ -41,6 +43,7 @@ impl Capabilities {
         links: true,
         edits: false,
         answers: false,
+        attachments: true,
         markup: Markup::Plain,
     };
 }

@@ -298,6 +298,8 @@ pub struct SendSpec {
     pub lang: Option<Tmpl>,
     pub buttons: Vec<ButtonSpec>,
     pub reply_to: Option<Tmpl>,
+    /// URLs of files sent with the message.
+    pub attachments: Vec<Tmpl>,
     /// Run variable that keeps the sent message's reference.
     pub save: Option<String>,
 }

@@ -274,6 +274,9 @@ pub struct SendDef {
     pub reply_to: Option<Sp<String>>,
     /// Run variable that keeps a reference to the sent message, for a later `edit`.
     pub save: Option<Sp<String>>,
+    /// Files sent with the message, by URL (templates), e.g. `["{{ event.invoice_url }}"]`.
+    #[serde(default)]
+    pub attachments: Vec<Sp<String>>,
 }
 
 /// Change a message an earlier step sent: its text and buttons are replaced.

@@ -392,3 +392,37 @@ edit = { to = "tg:{{ event.chat.id }}", message = "{{ event.message }}", templat
         .unwrap();
     assert_eq!(ack.len(), 1);
 }
+
+#[tokio::test]
+async fn attachments_follow_their_message_as_documents() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[(
+        "invoice.toml",
+        r#"id = "invoice"
+on = { webhook = "invoice" }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "Your invoice", attachments = ["{{ event.pdf }}"] }
+[[step]]
+send = { to = "tg:{{ event.chat }}", template = "Thanks" }
+"#,
+    )]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    t.post(
+        "invoice",
+        json!({"chat": 640, "pdf": "https://files.example/inv-7.pdf"}),
+    )
+    .await;
+    let docs = fake.wait_for("sendDocument", 1).await;
+    assert_eq!(docs[0].params["chat_id"], "640");
+    assert_eq!(
+        docs[0].params["document"],
+        "https://files.example/inv-7.pdf"
+    );
+    let texts = received_eventually(&fake, 640, 2).await;
+    assert_eq!(texts, vec!["Your invoice", "Thanks"]);
+    // In order: the text, its document, then the next message.
+    let at = |m: &str| fake.calls(m).iter().map(|c| c.at).collect::<Vec<_>>();
+    let (texts_at, docs_at) = (at("sendMessage"), at("sendDocument"));
+    assert!(texts_at[0] <= docs_at[0] && docs_at[0] <= texts_at[1]);
+}

@@ -326,6 +326,18 @@ fn respond(state: &State_, call: &mut Call) -> Result<Value, Refusal> {
             let sent = shown_text(call, "message is too long")?;
             Ok(message(state, &call.params["chat_id"], &sent))
         }
+        "senddocument" => {
+            // A document by URL: Telegram fetches it, so it must be an http(s) URL.
+            let url = params["document"].as_str().unwrap_or_default();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Refusal {
+                    status: StatusCode::BAD_REQUEST,
+                    body: json!({"ok": false, "error_code": 400,
+                        "description": "Bad Request: wrong HTTP URL specified"}),
+                });
+            }
+            Ok(message(state, &params["chat_id"], &json!(url)))
+        }
         "editmessagetext" => {
             check_keyboard(&params["reply_markup"])?;
             let sent = shown_text(call, "MESSAGE_TOO_LONG")?;

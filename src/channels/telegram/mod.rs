@@ -48,6 +48,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     links: true,
     edits: true,
     answers: true,
+    attachments: true,
     markup: Markup::Html,
 };
 
@@ -112,9 +113,50 @@ impl Telegram {
                     .increment(1);
                     self.pacer.hold(&conversation, pace, secs.duration());
                 }
-                other => return other.map_err(|e| send_error(&self.name, e)),
+                Err(e) => return Err(send_error(&self.name, e)),
+                Ok(sent) => {
+                    if let Outbound::Send(m) = op {
+                        self.send_attachments(chat, &conversation, pace, m).await?;
+                    }
+                    return Ok(sent);
+                }
             }
         }
+    }
+
+    /// The message's files, each a document of its own after the text, at the chat's pace.
+    async fn send_attachments(
+        &self,
+        chat: i64,
+        conversation: &str,
+        pace: std::time::Duration,
+        m: &OutMessage,
+    ) -> Result<(), SendError> {
+        for a in &m.attachments {
+            let url = reqwest::Url::parse(&a.url).map_err(|e| SendError {
+                message: format!(
+                    "the message was sent; attachment '{}' is not a URL: {e}",
+                    a.url
+                ),
+                retry: false,
+            })?;
+            self.pacer.wait_turn(conversation, pace).await;
+            let sent = self
+                .bot
+                .send_document(ChatId(chat), teloxide::types::InputFile::url(url))
+                .await;
+            self.pacer.done(conversation);
+            // The text went out: trying the whole message again would repeat it.
+            sent.map_err(|e| SendError {
+                message: format!(
+                    "the message was sent; attachment {} failed: {}",
+                    a.url,
+                    send_error(&self.name, e).message
+                ),
+                retry: false,
+            })?;
+        }
+        Ok(())
     }
 
     async fn answer_click(&self, a: &OutAnswer) -> Result<Delivered, RequestError> {

@@ -29,6 +29,7 @@ pub(super) fn compile_ask(
         lang: ad.lang.clone(),
         buttons: Vec::new(),
         reply_to: None,
+        attachments: Vec::new(),
         save: None,
     };
     let question = compile_chat_message("ask", question, a.span(), cx, t, gw, i18n)?;

@@ -202,6 +202,7 @@ mod testing {
                             links: true,
                             edits: true,
                             answers: true,
+                            attachments: true,
                             markup: Markup::Html,
                         },
                     )

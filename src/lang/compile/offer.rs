@@ -28,6 +28,7 @@ pub(super) fn compile_offer(
         lang: od.lang.clone(),
         buttons: od.links.clone(),
         reply_to: None,
+        attachments: Vec::new(),
         save: None,
     };
     let message = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)?;

@@ -80,6 +80,19 @@ pub(super) fn compile_send(
         }
     };
     let buttons = compile_buttons(&sd.buttons, &channel, cx, t, gw);
+    if let (Some(first), Some(c)) = (sd.attachments.first(), gw.channels.get(&channel)) {
+        if !cx.caps(c).attachments {
+            cx.err(
+                first.span(),
+                format!("channel '{channel}' ({}) sends no attachments", c.kind()),
+            );
+        }
+    }
+    let attachments = sd
+        .attachments
+        .iter()
+        .filter_map(|a| cx.tmpl(t, a))
+        .collect();
     let save = match &sd.save {
         Some(_) if channel == "staff" => {
             cx.err(
@@ -98,6 +111,7 @@ pub(super) fn compile_send(
         lang: sd.lang.as_ref().and_then(|l| cx.tmpl(t, l)),
         buttons,
         reply_to: sd.reply_to.as_ref().and_then(|r| cx.tmpl(t, r)),
+        attachments,
         save,
     })
 }
@@ -185,6 +199,7 @@ pub(super) fn compile_edit(
         lang: ed.lang.clone(),
         buttons: ed.buttons.clone(),
         reply_to: None,
+        attachments: Vec::new(),
         save: None,
     };
     let message = compile_send(&Sp(toml::Spanned::new(e.span(), def)), cx, t, gw, i18n)?;
