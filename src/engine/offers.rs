@@ -112,6 +112,20 @@ impl Engine {
                 .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
+        // The click must come from the offer's own message: callback data alone can be
+        // forged from another chat.
+        let elsewhere = offer.channel != ev.source
+            || chat_of(ev).as_deref() != Some(offer.chat_id.as_str())
+            || offer
+                .message_id
+                .as_deref()
+                .is_some_and(|m| ev.data["message"].as_str() != Some(m));
+        if elsewhere {
+            outcome.push(json!({"offer": offer_id, "verdict": "a click from another message"}));
+            return self
+                .answer_click(tx, ev, None, "inactive", None, false, after)
+                .await;
+        }
         let user = user_of(ev);
         let run_id = Some(offer.run_id);
         if offer.status != "open" {

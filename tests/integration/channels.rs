@@ -426,3 +426,42 @@ send = { to = "tg:{{ event.chat }}", template = "Thanks" }
     let (texts_at, docs_at) = (at("sendMessage"), at("sendDocument"));
     assert!(texts_at[0] <= docs_at[0] && docs_at[0] <= texts_at[1]);
 }
+
+#[tokio::test]
+async fn a_click_forged_from_another_chat_or_message_claims_nothing() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[(
+        "offer.toml",
+        r#"id = "offer"
+on = { webhook = "offer" }
+[[step]]
+offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "take", text = "Take" }] }
+"#,
+    )]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    let (_, body) = t.post("offer", json!({"chat": -450})).await;
+    let sent = fake.wait_for("sendMessage", 1).await;
+    let data = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The offer's message reference is known once its delivery is recorded.
+    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
+    eventually(|| async {
+        let rows = t.app.store.outbox_for_run(runs[0].id).await.unwrap();
+        rows.iter().any(|r| r.status == "delivered").then_some(())
+    })
+    .await;
+    fake.inject(click_update(-999, 66, "Mallory", &data, 1));
+    fake.inject(click_update(-450, 66, "Mallory", &data, 77));
+    let answers = fake.wait_for("answerCallbackQuery", 2).await;
+    assert!(answers
+        .iter()
+        .all(|a| a.params["text"] == "This button is no longer active."));
+    fake.inject(click_update(-450, 67, "Elena", &data, 1));
+    let answers = fake.wait_for("answerCallbackQuery", 3).await;
+    assert_eq!(answers[2].params["text"], "It is yours.");
+    let run = t.finished(runs[0].id).await;
+    assert_eq!(run.vars["claim"]["name"], "Elena");
+}
