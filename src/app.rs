@@ -51,7 +51,9 @@ impl App {
         let cfg = Arc::new(config::load(&opts.config_dir)?);
         let store = store::open_writer(&opts.database, &cfg.gateway.database)
             .await
-            .with_context(|| format!("opening the database {}", opts.database))?;
+            .with_context(|| {
+                format!("opening the database {}", without_password(&opts.database))
+            })?;
         let clock = opts.clock.clone();
         for (id, on) in store.scenario_states().await? {
             if let Some(sc) = cfg.scenario(&id) {
@@ -185,6 +187,7 @@ impl App {
             admin_token: opts.admin_token.filter(|t| !t.is_empty()).map(Into::into),
             pages: Arc::new(crate::http::pages::Pages::new()),
             channels,
+            rejections: Arc::new(crate::http::RejectionBudget::new()),
         };
         let public = crate::http::public_router(state.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -286,5 +289,28 @@ impl App {
                 Err(_) => tracing::warn!("leaving the replicas timed out"),
             }
         }
+    }
+}
+
+/// A database URL fit for messages: its password replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_urls_lose_their_password_in_messages() {
+        assert_eq!(
+            super::without_password("postgres://sb:s3cret@db.internal:5432/sb"),
+            "postgres://sb:***@db.internal:5432/sb"
+        );
+        assert_eq!(super::without_password("switchboard.db"), "switchboard.db");
     }
 }

@@ -265,6 +265,11 @@ async fn reject(
     declared: Option<usize>,
 ) -> Response {
     tracing::warn!(hook, %reason, "webhook rejected");
+    if !st.rejections.journal() {
+        metrics::counter!("switchboard_rejected_unjournaled_total", "hook" => hook.to_string())
+            .increment(1);
+        return (status, Json(json!({"error": reason, "event_id": null}))).into_response();
+    }
     let excerpt = String::from_utf8_lossy(&body[..body.len().min(EXCERPT)]).to_string();
     let ev = NewEvent {
         kind: "webhook".into(),

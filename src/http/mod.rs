@@ -41,6 +41,37 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     pub pages: Arc<pages::Pages>,
     pub channels: Arc<crate::channels::Channels>,
+    /// How many rejected requests are journaled: a flood must not fill the disk.
+    pub rejections: Arc<RejectionBudget>,
+}
+
+/// Rejected requests journaled per second (after a burst); the rest are only counted in
+/// `switchboard_rejected_unjournaled_total`.
+pub struct RejectionBudget(governor::DefaultDirectRateLimiter);
+
+impl RejectionBudget {
+    /// Bursts of 100, then 10 a second.
+    pub const BURST: u32 = 100;
+    pub const PER_SECOND: u32 = 10;
+
+    pub fn new() -> RejectionBudget {
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(Self::PER_SECOND).expect("non-zero"),
+        )
+        .allow_burst(std::num::NonZeroU32::new(Self::BURST).expect("non-zero"));
+        RejectionBudget(governor::RateLimiter::direct(quota))
+    }
+
+    /// Whether this rejection is journaled.
+    pub fn journal(&self) -> bool {
+        self.0.check().is_ok()
+    }
+}
+
+impl Default for RejectionBudget {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Hooks, trigger links and health: what the outside world reaches.

@@ -361,3 +361,36 @@ async fn idempotency_keys_name_one_request() {
     let (status, body) = t.post("order", json!({"id": ""})).await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_requests_is_journaled_only_up_to_a_budget() {
+    let cfg = ConfigDir::with(&[(
+        "order.toml",
+        "id = \"order\"\non = { webhook = \"order\" }\n[[step]]\nstop = true\n",
+    )]);
+    let t = TestApp::spawn(&cfg).await;
+    let started = std::time::Instant::now();
+    let mut journaled = 0u64;
+    for _ in 0..400 {
+        let (status, body) = t.post_with("order", "{\"broken\": ", &[]).await;
+        assert_eq!(status, 400);
+        assert!(body["error"].as_str().unwrap().contains("malformed JSON"));
+        if body["event_id"].is_i64() {
+            journaled += 1;
+        }
+    }
+    // The budget: a burst, then a steady rate for the time the flood took.
+    let budget = switchboard::http::RejectionBudget::BURST as u64
+        + switchboard::http::RejectionBudget::PER_SECOND as u64 * (started.elapsed().as_secs() + 1);
+    assert!(journaled >= switchboard::http::RejectionBudget::BURST as u64);
+    assert!(
+        journaled <= budget,
+        "{journaled} journaled, budget {budget}"
+    );
+    assert!(journaled < 400, "the rest are only counted");
+    let (_, page) = t.get("/api/events?status=rejected&limit=500").await;
+    assert_eq!(
+        page["events"].as_array().map(Vec::len),
+        Some(journaled as usize)
+    );
+}
