@@ -131,7 +131,8 @@ async fn fire(
         source: claims.s.clone(),
         dedupe_key: claims.o.then(|| format!("link:{}", claims.n)),
         data: serde_json::Value::Object(data),
-        meta: json!({"nonce": claims.n, "once": claims.o}),
+        // A used single-use link is remembered until it expires, whatever the retention.
+        meta: json!({"nonce": claims.n, "once": claims.o, "keep_until": claims.e}),
         rejected: None,
         received_at: now,
     };

@@ -314,8 +314,13 @@ impl_store!(PgStore, Postgres, "strpos", {
             .await?
             .rows_affected();
         n += sqlx::query(
+            // A single-use link's event is what makes it used: it stays until the link
+            // expires (`meta.keep_until`; without an expiry, for good).
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < $1
-             AND status != 'pending' ORDER BY id LIMIT $2)",
+             AND status != 'pending'
+             AND (dedupe_key IS NULL OR dedupe_key NOT LIKE 'link:%'
+                  OR coalesce((meta::jsonb->>'keep_until')::bigint, 9000000000000000000) < $1)
+             ORDER BY id LIMIT $2)",
         )
         .bind(before)
         .bind(limit)

@@ -299,8 +299,13 @@ impl_store!(SqliteStore, Sqlite, "instr", {
             .await?
             .rows_affected();
         n += sqlx::query(
+            // A single-use link's event is what makes it used: it stays until the link
+            // expires (`meta.keep_until`; without an expiry, for good).
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < $1
-             AND status != 'pending' ORDER BY id LIMIT $2)",
+             AND status != 'pending'
+             AND (dedupe_key IS NULL OR dedupe_key NOT LIKE 'link:%'
+                  OR coalesce(json_extract(meta, '$.keep_until'), 9e18) < $1)
+             ORDER BY id LIMIT $2)",
         )
         .bind(before)
         .bind(limit)

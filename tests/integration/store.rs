@@ -57,6 +57,7 @@ both!(
     waits_and_offers,
     limits_variables_and_settings,
     prune_keeps_what_is_live,
+    prune_keeps_used_single_use_links_until_they_expire,
     one_claim_wins_under_contention,
     read_modify_write_of_a_subject_waits_for_the_writer,
 );
@@ -700,4 +701,47 @@ async fn sqlite_ids_never_repeat_after_pruning_and_the_database_has_a_name() {
     assert_eq!(s.database_id().await.unwrap(), name, "the name stays");
     let (other, _dir) = sqlite().await;
     assert_ne!(other.database_id().await.unwrap(), name);
+}
+
+async fn prune_keeps_used_single_use_links_until_they_expire(s: Arc<dyn Store>) {
+    let link = |n: &str, keep_until: serde_json::Value| NewEvent {
+        kind: "link".into(),
+        source: "approve".into(),
+        dedupe_key: Some(format!("link:{n}")),
+        data: json!({}),
+        meta: json!({"nonce": n, "once": true, "keep_until": keep_until}),
+        rejected: None,
+        received_at: 1,
+    };
+    let out = s
+        .ingest(&[
+            link("expires-late", json!(100_000)),
+            link("never-expires", json!(null)),
+            link("expired", json!(10)),
+        ])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = out
+        .iter()
+        .map(|o| match o {
+            IngestOutcome::Accepted(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mut tx = s.begin().await.unwrap();
+    for id in &ids {
+        tx.finish_event(*id, "done", &json!([]), 2).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // Retention reaches far past all three events.
+    while s.prune(50_000, 100).await.unwrap() > 0 {}
+    assert!(s.event(ids[0]).await.unwrap().is_some(), "not expired yet");
+    assert!(s.event(ids[1]).await.unwrap().is_some(), "kept for good");
+    assert!(s.event(ids[2]).await.unwrap().is_none(), "expired: pruned");
+    // The kept ones still make a second click a duplicate.
+    let again = s
+        .ingest(&[link("expires-late", json!(100_000))])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], IngestOutcome::Duplicate(_)), "{again:?}");
 }
