@@ -32,6 +32,7 @@ const DEFAULT_DB: &str = "sqlite://switchboard.db";
 enum Command {
     /// Run the gateway.
     Run {
+        /// The config folder: gateway.toml and one file per scenario.
         #[arg(long, default_value = "bot-configs", env = "SWITCHBOARD_CONFIG")]
         config: PathBuf,
         /// Database URL: a path, sqlite://path, or postgres://user@host/db (migrated on start).
@@ -59,15 +60,18 @@ enum Command {
     },
     /// Validate a config folder; prints `path:line:col: message` per problem, exit 1 on any.
     Check {
+        /// The config folder to check.
         #[arg(default_value = "bot-configs")]
         dir: PathBuf,
     },
     /// Dry-run one scenario on an event: prints each verdict and what it would send.
     Simulate {
+        /// The scenario's id.
         scenario: String,
         /// JSON file with the event (the webhook body).
         #[arg(long)]
         event: PathBuf,
+        /// The config folder.
         #[arg(long, default_value = "bot-configs")]
         config: PathBuf,
         /// Answer the next wait with this text (or JSON object); repeatable.
@@ -82,6 +86,7 @@ enum Command {
     },
     /// Create or upgrade the database schema.
     Migrate {
+        /// Database URL: a path, sqlite://path, or postgres://user@host/db.
         #[arg(long, default_value = DEFAULT_DB, env = "DATABASE_URL")]
         database: String,
     },
@@ -89,6 +94,7 @@ enum Command {
     Schema,
     /// Print recent events with their verdicts and runs with their steps.
     Journal {
+        /// Database URL: an existing SQLite file (or sqlite://path), or postgres://….
         #[arg(long, default_value = DEFAULT_DB, env = "DATABASE_URL")]
         database: String,
         /// How many recent events.
@@ -109,6 +115,7 @@ enum Command {
         /// Runs to park in `wait` for the memory measurement (0 skips it).
         #[arg(long, default_value_t = 0)]
         parked: usize,
+        /// The locales folder the bench's gateway loads.
         #[arg(long, default_value = "locales")]
         locales: PathBuf,
         /// A PostgreSQL server (postgres://user@host/db) to run on instead of a SQLite file;
@@ -152,6 +159,20 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `println!` that ends the command quietly when the reader has gone (`… | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Run {
@@ -175,7 +196,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 clock: Clock::default(),
             })
             .await?;
-            println!(
+            out!(
                 "switchboard listening on {} (admin on {})",
                 app.url(),
                 app.admin_url()
@@ -183,13 +204,13 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             app.run_until_stopped().await?;
         }
         Command::Check { dir } => match switchboard::config::load(&dir) {
-            Ok(cfg) => println!(
+            Ok(cfg) => out!(
                 "{}: {} scenarios, no problems",
                 dir.display(),
                 cfg.scenarios.len()
             ),
             Err(errors) => {
-                println!("{errors}");
+                out!("{errors}");
                 eprintln!("{} problem(s)", errors.0.len());
                 return Ok(ExitCode::from(1));
             }
@@ -226,14 +247,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })
             .await?;
             for l in lines {
-                println!("{l}");
+                out!("{l}");
             }
         }
         Command::Migrate { database } => {
             switchboard::store::migrate(&database).await?;
-            println!("{database}: schema is up to date");
+            out!("{database}: schema is up to date");
         }
-        Command::Schema => println!(
+        Command::Schema => out!(
             "{}",
             serde_json::to_string_pretty(&switchboard::config::json_schema())?
         ),
@@ -250,11 +271,11 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let mut events = store.recent_events(last).await?;
             events.reverse();
             for ev in events {
-                println!("{}", switchboard::journal::event_line(&ev));
+                out!("{}", switchboard::journal::event_line(&ev));
                 for run in store.runs_for_event(ev.id).await? {
-                    println!("  {}", switchboard::journal::run_header(&run));
+                    out!("  {}", switchboard::journal::run_header(&run));
                     for e in &run.journal {
-                        println!("    {}", switchboard::journal::step_line(e));
+                        out!("    {}", switchboard::journal::step_line(e));
                     }
                 }
             }
@@ -281,7 +302,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             })
             .await?;
             for l in lines {
-                println!("{l}");
+                out!("{l}");
             }
         }
     }

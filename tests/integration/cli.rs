@@ -264,3 +264,19 @@ fn a_gateway_file_that_does_not_parse_is_one_problem_on_one_line() {
     assert!(lines[0].contains("gateway.toml:"), "{out}");
     assert!(lines[0].contains("duplicate key `tg`"), "{out}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `switchboard schema | head -1`: the reader is gone before the writer is done.
+    let mut child = Command::new(bin())
+        .arg("schema")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
