@@ -9,6 +9,7 @@ mod crash;
 mod egress;
 mod engine;
 mod fake_telegram;
+mod fuzz;
 mod links;
 mod migrations;
 mod pg;

@@ -50,6 +50,12 @@ fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
+    // The TOML parser says nothing of some characters (a NUL, say).
+    let message = if message.is_empty() {
+        "this is not valid TOML (a control character?)".to_string()
+    } else {
+        message
+    };
     ConfigError::new(file, pos, message)
 }
 
