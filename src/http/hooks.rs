@@ -58,7 +58,7 @@ pub async fn receive(
         }
     };
     let hook = st.cfg.gateway.hooks.get(&name).cloned().unwrap_or_default();
-    if let Err(reason) = verify(&hook, &headers, &bytes) {
+    if let Err(reason) = verify(&hook, &headers, &bytes, st.clock.now_ms()) {
         return reject(&st, &name, StatusCode::UNAUTHORIZED, reason, &bytes, None).await;
     }
     let data = match parse(&headers, &bytes) {
@@ -67,7 +67,7 @@ pub async fn receive(
             return reject(&st, &name, StatusCode::BAD_REQUEST, reason, &bytes, None).await
         }
     };
-    let key = match idempotency_key(&hook, &headers, &data) {
+    let key = match idempotency_key(&hook, &headers, &data, &bytes) {
         Ok(k) => k,
         Err(reason) => {
             return reject(&st, &name, StatusCode::BAD_REQUEST, reason, &bytes, None).await
@@ -123,6 +123,8 @@ const KEY_MAX: usize = 255;
 enum Key {
     Header(String),
     Field(Value),
+    /// A signed body without a key field: its digest.
+    Body(String),
 }
 
 impl Key {
@@ -130,6 +132,7 @@ impl Key {
     fn stored(&self) -> String {
         match self {
             Key::Header(k) => format!("h:{k}"),
+            Key::Body(digest) => format!("b:{digest}"),
             Key::Field(Value::String(s)) => format!("f:s:{s}"),
             Key::Field(other) => format!("f:j:{other}"),
         }
@@ -139,13 +142,28 @@ impl Key {
 impl serde::Serialize for Key {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Key::Header(k) => s.serialize_str(k),
+            Key::Header(k) | Key::Body(k) => s.serialize_str(k),
             Key::Field(v) => v.serialize(s),
         }
     }
 }
 
-fn idempotency_key(hook: &Hook, headers: &HeaderMap, data: &Value) -> Result<Option<Key>, String> {
+fn idempotency_key(
+    hook: &Hook,
+    headers: &HeaderMap,
+    data: &Value,
+    body: &[u8],
+) -> Result<Option<Key>, String> {
+    // A signed request is identified by what is signed: a fresh header would let a
+    // captured request be replayed.
+    if hook.hmac.is_some() {
+        return match field_key(hook, data)? {
+            Some(k) => Ok(Some(k)),
+            None => Ok(Some(Key::Body(hex::encode(
+                <Sha256 as sha2::Digest>::digest(body),
+            )))),
+        };
+    }
     if let Some(v) = headers.get("idempotency-key") {
         let k = v
             .to_str()
@@ -161,6 +179,11 @@ fn idempotency_key(hook: &Hook, headers: &HeaderMap, data: &Value) -> Result<Opt
         }
         return Ok(Some(Key::Header(k.to_string())));
     }
+    field_key(hook, data)
+}
+
+/// The key from the hook's `idempotency_field` in the body, if it names one.
+fn field_key(hook: &Hook, data: &Value) -> Result<Option<Key>, String> {
     let Some(path) = hook.idempotency_field.as_deref() else {
         return Ok(None);
     };
@@ -199,7 +222,7 @@ fn content_type(h: &HeaderMap) -> String {
         .to_string()
 }
 
-fn verify(hook: &Hook, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+fn verify(hook: &Hook, headers: &HeaderMap, body: &[u8], now_ms: i64) -> Result<(), String> {
     if let Some((name, want)) = &hook.secret {
         let got = headers
             .get(name.as_str())
@@ -222,6 +245,26 @@ fn verify(hook: &Hook, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
             .map_err(|_| format!("{} is not a hex signature", h.header))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(h.secret.as_bytes())
             .map_err(|_| "the hook's HMAC secret is unusable".to_string())?;
+        if let Some((header, tolerance)) = &h.timestamp {
+            let ts = headers
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| format!("missing {header} header"))?
+                .trim();
+            let secs: i64 = ts
+                .parse()
+                .map_err(|_| format!("{header} is not a Unix time in seconds"))?;
+            let age = (now_ms / 1000 - secs).abs();
+            if age > tolerance.as_secs() as i64 {
+                return Err(format!(
+                    "{header} is {age} s from now, more than the {} s allowed",
+                    tolerance.as_secs()
+                ));
+            }
+            // The time is signed with the body, so it cannot be changed to replay it.
+            mac.update(ts.as_bytes());
+            mac.update(b".");
+        }
         mac.update(body);
         mac.verify_slice(&sig)
             .map_err(|_| format!("signature in {} does not match the body", h.header))?;

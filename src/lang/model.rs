@@ -92,6 +92,8 @@ pub struct HmacSpec {
     pub header: String,
     pub secret: String,
     pub prefix: String,
+    /// Signed time header and how far it may be from now.
+    pub timestamp: Option<(String, Duration)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -152,6 +152,11 @@ pub struct HmacCheck {
     pub secret: Sp<String>,
     /// Text before the hex digest, e.g. `sha256=` (default).
     pub prefix: Option<String>,
+    /// Header with the request's Unix time in seconds; the signature then covers
+    /// `<time>.<body>`, and older (or later) requests than `tolerance` are refused.
+    pub timestamp_header: Option<String>,
+    /// How far the timestamp may be from now (default `5m`).
+    pub tolerance: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -280,3 +280,20 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn an_empty_hook_secret_is_a_problem_with_its_position() {
+    let cfg = ConfigDir::with(&[]);
+    let mut gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    gw.push_str("\n[hooks.pay]\nhmac = { secret = \"${SB_UNSET_SECRET:-}\" }\n");
+    cfg.write("gateway.toml", &gw);
+    let lines = gw.lines().count();
+    let (code, out, _) = run(&["check", cfg.dir().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!(
+            "gateway.toml:{lines}:19: hook 'pay': the secret is empty"
+        )),
+        "{out}"
+    );
+}

@@ -394,3 +394,53 @@ async fn a_flood_of_bad_requests_is_journaled_only_up_to_a_budget() {
         Some(journaled as usize)
     );
 }
+
+fn signed(secret: &str, signed_text: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signed_text.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn a_captured_signed_request_cannot_be_replayed() {
+    let cfg = ConfigDir::with(&[(
+        "pay.toml",
+        "id = \"pay\"\non = { webhook = \"pay\" }\n[[step]]\nstop = true\n",
+    )]);
+    let mut gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    gw.push_str("\n[hooks.pay]\nhmac = { secret = \"k3y\", timestamp_header = \"X-Timestamp\", tolerance = \"5m\" }\n");
+    cfg.write("gateway.toml", &gw);
+    let t = TestApp::spawn(&cfg).await;
+    let body = r#"{"cart": 1, "amount": 5}"#;
+    let now = t.app.clock.now_ms() / 1000;
+    let ts = now.to_string();
+    let sig = signed("k3y", &format!("{ts}.{body}"));
+    let send = |key: &'static str, ts: String, sig: String| {
+        let t = &t;
+        async move {
+            t.post_with(
+                "pay",
+                body,
+                &[
+                    ("X-Signature-256", &sig),
+                    ("X-Timestamp", &ts),
+                    ("Idempotency-Key", key),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, first) = send("a", ts.clone(), sig.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    // The same signed request with a fresh Idempotency-Key is the same request.
+    let (status, again) = send("b", ts.clone(), sig.clone()).await;
+    assert_eq!((status, again["status"].as_str()), (200, Some("duplicate")));
+    assert_eq!(again["event_id"], first["event_id"]);
+    // A changed timestamp breaks the signature; an old one is refused even if signed.
+    let (status, r) = send("c", (now + 1).to_string(), sig.clone()).await;
+    assert_eq!(status, 401, "{r}");
+    let old = (now - 3600).to_string();
+    let (status, r) = send("d", old.clone(), signed("k3y", &format!("{old}.{body}"))).await;
+    assert_eq!(status, 401, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("X-Timestamp"), "{r}");
+}

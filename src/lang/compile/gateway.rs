@@ -54,19 +54,30 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
     let mut hooks = HashMap::new();
     for (name, h) in &g.hooks {
         let h = h.get();
+        // An empty secret would let anyone in (HMAC takes an empty key).
+        let non_empty = |cx: &mut FileCx, v: &Sp<String>| {
+            let value = cx.env_value(v)?;
+            if value.is_empty() {
+                cx.err(v.span(), format!("hook '{name}': the secret is empty"));
+                return None;
+            }
+            Some(value)
+        };
         let secret = h.secret.as_ref().and_then(|s| {
             let s = s.get();
             Some((
                 s.header.clone().unwrap_or_else(|| "X-Hook-Secret".into()),
-                cx.env_value(&s.value)?,
+                non_empty(cx, &s.value)?,
             ))
         });
         let hmac = h.hmac.as_ref().and_then(|s| {
             let s = s.get();
+            let tolerance = dur(cx, &s.tolerance, 300);
             Some(HmacSpec {
                 header: s.header.clone().unwrap_or_else(|| "X-Signature-256".into()),
-                secret: cx.env_value(&s.secret)?,
+                secret: non_empty(cx, &s.secret)?,
                 prefix: s.prefix.clone().unwrap_or_else(|| "sha256=".into()),
+                timestamp: s.timestamp_header.clone().map(|h| (h, tolerance)),
             })
         });
         hooks.insert(
