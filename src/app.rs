@@ -188,6 +188,8 @@ impl App {
             pages: Arc::new(crate::http::pages::Pages::new()),
             channels,
             rejections: Arc::new(crate::http::RejectionBudget::new()),
+            sessions: Arc::default(),
+            secure_cookies: public_url.starts_with("https://"),
         };
         let public = crate::http::public_router(state.clone())
             .into_make_service_with_connect_info::<SocketAddr>();

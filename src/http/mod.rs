@@ -43,6 +43,10 @@ pub struct AppState {
     pub channels: Arc<crate::channels::Channels>,
     /// How many rejected requests are journaled: a flood must not fill the disk.
     pub rejections: Arc<RejectionBudget>,
+    /// Signed-in sessions of the journal pages.
+    pub sessions: Arc<auth::Sessions>,
+    /// Session cookies are `Secure` (the gateway is reached over https).
+    pub secure_cookies: bool,
 }
 
 /// Rejected requests journaled per second (after a burst); the rest are only counted in

@@ -94,9 +94,13 @@ async fn login(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<Par
             context! { lang, next, bad => true },
         );
     }
+    // The cookie names a session, not the token: it can expire and never reveals it.
+    let session = st.sessions.open(st.clock.now_ms());
     let cookie = format!(
-        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200",
-        auth::COOKIE
+        "{}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        auth::COOKIE,
+        auth::SESSION_MS / 1000,
+        if st.secure_cookies { "; Secure" } else { "" }
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
 }
@@ -215,6 +219,13 @@ async fn run_page(
 async fn act(st: &AppState, headers: &HeaderMap, op: AdminOp, back: &str) -> Response {
     if let Err(r) = guard(st, headers, &Params::new(), back) {
         return r;
+    }
+    if !auth::same_origin(headers) {
+        return super::ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this action must be posted from the journal pages (Origin does not match)",
+        )
+        .into_response();
     }
     match admin_action(st, op).await {
         Ok(_) => Redirect::to(back).into_response(),

@@ -15,7 +15,8 @@ FLAGS = [
 def main(admin: str, token: str, shots: str) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
-        page = browser.new_context(locale="en-US").new_page()
+        context = browser.new_context(locale="en-US")
+        page = context.new_page()
         page.set_default_timeout(15_000)
 
         # Not signed in: the pages send us to the sign-in form first.
@@ -64,7 +65,10 @@ def main(admin: str, token: str, shots: str) -> None:
 
         # The same pages in Russian.
         ru = browser.new_context(locale="ru-RU", extra_http_headers={"Accept-Language": "ru"})
-        ru.add_cookies([{"name": "switchboard_admin", "value": token, "url": admin}])
+        # The session, not the token, is what the cookie carries.
+        session = [c["value"] for c in context.cookies() if c["name"] == "switchboard_admin"][0]
+        assert session != token
+        ru.add_cookies([{"name": "switchboard_admin", "value": session, "url": admin}])
         rpage = ru.new_page()
         rpage.goto(f"{admin}/ui/runs")
         assert "Запуски" in rpage.content()

@@ -503,3 +503,91 @@ async fn old_journal_rows_are_pruned_in_the_background() {
     // Unfinished work is never pruned: the sleeper woke up and finished instead.
     assert!(t.app.store.run(sleeping).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn the_journal_pages_keep_a_session_not_the_token_and_take_actions_only_from_themselves() {
+    let cfg = ConfigDir::with(&[]);
+    let t = TestApp::spawn(&cfg).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let admin = t.app.admin_url();
+    let r = client
+        .post(format!("{admin}/ui/login"))
+        .form(&[("token", ADMIN_TOKEN), ("next", "/ui/runs")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let session = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("switchboard_admin=")
+        .unwrap()
+        .to_string();
+    assert_ne!(session, ADMIN_TOKEN);
+    assert!(session.len() >= 32);
+    assert!(
+        cookie.contains("HttpOnly") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+    let page = |value: String| {
+        let client = client.clone();
+        let admin = admin.clone();
+        async move {
+            client
+                .get(format!("{admin}/ui/runs"))
+                .header("cookie", format!("switchboard_admin={value}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(page(session.clone()).await, 200);
+    // The raw token is no session.
+    assert_eq!(page(ADMIN_TOKEN.to_string()).await, 303);
+    // An action posted from elsewhere is refused; from the pages it goes through.
+    let action = |origin: String| {
+        let client = client.clone();
+        let admin = admin.clone();
+        let session = session.clone();
+        async move {
+            client
+                .post(format!("{admin}/ui/scenarios/nothing/disable"))
+                .header("cookie", format!("switchboard_admin={session}"))
+                .header("origin", origin)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(action("https://evil.example".into()).await, 403);
+    let own = action(admin.clone()).await;
+    assert_ne!(own, 403, "from the pages' own origin");
+}
+
+#[tokio::test]
+async fn session_cookies_are_secure_when_the_gateway_is_reached_over_https() {
+    let cfg = ConfigDir::with(&[]);
+    let mut gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    gw = format!("[server]\npublic_url = \"https://switchboard.example\"\n\n{gw}");
+    cfg.write("gateway.toml", &gw);
+    let t = TestApp::spawn(&cfg).await;
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/ui/login", t.app.admin_url()))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
