@@ -3,9 +3,7 @@
 //! timers, waits, variables) before anything it caused is sent.
 
 pub mod admin;
-mod ask;
 pub mod ingest;
-mod offers;
 mod queue;
 mod steps;
 
@@ -375,126 +373,6 @@ impl Engine {
             .await
     }
 
-    /// Offers a webhook event to runs waiting for it. True when a run took it.
-    async fn answer_wait(
-        &mut self,
-        tx: &mut dyn Tx,
-        ev: &EventItem,
-        outcome: &mut Vec<Json>,
-        after: &mut After,
-    ) -> Result<bool, StoreError> {
-        let cfg = self.cfg.clone();
-        for (sc, step) in cfg.waits_for_hook(&ev.source) {
-            let Action::Wait(w) = &sc.steps[step].action else {
-                continue;
-            };
-            let ctx = steps::Ctx {
-                event: &ev.data,
-                run: &Map::new(),
-                subject: &Map::new(),
-                global: &self.globals,
-                meta: json!({"event_id": ev.id, "hook": ev.source}),
-            }
-            .value();
-            let key = match w.match_key.render(&ctx) {
-                Ok(k) => k,
-                Err(e) => {
-                    outcome.push(json!({"scenario": sc.id, "wait": step, "error": e.0}));
-                    continue;
-                }
-            };
-            for run_id in tx.find_waits(&ev.source, &sc.id, step as i64, &key).await? {
-                let Some(mut run) = tx.load_run(run_id).await? else {
-                    continue;
-                };
-                if let Some(when) = &w.when {
-                    let subject_vars = Map::new();
-                    let c = steps::Ctx {
-                        event: &ev.data,
-                        run: &run.vars,
-                        subject: &subject_vars,
-                        global: &self.globals,
-                        meta: json!({"event_id": ev.id, "run_id": run.id}),
-                    }
-                    .value();
-                    match when.truthy(&c) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            outcome.push(json!({"scenario": sc.id, "run": run_id,
-                                "verdict": "wait condition false", "if": when.src, "seen": when.seen(&c)}));
-                            continue;
-                        }
-                        Err(e) => {
-                            outcome.push(json!({"scenario": sc.id, "run": run_id, "error": e.0}));
-                            continue;
-                        }
-                    }
-                }
-                self.resume_wait(tx, &mut run, sc, &w.save, &ev.data, Some(ev.id), after)
-                    .await?;
-                outcome.push(
-                    json!({"scenario": sc.id, "run": run_id, "verdict": "answered a waiting run"}),
-                );
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the run, its step and the answer"
-    )]
-    async fn resume_wait(
-        &mut self,
-        tx: &mut dyn Tx,
-        run: &mut RunRow,
-        sc: &Arc<Scenario>,
-        save: &str,
-        data: &Json,
-        event_id: Option<i64>,
-        after: &mut After,
-    ) -> Result<(), StoreError> {
-        tx.clear_parks(run.id).await?;
-        after.timers_changed = true;
-        run.vars.insert(
-            save.to_string(),
-            json!({"event": data, "event_id": event_id, "timed_out": false}),
-        );
-        steps::note(
-            run,
-            json!({"step": run.pc, "action": "wait", "result": "answered",
-            "event_id": event_id, "at": self.now()}),
-        );
-        run.pc += 1;
-        run.status = RunStatus::Running;
-        self.execute(tx, run, sc, after).await
-    }
-
-    async fn on_answer(
-        &mut self,
-        tx: &mut dyn Tx,
-        run_id: i64,
-        data: &Json,
-        after: &mut After,
-    ) -> Result<(), StoreError> {
-        let Some(mut run) = tx.load_run(run_id).await? else {
-            return Ok(());
-        };
-        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
-            return Ok(());
-        };
-        let Some(Action::Wait(w)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
-            return Ok(());
-        };
-        if run.status != RunStatus::Waiting {
-            return Ok(());
-        }
-        let save = w.save.clone();
-        self.resume_wait(tx, &mut run, &sc, &save, data, None, after)
-            .await
-    }
-
     async fn start_run(
         &mut self,
         tx: &mut dyn Tx,
@@ -633,26 +511,14 @@ impl Engine {
         };
         let now = self.now();
         match (t.kind.as_str(), run.status) {
-            ("sleep", RunStatus::Sleeping) => {
-                {
-                    let entry =
-                        json!({"step": run.pc, "action": "sleep", "result": "woke", "at": now});
-                    steps::note(&mut run, entry);
-                }
-                run.pc += 1;
-            }
+            ("sleep", RunStatus::Sleeping) => self.sleep_woke(&mut run, now),
             ("wait_timeout", RunStatus::Waiting) => {
                 tx.clear_parks(run.id).await?;
-                let (action, save, next) = match sc.steps.get(run.pc as usize).map(|s| &s.action) {
-                    Some(Action::Wait(w)) => ("wait", w.save.clone(), w.on_timeout),
-                    Some(Action::Ask(a)) => {
-                        self.drop_ask_buttons(tx, &run, a, after).await?;
-                        ("ask", a.save.clone(), a.branch("timeout"))
-                    }
+                match sc.steps.get(run.pc as usize).map(|s| &s.action) {
+                    Some(Action::Wait(w)) => self.wait_timed_out(&mut run, w, now),
+                    Some(Action::Ask(a)) => self.ask_timed_out(tx, &mut run, a, now, after).await?,
                     Some(Action::Offer(o)) => {
-                        let next = o.branch("timeout");
-                        self.expire_offer(tx, &mut run, after).await?;
-                        ("offer", "claim".to_string(), next)
+                        self.offer_timed_out(tx, &mut run, o, now, after).await?
                     }
                     _ => {
                         steps::fail(
@@ -663,19 +529,7 @@ impl Engine {
                         tx.save_run(&run).await?;
                         return Ok(());
                     }
-                };
-                let mut saved = run.vars.get(&save).cloned().unwrap_or_else(|| json!({}));
-                if !saved.is_object() {
-                    saved = json!({});
                 }
-                saved["timed_out"] = json!(true);
-                run.vars.insert(save, saved);
-                {
-                    let entry =
-                        json!({"step": run.pc, "action": action, "result": "timed out", "at": now});
-                    steps::note(&mut run, entry);
-                }
-                run.pc = next.map(|i| i as i64).unwrap_or(run.pc + 1);
             }
             _ => return Ok(()),
         }
@@ -722,52 +576,7 @@ impl Engine {
         let (true, Some(run_id)) = (d.resume, d.run_id) else {
             return Ok(());
         };
-        let cached = self.http_parked.remove(&run_id);
-        let Some(mut run) = (match cached {
-            Some(r) => Some(r),
-            None => tx.load_run(run_id).await?,
-        }) else {
-            return Ok(());
-        };
-        if run.status != RunStatus::Waiting || Some(run.pc) != d.step {
-            return Ok(()); // the run moved on (cancelled, or this is a repeated result)
-        }
-        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
-            return Ok(());
-        };
-        let Some((Action::Http(h), stop_after)) =
-            sc.steps.get(run.pc as usize).map(|s| (&s.action, s.stop))
-        else {
-            steps::fail(&mut run, "the http step moved: the scenario changed", now);
-            return tx.save_run(&run).await;
-        };
-        let status = response
-            .as_ref()
-            .and_then(|r| r.get("status"))
-            .and_then(Json::as_u64);
-        let mut saved = response.clone().unwrap_or_else(|| json!({}));
-        if let Some(e) = &error {
-            saved["error"] = json!(e);
-        }
-        run.vars.insert(h.save.clone(), saved);
-        let branch = steps::http_branch(&h.branches, status, error.is_some());
-        {
-            let entry = json!({"step": run.pc, "action": "http", "result": if error.is_some() {"failed"} else {"response"},
-            "status": status, "error": error, "outbox_id": d.outbox_id, "attempts": d.attempts,
-            "branch": branch.map(|b| b.0.clone()), "at": now});
-            steps::note(&mut run, entry);
-        }
-        run.status = RunStatus::Running;
-        match (branch, &error) {
-            (Some((_, to)), _) => run.pc = *to as i64,
-            (None, Some(e)) => {
-                steps::fail(&mut run, &format!("request failed: {e}"), now);
-            }
-            (None, None) => run.pc += 1,
-        }
-        if run.status == RunStatus::Running && stop_after && branch.is_none() {
-            run.status = RunStatus::Done;
-        }
-        self.execute(tx, &mut run, &sc, after).await
+        self.on_http_response(tx, run_id, d, response, error, now, after)
+            .await
     }
 }

@@ -2,12 +2,17 @@
 //! time, so the claim (a compare-and-set in the store) has exactly one winner. Every click is
 //! answered, the message is edited for the winner, and the run continues with `claim.*`.
 
+use std::sync::Arc;
+
+use minijinja::value::Value;
 use serde_json::{json, Map, Value as Json};
 
-use super::{steps, After, Engine, EventItem};
+use super::ask::parse_press;
+use super::{message_entry, note, timed_out, Flow, BUTTON_PREFIX};
 use crate::channels::{Choice, OutAnswer, OutEdit, OutMessage, Outbound};
 use crate::config::{Action, OfferSpec, Scenario, Who};
-use crate::store::{NewOutbox, OfferRow, RunStatus, StoreError, Tx};
+use crate::engine::{After, Engine, EventItem};
+use crate::store::{OfferRow, RunRow, RunStatus, StoreError, Tx};
 
 /// `o:<offer id>:<button index>`: short enough for any channel's callback data.
 fn parse_data(data: &str) -> Option<(i64, usize)> {
@@ -20,33 +25,6 @@ pub fn callback_data(offer: i64, button: usize) -> String {
 }
 
 impl Engine {
-    /// Queues a channel operation (answer a click, edit a message) outside any step.
-    pub(super) async fn channel_action(
-        &mut self,
-        tx: &mut dyn Tx,
-        run_id: Option<i64>,
-        channel: &str,
-        op: Outbound,
-        after: &mut After,
-    ) -> Result<(), StoreError> {
-        let now = self.now();
-        let request = op.to_json();
-        let row = NewOutbox {
-            run_id,
-            step: None,
-            kind: "send".into(),
-            channel: channel.into(),
-            request,
-            max_attempts: self.cfg.gateway.http_attempts as i64,
-            timeout_ms: self.cfg.gateway.http_timeout.as_millis() as i64,
-            resume: false,
-            now,
-        };
-        self.enqueue_row(tx, row, format!("clicks:{channel}"), after)
-            .await?;
-        Ok(())
-    }
-
     /// Answers a click with a built-in text (`switchboard-click-<what>`) in the clicker's
     /// language: the platform's language of the user, else the staff member's.
     #[expect(clippy::too_many_arguments, reason = "the click and its answer")]
@@ -85,7 +63,7 @@ impl Engine {
         self.channel_action(tx, run_id, &channel, op, after).await
     }
 
-    pub(super) async fn on_click(
+    pub(in crate::engine) async fn on_click(
         &mut self,
         tx: &mut dyn Tx,
         ev: &EventItem,
@@ -94,10 +72,10 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let now = self.now();
         let data = ev.data["data"].as_str().unwrap_or_default();
-        if let Some(press) = super::ask::parse_press(data) {
+        if let Some(press) = parse_press(data) {
             return self.on_ask_press(tx, ev, press, outcome, after).await;
         }
-        if let Some(button) = data.strip_prefix(super::steps::BUTTON_PREFIX) {
+        if let Some(button) = data.strip_prefix(BUTTON_PREFIX) {
             return self.on_button(tx, ev, button, outcome, after).await;
         }
         let Some((offer_id, button)) = parse_data(data) else {
@@ -218,7 +196,7 @@ impl Engine {
             {
                 let entry = json!({"step": run.pc, "action": "offer", "result": format!("taken by {name}"),
                     "event_id": ev.id, "at": now});
-                steps::note(&mut run, entry);
+                note(&mut run, entry);
             }
             run.pc = spec.branch(&b.id).map(|i| i as i64).unwrap_or(run.pc + 1);
             run.status = RunStatus::Running;
@@ -227,54 +205,7 @@ impl Engine {
         Ok(())
     }
 
-    /// A click on a `send` step's button: starts the scenarios listening to it, with
-    /// `event.button`; the click itself gets a silent answer.
-    async fn on_button(
-        &mut self,
-        tx: &mut dyn Tx,
-        ev: &EventItem,
-        button: &str,
-        outcome: &mut Vec<Json>,
-        after: &mut After,
-    ) -> Result<(), StoreError> {
-        let cfg = self.cfg.clone();
-        let scenarios: Vec<_> = cfg
-            .scenarios_for_click(&ev.source, button)
-            .cloned()
-            .collect();
-        if scenarios.is_empty() {
-            outcome
-                .push(json!({"button": button, "verdict": "no scenario listens to this button"}));
-            return self
-                .answer_click(tx, ev, None, "inactive", None, false, after)
-                .await;
-        }
-        let mut data = (*ev.data).clone();
-        data["button"] = json!(button);
-        let clicked = EventItem {
-            data: std::sync::Arc::new(data),
-            ..ev.clone()
-        };
-        for sc in scenarios {
-            let o = self.start_run(tx, &sc, &clicked, after).await?;
-            outcome.push(o);
-        }
-        let op = Outbound::Answer(OutAnswer {
-            click: ev.data["click"].as_str().unwrap_or_default().to_string(),
-            to: chat_of(ev),
-            ..Default::default()
-        });
-        let channel = ev.source.clone();
-        self.channel_action(tx, None, &channel, op, after).await
-    }
-
-    fn taken_text(
-        &self,
-        spec: &OfferSpec,
-        offer: &OfferRow,
-        claim: &Json,
-        run: &crate::store::RunRow,
-    ) -> String {
+    fn taken_text(&self, spec: &OfferSpec, offer: &OfferRow, claim: &Json, run: &RunRow) -> String {
         let markup = self.markup(&offer.channel);
         let name = markup.escape(claim["name"].as_str().unwrap_or(""));
         let default = || match markup {
@@ -318,7 +249,7 @@ impl Engine {
 
     /// Records the offer message's id. An offer closed before the id was known (its timeout
     /// or a click came first) missed its edit: make it now.
-    pub(super) async fn offer_message_known(
+    pub(in crate::engine) async fn offer_message_known(
         &mut self,
         tx: &mut dyn Tx,
         offer_id: i64,
@@ -351,11 +282,27 @@ impl Engine {
         self.edit_offer(tx, &offer, text, after).await
     }
 
-    /// The offer's timeout: closes it (buttons removed) unless someone won meanwhile.
-    pub(super) async fn expire_offer(
+    /// The offer's timeout: the run goes on at its `timeout` branch, else at the next step,
+    /// with `claim.timed_out`.
+    pub(in crate::engine) async fn offer_timed_out(
         &mut self,
         tx: &mut dyn Tx,
-        run: &mut crate::store::RunRow,
+        run: &mut RunRow,
+        o: &OfferSpec,
+        now: i64,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let next = o.branch("timeout");
+        self.expire_offer(tx, run, after).await?;
+        timed_out(run, "offer", "claim".to_string(), next, now);
+        Ok(())
+    }
+
+    /// The offer's timeout: closes it (buttons removed) unless someone won meanwhile.
+    async fn expire_offer(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &mut RunRow,
         after: &mut After,
     ) -> Result<(), StoreError> {
         if let Some(offer) = tx.open_offer_of(run.id).await? {
@@ -368,19 +315,45 @@ impl Engine {
         Ok(())
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the interpreter's working set for one step"
+    )]
+    pub(super) async fn start_offer(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &mut RunRow,
+        sc: &Arc<Scenario>,
+        o: &OfferSpec,
+        pc: usize,
+        ctx: &Value,
+        entry: &mut Json,
+        after: &mut After,
+    ) -> Result<Result<Flow, String>, StoreError> {
+        let request = match self.post_offer(tx, run, sc, o, pc, ctx, after).await? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        entry["send"] = message_entry(&o.message.channel, &request);
+        entry["offer_id"] = json!(request.offer_id);
+        entry["result"] = json!("waiting for a click");
+        run.status = RunStatus::Waiting;
+        Ok(Ok(Flow::Park))
+    }
+
     /// Posts the offer; the run waits for a click or the timeout.
     #[expect(
         clippy::too_many_arguments,
         reason = "the interpreter's working set for one step"
     )]
-    pub(super) async fn post_offer(
+    async fn post_offer(
         &mut self,
         tx: &mut dyn Tx,
-        run: &mut crate::store::RunRow,
+        run: &mut RunRow,
         sc: &Scenario,
         spec: &OfferSpec,
         pc: usize,
-        ctx: &minijinja::Value,
+        ctx: &Value,
         after: &mut After,
     ) -> Result<Result<OutMessage, String>, StoreError> {
         let now = self.now();
@@ -428,7 +401,7 @@ fn user_of(ev: &EventItem) -> String {
 }
 
 /// The conversation a click came from.
-fn chat_of(ev: &EventItem) -> Option<String> {
+pub(super) fn chat_of(ev: &EventItem) -> Option<String> {
     match &ev.data["chat"]["id"] {
         Json::Number(n) => Some(n.to_string()),
         Json::String(s) => Some(s.clone()),

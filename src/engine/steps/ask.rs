@@ -3,13 +3,19 @@
 //! the last invalid one) resumes the run; an invalid one gets the retry text. Once the ask
 //! is over, its inline buttons go away.
 
+use std::sync::Arc;
+
+use minijinja::value::Value;
 use serde_json::{json, Map, Value as Json};
 
-use super::steps::{self, ASK_PREFIX};
-use super::{After, Engine, EventItem};
-use crate::channels::{OutEdit, Outbound};
+use super::{message_entry, note, timed_out, Ctx, Flow};
+use crate::channels::{Choice, OutEdit, OutMessage, Outbound};
 use crate::config::{Action, AskSpec, Scenario};
-use crate::store::{RunRow, RunStatus, StoreError, Tx};
+use crate::engine::{After, Engine, EventItem};
+use crate::store::{NewWait, RunRow, RunStatus, StoreError, Tx};
+
+/// Callback data of an `ask`'s inline choice: `a:<run>:<choice index>`.
+pub const ASK_PREFIX: &str = "a:";
 
 /// `a:<run>:<choice>` → (run, choice index).
 pub(super) fn parse_press(data: &str) -> Option<(i64, usize)> {
@@ -26,8 +32,69 @@ fn chat_of(ev: &EventItem) -> Option<String> {
 }
 
 impl Engine {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the interpreter's working set for one step"
+    )]
+    pub(super) async fn start_ask(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &mut RunRow,
+        sc: &Arc<Scenario>,
+        a: &AskSpec,
+        pc: usize,
+        ctx: &Value,
+        entry: &mut Json,
+        after: &mut After,
+    ) -> Result<Result<Flow, String>, StoreError> {
+        let now = self.now();
+        let mut m = tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));
+        self.ask_buttons(a, run.id, &mut m);
+        entry["send"] = message_entry(&a.question.channel, &m);
+        let chat = m.to.clone();
+        let question = self
+            .send_message(tx, run, pc, &a.question.channel, m, after)
+            .await?;
+        tx.insert_wait(&NewWait {
+            run_id: run.id,
+            hook: format!("chat:{}", a.question.channel),
+            scenario: sc.id.clone(),
+            step: pc as i64,
+            match_key: chat.clone(),
+            now,
+        })
+        .await?;
+        if let Some(due) = self.arm_timeout(tx, run, sc, a.timeout, after).await? {
+            entry["until"] = json!(crate::clock::rfc3339(due));
+        }
+        run.vars.insert(
+            a.save.clone(),
+            json!({"attempts": 0, "question": question, "chat": chat}),
+        );
+        entry["result"] = json!("waiting");
+        run.status = RunStatus::Waiting;
+        Ok(Ok(Flow::Park))
+    }
+
+    /// An ask's answer buttons on its question: reply-keyboard buttons, or the choices as
+    /// callback buttons that carry the run and the choice.
+    fn ask_buttons(&self, a: &AskSpec, run_id: i64, m: &mut OutMessage) {
+        m.keyboard = a.reply_buttons.clone();
+        if a.inline {
+            m.choices = a
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| Choice {
+                    text: l.clone(),
+                    data: format!("{ASK_PREFIX}{run_id}:{i}"),
+                })
+                .collect();
+        }
+    }
+
     /// Gives a chat message to the oldest run asking that chat. True when one took it.
-    pub(super) async fn answer_ask(
+    pub(in crate::engine) async fn answer_ask(
         &mut self,
         tx: &mut dyn Tx,
         ev: &EventItem,
@@ -120,7 +187,7 @@ impl Engine {
         tx: &mut dyn Tx,
         ev: &EventItem,
         mut run: RunRow,
-        sc: &std::sync::Arc<Scenario>,
+        sc: &Arc<Scenario>,
         a: &AskSpec,
         text: &str,
         after: &mut After,
@@ -160,7 +227,7 @@ impl Engine {
             } else {
                 ("no valid answer; retries used up", a.branch("exhausted"))
             };
-            steps::note(
+            note(
                 &mut run,
                 json!({"step": pc, "action": "ask", "result": result,
                     "reply": text, "event_id": ev.id, "at": now}),
@@ -173,7 +240,7 @@ impl Engine {
             "chat": asked["chat"]});
         let body = a.retry.as_ref().unwrap_or(&a.question.body);
         let empty = Map::new();
-        let ctx = steps::Ctx {
+        let ctx = Ctx {
             event: &run.event,
             run: &run.vars,
             subject: &empty,
@@ -195,13 +262,28 @@ impl Engine {
                 "reply": text, "error": e, "at": now}),
         };
         run.vars.insert(a.save.clone(), state);
-        steps::note(&mut run, entry);
+        note(&mut run, entry);
         run.updated_at = now;
         tx.save_run(&run).await
     }
 
+    /// The ask's timeout: its buttons go away and the run goes on at its `timeout` branch,
+    /// else at the next step.
+    pub(in crate::engine) async fn ask_timed_out(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &mut RunRow,
+        a: &AskSpec,
+        now: i64,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        self.drop_ask_buttons(tx, run, a, after).await?;
+        timed_out(run, "ask", a.save.clone(), a.branch("timeout"), now);
+        Ok(())
+    }
+
     /// Removes the inline buttons of the run's last question.
-    pub(super) async fn drop_ask_buttons(
+    async fn drop_ask_buttons(
         &mut self,
         tx: &mut dyn Tx,
         run: &RunRow,
