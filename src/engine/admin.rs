@@ -161,7 +161,7 @@ impl Engine {
                         run.status.as_str()
                     ))));
                 }
-                self.cancel_run(tx, *id, "cancelled by an operator", now)
+                self.cancel_run(tx, *id, "cancelled by an operator", now, after)
                     .await?;
                 after.timers_changed = true;
                 Ok(json!({"run": id, "status": "cancelled"}))

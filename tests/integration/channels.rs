@@ -465,3 +465,42 @@ offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "
     let run = t.finished(runs[0].id).await;
     assert_eq!(run.vars["claim"]["name"], "Elena");
 }
+
+#[tokio::test]
+async fn a_cancelled_offer_closes_and_a_later_click_wins_nothing() {
+    let fake = FakeTelegram::start().await;
+    let cfg = ConfigDir::with(&[(
+        "offer.toml",
+        r#"id = "offer"
+on = { webhook = "offer" }
+[[step]]
+offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "take", text = "Take" }] }
+"#,
+    )]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let t = TestApp::spawn(&cfg).await;
+    let (_, body) = t.post("offer", json!({"chat": -460})).await;
+    let sent = fake.wait_for("sendMessage", 1).await;
+    let data = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
+    eventually(|| async {
+        let rows = t.app.store.outbox_for_run(runs[0].id).await.unwrap();
+        rows.iter().any(|r| r.status == "delivered").then_some(())
+    })
+    .await;
+    let (status, _) = t
+        .post_api(&format!("/api/runs/{}/cancel", runs[0].id))
+        .await;
+    assert_eq!(status, 200);
+    let edits = fake.wait_for("editMessageText", 1).await;
+    assert_eq!(edits[0].params["text"], "New deal\n\n⌛");
+    fake.inject(click_update(-460, 70, "Elena", &data, 1));
+    let answers = fake.wait_for("answerCallbackQuery", 1).await;
+    assert_eq!(answers[0].params["text"], "This offer has expired.");
+    let run = t.app.store.run(runs[0].id).await.unwrap().unwrap();
+    assert_eq!(run.status, switchboard::store::RunStatus::Cancelled);
+    assert!(run.vars.get("claim").is_none());
+}

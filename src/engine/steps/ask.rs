@@ -8,6 +8,7 @@ use std::sync::Arc;
 use minijinja::value::Value;
 use serde_json::{json, Map, Value as Json};
 
+use super::offer::chat_of;
 use super::{message_entry, note, timed_out, Ctx, Flow};
 use crate::channels::{Choice, OutEdit, OutMessage, Outbound};
 use crate::config::{Action, AskSpec, Scenario};
@@ -21,14 +22,6 @@ pub const ASK_PREFIX: &str = "a:";
 pub(super) fn parse_press(data: &str) -> Option<(i64, usize)> {
     let (run, choice) = data.strip_prefix(ASK_PREFIX)?.split_once(':')?;
     Some((run.parse().ok()?, choice.parse().ok()?))
-}
-
-fn chat_of(ev: &EventItem) -> Option<String> {
-    match &ev.data["chat"]["id"] {
-        Json::Number(n) => Some(n.to_string()),
-        Json::String(s) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 impl Engine {

@@ -550,11 +550,14 @@ impl Engine {
         run_id: i64,
         why: &str,
         now: i64,
+        after: &mut After,
     ) -> Result<(), StoreError> {
         self.http_parked.remove(&run_id);
         tx.clear_parks(run_id).await?;
         if let Some(mut other) = tx.load_run(run_id).await? {
             if other.status.is_active() {
+                // Its offer closes with it: a later click must not win a cancelled run.
+                self.close_offer(tx, run_id, after).await?;
                 other.status = RunStatus::Cancelled;
                 other.updated_at = now;
                 {

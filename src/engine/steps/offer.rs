@@ -305,13 +305,24 @@ impl Engine {
         run: &mut RunRow,
         after: &mut After,
     ) -> Result<(), StoreError> {
-        if let Some(offer) = tx.open_offer_of(run.id).await? {
+        self.close_offer(tx, run.id, after).await?;
+        run.vars.insert("claim".into(), json!({"timed_out": true}));
+        Ok(())
+    }
+
+    /// Closes the run's open offer, if any: its buttons go, clicks are told it expired.
+    pub(in crate::engine) async fn close_offer(
+        &mut self,
+        tx: &mut dyn Tx,
+        run_id: i64,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        if let Some(offer) = tx.open_offer_of(run_id).await? {
             if tx.expire_offer(offer.id).await? {
                 let text = format!("{}\n\n⌛", offer.text);
                 self.edit_offer(tx, &offer, text, after).await?;
             }
         }
-        run.vars.insert("claim".into(), json!({"timed_out": true}));
         Ok(())
     }
 

@@ -69,8 +69,14 @@ impl Engine {
                 .take_keyed_timers(&sc.id, run.subject.as_deref(), k)
                 .await?;
             for other in replaced.into_iter().filter(|r| *r != run.id) {
-                self.cancel_run(tx, other, &format!("replaced by run {}", run.id), now)
-                    .await?;
+                self.cancel_run(
+                    tx,
+                    other,
+                    &format!("replaced by run {}", run.id),
+                    now,
+                    after,
+                )
+                .await?;
             }
             entry["key"] = json!(k);
         }
@@ -129,8 +135,14 @@ impl Engine {
         };
         let mut cancelled = Vec::new();
         for other in runs.into_iter().filter(|r| *r != run.id) {
-            self.cancel_run(tx, other, &format!("cancelled by run {}", run.id), now)
-                .await?;
+            self.cancel_run(
+                tx,
+                other,
+                &format!("cancelled by run {}", run.id),
+                now,
+                after,
+            )
+            .await?;
             cancelled.push(other);
         }
         after.timers_changed = true;
