@@ -69,15 +69,16 @@ async fn main() {
     for k in 0..OFFERS {
         let chat = -(1000 + k as i64);
         t.post("deal", json!({"id": k, "chat": chat})).await;
-        let data = eventually_within(LONG, || async {
+        let (data, message) = eventually_within(LONG, || async {
             fake.calls("sendMessage")
                 .into_iter()
                 .find(|c| c.params["chat_id"] == chat)
                 .map(|c| {
-                    c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+                    let data = c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
                         .as_str()
                         .unwrap()
-                        .to_string()
+                        .to_string();
+                    (data, c.message_id.unwrap())
                 })
         })
         .await;
@@ -85,7 +86,7 @@ async fn main() {
         let mut sent_at = HashMap::new();
         let start = Instant::now();
         for u in 0..CLICKS {
-            let upd = click_update(chat, 10_000 + u, "U", &data, 1);
+            let upd = click_update(chat, 10_000 + u, "U", &data, message);
             sent_at.insert(
                 upd["callback_query"]["id"].as_str().unwrap().to_string(),
                 Instant::now(),
@@ -187,20 +188,21 @@ async fn main() {
 async fn crowd(t: &TestApp, fake: &FakeTelegram, chat: i64, limits: &str) -> String {
     let (_, posted) = t.post("deal", json!({"id": OFFERS, "chat": chat})).await;
     let run = t.runs_of(posted["event_id"].as_i64().unwrap()).await[0].id;
-    let data = eventually_within(LONG, || async {
+    let (data, message) = eventually_within(LONG, || async {
         fake.calls("sendMessage")
             .into_iter()
             .find(|c| c.params["chat_id"] == chat)
             .map(|c| {
-                c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+                let data = c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
                     .as_str()
                     .unwrap()
-                    .to_string()
+                    .to_string();
+                (data, c.message_id.unwrap())
             })
     })
     .await;
     let clicks: Vec<_> = (0..CROWD)
-        .map(|u| click_update(chat, 20_000 + u, &format!("User{u}"), &data, 1))
+        .map(|u| click_update(chat, 20_000 + u, &format!("User{u}"), &data, message))
         .collect();
     let user_of: HashMap<String, String> = clicks
         .iter()

@@ -406,13 +406,18 @@ async fn send_http(
     Ok(captured)
 }
 
-/// A URL as the journal shows it: without credentials or a query string, where secrets
-/// often travel.
-fn redact(url: &reqwest::Url) -> String {
+/// A URL as the journal shows it: without a password, and with the values of its query
+/// string, where secrets often travel, replaced by `***`.
+pub fn redact(url: &reqwest::Url) -> String {
     let mut u = url.clone();
-    let _ = u.set_password(None);
-    if u.query().is_some() {
-        u.set_query(Some("…"));
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    let keys: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    if !keys.is_empty() {
+        u.query_pairs_mut()
+            .clear()
+            .extend_pairs(keys.iter().map(|k| (k.as_str(), "***")));
     }
     u.to_string()
 }
@@ -445,4 +450,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_in_the_journal_keep_no_secrets() {
+        let u = reqwest::Url::parse("https://bot:pw@crm.example/x?token=s3cret&id=7").unwrap();
+        assert_eq!(
+            super::redact(&u),
+            "https://bot:***@crm.example/x?token=***&id=***"
+        );
+        let plain = reqwest::Url::parse("https://crm.example/deals/7").unwrap();
+        assert_eq!(super::redact(&plain), "https://crm.example/deals/7");
+    }
 }

@@ -30,6 +30,8 @@ pub struct Call {
     pub tags: Vec<Tagged>,
     /// The description of the error the fake answered with (400, 429); `None` on success.
     pub error: Option<String>,
+    /// The id of the message the call sent or edited, when it answered with one.
+    pub message_id: Option<i64>,
 }
 
 impl Call {
@@ -42,6 +44,7 @@ impl Call {
             bold: Vec::new(),
             tags: Vec::new(),
             error: None,
+            message_id: None,
         }
     }
 }
@@ -274,7 +277,10 @@ async fn answer(
     // The call is recorded once answered, so a test that sees it also sees its outcome.
     let result = respond(&state, &mut call);
     let answer = match result {
-        Ok(result) => (StatusCode::OK, Json(json!({"ok": true, "result": result}))),
+        Ok(result) => {
+            call.message_id = result["message_id"].as_i64();
+            (StatusCode::OK, Json(json!({"ok": true, "result": result})))
+        }
         Err(refusal) => {
             call.error = refusal.body["description"].as_str().map(str::to_string);
             (refusal.status, Json(refusal.body))

@@ -84,7 +84,11 @@ impl Engine {
             HttpBody::Raw(t) => json!({"raw": tryv!(t.render(ctx))}),
         };
         let request = json!({"method": h.method, "url": url, "headers": headers, "body": body});
-        entry["request"] = json!({"method": h.method, "url": url,
+        // Secrets travel in query strings too: the journal keeps the URL without them.
+        let shown = reqwest::Url::parse(&url)
+            .map(|u| crate::outbox::redact(&u))
+            .unwrap_or_else(|_| url.clone());
+        entry["request"] = json!({"method": h.method, "url": shown,
             "headers": redact_headers(&headers), "body": body});
         let id = self
             .enqueue(
