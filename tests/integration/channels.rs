@@ -427,8 +427,9 @@ send = { to = "tg:{{ event.chat }}", template = "Thanks" }
     assert!(texts_at[0] <= docs_at[0] && docs_at[0] <= texts_at[1]);
 }
 
-#[tokio::test]
-async fn a_click_forged_from_another_chat_or_message_claims_nothing() {
+/// An offer posted to `chat` whose message is recorded as delivered (so its reference is
+/// known): the fake, the config, the app, the button's callback data and the run.
+async fn posted_offer(chat: i64) -> (FakeTelegram, ConfigDir, TestApp, String, i64) {
     let fake = FakeTelegram::start().await;
     let cfg = ConfigDir::with(&[(
         "offer.toml",
@@ -440,19 +441,24 @@ offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "
     )]);
     cfg.write("gateway.toml", &gateway(&fake));
     let t = TestApp::spawn(&cfg).await;
-    let (_, body) = t.post("offer", json!({"chat": -450})).await;
+    let (_, body) = t.post("offer", json!({"chat": chat})).await;
     let sent = fake.wait_for("sendMessage", 1).await;
     let data = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
         .as_str()
         .unwrap()
         .to_string();
-    // The offer's message reference is known once its delivery is recorded.
-    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
+    let run = t.runs_of(body["event_id"].as_i64().unwrap()).await[0].id;
     eventually(|| async {
-        let rows = t.app.store.outbox_for_run(runs[0].id).await.unwrap();
+        let rows = t.app.store.outbox_for_run(run).await.unwrap();
         rows.iter().any(|r| r.status == "delivered").then_some(())
     })
     .await;
+    (fake, cfg, t, data, run)
+}
+
+#[tokio::test]
+async fn a_click_forged_from_another_chat_or_message_claims_nothing() {
+    let (fake, _cfg, t, data, run) = posted_offer(-450).await;
     fake.inject(click_update(-999, 66, "Mallory", &data, 1));
     fake.inject(click_update(-450, 66, "Mallory", &data, 77));
     let answers = fake.wait_for("answerCallbackQuery", 2).await;
@@ -462,45 +468,21 @@ offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "
     fake.inject(click_update(-450, 67, "Elena", &data, 1));
     let answers = fake.wait_for("answerCallbackQuery", 3).await;
     assert_eq!(answers[2].params["text"], "It is yours.");
-    let run = t.finished(runs[0].id).await;
+    let run = t.finished(run).await;
     assert_eq!(run.vars["claim"]["name"], "Elena");
 }
 
 #[tokio::test]
 async fn a_cancelled_offer_closes_and_a_later_click_wins_nothing() {
-    let fake = FakeTelegram::start().await;
-    let cfg = ConfigDir::with(&[(
-        "offer.toml",
-        r#"id = "offer"
-on = { webhook = "offer" }
-[[step]]
-offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "take", text = "Take" }] }
-"#,
-    )]);
-    cfg.write("gateway.toml", &gateway(&fake));
-    let t = TestApp::spawn(&cfg).await;
-    let (_, body) = t.post("offer", json!({"chat": -460})).await;
-    let sent = fake.wait_for("sendMessage", 1).await;
-    let data = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
-    eventually(|| async {
-        let rows = t.app.store.outbox_for_run(runs[0].id).await.unwrap();
-        rows.iter().any(|r| r.status == "delivered").then_some(())
-    })
-    .await;
-    let (status, _) = t
-        .post_api(&format!("/api/runs/{}/cancel", runs[0].id))
-        .await;
+    let (fake, _cfg, t, data, run) = posted_offer(-460).await;
+    let (status, _) = t.post_api(&format!("/api/runs/{run}/cancel")).await;
     assert_eq!(status, 200);
     let edits = fake.wait_for("editMessageText", 1).await;
     assert_eq!(edits[0].params["text"], "New deal\n\n⌛");
     fake.inject(click_update(-460, 70, "Elena", &data, 1));
     let answers = fake.wait_for("answerCallbackQuery", 1).await;
     assert_eq!(answers[0].params["text"], "This offer has expired.");
-    let run = t.app.store.run(runs[0].id).await.unwrap().unwrap();
+    let run = t.app.store.run(run).await.unwrap().unwrap();
     assert_eq!(run.status, switchboard::store::RunStatus::Cancelled);
     assert!(run.vars.get("claim").is_none());
 }
