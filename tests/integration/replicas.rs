@@ -583,3 +583,61 @@ async fn a_scenario_switched_off_on_one_replica_is_off_on_all() {
     .await;
     assert!(verdict.contains("disabled"));
 }
+
+const WAITER: &str = r#"id = "waiter"
+on = { webhook = "start" }
+subject = "order:{{ event.id }}"
+[[step]]
+wait = { webhook = "answer", match = "order:{{ event.id }}", timeout = "1h" }
+[[step]]
+http = { post = "{{ event.url }}/resumed/{{ run.reply.event.n }}", attempts = 1000 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_run_is_resumed_once_by_simultaneous_answers_on_three_replicas() {
+    let _heavy = HEAVY.lock().await;
+    let db_url = pg::fresh_db().await;
+    let sink = Sink::start().await;
+    let cfg = ConfigDir::with(&[("waiter.toml", WAITER)]);
+    cfg.write("gateway.toml", GATEWAY);
+    let gws = replicas(&cfg, &db_url, 3).await;
+    let db = pool(&db_url).await;
+    let url = format!("http://{}", sink.addr);
+    gws[0].post("start", json!({"id": 1, "url": url})).await;
+    eventually_within(Duration::from_secs(60), || async {
+        let waiting = scalar(
+            &db,
+            "SELECT count(*) FROM runs WHERE status = 'waiting' AND scenario = 'waiter'",
+        )
+        .await;
+        (waiting == 1).then_some(())
+    })
+    .await;
+    // 50 matching answers at once, spread over the replicas.
+    let urls = Arc::new(gws.iter().map(|g| g.url.clone()).collect::<Vec<_>>());
+    let answers = (0..50).map(|n| json!({"id": 1, "n": n})).collect();
+    post_spread(urls, "answer", answers).await;
+    // Every answer processed, and the run's request settled.
+    eventually_within(Duration::from_secs(60), || async {
+        let pending = scalar(
+            &db,
+            "SELECT count(*) FROM events WHERE source = 'answer' AND status <> 'done'",
+        )
+        .await;
+        let open = scalar(&db, "SELECT count(*) FROM outbox WHERE status = 'pending'").await;
+        let done = scalar(&db, "SELECT count(*) FROM runs WHERE status = 'done'").await;
+        (pending == 0 && open == 0 && done == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM runs").await,
+        1,
+        "no run started"
+    );
+    let resumed: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/resumed/"))
+        .collect();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+}

@@ -83,6 +83,13 @@ impl Engine {
                 let Some(mut run) = tx.load_run(run_id).await? else {
                     continue;
                 };
+                // The run is read under its lock: another replica may have resumed it
+                // between finding the wait and taking the lock.
+                if run.status != RunStatus::Waiting || run.pc != step as i64 {
+                    outcome.push(json!({"scenario": sc.id, "run": run_id,
+                        "verdict": "no waiting run: answered by another event"}));
+                    continue;
+                }
                 if let Some(when) = &w.when {
                     let subject_vars = Map::new();
                     let c = Ctx {
