@@ -55,9 +55,9 @@ impl App {
                 format!("opening the database {}", without_password(&opts.database))
             })?;
         let clock = opts.clock.clone();
-        for (id, on) in store.scenario_states().await? {
+        for (id, on, at) in store.scenario_states().await? {
             if let Some(sc) = cfg.scenario(&id) {
-                sc.set_enabled(on);
+                sc.set_enabled(on, at);
             }
         }
         let (stop, stop_rx) = watch::channel(false);

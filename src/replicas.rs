@@ -48,9 +48,9 @@ pub async fn upkeep(
         // Scenarios an operator switched on or off through another replica.
         match store.scenario_states().await {
             Ok(states) => {
-                for (id, on) in states {
+                for (id, on, at) in states {
                     if let Some(sc) = cfg.scenario(&id) {
-                        sc.set_enabled(on);
+                        sc.set_enabled(on, at);
                     }
                 }
             }

@@ -173,7 +173,7 @@ impl Engine {
                     ))));
                 };
                 tx.set_enabled(scenario, *on, now).await?;
-                after.enable.push((sc, *on));
+                after.enable.push((sc, *on, now));
                 Ok(json!({"scenario": scenario, "enabled": on}))
             }
             AdminOp::SetGlobal(name, value) => {

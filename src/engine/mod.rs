@@ -142,7 +142,8 @@ struct After {
     timers_changed: bool,
     runs: Vec<(i64, String, RunStatus)>,
     replies: Vec<(admin::AdminReply, admin::AdminResult)>,
-    enable: Vec<(Arc<Scenario>, bool)>,
+    /// Scenario switches: on or off, made at (ms).
+    enable: Vec<(Arc<Scenario>, bool, i64)>,
 }
 
 pub struct Engine {
@@ -301,8 +302,8 @@ impl Engine {
         for (run, scenario, status) in &after.runs {
             tracing::info!(target: "journal", run = run, scenario = %scenario, status = status.as_str(), "run");
         }
-        for (sc, on) in after.enable {
-            sc.set_enabled(on);
+        for (sc, on, at) in after.enable {
+            sc.set_enabled(on, at);
         }
         for (reply, result) in after.replies {
             reply.send(result);

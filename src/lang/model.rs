@@ -139,6 +139,8 @@ pub struct Scenario {
     pub file: PathBuf,
     pub description: Option<String>,
     enabled: AtomicBool,
+    /// When the switch last applied was made (ms): an older one read late is ignored.
+    switched_at: std::sync::Mutex<i64>,
     pub trigger: Trigger,
     pub when: Option<Expr>,
     pub subject: Option<Tmpl>,
@@ -171,6 +173,7 @@ impl Scenario {
             file,
             description,
             enabled: AtomicBool::new(enabled),
+            switched_at: std::sync::Mutex::new(i64::MIN),
             trigger,
             when,
             subject,
@@ -185,8 +188,15 @@ impl Scenario {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    pub fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::Relaxed)
+    /// Applies an operator's switch made at `at` (ms), unless a later one is applied
+    /// already: replicas read switches periodically, and a read from before a switch must
+    /// not undo it.
+    pub fn set_enabled(&self, on: bool, at: i64) {
+        let mut last = self.switched_at.lock().expect("not poisoned");
+        if at >= *last {
+            *last = at;
+            self.enabled.store(on, Ordering::Relaxed);
+        }
     }
 }
 

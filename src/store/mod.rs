@@ -370,7 +370,8 @@ pub trait Store: Send + Sync {
     async fn list_waits(&self, limit: i64) -> Result<Vec<WaitRow>>;
     async fn outbox(&self, id: i64) -> Result<Option<OutboxRow>>;
     /// Scenarios an operator switched on or off.
-    async fn scenario_states(&self) -> Result<Vec<(String, bool)>>;
+    /// Operators' switches: scenario, on or off, when (ms).
+    async fn scenario_states(&self) -> Result<Vec<(String, bool, i64)>>;
     async fn setting(&self, name: &str) -> Result<Option<String>>;
     async fn put_setting(&self, name: &str, value: &str) -> Result<()>;
     /// The setting's value; `value` is stored first when there is none, so that replicas

@@ -239,13 +239,19 @@ macro_rules! impl_store {
                     .transpose()
             }
 
-            async fn scenario_states(&self) -> Result<Vec<(String, bool)>> {
-                let rows = sqlx::query("SELECT scenario, enabled FROM scenario_state")
+            async fn scenario_states(&self) -> Result<Vec<(String, bool, i64)>> {
+                let rows = sqlx::query("SELECT scenario, enabled, updated_at FROM scenario_state")
                     .fetch_all(&self.pool)
                     .await?;
                 Ok(rows
                     .iter()
-                    .map(|r| (r.get("scenario"), r.get::<i64, _>("enabled") != 0))
+                    .map(|r| {
+                        (
+                            r.get("scenario"),
+                            r.get::<i64, _>("enabled") != 0,
+                            r.get::<i64, _>("updated_at"),
+                        )
+                    })
                     .collect())
             }
 

@@ -395,7 +395,7 @@ async fn limits_variables_and_settings(s: Arc<dyn Store>) {
     assert_eq!((rating.limited, rating.last_fired), (2, Some(500)));
     assert_eq!(
         s.scenario_states().await.unwrap(),
-        vec![("rating".to_string(), false)]
+        vec![("rating".to_string(), false, 10)]
     );
     assert_eq!(s.setting("link_key").await.unwrap(), None);
     s.put_setting("link_key", "k1").await.unwrap();
