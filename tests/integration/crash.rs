@@ -109,6 +109,8 @@ async fn an_offer_and_an_ask_survive_a_kill_and_nothing_is_sent_twice() {
         .as_str()
         .unwrap()
         .to_string();
+    // The two messages go to two chats at once: either may have been sent first.
+    let message = offer.message_id.unwrap();
     // Let the delivery results (the offer's message id) be committed, then kill.
     let store = SqliteStore::open(&cfg.db()).await.unwrap();
     eventually(|| async {
@@ -119,13 +121,18 @@ async fn an_offer_and_an_ask_survive_a_kill_and_nothing_is_sent_twice() {
     first.kill();
 
     let second = Gateway::start(&cfg).await;
-    fake.inject(click_update(-500, 7, "Ann", &data, 1));
+    fake.inject(click_update(-500, 7, "Ann", &data, message));
     fake.inject(text_update(321, 8, "en", "2."));
     let answers = fake.wait_for("answerCallbackQuery", 1).await;
     assert_eq!(answers[0].params["text"], "It is yours.");
     fake.wait_for("editMessageText", 1).await;
     let sent = fake.wait_for("sendMessage", 4).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Everything the second process had to send is settled: nothing more can go out.
+    eventually(|| async {
+        let c = store.counts().await.unwrap();
+        (c.outbox_by_status.get("pending").copied().unwrap_or(0) == 0).then_some(())
+    })
+    .await;
     second.kill();
     let texts: Vec<_> = fake
         .calls("sendMessage")

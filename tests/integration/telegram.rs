@@ -516,7 +516,7 @@ async fn posted_offer(fake: &FakeTelegram) -> (Vec<String>, i64) {
         .iter()
         .map(|b| b["callback_data"].as_str().unwrap().to_string())
         .collect();
-    (data, 1)
+    (data, sent[0].message_id.unwrap())
 }
 
 async fn contended_clicks(webhook: bool) {
