@@ -69,19 +69,7 @@ async fn main() {
     for k in 0..OFFERS {
         let chat = -(1000 + k as i64);
         t.post("deal", json!({"id": k, "chat": chat})).await;
-        let (data, message) = eventually_within(LONG, || async {
-            fake.calls("sendMessage")
-                .into_iter()
-                .find(|c| c.params["chat_id"] == chat)
-                .map(|c| {
-                    let data = c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
-                        .as_str()
-                        .unwrap()
-                        .to_string();
-                    (data, c.message_id.unwrap())
-                })
-        })
-        .await;
+        let (data, message) = offer_in(&fake, chat).await;
         let before = fake.calls("answerCallbackQuery").len();
         let mut sent_at = HashMap::new();
         let start = Instant::now();
@@ -183,12 +171,9 @@ async fn main() {
     t.app.stop().await;
 }
 
-/// 200 people press Accept on one offer at the same moment: every click must be answered and
-/// exactly one must win. Returns the figures as a line.
-async fn crowd(t: &TestApp, fake: &FakeTelegram, chat: i64, limits: &str) -> String {
-    let (_, posted) = t.post("deal", json!({"id": OFFERS, "chat": chat})).await;
-    let run = t.runs_of(posted["event_id"].as_i64().unwrap()).await[0].id;
-    let (data, message) = eventually_within(LONG, || async {
+/// The accept button's callback data and the message id of the offer posted to `chat`.
+async fn offer_in(fake: &FakeTelegram, chat: i64) -> (String, i64) {
+    eventually_within(LONG, || async {
         fake.calls("sendMessage")
             .into_iter()
             .find(|c| c.params["chat_id"] == chat)
@@ -200,7 +185,15 @@ async fn crowd(t: &TestApp, fake: &FakeTelegram, chat: i64, limits: &str) -> Str
                 (data, c.message_id.unwrap())
             })
     })
-    .await;
+    .await
+}
+
+/// 200 people press Accept on one offer at the same moment: every click must be answered and
+/// exactly one must win. Returns the figures as a line.
+async fn crowd(t: &TestApp, fake: &FakeTelegram, chat: i64, limits: &str) -> String {
+    let (_, posted) = t.post("deal", json!({"id": OFFERS, "chat": chat})).await;
+    let run = t.runs_of(posted["event_id"].as_i64().unwrap()).await[0].id;
+    let (data, message) = offer_in(fake, chat).await;
     let clicks: Vec<_> = (0..CROWD)
         .map(|u| click_update(chat, 20_000 + u, &format!("User{u}"), &data, message))
         .collect();

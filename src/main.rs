@@ -260,7 +260,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         ),
         Command::Journal { database, last } => {
             // A reader: a database that is not there is an error, not a new empty file.
-            if let Some(path) = sqlite_file(&database) {
+            if let Some(path) = switchboard::store::sqlite_file(&database) {
                 if !std::path::Path::new(path).exists() {
                     anyhow::bail!("no database at {path}");
                 }
@@ -307,17 +307,4 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The file of a SQLite database URL (`sqlite://path`, `sqlite:path` or a bare path).
-fn sqlite_file(url: &str) -> Option<&str> {
-    if url.contains("://") && !url.starts_with("sqlite://") {
-        return None;
-    }
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = path.split('?').next().unwrap_or(path);
-    (!path.is_empty() && !path.contains(":memory:")).then_some(path)
 }

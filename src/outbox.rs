@@ -87,6 +87,7 @@ pub async fn worker(
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut conversations: HashMap<String, mpsc::UnboundedSender<(OutboxJob, Outbound)>> =
         HashMap::new();
+    let mut prune_at = 1024;
     while let Some(job) = rx.recv().await {
         if job.row.kind == "http" {
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -118,8 +119,10 @@ pub async fn worker(
             continue;
         };
         let key = format!("{}\u{1f}{conversation}", job.row.channel);
-        if conversations.len() >= 1024 {
+        // Stopped queues are dropped once the map has doubled, not on every job.
+        if conversations.len() >= prune_at {
             conversations.retain(|_, q| !q.is_closed());
+            prune_at = (conversations.len() * 2).max(1024);
         }
         let mut item = (job, op);
         loop {

@@ -24,11 +24,6 @@ use crate::store::Store;
 
 pub use crate::lang::capabilities::{Capabilities, ChoiceLimits, Markup};
 
-/// The capabilities of a configured channel (also when it is off for want of a token).
-pub fn capabilities(ch: &Channel) -> Capabilities {
-    ch.caps
-}
-
 /// A channel type: parses its section of the gateway file and starts its channels.
 pub trait Kind: Sync {
     /// As written in `type = "…"`.
@@ -164,7 +159,7 @@ pub enum Outbound {
 
 impl Outbound {
     pub fn from_json(v: &Json) -> Result<Outbound, SendError> {
-        serde_json::from_value(v.clone()).map_err(|e| SendError {
+        Outbound::deserialize(v).map_err(|e| SendError {
             message: format!("not a channel operation: {e}"),
             retry: false,
         })

@@ -133,7 +133,7 @@ impl Gateway {
         let mut names: Vec<&String> = self
             .channels
             .iter()
-            .filter(|(_, c)| crate::channels::capabilities(c).replies)
+            .filter(|(_, c)| c.caps.replies)
             .map(|(n, _)| n)
             .collect();
         names.sort();

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{file_of as sqlite_file, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -30,17 +30,26 @@ pub struct SqliteStore {
     _writer: Option<Arc<std::fs::File>>,
 }
 
-/// Takes the writer's lock of a SQLite database (`<file>.lock` beside it): the ids of new
-/// rows are handed out in memory, so two gateways on one file would collide.
-pub fn writer_lock(url: &str) -> Result<Option<std::fs::File>> {
+/// The file of a SQLite database URL (`sqlite://path`, `sqlite:path` or a bare path);
+/// `None` for an in-memory database or another kind of URL.
+pub fn file_of(url: &str) -> Option<&str> {
+    if url.contains("://") && !url.starts_with("sqlite://") {
+        return None;
+    }
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
     let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path.contains(":memory:") {
+    (!path.is_empty() && !path.contains(":memory:")).then_some(path)
+}
+
+/// Takes the writer's lock of a SQLite database (`<file>.lock` beside it): the ids of new
+/// rows are handed out in memory, so two gateways on one file would collide.
+pub fn writer_lock(url: &str) -> Result<Option<std::fs::File>> {
+    let Some(path) = file_of(url) else {
         return Ok(None);
-    }
+    };
     let lock_path = format!("{path}.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -226,24 +226,8 @@ send = { to = "tg:{{ event.chat }}", template = "<blink>{{ event.text }}</blink>
 
 #[tokio::test]
 async fn a_click_on_a_taken_offer_is_answered_in_the_clickers_language() {
-    let fake = FakeTelegram::start().await;
-    let cfg = ConfigDir::with(&[(
-        "offer.toml",
-        r#"id = "offer"
-on = { webhook = "offer" }
-[[step]]
-offer = { to = "tg:{{ event.chat }}", template = "New deal", buttons = [{ id = "take", text = "Take" }] }
-"#,
-    )]);
-    cfg.write("gateway.toml", &gateway(&fake));
-    let t = TestApp::spawn(&cfg).await;
-    t.post("offer", json!({"chat": -400})).await;
-    let sent = fake.wait_for("sendMessage", 1).await;
-    let data = sent[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let message = 1;
+    let (fake, _cfg, _t, data, _) = posted_offer(-400).await;
+    let message = fake.calls("sendMessage")[0].message_id.unwrap();
     fake.inject(click_update(-400, 1, "Elena", &data, message));
     let answers = fake.wait_for("answerCallbackQuery", 1).await;
     assert_eq!(answers[0].params["text"], "It is yours.");

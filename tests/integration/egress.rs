@@ -116,3 +116,30 @@ async fn a_response_over_the_cap_fails_the_request() {
     assert_eq!(attempts, 1);
     assert!(error.contains("response over 1048576 bytes"), "{error}");
 }
+
+#[tokio::test]
+async fn an_allowed_host_name_is_reached_whatever_it_resolves_to() {
+    let (addr, hits) = receiver().await;
+    let cfg = ConfigDir::with(&[("call.toml", CALL)]);
+    cfg.write(
+        "gateway.toml",
+        "[defaults]\nretry_delay = \"20ms\"\n\n[http]\nallow = [\"localhost\"]\n",
+    );
+    let t = TestApp::spawn(&cfg).await;
+    let (_, body) = t
+        .post(
+            "call",
+            json!({"url": format!("http://localhost:{}/target", addr.port())}),
+        )
+        .await;
+    let runs = t.runs_of(body["event_id"].as_i64().unwrap()).await;
+    let run = t.finished(runs[0].id).await;
+    assert_eq!(run.vars["http"]["status"], 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // The name is allowed, not its address.
+    let (_, body) = t
+        .post("call", json!({"url": format!("http://{addr}/target")}))
+        .await;
+    let (_, error) = failed_request(&t, &body).await;
+    assert!(error.contains("loopback"), "{error}");
+}

@@ -487,7 +487,7 @@ impl Engine {
             .gateway
             .channels
             .get(channel)
-            .map(|c| crate::channels::capabilities(c).markup)
+            .map(|c| c.caps.markup)
             .unwrap_or(Markup::Plain)
     }
 

@@ -278,6 +278,8 @@ edit = { to = "tg:{{ event.chat.id }}", message = "{{ event.message }}", templat
 on = { click = "log" }
 [[step]]
 edit = { message = "nothing", template = "Done" }
+[[step]]
+edit = { to = "log:x", message = "1", template = "Done" }
 "#,
         )
         .join("\n");
@@ -287,6 +289,10 @@ edit = { message = "nothing", template = "Done" }
         );
         assert!(
             all.contains("4:20: no `send` in this scenario saves 'nothing'"),
+            "{all}"
+        );
+        assert!(
+            all.contains("6:8: channel 'log' (log) cannot edit messages"),
             "{all}"
         );
     }
