@@ -29,6 +29,8 @@ pub trait LinkSigner: Send + Sync {
 
 /// Marks the name of a template rendered as HTML.
 const HTML_MARK: &str = "\u{0}html\u{0}";
+/// Marks the name of a template rendered in WhatsApp's formatting.
+const WHATSAPP_MARK: &str = "\u{0}whatsapp\u{0}";
 
 /// How a channel marks up rich text. Operator-written templates may use it; values
 /// interpolated from events and variables are escaped for it.
@@ -36,6 +38,8 @@ const HTML_MARK: &str = "\u{0}html\u{0}";
 pub enum Markup {
     /// Telegram's HTML subset.
     Html,
+    /// WhatsApp's `*bold*`, `_italic_`, `~strike~` and `` `code` ``.
+    WhatsApp,
     Plain,
 }
 
@@ -53,6 +57,19 @@ impl Markup {
                         '"' => out.push_str("&quot;"),
                         c => out.push(c),
                     }
+                }
+                out
+            }
+            // WhatsApp has no escape character. Its markers only count at a word's edge, so
+            // a word joiner before each one in the data keeps it from opening or closing a
+            // span, and the text still reads the same.
+            Markup::WhatsApp => {
+                let mut out = String::with_capacity(s.len());
+                for c in s.chars() {
+                    if matches!(c, '*' | '_' | '~' | '`' | '>') {
+                        out.push('\u{2060}');
+                    }
+                    out.push(c);
                 }
                 out
             }
@@ -107,27 +124,35 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         // Message texts for a channel with markup are rendered under a marked name: their
         // interpolated values are escaped for the markup, their literal text is not.
-        env.set_auto_escape_callback(|name| match name.strip_prefix(HTML_MARK) {
-            Some(_) => minijinja::AutoEscape::Custom("html"),
-            None => minijinja::AutoEscape::None,
-        });
-        env.set_formatter(|out, state, value| match state.auto_escape() {
-            minijinja::AutoEscape::Custom("html") => {
-                if value.is_undefined() {
-                    Ok(())
-                } else if value.is_safe() {
-                    Ok(write!(out, "{value}")?)
-                } else {
-                    Ok(out.write_str(&Markup::Html.escape(&value.to_string()))?)
-                }
+        env.set_auto_escape_callback(|name| {
+            if name.starts_with(HTML_MARK) {
+                minijinja::AutoEscape::Custom("html")
+            } else if name.starts_with(WHATSAPP_MARK) {
+                minijinja::AutoEscape::Custom("whatsapp")
+            } else {
+                minijinja::AutoEscape::None
             }
-            _ => minijinja::escape_formatter(out, state, value),
+        });
+        env.set_formatter(|out, state, value| {
+            let markup = match state.auto_escape() {
+                minijinja::AutoEscape::Custom("html") => Markup::Html,
+                minijinja::AutoEscape::Custom("whatsapp") => Markup::WhatsApp,
+                _ => return minijinja::escape_formatter(out, state, value),
+            };
+            if value.is_undefined() {
+                Ok(())
+            } else if value.is_safe() {
+                Ok(write!(out, "{value}")?)
+            } else {
+                Ok(out.write_str(&markup.escape(&value.to_string()))?)
+            }
         });
         // Templates are registered by their own source text: the loader hands the name back
         // and MiniJinja compiles and caches it on first use.
         env.set_loader(|name| {
+            let src = name.strip_prefix(HTML_MARK).unwrap_or(name);
             Ok(Some(
-                name.strip_prefix(HTML_MARK).unwrap_or(name).to_string(),
+                src.strip_prefix(WHATSAPP_MARK).unwrap_or(src).to_string(),
             ))
         });
         env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
@@ -308,6 +333,9 @@ impl Tmpl {
             (Tmpl::Dyn { src, env }, Markup::Html) => Ok(env
                 .get_template(&format!("{HTML_MARK}{src}"))?
                 .render(ctx)?),
+            (Tmpl::Dyn { src, env }, Markup::WhatsApp) => Ok(env
+                .get_template(&format!("{WHATSAPP_MARK}{src}"))?
+                .render(ctx)?),
             _ => self.render(ctx),
         }
     }
@@ -428,6 +456,18 @@ mod tests {
             tmpl.render(&c).unwrap(),
             "<b>R&D <Ltd> \"Q\" 5 > 3</b> 5 <i>x</i>"
         );
+    }
+
+    #[test]
+    fn whatsapp_texts_keep_data_from_forming_markers() {
+        let t = Templates::new(10_000);
+        let tmpl = t.tmpl("*{{ event.name }}* {{ event.n }}").unwrap();
+        let c = ctx(json!({"event": {"name": "_VIP_ *Ada*", "n": 5}}));
+        assert_eq!(
+            tmpl.render_in(&c, Markup::WhatsApp).unwrap(),
+            "*\u{2060}_VIP\u{2060}_ \u{2060}*Ada\u{2060}** 5"
+        );
+        assert_eq!(Markup::WhatsApp.escape("a_b"), "a\u{2060}_b");
     }
 
     #[test]

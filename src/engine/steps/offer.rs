@@ -210,6 +210,7 @@ impl Engine {
         let name = markup.escape(claim["name"].as_str().unwrap_or(""));
         let default = || match markup {
             crate::channels::Markup::Html => format!("{}\n\n✅ <b>{name}</b>", offer.text),
+            crate::channels::Markup::WhatsApp => format!("{}\n\n✅ *{name}*", offer.text),
             crate::channels::Markup::Plain => format!("{}\n\n✅ {name}", offer.text),
         };
         match &spec.taken {
