@@ -120,6 +120,39 @@ impl<'a> Section<'a> {
         out
     }
 
+    /// A table of rates, e.g. `limits = { chat = "1/1s", bot = "30/1s" }`: one per name in
+    /// `defaults` (its default when not given); bad and unknown ones are reported.
+    pub fn rates(
+        &self,
+        key: &str,
+        defaults: &[(&str, (u32, std::time::Duration))],
+        cx: &mut dyn SectionCx,
+    ) -> Vec<(u32, std::time::Duration)> {
+        let given = self.texts(key, cx);
+        let names: Vec<&str> = defaults.iter().map(|(n, _)| *n).collect();
+        for (k, v) in &given {
+            if !names.contains(&k.as_str()) {
+                cx.err(
+                    v.span(),
+                    format!("unknown limit '{k}' ({})", names.join(", ")),
+                );
+            }
+        }
+        defaults
+            .iter()
+            .map(|(name, dflt)| match given.get(*name) {
+                None => *dflt,
+                Some(v) => super::compile::values::parse_rate(v.get()).unwrap_or_else(|| {
+                    cx.err(
+                        v.span(),
+                        format!("{name} limit must look like 1/1s or 20/1m"),
+                    );
+                    *dflt
+                }),
+            })
+            .collect()
+    }
+
     /// Reports the keys no one read.
     pub fn finish(&self, kind: &str, cx: &mut dyn SectionCx) {
         let read = self.read.borrow();

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lang::channel::{Channel, Section, SectionCx};
-use crate::lang::compile::values::parse_rate;
 use crate::lang::model::Secret;
 
 #[derive(Clone)]
@@ -75,25 +74,16 @@ pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
             "webhook mode needs `webhook_secret` (1-256 of A-Z a-z 0-9 _ -)".into(),
         );
     }
-    let limits = section.texts("limits", cx);
-    let mut limit = |key: &str, dflt: (u32, Duration)| match limits.get(key) {
-        None => dflt,
-        Some(v) => parse_rate(v.get()).unwrap_or_else(|| {
-            cx.err(
-                v.span(),
-                format!("{key} limit must look like 1/1s or 20/1m"),
-            );
-            dflt
-        }),
-    };
-    let per_chat = limit("chat", (1, Duration::from_secs(1)));
-    let per_group = limit("group", (20, Duration::from_secs(60)));
-    let per_bot = limit("bot", (30, Duration::from_secs(1)));
-    for (k, v) in &limits {
-        if !["chat", "group", "bot"].contains(&k.as_str()) {
-            cx.err(v.span(), format!("unknown limit '{k}' (chat, group, bot)"));
-        }
-    }
+    let limits = section.rates(
+        "limits",
+        &[
+            ("chat", (1, Duration::from_secs(1))),
+            ("group", (20, Duration::from_secs(60))),
+            ("bot", (30, Duration::from_secs(1))),
+        ],
+        cx,
+    );
+    let (per_chat, per_group, per_bot) = (limits[0], limits[1], limits[2]);
     section.finish("telegram", cx);
     let token = token?;
     // A channel without a token stays off (the examples ship one like that).
