@@ -98,6 +98,16 @@ impl Config {
             .map(|&i| &self.scenarios[i])
     }
 
+    /// Scenarios started by delivery statuses on a channel.
+    pub fn scenarios_for_status<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Scenario>> {
+        self.scenarios
+            .iter()
+            .filter(move |sc| matches!(&sc.trigger, Trigger::Status(c) if c == channel))
+    }
+
     pub fn scenario(&self, id: &str) -> Option<&Arc<Scenario>> {
         self.by_id.get(id).map(|&i| &self.scenarios[i])
     }

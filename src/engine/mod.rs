@@ -361,6 +361,7 @@ impl Engine {
         let scenarios: Vec<Arc<Scenario>> = match ev.kind.as_str() {
             "webhook" => cfg.scenarios_for_hook(&ev.source).cloned().collect(),
             "message" => cfg.scenarios_for_messages(&ev.source).cloned().collect(),
+            "status" => cfg.scenarios_for_status(&ev.source).cloned().collect(),
             _ => cfg.scenario(&ev.source).cloned().into_iter().collect(),
         };
         if scenarios.is_empty() {

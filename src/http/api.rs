@@ -411,6 +411,7 @@ pub(super) async fn scenarios(st: &AppState) -> Result<Vec<ScenarioView>, ApiErr
                 Trigger::Call => "call".into(),
                 Trigger::Link => "link".into(),
                 Trigger::Message(c) => format!("message:{c}"),
+                Trigger::Status(c) => format!("status:{c}"),
                 Trigger::Click { channel, button } => match button {
                     Some(b) => format!("click:{channel}:{b}"),
                     None => format!("click:{channel}"),

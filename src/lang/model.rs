@@ -216,6 +216,8 @@ pub enum Trigger {
         channel: String,
         button: Option<String>,
     },
+    /// Delivery statuses of messages sent on a channel.
+    Status(String),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -213,6 +213,9 @@ pub struct TriggerDef {
     /// `click = "tg"` (with `button = "ack"`: only that button).
     pub click: Option<Sp<String>>,
     pub button: Option<Sp<String>>,
+    /// Started by delivery statuses of messages sent on a channel (`sent`, `delivered`,
+    /// `read`, `failed`), e.g. `status = "wa"`.
+    pub status: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -45,6 +45,7 @@ pub(super) fn compile_scenario(
         on.link == Some(true),
         on.message.is_some(),
         on.click.is_some(),
+        on.status.is_some(),
     ];
     if let (Some(b), None) = (&on.button, &on.click) {
         cx.err(b.span(), "`button` belongs to a `click` trigger");
@@ -124,6 +125,14 @@ pub(super) fn compile_scenario(
                         None
                     }
                 }
+            } else if let Some(ch) = &on.status {
+                match gw.channels.get(ch.get()) {
+                    Some(_) => Some(Trigger::Status(ch.get().clone())),
+                    None => {
+                        cx.err(ch.span(), format!("unknown channel '{}'", ch.get()));
+                        None
+                    }
+                }
             } else {
                 Some(Trigger::Call)
             }
@@ -131,7 +140,7 @@ pub(super) fn compile_scenario(
         _ => {
             cx.err(
                 raw.on.span(),
-                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true, message = \"channel\", click = \"channel\"",
+                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true, message = \"channel\", click = \"channel\", status = \"channel\"",
             );
             None
         }
