@@ -7,6 +7,7 @@ pub mod leader;
 pub mod log;
 pub mod pacing;
 pub mod telegram;
+pub mod whatsapp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub trait Kind: Sync {
 }
 
 /// Every channel type. A new platform is a folder beside `telegram/` and one line here.
-pub static REGISTRY: &[&dyn Kind] = &[&log::Kind, &telegram::Kind];
+pub static REGISTRY: &[&dyn Kind] = &[&log::Kind, &telegram::Kind, &whatsapp::Kind];
 
 /// The registry as the scenario language sees it.
 pub struct Registry;
@@ -355,7 +356,7 @@ mod tests {
         assert_eq!(
             all,
             vec![
-                "8:8: unknown channel type 'fax' (supported: log, telegram)",
+                "8:8: unknown channel type 'fax' (supported: log, telegram, whatsapp)",
                 "4:8: unknown mode 'hook' (polling or webhook)",
                 "5:8: unknown key `tokn` in a telegram channel (it takes: api_url, limits, mode, token, webhook_secret)",
             ]

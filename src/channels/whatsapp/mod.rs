@@ -1,0 +1,285 @@
+//! WhatsApp through the Cloud API (Graph API over HTTPS): the channel operations as message
+//! payloads — text in WhatsApp's formatting, reply buttons or a list for choices, files by
+//! URL, a template outside the 24-hour window — paced per number and per customer, and
+//! Meta's signed webhooks turned into `message`, `click` and `status` events.
+
+pub mod config;
+mod inbound;
+pub mod outbound;
+mod webhook;
+mod window;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+use tokio::task::JoinHandle;
+
+pub use config::WhatsAppChannel;
+pub use inbound::normalize;
+pub use webhook::signature_ok;
+
+use super::pacing::{spacing, Pacer};
+use super::{
+    Adapter, Capabilities, ChoiceLimits, Context, Delivered, Markup, OutMessage, Outbound,
+    SendError,
+};
+use crate::clock::Clock;
+use crate::engine::ingest::Ingest;
+use outbound::{permanent, recipient, Refusal};
+use window::{Open, Window};
+
+/// How often one message is paused for a throughput limit before the outbox takes over.
+const MAX_PAUSES: u32 = 5;
+
+/// WhatsApp: its own formatting, up to 3 reply buttons with titles of 20 characters (longer
+/// lists of reply texts go as a list message), files by URL. No edits, no click answers,
+/// no URL buttons (links are written into the text).
+pub const CAPABILITIES: Capabilities = Capabilities {
+    replies: true,
+    choices: Some(ChoiceLimits {
+        max: outbound::MAX_BUTTONS,
+        label_max: Some(outbound::BUTTON_TITLE_MAX),
+        data_max: 256,
+    }),
+    keyboard: true,
+    links: false,
+    edits: false,
+    answers: false,
+    attachments: true,
+    markup: Markup::WhatsApp,
+};
+
+pub struct WhatsApp {
+    pub name: String,
+    pub cfg: WhatsAppChannel,
+    http: reqwest::Client,
+    pacer: Pacer,
+    window: Window,
+    status: Mutex<String>,
+}
+
+impl WhatsApp {
+    pub fn new(
+        name: &str,
+        cfg: &WhatsAppChannel,
+        shared: Option<Arc<dyn crate::store::Store>>,
+    ) -> WhatsApp {
+        WhatsApp {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            pacer: Pacer::new(&format!("wa:{name}"), cfg.per_number, shared),
+            window: Window::new(name),
+            status: Mutex::new("starting".into()),
+        }
+    }
+
+    fn messages_url(&self) -> String {
+        format!(
+            "{}/{}/{}/messages",
+            self.cfg.api_url.as_str().trim_end_matches('/'),
+            self.cfg.api_version,
+            self.cfg.phone_number_id
+        )
+    }
+
+    /// One payload to Meta; the sent message's wamid.
+    async fn post(&self, payload: &Json) -> Result<String, Refusal> {
+        let sent = self
+            .http
+            .post(self.messages_url())
+            .bearer_auth(&self.cfg.token.0)
+            .json(payload)
+            .send()
+            .await;
+        let resp = sent.map_err(|e| {
+            Refusal::Failed(SendError {
+                message: format!("whatsapp: {}", e.without_url()),
+                retry: true,
+            })
+        })?;
+        let status = resp.status().as_u16();
+        let body: Json = resp.json().await.unwrap_or(Json::Null);
+        if (200..300).contains(&status) {
+            return body["messages"][0]["id"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Refusal::Failed(permanent(format!(
+                        "whatsapp {status}: the answer names no message id: {body}"
+                    )))
+                });
+        }
+        Err(outbound::refusal(
+            status,
+            &body,
+            spacing(self.cfg.per_customer),
+        ))
+    }
+
+    /// One message to a customer at their pace and the number's; a throughput refusal holds
+    /// the customer and tries again.
+    async fn paced(&self, to: &str, payload: &Json) -> Result<String, SendError> {
+        let pace = spacing(self.cfg.per_customer);
+        let mut pauses = 0;
+        loop {
+            self.pacer.wait_turn(to, pace).await;
+            let sent = self.post(payload).await;
+            self.pacer.done(to);
+            match sent {
+                Ok(wamid) => return Ok(wamid),
+                Err(Refusal::Pause { code, for_ }) => {
+                    metrics::counter!("switchboard_platform_errors_total",
+                        "channel" => self.name.clone(), "code" => code.to_string())
+                    .increment(1);
+                    if pauses >= MAX_PAUSES {
+                        return Err(SendError {
+                            message: format!(
+                                "whatsapp: still over a throughput limit ({code}) after {MAX_PAUSES} pauses"
+                            ),
+                            retry: true,
+                        });
+                    }
+                    pauses += 1;
+                    self.pacer.hold(to, pace, for_);
+                }
+                Err(Refusal::Failed(e)) => {
+                    metrics::counter!("switchboard_platform_errors_total",
+                        "channel" => self.name.clone(), "code" => if e.retry { "retry" } else { "permanent" })
+                    .increment(1);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A new message: free-form inside the customer's window, else the channel's template.
+    async fn send(&self, m: &OutMessage) -> Result<Delivered, SendError> {
+        let to = recipient(&m.to)?;
+        let open = self.window.open(&to).await.map_err(|e| SendError {
+            message: format!("whatsapp: {e}"),
+            retry: true,
+        })?;
+        let (payload, sent_as) = match (open, &self.cfg.window_template) {
+            (Open::Yes, _) => (outbound::message(&to, m)?, "message"),
+            (Open::No(_), Some(t)) => (outbound::template(&to, t, m), "template"),
+            (Open::No(last), None) => {
+                let last = match last {
+                    Some(t) => format!("last wrote at {}", crate::clock::rfc3339(t)),
+                    None => "has never written to this number".to_string(),
+                };
+                return Err(permanent(format!(
+                    "outside WhatsApp's 24-hour window: +{to} {last}, and channel '{}' has no window_template to send instead",
+                    self.name
+                )));
+            }
+        };
+        let wamid = self.paced(&to, &payload).await?;
+        let mut files = Vec::new();
+        for a in &m.attachments {
+            // The text went out: trying the whole message again would repeat it.
+            let file = self
+                .paced(&to, &outbound::media(&to, &a.url))
+                .await
+                .map_err(|e| {
+                    permanent(format!(
+                        "the message was sent; attachment {} failed: {}",
+                        a.url, e.message
+                    ))
+                })?;
+            files.push(file);
+        }
+        Ok(Delivered {
+            message: Some(wamid.clone()),
+            detail: json!({"channel": self.name, "to": format!("+{to}"), "wamid": wamid,
+                "sent_as": sent_as, "attachments": files}),
+        })
+    }
+
+    pub fn set_status(&self, s: &str) {
+        *self.status.lock().expect("not poisoned") = s.to_string();
+    }
+}
+
+#[async_trait::async_trait]
+impl Adapter for WhatsApp {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn status(&self) -> (String, bool) {
+        let s = self.status.lock().expect("not poisoned").clone();
+        let ok = s == "ok";
+        (s, ok)
+    }
+
+    async fn deliver(&self, op: &Outbound) -> Result<Delivered, SendError> {
+        match op {
+            Outbound::Send(m) => self.send(m).await,
+            // WhatsApp cannot answer a press or change a sent message's buttons: an old
+            // button pressed later is refused by the engine, as on any channel.
+            Outbound::Answer(_) => Ok(Delivered {
+                message: None,
+                detail: json!({"channel": self.name, "skipped": "WhatsApp has no click answers"}),
+            }),
+            Outbound::Edit(e) => match &e.text {
+                None => Ok(Delivered {
+                    message: Some(e.message.clone()),
+                    detail: json!({"channel": self.name,
+                        "skipped": "WhatsApp cannot change a sent message's buttons"}),
+                }),
+                // A new text goes as a new message quoting the old one.
+                Some(text) => {
+                    self.send(&OutMessage {
+                        to: e.to.clone(),
+                        text: text.clone(),
+                        reply_to: (!e.message.is_empty()).then(|| e.message.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                }
+            },
+        }
+    }
+
+    fn routes(self: Arc<Self>, ingest: Ingest, clock: Clock) -> Option<axum::Router> {
+        Some(webhook::router(self, ingest, clock))
+    }
+
+    fn start(self: Arc<Self>, cx: &Context) -> Vec<JoinHandle<()>> {
+        self.window.attach(cx.store.clone(), cx.clock.clone());
+        self.set_status("ok");
+        Vec::new()
+    }
+}
+
+/// The `whatsapp` channel type.
+pub struct Kind;
+
+impl super::Kind for Kind {
+    fn name(&self) -> &'static str {
+        "whatsapp"
+    }
+
+    fn parse(
+        &self,
+        section: &crate::lang::channel::Section,
+        cx: &mut dyn crate::lang::channel::SectionCx,
+    ) -> Option<crate::lang::channel::Channel> {
+        config::parse(section, cx)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        ch: &crate::lang::channel::Channel,
+        shared: Option<Arc<dyn crate::store::Store>>,
+    ) -> Option<Arc<dyn Adapter>> {
+        let cfg = ch.settings::<WhatsAppChannel>()?;
+        Some(Arc::new(WhatsApp::new(name, cfg, shared)))
+    }
+}
