@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use switchboard::app::{App, Options};
 use switchboard::clock::Clock;
-use switchboard::store::{RunRow, RunStatus};
+use switchboard::store::{EventFilter, EventRow, OutboxRow, RunFilter, RunRow, RunStatus};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -229,6 +229,74 @@ impl TestApp {
     pub fn advance(&self, by: Duration) {
         self.app.clock.advance(by)
     }
+
+    /// `GET /readyz` on the public listener.
+    pub async fn readyz(&self) -> Value {
+        self.http
+            .get(format!("{}/readyz", self.app.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// The channel's events, newest first, once the event whose `meta[key]` is `id` and every
+/// event stored before it have been processed.
+pub async fn processed_through(
+    t: &TestApp,
+    channel: &str,
+    key: &str,
+    id: impl Into<Value>,
+) -> Vec<EventRow> {
+    let id = id.into();
+    eventually(|| async {
+        let events = t
+            .app
+            .store
+            .list_events(&EventFilter {
+                source: Some(channel.into()),
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ev = events.iter().find(|e| e.meta[key] == id)?;
+        let done = ev.status == "done"
+            && events
+                .iter()
+                .filter(|e| e.id < ev.id)
+                .all(|e| e.status != "pending");
+        done.then_some(events)
+    })
+    .await
+}
+
+/// The ids of a scenario's runs, newest first.
+pub async fn runs_of_scenario(t: &TestApp, scenario: &str) -> Vec<i64> {
+    t.app
+        .store
+        .list_runs(&RunFilter {
+            scenario: Some(scenario.into()),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+/// The run's outbox rows once each has been delivered or given up on.
+pub async fn settled_outbox(t: &TestApp, run: i64) -> Vec<OutboxRow> {
+    eventually(|| async {
+        let rows = t.app.store.outbox_for_run(run).await.unwrap();
+        rows.iter().all(|o| o.status != "pending").then_some(rows)
+    })
+    .await
 }
 
 /// Polls until `f` yields a value; gives up (panics) after 20 s so no test hangs.

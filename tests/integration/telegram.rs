@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard::store::{EventFilter, EventRow, OutboxRow, RunFilter, RunStatus};
+use switchboard::store::{EventRow, RunStatus};
 
 use crate::fake_telegram::{text_update, FakeTelegram, TOKEN};
 use crate::support::*;
@@ -29,21 +29,6 @@ fn gateway(fake: &FakeTelegram, extra: &str) -> String {
     )
 }
 
-async fn echo_runs(t: &TestApp) -> Vec<i64> {
-    t.app
-        .store
-        .list_runs(&RunFilter {
-            scenario: Some("echo".into()),
-            limit: 500,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id)
-        .collect()
-}
-
 #[tokio::test]
 async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_offset() {
     let fake = FakeTelegram::start().await;
@@ -57,15 +42,7 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
     assert_eq!(sent[0].params["text"], "echo: <b>hello</b> (ru)");
     assert_eq!(sent[0].params["parse_mode"], "HTML");
     assert!(!fake.calls("deleteWebhook").is_empty());
-    let ready: serde_json::Value = t
-        .http
-        .get(format!("{}/readyz", t.app.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = t.readyz().await;
     assert_eq!(
         (ready["channels"]["tg"].as_str(), ready["ready"].as_bool()),
         (Some("ok"), Some(true))
@@ -84,9 +61,9 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
     // The repeated update, had it been stored, came before the second one: once the engine
     // is through the second, every run has started, and once their messages are delivered,
     // none goes out again.
-    let events = processed_through(&t, "tg", second).await;
+    let events = processed_through(&t, "tg", "update_id", second).await;
     assert_eq!(events.len(), 2, "the repeated update is stored once");
-    let runs = echo_runs(&t).await;
+    let runs = runs_of_scenario(&t, "echo").await;
     assert_eq!(runs.len(), 2);
     for run in runs {
         settled_outbox(&t, run).await;
@@ -106,13 +83,13 @@ async fn polled_messages_start_runs_once_and_polling_resumes_from_the_stored_off
     assert_eq!(polls[polls_before].params["offset"], second + 1);
     let third = fake.inject(text_update(502, 9, "pl", "after"));
     fake.wait_for("sendMessage", 3).await;
-    let events = processed_through(&t, "tg", third).await;
+    let events = processed_through(&t, "tg", "update_id", third).await;
     assert_eq!(
         events.len(),
         3,
         "no update is stored again after the restart"
     );
-    let runs = echo_runs(&t).await;
+    let runs = runs_of_scenario(&t, "echo").await;
     assert_eq!(runs.len(), 3);
     for run in runs {
         settled_outbox(&t, run).await;
@@ -176,9 +153,9 @@ async fn webhook_mode_checks_the_secret_and_stores_updates() {
     assert_eq!(sent[0].params["text"], "echo: <b>via webhook</b> (en)");
     // Each post was answered once its update was stored: when that event is processed, every
     // run the two posts could start has started.
-    let events = processed_through(&t, "tg", 77).await;
+    let events = processed_through(&t, "tg", "update_id", 77).await;
     assert_eq!(events.len(), 1, "the repeated update is stored once");
-    assert_eq!(echo_runs(&t).await.len(), 1);
+    assert_eq!(runs_of_scenario(&t, "echo").await.len(), 1);
     let r = t
         .http
         .post(format!("{}/telegram/other", t.app.url()))
@@ -441,7 +418,7 @@ async fn replies_go_to_the_oldest_asking_run_of_that_chat() {
     ];
     for (n, (reply, _)) in replies.iter().enumerate() {
         let update = fake.inject(text_update(304, 6, "en", reply));
-        let events = processed_through(&t, "tg", update).await;
+        let events = processed_through(&t, "tg", "update_id", update).await;
         let verdict = &update_event(&events, update).outcome.as_ref().unwrap()[0];
         assert_eq!(verdict["verdict"], "answered an ask", "{verdict}");
         assert_eq!(verdict["run"], runs[n], "reply {reply:?}");
@@ -462,7 +439,7 @@ async fn replies_go_to_the_oldest_asking_run_of_that_chat() {
     assert_eq!(texts, want);
 
     // The message from a chat nobody asked went nowhere.
-    let events = processed_through(&t, "tg", elsewhere).await;
+    let events = processed_through(&t, "tg", "update_id", elsewhere).await;
     assert_eq!(
         update_event(&events, elsewhere).outcome,
         Some(json!([{"verdict": "no scenario listens to this event"}]))
@@ -580,7 +557,7 @@ async fn contended_clicks(webhook: bool) {
         fake.inject(marker)
     };
     fake.wait_for("answerCallbackQuery", 200).await;
-    let events = processed_through(&t, "tg", marker).await;
+    let events = processed_through(&t, "tg", "update_id", marker).await;
     assert_eq!(
         events.iter().filter(|e| e.kind == "click").count(),
         200,
@@ -661,7 +638,7 @@ async fn staff_only_offers_refuse_others_and_decline_keeps_them_open() {
             *answer,
         ));
         let update = fake.inject(u);
-        processed_through(&t, "tg", update).await;
+        processed_through(&t, "tg", "update_id", update).await;
     }
     let answer_of = |answers: &[crate::fake_telegram::Call], id: &str| {
         answers
@@ -924,44 +901,10 @@ async fn an_offer_that_times_out_before_its_message_is_sent_is_closed_once_it_is
     assert!(edits[0].params["message_id"].as_i64().is_some());
 }
 
-/// The channel's events, newest first, once the event of this update and every event stored
-/// before it have been processed.
-async fn processed_through(t: &TestApp, channel: &str, update_id: i64) -> Vec<EventRow> {
-    eventually(|| async {
-        let events = t
-            .app
-            .store
-            .list_events(&EventFilter {
-                source: Some(channel.into()),
-                limit: 500,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let ev = events.iter().find(|e| e.meta["update_id"] == update_id)?;
-        let done = ev.status == "done"
-            && events
-                .iter()
-                .filter(|e| e.id < ev.id)
-                .all(|e| e.status != "pending");
-        done.then_some(events)
-    })
-    .await
-}
-
 /// The event of an update among the channel's events.
 fn update_event(events: &[EventRow], update_id: i64) -> &EventRow {
     events
         .iter()
         .find(|e| e.meta["update_id"] == update_id)
         .unwrap_or_else(|| panic!("no event for update {update_id}"))
-}
-
-/// The run's outbox rows once each has been delivered or given up on.
-async fn settled_outbox(t: &TestApp, run: i64) -> Vec<OutboxRow> {
-    eventually(|| async {
-        let rows = t.app.store.outbox_for_run(run).await.unwrap();
-        rows.iter().all(|o| o.status != "pending").then_some(rows)
-    })
-    .await
 }

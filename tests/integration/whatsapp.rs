@@ -1,0 +1,459 @@
+//! WhatsApp through the Cloud API against the fake Graph API: the webhook handshake and
+//! signatures, deliveries stored once per wamid, asks answered by a press or a typed digit,
+//! the 24-hour window, statuses as events, limits and order per customer, and `check`.
+
+use serde_json::{json, Value};
+use switchboard::store::{EventFilter, EventRow, OutboxRow, RunStatus};
+
+use crate::fake_whatsapp::{envelope, sign, FakeWhatsApp, Script, APP_SECRET, VERIFY_TOKEN};
+use crate::support::*;
+
+const ECHO: &str = r#"id = "echo"
+on = { message = "wa" }
+[[step]]
+send = { to = "wa:{{ event.chat.id }}", template = "echo: *{{ event.text }}* to {{ event.from.name }}", reply_to = "{{ event.message }}" }
+"#;
+
+const CONFIRM: &str = r#"id = "confirm"
+on = { webhook = "booked" }
+subject = "appointment:{{ event.id }}"
+[[step]]
+ask = { to = "wa:{{ event.phone }}", template = "Reply 1 to confirm, 2 to reschedule, 3 to cancel", retry_text = "confirm-only-digit", choices = ["1", "2", "3"], buttons = "inline", retries = 2, timeout = "24h" }
+branch = { exhausted = "handover", timeout = "handover" }
+[[step]]
+send = { to = "wa:{{ event.phone }}", template = "got {{ run.answer.value }} after {{ run.answer.attempts }}" }
+stop = true
+[[step]]
+label = "handover"
+send = { to = "ops:-", template = "handover {{ event.id }}" }
+"#;
+
+/// A scenario that tells a customer on `channel` that their order shipped
+/// (`POST /hooks/shipped-<channel>`).
+fn notify(channel: &str) -> (String, String) {
+    (
+        format!("notify-{channel}.toml"),
+        format!(
+            "id = \"notify-{channel}\"\non = {{ webhook = \"shipped-{channel}\" }}\n[[step]]\nsend = {{ to = \"{channel}:{{{{ event.phone }}}}\", template = \"Order {{{{ event.order }}}} has shipped\" }}\n"
+        ),
+    )
+}
+
+fn gateway(fake: &FakeWhatsApp, extra: &str) -> String {
+    format!(
+        "[defaults]\nretry_delay = \"50ms\"\nretry_max_delay = \"200ms\"\nhttp_attempts = 4\n\n[channels.ops]\ntype = \"log\"\noutput = \"journal\"\n\n{}",
+        fake.channel(&format!("limits = {{ customer = \"20/1s\" }}\n{extra}"))
+    )
+}
+
+async fn app(fake: &FakeWhatsApp, files: &[(&str, &str)], extra: &str) -> (ConfigDir, TestApp) {
+    let cfg = ConfigDir::with(files);
+    cfg.write("gateway.toml", &gateway(fake, extra));
+    let t = TestApp::spawn(&cfg).await;
+    (cfg, t)
+}
+
+#[tokio::test]
+async fn the_subscription_handshake_echoes_the_challenge_only_for_the_verify_token() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[], "").await;
+    let url = format!("{}/whatsapp/wa", t.app.url());
+    let get = |token: &str| {
+        t.http.get(&url).query(&[
+            ("hub.mode", "subscribe"),
+            ("hub.verify_token", token),
+            ("hub.challenge", "1158201444"),
+        ])
+    };
+    let ok = get(VERIFY_TOKEN).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    assert_eq!(get("guess").send().await.unwrap().status(), 403);
+    assert_eq!(t.readyz().await["channels"]["wa"], "ok");
+}
+
+#[tokio::test]
+async fn unsigned_or_wrongly_signed_deliveries_are_refused_and_journaled_as_rejected() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("echo.toml", ECHO)], "").await;
+    let gw = t.app.url();
+    let (forged, forged_id) = fake.text("48555000111", "Mallory", "forged");
+    let body = envelope(forged).to_string();
+    let wrong = sign("not-the-secret", &body);
+    assert_eq!(fake.post_signed(&gw, "wa", &body, Some(&wrong)).await, 401);
+    assert_eq!(fake.post_signed(&gw, "wa", &body, None).await, 401);
+    // A signature over other bytes (the same JSON reformatted) does not pass either.
+    let reformatted =
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&body).unwrap()).unwrap();
+    let other = sign(APP_SECRET, &reformatted);
+    assert_eq!(fake.post_signed(&gw, "wa", &body, Some(&other)).await, 401);
+    // Signed but not a webhook: a 400 with a reason.
+    let junk = r#"{"object":"whatsapp_business_account"}"#;
+    assert_eq!(
+        fake.post_signed(&gw, "wa", junk, Some(&sign(APP_SECRET, junk)))
+            .await,
+        400
+    );
+
+    let (real, real_id) = fake.text("48555000111", "Ada", "real");
+    assert_eq!(fake.deliver(&gw, "wa", real).await, vec![200]);
+    let events = processed_through(&t, "wa", "wamid", real_id.as_str()).await;
+    let messages: Vec<&EventRow> = events.iter().filter(|e| e.kind == "message").collect();
+    assert_eq!(messages.len(), 1, "{events:?}");
+    assert!(events.iter().all(|e| e.meta["wamid"] != forged_id.as_str()));
+    let rejected: Vec<&EventRow> = events.iter().filter(|e| e.status == "rejected").collect();
+    assert_eq!(rejected.len(), 4, "{events:?}");
+    assert!(
+        rejected
+            .iter()
+            .any(|e| e.error.as_deref() == Some("missing X-Hub-Signature-256")),
+        "{rejected:?}"
+    );
+    let sent = fake.wait_accepted("48555000111", 1).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].text(), "echo: *real* to Ada");
+}
+
+#[tokio::test]
+async fn a_redelivered_message_is_stored_once_and_statuses_are_not_messages() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("echo.toml", ECHO)], "").await;
+    let gw = t.app.url();
+    let (first, first_id) = fake.text("48555000222", "Bo_b *VIP*", "hello");
+    assert_eq!(fake.deliver(&gw, "wa", first.clone()).await, vec![200]);
+    let echo = fake.wait_accepted("48555000222", 1).await;
+    // Data cannot open WhatsApp formatting; the reply quotes the customer's message.
+    assert_eq!(
+        echo[0].text(),
+        "echo: *hello* to Bo\u{2060}_b \u{2060}*VIP\u{2060}*"
+    );
+    assert_eq!(echo[0].body["context"]["message_id"], first_id.as_str());
+    let echo_id = echo[0].wamid.clone().unwrap();
+
+    // Meta delivers the message again, and statuses of our echo separately.
+    assert_eq!(fake.deliver(&gw, "wa", first).await, vec![200]);
+    for s in ["sent", "delivered", "read", "read"] {
+        let status = fake.status(&echo_id, "48555000222", s, None);
+        assert_eq!(fake.deliver(&gw, "wa", status).await, vec![200]);
+    }
+    let (second, second_id) = fake.text("48555000222", "Bob", "again");
+    assert_eq!(fake.deliver(&gw, "wa", second).await, vec![200]);
+    let events = processed_through(&t, "wa", "wamid", second_id.as_str()).await;
+    let kinds = |k: &str| events.iter().filter(|e| e.kind == k).count();
+    assert_eq!((kinds("message"), kinds("status")), (2, 3), "{events:?}");
+    assert!(events.iter().any(|e| e.meta["wamid"] == first_id.as_str()));
+    let runs = runs_of_scenario(&t, "echo").await;
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        settled_outbox(&t, r).await;
+    }
+    assert_eq!(fake.accepted_to("48555000222").len(), 2);
+}
+
+/// Opens the customer's window with a message and books an appointment for them; the
+/// question as the fake received it.
+async fn asked(fake: &FakeWhatsApp, t: &TestApp, phone: &str, id: i64) -> fake_question::Question {
+    let (hi, _) = fake.text(phone, "Cara", "hi");
+    assert_eq!(fake.deliver(&t.app.url(), "wa", hi).await, vec![200]);
+    let (status, _) = t
+        .post("booked", json!({"id": id, "phone": format!("+{phone}")}))
+        .await;
+    assert_eq!(status, 202);
+    let q = fake.wait_accepted(phone, 1).await.remove(0);
+    fake_question::Question::from(q)
+}
+
+mod fake_question {
+    use crate::fake_whatsapp::Sent;
+
+    pub struct Question {
+        pub wamid: String,
+        /// (id, title) of its reply buttons.
+        pub buttons: Vec<(String, String)>,
+        pub text: String,
+    }
+
+    impl From<Sent> for Question {
+        fn from(s: Sent) -> Question {
+            let buttons = s.body["interactive"]["action"]["buttons"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|b| {
+                    (
+                        b["reply"]["id"].as_str().unwrap().to_string(),
+                        b["reply"]["title"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            Question {
+                text: s.text(),
+                wamid: s.wamid.unwrap(),
+                buttons,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_ask_is_answered_by_a_button_press() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("confirm.toml", CONFIRM)], "").await;
+    let q = asked(&fake, &t, "48555000333", 1).await;
+    assert_eq!(q.text, "Reply 1 to confirm, 2 to reschedule, 3 to cancel");
+    let titles: Vec<&str> = q.buttons.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(titles, vec!["1", "2", "3"]);
+    let (id, title) = q.buttons[1].clone();
+    let (press, _) = fake.press("48555000333", &q.wamid, &id, &title, false);
+    assert_eq!(fake.deliver(&t.app.url(), "wa", press).await, vec![200]);
+    let sent = fake.wait_accepted("48555000333", 2).await;
+    assert_eq!(sent[1].text(), "got 2 after 1");
+    let run = runs_of_scenario(&t, "confirm").await[0];
+    t.status_of(run, RunStatus::Done).await;
+}
+
+#[tokio::test]
+async fn an_ask_takes_a_typed_digit_after_re_asking() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("confirm.toml", CONFIRM)], "").await;
+    let q = asked(&fake, &t, "48555000444", 2).await;
+    let (maybe, _) = fake.text("48555000444", "Cara", "yes, I think so");
+    assert_eq!(fake.deliver(&t.app.url(), "wa", maybe).await, vec![200]);
+    let sent = fake.wait_accepted("48555000444", 2).await;
+    assert_eq!(
+        sent[1].text(),
+        "Please answer with just one digit: 1, 2 or 3."
+    );
+    // The re-ask carries the buttons again; the first question's are answered by typing.
+    assert_eq!(
+        sent[1].body["interactive"]["action"]["buttons"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert_ne!(sent[1].wamid.as_deref(), Some(q.wamid.as_str()));
+    let (two, _) = fake.text("48555000444", "Cara", " 2. ");
+    assert_eq!(fake.deliver(&t.app.url(), "wa", two).await, vec![200]);
+    let sent = fake.wait_accepted("48555000444", 3).await;
+    assert_eq!(sent[2].text(), "got 2 after 2");
+}
+
+#[tokio::test]
+async fn outside_the_window_a_send_uses_the_template_or_fails_with_the_reason() {
+    let fake = FakeWhatsApp::start().await;
+    let (wa, bare) = (notify("wa"), notify("bare"));
+    let cfg = ConfigDir::with(&[(&wa.0, &wa.1), (&bare.0, &bare.1)]);
+    let bare = fake.channel("").replace("[channels.wa]", "[channels.bare]");
+    cfg.write(
+        "gateway.toml",
+        &format!(
+            "{}\n{bare}",
+            gateway(
+                &fake,
+                "window_template = { name = \"order_update\", language = \"en_US\" }"
+            )
+        ),
+    );
+    let t = TestApp::spawn(&cfg).await;
+
+    // Never wrote: the template carries the text.
+    let rows = ship(&t, "wa", "+48555000555", "A-1").await;
+    let sent = fake.wait_accepted("48555000555", 1).await;
+    assert_eq!(sent[0].body["type"], "template");
+    assert_eq!(sent[0].body["template"]["name"], "order_update");
+    assert_eq!(sent[0].body["template"]["language"]["code"], "en_US");
+    assert_eq!(sent[0].text(), "Order A-1 has shipped");
+    assert_eq!(rows[0].status, "delivered");
+    assert_eq!(rows[0].response.as_ref().unwrap()["sent_as"], "template");
+
+    // Without a template the send fails at once, with the reason, and Meta never sees it.
+    let rows = ship(&t, "bare", "+48555000556", "A-2").await;
+    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("failed", 1));
+    let error = rows[0].last_error.clone().unwrap();
+    assert!(
+        error.contains(
+            "outside WhatsApp's 24-hour window: +48555000556 has never written to this number"
+        ),
+        "{error}"
+    );
+    assert!(fake.sent().iter().all(|s| s.to != "48555000556"));
+
+    // Once the customer writes, a free-form message goes.
+    let (hi, _) = fake.text("48555000556", "Dee", "hi");
+    assert_eq!(fake.deliver(&t.app.url(), "bare", hi).await, vec![200]);
+    t.post(
+        "shipped-bare",
+        json!({"phone": "+48555000556", "order": "A-3"}),
+    )
+    .await;
+    let sent = fake.wait_accepted("48555000556", 1).await;
+    assert_eq!(
+        (sent[0].body["type"].as_str(), sent[0].text()),
+        (Some("text"), "Order A-3 has shipped".into())
+    );
+
+    // A day later the window has closed again.
+    t.advance(std::time::Duration::from_secs(25 * 3600));
+    let rows = ship(&t, "bare", "+48555000556", "A-4").await;
+    assert_eq!(rows[0].status, "failed");
+    assert!(rows[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("last wrote at"));
+}
+
+/// Posts a `shipped` event; its run's outbox rows once they are settled.
+async fn ship(t: &TestApp, channel: &str, phone: &str, order: &str) -> Vec<OutboxRow> {
+    let (_, r) = t
+        .post(
+            &format!("shipped-{channel}"),
+            json!({"phone": phone, "order": order}),
+        )
+        .await;
+    let run = t.runs_of(r["event_id"].as_i64().unwrap()).await[0].id;
+    settled_outbox(t, run).await
+}
+
+const ON_FAILED: &str = r#"id = "on-failed"
+on = { status = "wa" }
+when = 'event.status == "failed"'
+[[step]]
+send = { to = "ops:-", template = "{{ event.chat.id }}: {{ event.error.code }} {{ event.error.title }}" }
+"#;
+
+#[tokio::test]
+async fn a_failed_status_starts_a_scenario_and_permanent_errors_are_not_retried() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(
+        &fake,
+        &[
+            (&notify("wa").0, &notify("wa").1),
+            ("on-failed.toml", ON_FAILED),
+        ],
+        "window_template = { name = \"order_update\", language = \"en\" }",
+    )
+    .await;
+    ship(&t, "wa", "+48555000777", "B-1").await;
+    let wamid = fake.accepted_to("48555000777")[0].wamid.clone().unwrap();
+    // Meta accepted it, then says it could not be delivered.
+    let delivered = fake.status(&wamid, "48555000777", "sent", None);
+    assert_eq!(fake.deliver(&t.app.url(), "wa", delivered).await, vec![200]);
+    let failed = fake.status(&wamid, "48555000777", "failed", Some(131026));
+    assert_eq!(
+        fake.deliver(&t.app.url(), "wa", failed.clone()).await,
+        vec![200]
+    );
+    assert_eq!(fake.deliver(&t.app.url(), "wa", failed).await, vec![200]);
+    let runs = eventually(|| async {
+        let r = runs_of_scenario(&t, "on-failed").await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let rows = settled_outbox(&t, runs[0]).await;
+    assert_eq!(
+        rows[0].request["text"],
+        "+48555000777: 131026 Message Undeliverable"
+    );
+    // The `sent` status ran no scenario past its guard, the repeated `failed` none at all.
+    let events = t
+        .app
+        .store
+        .list_events(&EventFilter {
+            source: Some("wa".into()),
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "status").count(), 2);
+
+    // A synchronous refusal: 131047 fails at once with Meta's title; a 5xx is tried again.
+    fake.script("48555000777", &[Script::Meta(131026)]);
+    let rows = ship(&t, "wa", "+48555000777", "B-2").await;
+    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("failed", 1));
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("(#131026) Message Undeliverable"),
+        "{:?}",
+        rows[0].last_error
+    );
+    fake.script("48555000777", &[Script::Http(503), Script::Meta(131000)]);
+    let rows = ship(&t, "wa", "+48555000777", "B-3").await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].attempts),
+        ("delivered", 3)
+    );
+}
+
+const BURST: &str = r#"id = "burst"
+on = { webhook = "burst" }
+[[step]]
+send = { to = "wa:{{ event.phone }}", template = "one" }
+[[step]]
+send = { to = "wa:{{ event.phone }}", template = "two" }
+[[step]]
+send = { to = "wa:{{ event.phone }}", template = "three" }
+[[step]]
+send = { to = "wa:{{ event.phone }}", template = "four" }
+"#;
+
+#[tokio::test]
+async fn a_customers_messages_keep_their_order_through_pair_and_throughput_limits() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("burst.toml", BURST)], "").await;
+    for phone in ["48555000881", "48555000882"] {
+        let (hi, _) = fake.text(phone, "Eve", "hi");
+        assert_eq!(fake.deliver(&t.app.url(), "wa", hi).await, vec![200]);
+    }
+    fake.script("48555000881", &[Script::Meta(131056)]);
+    fake.script("48555000882", &[Script::Meta(130429), Script::Meta(131056)]);
+    for phone in ["48555000881", "48555000882"] {
+        let (s, _) = t.post("burst", json!({"phone": format!("+{phone}")})).await;
+        assert_eq!(s, 202);
+    }
+    for phone in ["48555000881", "48555000882"] {
+        let sent = fake.wait_accepted(phone, 4).await;
+        let texts: Vec<String> = sent.iter().map(|s| s.text()).collect();
+        assert_eq!(texts, vec!["one", "two", "three", "four"], "{phone}");
+    }
+    let mut refused: Vec<i64> = fake.sent().iter().filter_map(|s| s.error).collect();
+    refused.sort();
+    assert_eq!(refused, vec![130429, 131056, 131056]);
+    for r in runs_of_scenario(&t, "burst").await {
+        let rows = settled_outbox(&t, r).await;
+        assert!(rows.iter().all(|o| o.status == "delivered"), "{rows:?}");
+    }
+}
+
+#[test]
+fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
+    let cfg = ConfigDir::empty();
+    cfg.write(
+        "gateway.toml",
+        "[channels.wa]\ntype = \"whatsapp\"\ntoken = \"${SB_UNSET_WA_TOKEN:-}\"\nphone_number_id = \"1\"\napp_secret = \"s\"\nverify_token = \"v\"\n",
+    );
+    cfg.write(
+        "four.toml",
+        "id = \"four\"\non = { webhook = \"h\" }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Pick\", choices = [\"1\", \"2\", \"3\", \"4\"], buttons = \"inline\" }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", buttons = [{ id = \"ok\", text = \"A title of twenty-five ch\" }] }\n",
+    );
+    let out = std::process::Command::new(bin())
+        .args(["check", cfg.dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let file = cfg.dir().join("four.toml").display().to_string();
+    for want in [
+        format!("{file}:4:88: 4 buttons; channel 'wa' (whatsapp) shows at most 3 on a message"),
+        format!(
+            "{file}:6:76: button label is 25 characters; channel 'wa' (whatsapp) shows at most 20"
+        ),
+    ] {
+        assert!(text.contains(&want), "missing «{want}» in:\n{text}");
+    }
+}
