@@ -283,16 +283,9 @@ async fn form_bodies_become_event_fields() {
 async fn the_example_telegram_channel_stays_off_without_a_token() {
     let cfg = ConfigDir::examples();
     let t = TestApp::spawn(&cfg).await;
-    let r: serde_json::Value = t
-        .http
-        .get(format!("{}/readyz", t.app.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = t.readyz().await;
     assert_eq!(r["channels"]["tg"], "off (no token)");
+    assert_eq!(r["channels"]["wa"], "off (no token)");
     assert_eq!(r["ready"], true);
     // A message for it fails at once, with the reason in the journal.
     let (_, b) = t
