@@ -198,6 +198,14 @@ impl FakeWhatsApp {
         (message_value(from, "Customer", m), wamid)
     }
 
+    /// A press on a template's quick-reply button of our message `on`: its payload and text.
+    pub fn quick_reply(&self, from: &str, on: &str, payload: &str, text: &str) -> (Value, String) {
+        let wamid = self.wamid();
+        let m = json!({"from": from, "id": wamid, "timestamp": now_secs(), "type": "button",
+            "context": {"from": PHONE_ID, "id": on}, "button": {"payload": payload, "text": text}});
+        (message_value(from, "Customer", m), wamid)
+    }
+
     /// A delivery status of a message we sent; `error`: Meta's code for `failed`.
     pub fn status(&self, wamid: &str, to: &str, status: &str, error: Option<i64>) -> Value {
         let mut s = json!({"id": wamid, "status": status, "timestamp": now_secs(),

@@ -240,6 +240,75 @@ async fn an_ask_takes_a_typed_digit_after_re_asking() {
 }
 
 #[tokio::test]
+async fn an_ask_hands_over_once_its_retries_are_used_up() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("confirm.toml", CONFIRM)], "").await;
+    asked(&fake, &t, "48555000445", 3).await;
+    for (n, reply) in ["a", "b", "c"].iter().enumerate() {
+        let (m, _) = fake.text("48555000445", "Cara", reply);
+        assert_eq!(fake.deliver(&t.app.url(), "wa", m).await, vec![200]);
+        if n < 2 {
+            fake.wait_accepted("48555000445", n + 2).await;
+        }
+    }
+    let run = runs_of_scenario(&t, "confirm").await[0];
+    let run = t.finished(run).await;
+    assert_eq!(run.vars["answer"]["exhausted"], true);
+    let rows = settled_outbox(&t, run.id).await;
+    let last = rows.iter().rev().find(|o| o.channel == "ops").unwrap();
+    assert_eq!(last.request["text"], "handover 3");
+    assert_eq!(fake.accepted_to("48555000445").len(), 3);
+}
+
+#[tokio::test]
+async fn example_confirmation_goes_as_a_template_and_its_quick_reply_answers() {
+    let fake = FakeWhatsApp::start().await;
+    let cfg = ConfigDir::examples();
+    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    let gw = gw
+        .replace("${WHATSAPP_TOKEN:-}", crate::fake_whatsapp::TOKEN)
+        .replace("${WHATSAPP_PHONE_NUMBER_ID:-}", crate::fake_whatsapp::PHONE_ID)
+        .replace("${WHATSAPP_APP_SECRET:-}", APP_SECRET)
+        .replace("${WHATSAPP_VERIFY_TOKEN:-}", VERIFY_TOKEN)
+        .replace("${WHATSAPP_API_URL:-https://graph.facebook.com}", &fake.url)
+        .replace(
+            "window_template = { name = \"appointment_confirmation\", language = \"en\" }",
+            "window_template = { name = \"appointment_confirmation\", language = \"en\" }\nlimits = { customer = \"20/1s\" }",
+        );
+    cfg.write("gateway.toml", &gw);
+    let t = TestApp::spawn(&cfg).await;
+    let (status, _) = t
+        .post(
+            "appointment-whatsapp",
+            json!({"id": 12, "phone": "+48555000999", "lang": "en", "time": "Fri 10:00", "owner": "elena"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    // The customer has not written: the question is the template, its choices the payloads
+    // of the template's quick-reply buttons.
+    let q = fake.wait_accepted("48555000999", 1).await.remove(0);
+    assert_eq!(q.body["template"]["name"], "appointment_confirmation");
+    assert_eq!(
+        q.text(),
+        "Your appointment is on Fri 10:00. Reply 1 to confirm, 2 to reschedule, 3 to cancel."
+    );
+    let components = q.body["template"]["components"].as_array().unwrap();
+    assert_eq!(components.len(), 4);
+    let payload = components[1]["parameters"][0]["payload"].as_str().unwrap();
+    let (press, _) = fake.quick_reply("48555000999", q.wamid.as_deref().unwrap(), payload, "1");
+    assert_eq!(fake.deliver(&t.app.url(), "wa", press).await, vec![200]);
+    // The press opened the window: the thanks go as a plain text.
+    let sent = fake.wait_accepted("48555000999", 2).await;
+    assert_eq!(
+        (sent[1].body["type"].as_str(), sent[1].text()),
+        (
+            Some("text"),
+            "Thank you, your appointment is confirmed.".into()
+        )
+    );
+}
+
+#[tokio::test]
 async fn outside_the_window_a_send_uses_the_template_or_fails_with_the_reason() {
     let fake = FakeWhatsApp::start().await;
     let (wa, bare) = (notify("wa"), notify("bare"));
