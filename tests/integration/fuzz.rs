@@ -1,4 +1,5 @@
-//! Property tests: arbitrary config text, webhook bodies and Telegram updates never panic;
+//! Property tests: arbitrary config text, webhook bodies, Telegram updates and WhatsApp
+//! deliveries never panic;
 //! configs yield positioned problems, requests a 2xx or a 4xx with a reason.
 
 use std::path::{Path, PathBuf};
@@ -89,7 +90,8 @@ proptest! {
     }
 }
 
-/// A running gateway with a plain hook, a signed hook and a Telegram webhook.
+/// A running gateway with a plain hook, a signed hook, a Telegram webhook and a WhatsApp
+/// channel.
 fn gateway_for_requests() -> (tokio::runtime::Runtime, ConfigDir, TestApp) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cfg = ConfigDir::with(&[(
@@ -100,6 +102,10 @@ fn gateway_for_requests() -> (tokio::runtime::Runtime, ConfigDir, TestApp) {
     gw.push_str(
         "\n[hooks.order]\nidempotency_field = \"id\"\n\n[channels.tg]\ntype = \"telegram\"\ntoken = \"1:x\"\napi_url = \"http://127.0.0.1:9\"\nmode = \"webhook\"\nwebhook_secret = \"s3cret\"\n",
     );
+    gw.push_str(&format!(
+        "\n[channels.wa]\ntype = \"whatsapp\"\ntoken = \"t\"\nphone_number_id = \"1\"\napp_secret = \"{}\"\nverify_token = \"v\"\napi_url = \"http://127.0.0.1:9\"\n",
+        crate::fake_whatsapp::APP_SECRET
+    ));
     cfg.write("gateway.toml", &gw);
     let t = rt.block_on(TestApp::spawn(&cfg));
     (rt, cfg, t)
@@ -123,6 +129,15 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
                     Just("callback_query".to_string()),
                     Just("update_id".to_string()),
                     Just("chat".to_string()),
+                    Just("entry".to_string()),
+                    Just("changes".to_string()),
+                    Just("value".to_string()),
+                    Just("messages".to_string()),
+                    Just("statuses".to_string()),
+                    Just("from".to_string()),
+                    Just("type".to_string()),
+                    Just("interactive".to_string()),
+                    Just("context".to_string()),
                     "[a-z_]{1,8}"
                 ],
                 inner,
@@ -198,6 +213,47 @@ fn arbitrary_telegram_updates_are_stored_or_refused() {
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let status = resp.status().as_u16();
             prop_assert!(status == 200 || status == 400, "{status} for {update}");
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn arbitrary_whatsapp_deliveries_are_stored_or_refused_with_a_reason() {
+    let (rt, _cfg, t) = gateway_for_requests();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 150,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let bodies = prop_oneof![
+        json_value(),
+        json_value().prop_map(crate::fake_whatsapp::envelope),
+    ];
+    runner
+        .run(&bodies, |body| {
+            let body = body.to_string();
+            let sig = crate::fake_whatsapp::sign(crate::fake_whatsapp::APP_SECRET, &body);
+            let resp = rt
+                .block_on(
+                    t.http
+                        .post(format!("{}/whatsapp/wa", t.app.url()))
+                        .header("x-hub-signature-256", sig)
+                        .body(body.clone())
+                        .send(),
+                )
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let text = rt.block_on(resp.text()).unwrap_or_default();
+            prop_assert!(
+                status == 200 || status == 400,
+                "{status} for {body}: {text}"
+            );
+            if status == 400 {
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
+                prop_assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{text}");
+            }
             Ok(())
         })
         .unwrap();
