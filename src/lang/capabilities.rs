@@ -23,6 +23,9 @@ pub struct Capabilities {
     pub choices: Option<ChoiceLimits>,
     /// Reply keyboards (`ask` with a list of `buttons`).
     pub keyboard: bool,
+    /// Reply-keyboard buttons on one message and characters in a label, if the platform
+    /// limits them.
+    pub keyboard_max: Option<(usize, usize)>,
     /// URL buttons; without them links are written into the text.
     pub links: bool,
     /// Sent messages can be edited (`edit`, an offer's "taken" text).
@@ -40,6 +43,7 @@ impl Capabilities {
         replies: false,
         choices: None,
         keyboard: false,
+        keyboard_max: None,
         links: true,
         edits: false,
         answers: false,

@@ -508,7 +508,7 @@ fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
     );
     cfg.write(
         "four.toml",
-        "id = \"four\"\non = { webhook = \"h\" }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Pick\", choices = [\"1\", \"2\", \"3\", \"4\"], buttons = \"inline\" }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", buttons = [{ id = \"ok\", text = \"A title of twenty-five ch\" }] }\n",
+        "id = \"four\"\non = { webhook = \"h\" }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Pick\", choices = [\"1\", \"2\", \"3\", \"4\"], buttons = \"inline\" }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", buttons = [{ id = \"ok\", text = \"A title of twenty-five ch\" }] }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Which?\", choices = [\"a\"], buttons = [\"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", \"10\", \"11\", \"A row title of twenty-five\"] }\n",
     );
     let out = std::process::Command::new(bin())
         .args(["check", cfg.dir().to_str().unwrap()])
@@ -522,6 +522,8 @@ fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
         format!(
             "{file}:6:76: button label is 25 characters; channel 'wa' (whatsapp) shows at most 20"
         ),
+        format!("{file}:8:75: 12 reply buttons; channel 'wa' (whatsapp) shows at most 10"),
+        format!("{file}:8:75: reply button 'A row title of twenty-five' is 26 characters; channel 'wa' (whatsapp) shows at most 24"),
     ] {
         assert!(text.contains(&want), "missing «{want}» in:\n{text}");
     }

@@ -45,6 +45,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         data_max: 64,
     }),
     keyboard: true,
+    keyboard_max: None,
     links: true,
     edits: true,
     answers: true,

@@ -42,7 +42,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
         label_max: Some(outbound::BUTTON_TITLE_MAX),
         data_max: 256,
     }),
+    // Up to 3 short ones are reply buttons, more go as a list.
     keyboard: true,
+    keyboard_max: Some((outbound::MAX_ROWS, outbound::ROW_TITLE_MAX)),
     links: false,
     edits: false,
     answers: false,

@@ -100,6 +100,29 @@ pub(super) fn compile_ask(
                 b.span(),
                 format!("channel '{ch}' ({}) has no reply buttons", c.kind()),
             );
+        } else if let Some((max, label_max)) = caps.keyboard_max {
+            if reply_buttons.len() > max {
+                cx.err(
+                    b.span(),
+                    format!(
+                        "{} reply buttons; channel '{ch}' ({}) shows at most {max}",
+                        reply_buttons.len(),
+                        c.kind()
+                    ),
+                );
+            }
+            for label in &reply_buttons {
+                let n = label.chars().count();
+                if n > label_max {
+                    cx.err(
+                        b.span(),
+                        format!(
+                            "reply button '{label}' is {n} characters; channel '{ch}' ({}) shows at most {label_max}",
+                            c.kind()
+                        ),
+                    );
+                }
+            }
         }
     }
     let mut out = Vec::new();

@@ -205,6 +205,7 @@ mod testing {
                                 data_max: 64,
                             }),
                             keyboard: true,
+                            keyboard_max: None,
                             links: true,
                             edits: true,
                             answers: true,
