@@ -3,7 +3,7 @@
 //! the 24-hour window, statuses as events, limits and order per customer, and `check`.
 
 use serde_json::{json, Value};
-use switchboard::store::{EventFilter, EventRow, OutboxRow, RunStatus};
+use switchboard::store::{EventFilter, EventRow, OutboxRow, RunStatus, SqliteStore, Store};
 
 use crate::fake_whatsapp::{envelope, sign, FakeWhatsApp, Script, APP_SECRET, VERIFY_TOKEN};
 use crate::support::*;
@@ -527,4 +527,45 @@ fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
     ] {
         assert!(text.contains(&want), "missing «{want}» in:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn an_ask_pending_across_a_sigkill_resolves_after_the_restart_without_sending_twice() {
+    let fake = FakeWhatsApp::start().await;
+    let cfg = ConfigDir::with(&[("confirm.toml", CONFIRM)]);
+    cfg.write("gateway.toml", &gateway(&fake, ""));
+    let phone = "48555000990";
+    let first = Gateway::start(&cfg).await;
+    let (hi, _) = fake.text(phone, "Cara", "hi");
+    assert_eq!(fake.deliver(&first.url, "wa", hi).await, vec![200]);
+    first
+        .post("booked", json!({"id": 5, "phone": format!("+{phone}")}))
+        .await;
+    let q = fake_question::Question::from(fake.wait_accepted(phone, 1).await.remove(0));
+    // Killed once the question is recorded as sent and the run waits for the answer.
+    let store = SqliteStore::open(&cfg.db()).await.unwrap();
+    eventually(|| async {
+        let c = store.counts().await.unwrap();
+        let ok = c.runs_by_status.get("waiting") == Some(&1)
+            && c.outbox_by_status.get("delivered") == Some(&1);
+        ok.then_some(())
+    })
+    .await;
+    first.kill();
+
+    let second = Gateway::start(&cfg).await;
+    let (id, title) = q.buttons[0].clone();
+    let (press, _) = fake.press(phone, &q.wamid, &id, &title, false);
+    assert_eq!(fake.deliver(&second.url, "wa", press).await, vec![200]);
+    let sent = fake.wait_accepted(phone, 2).await;
+    assert_eq!(sent[1].text(), "got 1 after 1");
+    eventually(|| async {
+        let c = store.counts().await.unwrap();
+        let settled =
+            c.runs_by_status.get("done") == Some(&1) && !c.outbox_by_status.contains_key("pending");
+        settled.then_some(())
+    })
+    .await;
+    assert_eq!(fake.accepted_to(phone).len(), 2);
+    second.kill();
 }
