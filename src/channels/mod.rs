@@ -113,6 +113,21 @@ pub struct OutMessage {
     pub run_id: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scenario: Option<String>,
+    /// The approved template to send instead outside the recipient's 24-hour window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_template: Option<OutTemplate>,
+}
+
+/// A platform's pre-approved message template, rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutTemplate {
+    pub name: String,
+    /// Its language code; `None`: the message's language.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Its body parameters; empty: the message's text as the one.
+    #[serde(default)]
+    pub params: Vec<String>,
 }
 
 /// A change to a message sent earlier: its text (if given) and its buttons are replaced

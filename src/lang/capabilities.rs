@@ -34,6 +34,8 @@ pub struct Capabilities {
     pub answers: bool,
     /// Files by URL with a message (`send` with `attachments`).
     pub attachments: bool,
+    /// Pre-approved message templates (`window_template` on `send` and `ask`).
+    pub templates: bool,
     pub markup: Markup,
 }
 
@@ -48,6 +50,7 @@ impl Capabilities {
         edits: false,
         answers: false,
         attachments: true,
+        templates: false,
         markup: Markup::Plain,
     };
 }

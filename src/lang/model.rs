@@ -316,6 +316,14 @@ pub struct SendSpec {
     pub attachments: Vec<Tmpl>,
     /// Run variable that keeps the sent message's reference.
     pub save: Option<String>,
+    /// The approved template sent outside the recipient's 24-hour window (WhatsApp).
+    pub window_template: Option<WindowTemplateSpec>,
+}
+
+pub struct WindowTemplateSpec {
+    pub name: String,
+    pub language: Option<Tmpl>,
+    pub params: Vec<Tmpl>,
 }
 
 pub enum ButtonSpec {

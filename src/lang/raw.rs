@@ -285,6 +285,22 @@ pub struct SendDef {
     /// Files sent with the message, by URL (templates), e.g. `["{{ event.invoice_url }}"]`.
     #[serde(default)]
     pub attachments: Vec<Sp<String>>,
+    /// On channels with message templates (WhatsApp): the approved template sent instead
+    /// when the recipient is outside the 24-hour window.
+    pub window_template: Option<Sp<WindowTemplateDef>>,
+}
+
+/// A platform's pre-approved message template: `{ name = "appointment_reminder", language =
+/// "en", params = ["{{ event.time }}"] }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowTemplateDef {
+    pub name: Sp<String>,
+    /// Its language code (template; default: the message's language).
+    pub language: Option<Sp<String>>,
+    /// Its body parameters in order (templates; default: the message's text as the one).
+    #[serde(default)]
+    pub params: Vec<Sp<String>>,
 }
 
 /// Change a message an earlier step sent: its text and buttons are replaced.
@@ -426,6 +442,10 @@ pub struct AskDef {
     pub timeout: Option<Sp<String>>,
     /// Run variable that receives `{text, value, attempts, timed_out, exhausted}` (default `answer`).
     pub save: Option<Sp<String>>,
+    /// On channels with message templates (WhatsApp): the approved template that asks
+    /// instead when the recipient is outside the 24-hour window (its quick-reply buttons
+    /// answer with the choices, in order).
+    pub window_template: Option<Sp<WindowTemplateDef>>,
 }
 
 /// Post a message with buttons to a chat; the first allowed click wins.

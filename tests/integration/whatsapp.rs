@@ -267,13 +267,15 @@ async fn example_confirmation_goes_as_a_template_and_its_quick_reply_answers() {
     let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
     let gw = gw
         .replace("${WHATSAPP_TOKEN:-}", crate::fake_whatsapp::TOKEN)
-        .replace("${WHATSAPP_PHONE_NUMBER_ID:-}", crate::fake_whatsapp::PHONE_ID)
+        .replace(
+            "${WHATSAPP_PHONE_NUMBER_ID:-}",
+            crate::fake_whatsapp::PHONE_ID,
+        )
         .replace("${WHATSAPP_APP_SECRET:-}", APP_SECRET)
         .replace("${WHATSAPP_VERIFY_TOKEN:-}", VERIFY_TOKEN)
-        .replace("${WHATSAPP_API_URL:-https://graph.facebook.com}", &fake.url)
         .replace(
-            "window_template = { name = \"appointment_confirmation\", language = \"en\" }",
-            "window_template = { name = \"appointment_confirmation\", language = \"en\" }\nlimits = { customer = \"20/1s\" }",
+            "\"${WHATSAPP_API_URL:-https://graph.facebook.com}\"",
+            &format!("\"{}\"\nlimits = {{ customer = \"20/1s\" }}", fake.url),
         );
     cfg.write("gateway.toml", &gw);
     let t = TestApp::spawn(&cfg).await;
@@ -288,10 +290,8 @@ async fn example_confirmation_goes_as_a_template_and_its_quick_reply_answers() {
     // of the template's quick-reply buttons.
     let q = fake.wait_accepted("48555000999", 1).await.remove(0);
     assert_eq!(q.body["template"]["name"], "appointment_confirmation");
-    assert_eq!(
-        q.text(),
-        "Your appointment is on Fri 10:00. Reply 1 to confirm, 2 to reschedule, 3 to cancel."
-    );
+    assert_eq!(q.body["template"]["language"]["code"], "en");
+    assert_eq!(q.text(), "Fri 10:00");
     let components = q.body["template"]["components"].as_array().unwrap();
     assert_eq!(components.len(), 4);
     let payload = components[1]["parameters"][0]["payload"].as_str().unwrap();
@@ -312,7 +312,7 @@ async fn example_confirmation_goes_as_a_template_and_its_quick_reply_answers() {
 async fn outside_the_window_a_send_uses_the_template_or_fails_with_the_reason() {
     let fake = FakeWhatsApp::start().await;
     let (wa, bare) = (notify("wa"), notify("bare"));
-    let cfg = ConfigDir::with(&[(&wa.0, &wa.1), (&bare.0, &bare.1)]);
+    let cfg = ConfigDir::with(&[(&wa.0, &wa.1), (&bare.0, &bare.1), ("remind.toml", REMIND)]);
     let bare = fake.channel("").replace("[channels.wa]", "[channels.bare]");
     cfg.write(
         "gateway.toml",
@@ -342,7 +342,7 @@ async fn outside_the_window_a_send_uses_the_template_or_fails_with_the_reason() 
     let error = rows[0].last_error.clone().unwrap();
     assert!(
         error.contains(
-            "outside WhatsApp's 24-hour window: +48555000556 has never written to this number"
+            "outside WhatsApp's 24-hour window: +48555000556 has never written to this number, and neither the step nor channel 'bare' has a window_template"
         ),
         "{error}"
     );
@@ -362,6 +362,27 @@ async fn outside_the_window_a_send_uses_the_template_or_fails_with_the_reason() 
         (Some("text"), "Order A-3 has shipped".into())
     );
 
+    // A step's own template goes where the channel has none, with its parameters.
+    let (status, _) = t
+        .post(
+            "remind",
+            json!({"phone": "+48555000557", "lang": "pl", "time": "Fri 10:00"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let sent = fake.wait_accepted("48555000557", 1).await;
+    let template = &sent[0].body["template"];
+    assert_eq!(template["name"], "appointment_reminder");
+    assert_eq!(template["language"]["code"], "pl");
+    assert_eq!(
+        template["components"][0]["parameters"][0]["text"],
+        "Fri 10:00"
+    );
+    assert_eq!(
+        template["components"][0]["parameters"][1]["text"],
+        "Dentist *Ada*"
+    );
+
     // A day later the window has closed again.
     t.advance(std::time::Duration::from_secs(25 * 3600));
     let rows = ship(&t, "bare", "+48555000556", "A-4").await;
@@ -372,6 +393,12 @@ async fn outside_the_window_a_send_uses_the_template_or_fails_with_the_reason() 
         .unwrap()
         .contains("last wrote at"));
 }
+
+const REMIND: &str = r#"id = "remind"
+on = { webhook = "remind" }
+[[step]]
+send = { to = "bare:{{ event.phone }}", template = "Your visit is on {{ event.time }}", window_template = { name = "appointment_reminder", language = "{{ event.lang }}", params = ["{{ event.time }}", "Dentist *Ada*"] } }
+"#;
 
 /// Posts a `shipped` event; its run's outbox rows once they are settled.
 async fn ship(t: &TestApp, channel: &str, phone: &str, order: &str) -> Vec<OutboxRow> {
@@ -508,7 +535,7 @@ fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
     );
     cfg.write(
         "four.toml",
-        "id = \"four\"\non = { webhook = \"h\" }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Pick\", choices = [\"1\", \"2\", \"3\", \"4\"], buttons = \"inline\" }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", buttons = [{ id = \"ok\", text = \"A title of twenty-five ch\" }] }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Which?\", choices = [\"a\"], buttons = [\"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", \"10\", \"11\", \"A row title of twenty-five\"] }\n",
+        "id = \"four\"\non = { webhook = \"h\" }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Pick\", choices = [\"1\", \"2\", \"3\", \"4\"], buttons = \"inline\" }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", buttons = [{ id = \"ok\", text = \"A title of twenty-five ch\" }] }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Which?\", choices = [\"a\"], buttons = [\"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", \"10\", \"11\", \"A row title of twenty-five\"] }\n[[step]]\nsend = { to = \"log:x\", template = \"Hi\", window_template = { name = \"hello\" } }\n",
     );
     let out = std::process::Command::new(bin())
         .args(["check", cfg.dir().to_str().unwrap()])
@@ -524,6 +551,7 @@ fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
         ),
         format!("{file}:8:75: 12 reply buttons; channel 'wa' (whatsapp) shows at most 10"),
         format!("{file}:8:75: reply button 'A row title of twenty-five' is 26 characters; channel 'wa' (whatsapp) shows at most 24"),
+        format!("{file}:10:59: channel 'log' (log) has no message templates"),
     ] {
         assert!(text.contains(&want), "missing «{want}» in:\n{text}");
     }

@@ -50,6 +50,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     edits: true,
     answers: true,
     attachments: true,
+    templates: false,
     markup: Markup::Html,
 };
 

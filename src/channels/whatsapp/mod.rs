@@ -21,8 +21,8 @@ pub use webhook::signature_ok;
 
 use super::pacing::{spacing, Pacer};
 use super::{
-    Adapter, Capabilities, ChoiceLimits, Context, Delivered, Markup, OutMessage, Outbound,
-    SendError,
+    Adapter, Capabilities, ChoiceLimits, Context, Delivered, Markup, OutMessage, OutTemplate,
+    Outbound, SendError,
 };
 use crate::clock::Clock;
 use crate::engine::ingest::Ingest;
@@ -49,6 +49,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     edits: false,
     answers: false,
     attachments: true,
+    templates: true,
     markup: Markup::WhatsApp,
 };
 
@@ -166,16 +167,24 @@ impl WhatsApp {
             message: format!("whatsapp: {e}"),
             retry: true,
         })?;
-        let (payload, sent_as) = match (open, &self.cfg.window_template) {
+        // The step's template, else the channel's.
+        let template = m.window_template.clone().or_else(|| {
+            self.cfg.window_template.as_ref().map(|t| OutTemplate {
+                name: t.name.clone(),
+                language: Some(t.language.clone()),
+                params: Vec::new(),
+            })
+        });
+        let (payload, sent_as) = match (open, template) {
             (Open::Yes, _) => (outbound::message(&to, m)?, "message"),
-            (Open::No(_), Some(t)) => (outbound::template(&to, t, m), "template"),
+            (Open::No(_), Some(t)) => (outbound::template(&to, &t, m), "template"),
             (Open::No(last), None) => {
                 let last = match last {
                     Some(t) => format!("last wrote at {}", crate::clock::rfc3339(t)),
                     None => "has never written to this number".to_string(),
                 };
                 return Err(permanent(format!(
-                    "outside WhatsApp's 24-hour window: +{to} {last}, and channel '{}' has no window_template to send instead",
+                    "outside WhatsApp's 24-hour window: +{to} {last}, and neither the step nor channel '{}' has a window_template to send instead",
                     self.name
                 )));
             }

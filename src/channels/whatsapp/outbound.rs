@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
-use super::config::WindowTemplate;
-use crate::channels::{OutMessage, SendError};
+use crate::channels::{OutMessage, OutTemplate, SendError};
 
 /// Reply buttons on one message, and characters in a button's title.
 pub const MAX_BUTTONS: usize = 3;
@@ -128,11 +127,20 @@ fn interactive(text: &str, buttons: &[(String, String)]) -> Result<Json, SendErr
         "action": {"button": LIST_BUTTON, "sections": [{"rows": rows}]}}))
 }
 
-/// The payload of a template message: the message's text as the body's one parameter, and
-/// its choices as the payloads of the template's quick-reply buttons (in order).
-pub fn template(to: &str, t: &WindowTemplate, m: &OutMessage) -> Json {
-    let mut components = vec![json!({"type": "body",
-        "parameters": [{"type": "text", "text": text_of(m)}]})];
+/// The payload of a template message: its body parameters (by default the message's text
+/// as the one), and the message's choices as the payloads of the template's quick-reply
+/// buttons (in order). Its language defaults to the message's.
+pub fn template(to: &str, t: &OutTemplate, m: &OutMessage) -> Json {
+    let params: Vec<Json> = match t.params.is_empty() {
+        true => vec![json!({"type": "text", "text": text_of(m)})],
+        false => t
+            .params
+            .iter()
+            .map(|p| json!({"type": "text", "text": p}))
+            .collect(),
+    };
+    let language = t.language.as_deref().or(m.lang.as_deref()).unwrap_or("en");
+    let mut components = vec![json!({"type": "body", "parameters": params})];
     for (i, (id, _)) in buttons(m).iter().enumerate() {
         components.push(
             json!({"type": "button", "sub_type": "quick_reply", "index": i.to_string(),
@@ -144,7 +152,7 @@ pub fn template(to: &str, t: &WindowTemplate, m: &OutMessage) -> Json {
         "recipient_type": "individual",
         "to": to,
         "type": "template",
-        "template": {"name": t.name, "language": {"code": t.language}, "components": components},
+        "template": {"name": t.name, "language": {"code": language}, "components": components},
     })
 }
 
@@ -322,6 +330,39 @@ mod tests {
             err(100, 400),
             Refusal::Failed(SendError { retry: false, .. })
         ));
+    }
+
+    #[test]
+    fn templates_take_their_params_or_the_text_and_map_choices_to_quick_replies() {
+        let m = OutMessage {
+            to: "1".into(),
+            lang: Some("pl".into()),
+            text: "Pick".into(),
+            choices: choices(2, "c"),
+            ..Default::default()
+        };
+        let t = OutTemplate {
+            name: "reminder".into(),
+            language: None,
+            params: Vec::new(),
+        };
+        let b = template("48555", &t, &m);
+        assert_eq!(b["template"]["language"]["code"], "pl");
+        let c = &b["template"]["components"];
+        assert_eq!(c[0]["parameters"][0]["text"], "Pick");
+        assert_eq!(c[2]["index"], "1");
+        assert_eq!(c[2]["parameters"][0]["payload"], "a:1:1");
+        let t = OutTemplate {
+            params: vec!["Fri".into(), "10:00".into()],
+            language: Some("en_US".into()),
+            ..t
+        };
+        let b = template("48555", &t, &m);
+        assert_eq!(b["template"]["language"]["code"], "en_US");
+        assert_eq!(
+            b["template"]["components"][0]["parameters"][1]["text"],
+            "10:00"
+        );
     }
 
     #[test]

@@ -467,6 +467,10 @@ impl Engine {
             Some(r) => Some(r.render(ctx).map_err(|e| e.0)?.trim().to_string()),
             None => None,
         };
+        let window_template = match &s.window_template {
+            Some(w) => Some(render_window_template(w, ctx)?),
+            None => None,
+        };
         Ok(OutMessage {
             to: address.unwrap_or_default(),
             lang: Some(lang),
@@ -477,6 +481,7 @@ impl Engine {
             reply_to: reply_to.filter(|r| !r.is_empty()),
             run_id: Some(run.id),
             scenario: Some(sc.id.clone()),
+            window_template,
             ..Default::default()
         })
     }
@@ -570,4 +575,24 @@ impl Engine {
         }
         Ok(())
     }
+}
+/// A step's message template, rendered for the channel.
+fn render_window_template(
+    w: &crate::config::WindowTemplateSpec,
+    ctx: &Value,
+) -> Result<crate::channels::OutTemplate, String> {
+    let language = match &w.language {
+        Some(l) => Some(l.render(ctx).map_err(|e| e.0)?.trim().to_string()),
+        None => None,
+    };
+    let params = w
+        .params
+        .iter()
+        .map(|p| p.render(ctx).map_err(|e| e.0))
+        .collect::<Result<_, _>>()?;
+    Ok(crate::channels::OutTemplate {
+        name: w.name.clone(),
+        language: language.filter(|l| !l.is_empty()),
+        params,
+    })
 }

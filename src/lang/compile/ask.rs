@@ -31,6 +31,7 @@ pub(super) fn compile_ask(
         reply_to: None,
         attachments: Vec::new(),
         save: None,
+        window_template: ad.window_template.clone(),
     };
     let question = compile_chat_message("ask", question, a.span(), cx, t, gw, i18n)?;
     let retry = ad.retry_text.as_ref().map(|id| {

@@ -210,6 +210,7 @@ mod testing {
                             edits: true,
                             answers: true,
                             attachments: true,
+                            templates: false,
                             markup: Markup::Html,
                         },
                     )

@@ -30,6 +30,7 @@ pub(super) fn compile_offer(
         reply_to: None,
         attachments: Vec::new(),
         save: None,
+        window_template: None,
     };
     let message = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)?;
     let ch = message.channel.clone();

@@ -104,6 +104,23 @@ pub(super) fn compile_send(
         Some(v) => var_name(cx, Some(v), ""),
         None => None,
     };
+    let window_template = sd.window_template.as_ref().map(|wt| {
+        if let Some(c) = gw.channels.get(&channel).filter(|c| !cx.caps(c).templates) {
+            cx.err(
+                wt.span(),
+                format!(
+                    "channel '{channel}' ({}) has no message templates",
+                    c.kind()
+                ),
+            );
+        }
+        let d = wt.get();
+        WindowTemplateSpec {
+            name: d.name.get().clone(),
+            language: d.language.as_ref().and_then(|l| cx.tmpl(t, l)),
+            params: d.params.iter().filter_map(|p| cx.tmpl(t, p)).collect(),
+        }
+    });
     Some(SendSpec {
         channel,
         address,
@@ -113,6 +130,7 @@ pub(super) fn compile_send(
         reply_to: sd.reply_to.as_ref().and_then(|r| cx.tmpl(t, r)),
         attachments,
         save,
+        window_template,
     })
 }
 
@@ -201,6 +219,7 @@ pub(super) fn compile_edit(
         reply_to: None,
         attachments: Vec::new(),
         save: None,
+        window_template: None,
     };
     let message = compile_send(&Sp(toml::Spanned::new(e.span(), def)), cx, t, gw, i18n)?;
     {
