@@ -597,3 +597,40 @@ async fn an_ask_pending_across_a_sigkill_resolves_after_the_restart_without_send
     assert_eq!(fake.accepted_to(phone).len(), 2);
     second.kill();
 }
+
+const OFFER: &str = r#"id = "distribute"
+on = { webhook = "deal" }
+subject = "deal:{{ event.id }}"
+[[step]]
+offer = { to = "wa:{{ event.phone }}", template = "New deal *{{ event.id }}*", buttons = [{ id = "accept", text = "Accept" }, { id = "decline", text = "Decline", decline = true }], who = "any", timeout = "10m", links = [{ text = "Open in CRM", url = "https://crm.example/deals/{{ event.id }}" }] }
+[[step]]
+send = { to = "ops", template = "{{ run.claim.name }} took deal {{ event.id }}" }
+"#;
+
+#[tokio::test]
+async fn an_offer_is_taken_by_a_press_and_the_taken_text_follows_as_a_reply() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("distribute.toml", OFFER)], "").await;
+    let phone = "48555000660";
+    let (hi, _) = fake.text(phone, "Fay", "hi");
+    assert_eq!(fake.deliver(&t.app.url(), "wa", hi).await, vec![200]);
+    let (_, b) = t
+        .post("deal", json!({"id": 7, "phone": format!("+{phone}")}))
+        .await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let offer = fake_question::Question::from(fake.wait_accepted(phone, 1).await.remove(0));
+    assert_eq!(
+        offer.text,
+        "New deal *7*\nOpen in CRM: https://crm.example/deals/7"
+    );
+    let titles: Vec<&str> = offer.buttons.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(titles, vec!["Accept", "Decline"]);
+    let (id, title) = offer.buttons[0].clone();
+    let (press, _) = fake.press(phone, &offer.wamid, &id, &title, false);
+    assert_eq!(fake.deliver(&t.app.url(), "wa", press).await, vec![200]);
+    let run = t.finished(run).await;
+    assert_eq!(run.vars["claim"]["name"], "Customer");
+    let sent = fake.wait_accepted(phone, 2).await;
+    assert_eq!(sent[1].text(), "New deal *7*\n\n✅ *Customer*");
+    assert_eq!(sent[1].body["context"]["message_id"], offer.wamid.as_str());
+}
