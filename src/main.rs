@@ -125,6 +125,9 @@ enum Command {
         /// Gateway processes on the PostgreSQL database, sharing the load.
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// The gateway's `server.max_backlog` (work in progress before intake waits).
+        #[arg(long)]
+        max_backlog: Option<usize>,
     },
 }
 
@@ -290,6 +293,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             locales,
             postgres,
             replicas,
+            max_backlog,
         } => {
             let lines = switchboard::bench::bench(switchboard::bench::BenchOptions {
                 events,
@@ -299,6 +303,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 locales,
                 postgres,
                 replicas,
+                max_backlog,
             })
             .await?;
             for l in lines {

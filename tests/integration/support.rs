@@ -280,6 +280,8 @@ struct SinkState {
     received: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<u16>>,
     default_status: Mutex<u16>,
+    /// While true, requests are recorded but not answered.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Sink {
@@ -312,6 +314,15 @@ impl Sink {
 
     pub fn set_default(&self, status: u16) {
         *self.inner.default_status.lock().unwrap() = status;
+    }
+
+    /// Requests from now on are recorded at once but answered only after `release`.
+    pub fn hold(&self) {
+        self.inner.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.inner.held.send_replace(false);
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -347,6 +358,7 @@ async fn record(
         body,
         status,
     });
+    let _ = st.held.subscribe().wait_for(|held| !held).await;
     (
         StatusCode::from_u16(status).unwrap(),
         r#"{"ok":true,"id":"r-1"}"#.to_string(),
