@@ -187,6 +187,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             admin_token,
             link_key,
         } => {
+            // Set but empty is a token gone missing (`SWITCHBOARD_ADMIN_TOKEN=$UNSET`), not
+            // a wish to lock the admin side: that is what leaving it unset does.
+            if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                anyhow::bail!(
+                    "the admin token (--admin-token or SWITCHBOARD_ADMIN_TOKEN) is empty; \
+                     set one, or leave it unset to keep the admin API and pages locked"
+                );
+            }
             let app = App::start(Options {
                 config_dir: config,
                 database,
