@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::channels::Channels;
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::engine::ingest::Ingest;
-use crate::engine::{Engine, EventItem, Work};
+use crate::engine::{Engine, Load, Work, WorkSender};
 use crate::links::Links;
 use crate::store::{self, Store};
 
@@ -40,6 +40,8 @@ pub struct App {
     pub clock: Clock,
     pub config: Arc<Config>,
     stop: Arc<watch::Sender<bool>>,
+    load: Arc<Load>,
+    engine_abort: tokio::task::AbortHandle,
     /// Set when the other replicas presumed this one dead.
     fenced: Arc<std::sync::atomic::AtomicBool>,
     server: JoinHandle<()>,
@@ -63,8 +65,8 @@ impl App {
         let (stop, stop_rx) = watch::channel(false);
         let stop = Arc::new(stop);
         let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (work_tx, work_rx) = mpsc::unbounded_channel::<Work>();
-        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let (work_tx, work_rx, outbox_tx, outbox_rx) = crate::engine::intake::channels();
+        let load = work_tx.load().clone();
         let timer_wake = Arc::new(Notify::new());
         let listen = opts
             .listen
@@ -109,25 +111,14 @@ impl App {
             public_url.clone(),
         )
         .await?;
-        // Whatever a previous process left unfinished is queued before the engine starts,
-        // so that it is served as fairly as a live burst would be.
-        let mut after = 0;
-        loop {
-            let page = store.pending_events(after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            for ev in page {
-                let _ = work_tx.send(Work::Event(EventItem::from(ev)));
-            }
-        }
-        let open = store.open_outbox().await?;
-        if !open.is_empty() {
-            tracing::info!(rows = open.len(), "resuming outbox deliveries");
-        }
-        for row in open {
-            let _ = outbox_tx.send(crate::outbox::job_from_row(row));
-        }
-        let mut tasks = vec![tokio::spawn(engine.run(work_rx, stop_rx.clone()))];
+        // Whatever a previous process left unfinished (events, outbox rows) is found by a
+        // rescan, which reads events from the database as the queue has room for them; so
+        // is anything a database outage stranded later.
+        let _ = work_tx.send(Work::Rescan);
+        let engine_task = tokio::spawn(engine.run(work_rx, stop_rx.clone()));
+        let engine_abort = engine_task.abort_handle();
+        let mut tasks = vec![supervise(engine_task, stop.clone(), load.clone())];
+        tasks.push(tokio::spawn(rescans(work_tx.clone(), stop_rx.clone())));
         if !store.exclusive() {
             tasks.push(tokio::spawn(crate::replicas::upkeep(
                 cfg.clone(),
@@ -138,7 +129,14 @@ impl App {
                 fenced.clone(),
             )));
         }
-        let (ingest, ingest_task) = Ingest::start(store.clone(), work_tx.clone());
+        let (ingest, ingest_task) = Ingest::start(
+            store.clone(),
+            work_tx.clone(),
+            crate::engine::ingest::Backlog {
+                max: cfg.gateway.max_backlog,
+                wait: cfg.gateway.backlog_wait,
+            },
+        );
         tasks.push(ingest_task);
 
         // With replicas, send pacing is shared through the database.
@@ -226,6 +224,8 @@ impl App {
             clock,
             config: cfg,
             stop,
+            load,
+            engine_abort,
             fenced,
             server,
             tasks,
@@ -238,6 +238,17 @@ impl App {
 
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr)
+    }
+
+    /// Ends the engine task as a crash would (for tests of the supervision).
+    #[doc(hidden)]
+    pub fn crash_engine(&self) {
+        self.engine_abort.abort();
+    }
+
+    /// Whether the gateway stopped itself (the engine ended, or the replicas fenced it off).
+    pub fn stopped(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// Serves until SIGINT or SIGTERM, then stops.
@@ -264,7 +275,13 @@ impl App {
         }
         tracing::info!("stopping");
         let fenced = self.fenced.clone();
+        let load = self.load.clone();
         self.stop().await;
+        if load.engine_down() {
+            anyhow::bail!(
+                "the engine stopped unexpectedly (see the log above); restart the gateway"
+            );
+        }
         if fenced.load(std::sync::atomic::Ordering::SeqCst) {
             anyhow::bail!(
                 "this replica was presumed dead by the others (a long pause?); restart it"
@@ -292,6 +309,49 @@ impl App {
             }
         }
     }
+}
+
+/// How often the engine looks in the database for work nobody holds.
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
+
+async fn rescans(engine: WorkSender, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RESCAN_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        if engine.send(Work::Rescan).is_err() {
+            return;
+        }
+    }
+}
+
+/// Watches the engine task: if it ends while the gateway is meant to run (a panic), the
+/// gateway stops with an error instead of accepting events nobody will process.
+fn supervise(
+    engine: JoinHandle<()>,
+    stop: Arc<watch::Sender<bool>>,
+    load: Arc<Load>,
+) -> JoinHandle<()> {
+    struct AbortOnDrop(JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    tokio::spawn(async move {
+        let mut engine = AbortOnDrop(engine);
+        let ended = (&mut engine.0).await;
+        if *stop.borrow() {
+            return;
+        }
+        match ended {
+            Err(e) if e.is_panic() => tracing::error!(error = %e, "the engine panicked; stopping"),
+            _ => tracing::error!("the engine stopped unexpectedly; stopping"),
+        }
+        load.set_engine_down();
+        let _ = stop.send(true);
+    })
 }
 
 /// A database URL fit for messages: its password replaced by `***`.

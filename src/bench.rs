@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub postgres: Option<String>,
     /// Gateway processes sharing the load (PostgreSQL only).
     pub replicas: usize,
+    /// The gateway's `server.max_backlog`, when not its default.
+    pub max_backlog: Option<usize>,
 }
 
 const SCENARIO: &str = r#"
@@ -234,7 +236,10 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
         cfg.join("gateway.toml"),
         format!(
             // The sink listens on loopback: allowed explicitly.
-            "[defaults]\nlanguage = \"en\"\nlocales = \"{}\"\n\n[http]\nallow = [\"127.0.0.1/32\"]\n",
+            "{}[defaults]\nlanguage = \"en\"\nlocales = \"{}\"\n\n[http]\nallow = [\"127.0.0.1/32\"]\n",
+            o.max_backlog
+                .map(|n| format!("[server]\nmax_backlog = {n}\n\n"))
+                .unwrap_or_default(),
             std::fs::canonicalize(&o.locales)
                 .context("the locales folder")?
                 .display()

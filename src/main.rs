@@ -125,6 +125,9 @@ enum Command {
         /// Gateway processes on the PostgreSQL database, sharing the load.
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// The gateway's `server.max_backlog` (work in progress before intake waits).
+        #[arg(long)]
+        max_backlog: Option<usize>,
     },
 }
 
@@ -184,6 +187,14 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             admin_token,
             link_key,
         } => {
+            // Set but empty is a token gone missing (`SWITCHBOARD_ADMIN_TOKEN=$UNSET`), not
+            // a wish to lock the admin side: that is what leaving it unset does.
+            if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                anyhow::bail!(
+                    "the admin token (--admin-token or SWITCHBOARD_ADMIN_TOKEN) is empty; \
+                     set one, or leave it unset to keep the admin API and pages locked"
+                );
+            }
             let app = App::start(Options {
                 config_dir: config,
                 database,
@@ -290,6 +301,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             locales,
             postgres,
             replicas,
+            max_backlog,
         } => {
             let lines = switchboard::bench::bench(switchboard::bench::BenchOptions {
                 events,
@@ -299,6 +311,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 locales,
                 postgres,
                 replicas,
+                max_backlog,
             })
             .await?;
             for l in lines {

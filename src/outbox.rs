@@ -110,6 +110,7 @@ pub async fn worker(
                 let _ = d
                     .engine
                     .send(Work::Delivery(job.delivery(job.row.attempts + 1, result)));
+                d.engine.load().release(job.row.id);
                 continue;
             }
         };
@@ -313,7 +314,11 @@ async fn deliver(d: &Deliverer, job: OutboxJob, mut op: Option<Outbound>) {
         let _ = engine.send(Work::Delivery(job.delivery(attempts, result)));
         match next {
             Some(at) => clock.sleep_until(at, None).await,
-            None => return,
+            None => {
+                // After the report is queued: a rescan then finds the one or the other.
+                engine.load().release(row.id);
+                return;
+            }
         }
     }
 }

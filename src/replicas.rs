@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::engine::OutboxJob;
+use crate::engine::OutboxSender;
 use crate::engine::{EventItem, Work, WorkSender};
 use crate::store::Store;
 
@@ -17,7 +17,7 @@ pub async fn upkeep(
     cfg: Arc<crate::config::Config>,
     store: Arc<dyn Store>,
     engine: WorkSender,
-    outbox: mpsc::UnboundedSender<OutboxJob>,
+    outbox: OutboxSender,
     stop: Arc<watch::Sender<bool>>,
     fenced: Arc<AtomicBool>,
 ) {

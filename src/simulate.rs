@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value as Json};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Action;
@@ -38,8 +38,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
         .clone();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await?);
     let clock = Clock::default();
-    let (work_tx, mut work_rx) = mpsc::unbounded_channel();
-    let (outbox_tx, mut outbox_rx) = mpsc::unbounded_channel();
+    let (work_tx, mut work_rx, outbox_tx, mut outbox_rx) = crate::engine::intake::channels();
     let public_url = cfg
         .gateway
         .public_url
@@ -86,6 +85,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
         source: ev.source,
         data: Arc::new(ev.data),
         meta: ev.meta,
+        recheck: false,
     }));
     let mut replies: VecDeque<String> = opts.replies.into();
     let mut printed: HashMap<i64, usize> = HashMap::new();
@@ -143,7 +143,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                     job.delivery(1, DeliveryResult::Delivered(response)),
                 ));
             }
-            while let Ok(w) = work_rx.try_recv() {
+            while let Ok(w) = work_rx.rx.try_recv() {
                 if let Work::Event(e) = &w {
                     events.push(e.id);
                 }
@@ -202,13 +202,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                                     store.ingest(std::slice::from_ref(&ev)).await?[0]
                                 {
                                     events.push(id);
-                                    queue.push_back(Work::Event(EventItem {
-                                        id,
-                                        kind: ev.kind,
-                                        source: ev.source,
-                                        data: Arc::new(ev.data),
-                                        meta: ev.meta,
-                                    }));
+                                    queue.push_back(Work::Event(EventItem::stored(id, ev)));
                                     progressed = true;
                                 }
                             }

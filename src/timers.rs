@@ -1,7 +1,7 @@
 //! Durable time: fires stored timers (sleeps, wait timeouts) when due, and turns cron
 //! schedules into events (deduplicated by their fire time, so a restart never doubles one).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ use crate::store::{NewEvent, Store};
 /// another one may have stored a timer this one was not told about.
 const IDLE: i64 = 30_000;
 const IDLE_SHARED: i64 = 1_000;
+/// A due timer handed to the engine and still in the table this long after is handed over
+/// again (the engine may have lost it to a database outage); firing is idempotent.
+const RESEND: i64 = 30_000;
 
 pub async fn timer_worker(
     store: Arc<dyn Store>,
@@ -26,7 +29,8 @@ pub async fn timer_worker(
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut in_flight: HashSet<i64> = HashSet::new();
+    // Due timers handed to the engine → when.
+    let mut in_flight: HashMap<i64, i64> = HashMap::new();
     let idle = if store.exclusive() { IDLE } else { IDLE_SHARED };
     loop {
         if *stop.borrow() {
@@ -41,12 +45,20 @@ pub async fn timer_worker(
                 continue;
             }
         };
-        let ids: HashSet<i64> = due.iter().map(|t| t.id).collect();
+        let ids: std::collections::HashSet<i64> = due.iter().map(|t| t.id).collect();
         // Timers the engine has handled are gone from the table; forget them.
-        in_flight.retain(|id| ids.contains(id));
+        in_flight.retain(|id, _| ids.contains(id));
         let mut sent = 0;
         for t in due {
-            if in_flight.insert(t.id) {
+            let handed = in_flight.get(&t.id).copied();
+            if handed.is_none_or(|at| now - at >= RESEND) {
+                if handed.is_some() {
+                    tracing::warn!(
+                        timer = t.id,
+                        "a due timer is still unfired; handing it over again"
+                    );
+                }
+                in_flight.insert(t.id, now);
                 sent += 1;
                 let _ = engine.send(Work::Timer(t));
             }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crate::i18n::I18n;
 use crate::lang::compile::{self, Host, Messages};
 use crate::lang::expr::Templates;
-use crate::lang::interpolate::interpolate_with;
 
 pub use crate::lang::error::{ConfigError, ConfigErrors, Position};
 pub use crate::lang::model::*;
@@ -165,12 +164,6 @@ impl Messages for I18n {
 /// Loads and checks the whole folder. Every problem is collected before failing.
 pub fn load(dir: &Path) -> Result<Config, ConfigErrors> {
     load_dir(dir).map_err(ConfigErrors)
-}
-
-/// Replaces `${NAME}` and `${NAME:-default}` with environment values.
-/// Returns the name of the first variable that is unset and has no default.
-pub fn interpolate(s: &str) -> Result<String, String> {
-    interpolate_with(s, |k| std::env::var(k).ok())
 }
 
 fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {

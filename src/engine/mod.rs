@@ -4,24 +4,26 @@
 
 pub mod admin;
 pub mod ingest;
+pub mod intake;
 mod queue;
 mod steps;
 
 /// Expressions moved to `crate::lang`; the old path keeps working.
 pub use crate::lang::expr;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value as Json};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
 use crate::config::{Action, Config, Scenario};
 use crate::store::{
     EventRow, OutboxRow, RunRow, RunStatus, Store, StoreError, SubjectLimit, TimerRow, Tx,
 };
+pub use intake::{Load, OutboxSender, WorkReceiver, WorkSender};
 use queue::FairQueue;
 
 /// Largest number of work items committed in one transaction.
@@ -30,6 +32,10 @@ const BATCH: usize = 256;
 const MAX_FAILURES: u32 = 5;
 /// Items one lane may contribute to a batch per round.
 const PER_LANE: usize = 16;
+/// A rescan reads stored events while fewer than this many items are queued.
+const RESCAN_ROOM: usize = 4 * BATCH;
+/// Events stored this recently are left to their normal path by a rescan.
+const RESCAN_GRACE_MS: i64 = 2_000;
 
 /// A stored event ready for processing.
 #[derive(Debug, Clone)]
@@ -39,6 +45,23 @@ pub struct EventItem {
     pub source: String,
     pub data: Arc<Json>,
     pub meta: Json,
+    /// Read back from the database rather than handed over when stored: processed only if
+    /// still pending when its batch runs (another copy may have been processed meanwhile).
+    pub recheck: bool,
+}
+
+impl EventItem {
+    /// The event just stored under `id`, handed over as it is.
+    pub fn stored(id: i64, ev: crate::store::NewEvent) -> EventItem {
+        EventItem {
+            id,
+            kind: ev.kind,
+            source: ev.source,
+            data: Arc::new(ev.data),
+            meta: ev.meta,
+            recheck: false,
+        }
+    }
 }
 
 impl From<EventRow> for EventItem {
@@ -49,6 +72,7 @@ impl From<EventRow> for EventItem {
             source: r.source,
             data: Arc::new(r.data),
             meta: r.meta,
+            recheck: true,
         }
     }
 }
@@ -118,6 +142,8 @@ pub enum Work {
     },
     /// An operator's action; answered after it committed.
     Admin(admin::AdminOp, admin::AdminReply),
+    /// Look in the database for work nobody holds: pending events, outbox rows.
+    Rescan,
 }
 
 impl Work {
@@ -128,11 +154,10 @@ impl Work {
             Work::Delivery(d) => d.lane.clone(),
             Work::Answer { .. } => "answers".into(),
             Work::Admin(..) => "admin".into(),
+            Work::Rescan => "rescan".into(),
         }
     }
 }
-
-pub type WorkSender = mpsc::UnboundedSender<Work>;
 
 /// Whatever a batch caused that must happen only after it committed.
 #[derive(Default)]
@@ -146,11 +171,89 @@ struct After {
     enable: Vec<(Arc<Scenario>, bool, i64)>,
 }
 
+/// What the engine's queue holds, so that an event read back from the database and the same
+/// event handed over by the ingest are not both processed.
+#[derive(Default)]
+struct Intake {
+    /// Ids of the events in the queue.
+    queued: HashSet<i64>,
+    /// Events a rescan queued → its round: a late copy from the ingest is dropped.
+    rescued: HashMap<i64, u32>,
+    round: u32,
+    /// A rescan in progress: events after this id, stored before this time (ms).
+    cursor: Option<(i64, i64)>,
+}
+
+impl Intake {
+    fn push(&mut self, queue: &mut FairQueue<Work>, w: Work, load: &Load) {
+        if let Work::Event(e) = &w {
+            let late_copy = !e.recheck && self.rescued.remove(&e.id).is_some();
+            if late_copy || !self.queued.insert(e.id) {
+                load.done(1);
+                return;
+            }
+        }
+        queue.push(&w.lane(), w);
+    }
+
+    /// An item of a failed batch goes back.
+    fn requeue(&mut self, queue: &mut FairQueue<Work>, w: Work) {
+        if let Work::Event(e) = &w {
+            self.queued.insert(e.id);
+        }
+        queue.push(&w.lane(), w);
+    }
+}
+
+/// Records a delivery attempt on its outbox row; the response and error of a final one.
+async fn record_delivery(
+    tx: &mut dyn Tx,
+    d: &Delivery,
+    now: i64,
+) -> Result<Option<(Option<Json>, Option<String>)>, StoreError> {
+    match &d.result {
+        DeliveryResult::Retry { error, next_at } => {
+            tx.outbox_attempt(d.outbox_id, d.attempts, *next_at, error, now)
+                .await?;
+            Ok(None)
+        }
+        DeliveryResult::Delivered(r) => {
+            tx.outbox_finish(d.outbox_id, "delivered", d.attempts, Some(r), None, now)
+                .await?;
+            Ok(Some((Some(r.clone()), None)))
+        }
+        DeliveryResult::Failed { error, response } => {
+            tx.outbox_finish(
+                d.outbox_id,
+                "failed",
+                d.attempts,
+                response.as_ref(),
+                Some(error),
+                now,
+            )
+            .await?;
+            Ok(Some((response.clone(), Some(error.clone()))))
+        }
+    }
+}
+
+/// Longest subject stored as it is: a longer one (a whole message text, say) is stored as its
+/// digest, which PostgreSQL's indexes can hold and which still tells subjects apart.
+const SUBJECT_KEPT: usize = 512;
+
+fn storable_subject(s: String) -> String {
+    if s.len() <= SUBJECT_KEPT && !s.contains('\0') {
+        return s;
+    }
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(s.as_bytes())))
+}
+
 pub struct Engine {
     cfg: Arc<Config>,
     store: Arc<dyn Store>,
     clock: Clock,
-    outbox: mpsc::UnboundedSender<OutboxJob>,
+    outbox: OutboxSender,
     timers: Arc<Notify>,
     me: WorkSender,
     globals: Map<String, Json>,
@@ -175,7 +278,7 @@ impl Engine {
         cfg: Arc<Config>,
         store: Arc<dyn Store>,
         clock: Clock,
-        outbox: mpsc::UnboundedSender<OutboxJob>,
+        outbox: OutboxSender,
         timers: Arc<Notify>,
         me: WorkSender,
         public_url: String,
@@ -200,16 +303,14 @@ impl Engine {
     }
 
     /// Serves work until `stop` turns true and the queue is drained.
-    pub async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Work>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn run(mut self, rx: WorkReceiver, mut stop: watch::Receiver<bool>) {
+        let mut rx = rx.rx;
         let mut queue: FairQueue<Work> = FairQueue::default();
+        let mut intake = Intake::default();
         let mut buf = Vec::with_capacity(BATCH);
         let mut failures = 0u32;
         loop {
-            if queue.is_empty() {
+            if queue.is_empty() && intake.cursor.is_none() {
                 tokio::select! {
                     n = rx.recv_many(&mut buf, 4096) => {
                         if n == 0 { return; }
@@ -223,13 +324,33 @@ impl Engine {
                     break;
                 }
             }
+            let mut rescan = false;
             for w in buf.drain(..) {
-                let lane = w.lane();
-                queue.push(&lane, w);
+                match w {
+                    Work::Rescan => {
+                        rescan = true;
+                        self.load().done(1);
+                    }
+                    w => intake.push(&mut queue, w, self.load()),
+                }
+            }
+            if rescan {
+                self.start_rescan(&mut intake, &queue).await;
+            }
+            if intake.cursor.is_some() && queue.len() < RESCAN_ROOM {
+                self.rescan_page(&mut intake, &mut queue).await;
+                if queue.is_empty() {
+                    continue;
+                }
             }
             // After a failed batch, items go one at a time until one succeeds, so that a
             // single bad item cannot hold back the rest.
             let batch = queue.take(if failures > 0 { 1 } else { BATCH }, PER_LANE);
+            for w in &batch {
+                if let Work::Event(e) = w {
+                    intake.queued.remove(&e.id);
+                }
+            }
             let started = std::time::Instant::now();
             let result = self.process(&batch).await;
             tracing::debug!(
@@ -238,31 +359,162 @@ impl Engine {
                 micros = started.elapsed().as_micros() as u64,
                 "batch"
             );
-            if result.is_ok() {
-                failures = 0;
-            }
-            if let Err(e) = result {
-                // The transaction rolled back; nothing of the batch happened.
-                failures += 1;
-                self.http_parked.clear();
-                self.globals = self
-                    .store
-                    .globals()
-                    .await
-                    .unwrap_or_else(|_| self.globals.clone());
-                if batch.len() == 1 && failures > MAX_FAILURES {
-                    // Left in the database as it was; the next start tries it again.
-                    tracing::error!(error = %e, "engine work failed repeatedly; set aside until restart");
+            let e = match result {
+                Ok(()) => {
                     failures = 0;
+                    self.load().done(batch.len());
                     continue;
                 }
-                tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * failures.min(20) as u64)).await;
-                for w in batch {
-                    let lane = w.lane();
-                    queue.push(&lane, w);
+                Err(e) => e,
+            };
+            // The transaction rolled back; nothing of the batch happened.
+            self.http_parked.clear();
+            self.globals = self
+                .store
+                .globals()
+                .await
+                .unwrap_or_else(|_| self.globals.clone());
+            metrics::counter!("switchboard_engine_failed_batches_total").increment(1);
+            // While the database is out of reach, no item is to blame: wait for it.
+            if !e.unavailable() {
+                failures += 1;
+            }
+            if batch.len() == 1 && failures > MAX_FAILURES {
+                failures = 0;
+                self.set_aside(&batch[0], &e).await;
+                self.load().done(1);
+                continue;
+            }
+            tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
+            tokio::time::sleep(Duration::from_millis(100 * failures.clamp(1, 20) as u64)).await;
+            for w in batch {
+                intake.requeue(&mut queue, w);
+            }
+        }
+    }
+
+    fn load(&self) -> &Arc<Load> {
+        self.me.load()
+    }
+
+    /// Records an item that failed alone again and again as a failure of its own (the event
+    /// failed, the run failed), so that it is neither retried forever nor lost. If even that
+    /// cannot be written, the item stays as it is in the database for a rescan to find.
+    async fn set_aside(&mut self, w: &Work, error: &StoreError) {
+        let now = self.now();
+        let reason = format!("failed {MAX_FAILURES} times and was set aside: {error}");
+        tracing::error!(error = %error, "engine work failed repeatedly; set aside");
+        let written = async {
+            let mut tx = self.store.begin().await?;
+            let run = match w {
+                Work::Event(e) => {
+                    let outcome = json!([{"verdict": "failed", "error": reason}]);
+                    tx.finish_event(e.id, "failed", &outcome, now).await?;
+                    None
+                }
+                Work::Timer(t) => {
+                    if tx.delete_timer(t.id).await? {
+                        Some(t.run_id)
+                    } else {
+                        None
+                    }
+                }
+                Work::Delivery(d) => {
+                    record_delivery(&mut *tx, d, now).await?;
+                    d.run_id.filter(|_| d.resume)
+                }
+                // Dropped: the operator is told the action did not happen.
+                Work::Admin(..) | Work::Answer { .. } | Work::Rescan => None,
+            };
+            if let Some(id) = run {
+                if let Some(mut run) = tx.load_run(id).await? {
+                    if run.status.is_active() {
+                        tx.clear_parks(run.id).await?;
+                        steps::fail(&mut run, &reason, now);
+                        tx.save_run(&run).await?;
+                    }
                 }
             }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, "recording the failure failed; left for a later rescan");
+        }
+    }
+
+    /// Starts looking for stored work nobody holds: outbox rows at once, events page by page
+    /// as the queue has room.
+    async fn start_rescan(&mut self, intake: &mut Intake, queue: &FairQueue<Work>) {
+        intake.round += 1;
+        let round = intake.round;
+        intake.rescued.retain(|_, r| *r + 1 >= round);
+        intake.cursor = Some((0, self.now() - RESCAN_GRACE_MS));
+        let rows = match self.store.open_outbox().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "rescanning the outbox failed");
+                return;
+            }
+        };
+        // A row the worker does not hold has had its final result sent to the engine
+        // before the release: it is queued here, unless it was lost.
+        let loose: Vec<_> = rows
+            .into_iter()
+            .filter(|r| !self.load().holds(r.id))
+            .collect();
+        if loose.is_empty() {
+            return;
+        }
+        let reported: HashSet<i64> = queue
+            .iter()
+            .filter_map(|w| match w {
+                Work::Delivery(d) => Some(d.outbox_id),
+                _ => None,
+            })
+            .collect();
+        let mut n = 0;
+        for row in loose.into_iter().filter(|r| !reported.contains(&r.id)) {
+            n += 1;
+            let _ = self.outbox.send(crate::outbox::job_from_row(row));
+        }
+        if n > 0 {
+            tracing::warn!(
+                rows = n,
+                "outbox rows found unattended; delivering them again"
+            );
+        }
+    }
+
+    async fn rescan_page(&mut self, intake: &mut Intake, queue: &mut FairQueue<Work>) {
+        let Some((after, before)) = intake.cursor else {
+            return;
+        };
+        const PAGE: i64 = 512;
+        let page = match self.store.pending_events(after, PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "rescanning events failed; trying at the next rescan");
+                intake.cursor = None;
+                return;
+            }
+        };
+        intake.cursor = match page.last() {
+            Some(last) if page.len() as i64 == PAGE => Some((last.id, before)),
+            _ => None,
+        };
+        let mut n = 0;
+        for ev in page {
+            if ev.received_at > before || intake.queued.contains(&ev.id) {
+                continue;
+            }
+            n += 1;
+            intake.rescued.insert(ev.id, intake.round);
+            self.load().add(1);
+            intake.push(queue, Work::Event(EventItem::from(ev)), self.load());
+        }
+        if n > 0 {
+            tracing::info!(events = n, "queued stored events");
         }
     }
 
@@ -288,13 +540,19 @@ impl Engine {
         let mut after = After::default();
         for w in batch {
             match w {
-                Work::Event(e) => self.on_event(&mut *tx, e, &mut after).await?,
+                Work::Event(e) => {
+                    if e.recheck && !tx.event_pending(e.id).await? {
+                        continue;
+                    }
+                    self.on_event(&mut *tx, e, &mut after).await?
+                }
                 Work::Timer(t) => self.on_timer(&mut *tx, t, &mut after).await?,
                 Work::Delivery(d) => self.on_delivery(&mut *tx, d, &mut after).await?,
                 Work::Answer { run_id, data } => {
                     self.on_answer(&mut *tx, *run_id, data, &mut after).await?
                 }
                 Work::Admin(op, reply) => self.on_admin(&mut *tx, op, reply, &mut after).await?,
+                Work::Rescan => {}
             }
         }
         // On failure the caller reloads the globals this batch changed in memory.
@@ -413,7 +671,7 @@ impl Engine {
         }
         let subject = match &sc.subject {
             Some(t) => match t.render(&ctx) {
-                Ok(s) => Some(s),
+                Ok(s) => Some(storable_subject(s)),
                 Err(e) => {
                     return Ok(json!({"scenario": sc.id, "verdict": "subject error", "error": e.0}))
                 }
@@ -546,29 +804,8 @@ impl Engine {
         after: &mut After,
     ) -> Result<(), StoreError> {
         let now = self.now();
-        let (response, error) = match &d.result {
-            DeliveryResult::Retry { error, next_at } => {
-                return tx
-                    .outbox_attempt(d.outbox_id, d.attempts, *next_at, error, now)
-                    .await;
-            }
-            DeliveryResult::Delivered(r) => {
-                tx.outbox_finish(d.outbox_id, "delivered", d.attempts, Some(r), None, now)
-                    .await?;
-                (Some(r.clone()), None)
-            }
-            DeliveryResult::Failed { error, response } => {
-                tx.outbox_finish(
-                    d.outbox_id,
-                    "failed",
-                    d.attempts,
-                    response.as_ref(),
-                    Some(error),
-                    now,
-                )
-                .await?;
-                (response.clone(), Some(error.clone()))
-            }
+        let Some((response, error)) = record_delivery(tx, d, now).await? else {
+            return Ok(());
         };
         if let (Some(offer), Some(r)) = (d.offer_id, &response) {
             if let Some(m) = r["message"].as_str() {

@@ -40,6 +40,11 @@ impl<T> FairQueue<T> {
         self.len == 0
     }
 
+    /// Every queued item, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.lanes.values().flatten()
+    }
+
     /// Up to `max` items, at most `per_lane` from a lane per round.
     pub fn take(&mut self, max: usize, per_lane: usize) -> Vec<T> {
         let mut out = Vec::with_capacity(max.min(self.len));

@@ -67,6 +67,18 @@ pub async fn receive(
             return reject(&st, &name, StatusCode::BAD_REQUEST, reason, &bytes, None).await
         }
     };
+    // PostgreSQL cannot store it, and no sender means it.
+    if crate::engine::ingest::has_nul(&data) {
+        return reject(
+            &st,
+            &name,
+            StatusCode::BAD_REQUEST,
+            "the body holds a NUL character (\\u0000), which is not accepted".into(),
+            &bytes,
+            None,
+        )
+        .await;
+    }
     let key = match idempotency_key(&hook, &headers, &data, &bytes) {
         Ok(k) => k,
         Err(reason) => {
@@ -109,7 +121,7 @@ pub async fn receive(
             )
                 .into_response()
         }
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        Err(e) => super::not_stored(&e),
     }
 }
 

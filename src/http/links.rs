@@ -149,6 +149,6 @@ async fn fire(
         Ok(_) => st
             .pages
             .message(StatusCode::GONE, lang, "link-used-title", "link-used"),
-        Err(e) => super::ApiError::internal(e).into_response(),
+        Err(e) => super::not_stored(&e),
     }
 }

@@ -114,6 +114,20 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// A 503 for an event that was not stored, with `Retry-After`.
+pub fn not_stored(e: &crate::engine::ingest::SubmitError) -> Response {
+    let after = match e {
+        crate::engine::ingest::SubmitError::Busy => "1",
+        crate::engine::ingest::SubmitError::Unavailable(_) => "5",
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, after)],
+        Json(serde_json::json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {

@@ -33,14 +33,19 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
             (name, json!(status))
         })
         .collect();
-    let ok = db == "ok" && channels_ok;
+    let engine = if st.engine.load().engine_down() {
+        "stopped"
+    } else {
+        "ok"
+    };
+    let ok = db == "ok" && channels_ok && engine == "ok";
     (
         if ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        Json(json!({"ready": ok, "database": db, "channels": channels})),
+        Json(json!({"ready": ok, "database": db, "engine": engine, "channels": channels})),
     )
 }
 

@@ -46,10 +46,11 @@ impl std::fmt::Debug for Channel {
     }
 }
 
-/// Where a channel type reports problems and reads `${ENV}` values.
+/// Where a channel type reports problems.
 pub trait SectionCx {
     fn err(&mut self, span: Range<usize>, msg: String);
-    /// The value with `${NAME}` replaced; `None` (reported) when a variable is unset.
+    /// The value of a text setting. `${NAME}` references in every string of the file are
+    /// expanded (or reported) when it is read, so this is the text itself.
     fn env(&mut self, value: &Sp<String>) -> Option<String>;
 }
 

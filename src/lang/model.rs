@@ -12,6 +12,8 @@ pub struct Gateway {
     pub listen: Option<String>,
     pub public_url: Option<String>,
     pub max_body_bytes: usize,
+    pub max_backlog: usize,
+    pub backlog_wait: Duration,
     pub language: String,
     pub max_steps: u32,
     pub max_call_depth: u32,

@@ -32,6 +32,39 @@ pub enum StoreError {
     Busy(String),
 }
 
+impl StoreError {
+    /// The database could not be reached or refused service for the moment (connection
+    /// lost, pool exhausted, server shutting down, file locked): no statement is to blame.
+    pub fn unavailable(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return matches!(self, StoreError::Busy(_));
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default();
+                if code.len() == 5 {
+                    // PostgreSQL: connection exceptions (08…), operator intervention (57P…),
+                    // insufficient resources (53…).
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code.starts_with("53")
+                        || code == "55000"
+                } else {
+                    // SQLite: busy (5) and locked (6), with their extended codes.
+                    code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Db(e)
@@ -451,6 +484,8 @@ pub trait Tx: Send {
     async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool>;
 
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>>;
+    /// Whether the event still waits to be processed.
+    async fn event_pending(&mut self, id: i64) -> Result<bool>;
     async fn finish_event(&mut self, id: i64, status: &str, outcome: &Json, now: i64)
         -> Result<()>;
 

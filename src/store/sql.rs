@@ -428,6 +428,15 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
+            async fn event_pending(&mut self, id: i64) -> Result<bool> {
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM events WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                Ok(status.as_deref() == Some("pending"))
+            }
+
             async fn finish_event(
                 &mut self,
                 id: i64,

@@ -4,12 +4,22 @@ use std::process::Command;
 
 use crate::support::*;
 
+/// The command in the repo, with the variable the examples need (as the README sets it).
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    run_env(args, &[("PAYMENT_HOOK_SECRET", Some(PAYMENT_HOOK_SECRET))])
+}
+
+/// The command in the repo with these variables set (`Some`) or removed (`None`).
+fn run_env(args: &[&str], env: &[(&str, Option<&str>)]) -> (i32, String, String) {
+    let mut command = Command::new(bin());
+    command.args(args).current_dir(repo());
+    for (k, v) in env {
+        match v {
+            Some(v) => command.env(k, v),
+            None => command.env_remove(k),
+        };
+    }
+    let out = command.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -22,6 +32,110 @@ fn check_passes_the_examples() {
     let (code, out, err) = run(&["check", "bot-configs"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("no problems"));
+}
+
+#[test]
+fn check_needs_the_examples_payment_hook_key_and_says_where() {
+    let (code, out, _) = run_env(&["check", "bot-configs"], &[("PAYMENT_HOOK_SECRET", None)]);
+    assert_eq!(code, 1, "{out}");
+    let gw = std::fs::read_to_string(repo().join("bot-configs/gateway.toml")).unwrap();
+    let (line, text) = gw
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("${PAYMENT_HOOK_SECRET}"))
+        .expect("the example's payment hook takes its key from the environment");
+    let col = text[..text.find("${").unwrap()].chars().count() + 1;
+    assert_eq!(
+        out.trim(),
+        format!(
+            "bot-configs/gateway.toml:{}:{col}: environment variable PAYMENT_HOOK_SECRET is not set",
+            line + 1
+        )
+    );
+
+    // Set but empty, the key is no key either.
+    let (code, out, _) = run_env(
+        &["check", "bot-configs"],
+        &[("PAYMENT_HOOK_SECRET", Some(""))],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "bot-configs/gateway.toml:{}:{}: hook 'payment': the secret is empty",
+            line + 1,
+            col - 1
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn env_references_in_nested_values_are_checked_with_their_positions() {
+    let cfg = ConfigDir::with(&[(
+        "s.toml",
+        "id = \"s\"\non = { webhook = \"${SB_TEST_HOOK}\" }\n[[step]]\n\
+         http = { post = \"http://127.0.0.1:9/x\", json = { a = [1, { b = \"${SB_TEST_UNSET_B}\" }] } }\n",
+    )]);
+    let mut gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    gw.push_str(
+        "\n[channels.tg]\ntype = \"telegram\"\ntoken = \"1:x\"\nmode = \"webhook\"\n\
+         webhook_secret = \"${SB_TEST_TG_SECRET:-}\"\nlimits = { chat = \"${SB_TEST_RATE:-2/1s}\" }\n\
+         \n[[staff]]\nid = \"x\"\nname = \"X\"\ngroups = [\"${SB_TEST_UNSET_GROUP}\"]\n",
+    );
+    cfg.write("gateway.toml", &gw);
+    let lines = gw.lines().count();
+    let (code, out, _) = run_env(
+        &["check", cfg.dir().to_str().unwrap()],
+        &[("SB_TEST_HOOK", Some("h"))],
+    );
+    assert_eq!(code, 1, "{out}");
+    let dir = cfg.dir().display().to_string();
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        got,
+        [
+            format!(
+                "{dir}/gateway.toml:{lines}:12: environment variable SB_TEST_UNSET_GROUP is not set"
+            ),
+            format!(
+                "{dir}/gateway.toml:{}:18: channel 'tg': `webhook_secret` is empty",
+                lines - 6
+            ),
+            format!("{dir}/s.toml:4:65: environment variable SB_TEST_UNSET_B is not set"),
+        ],
+        "{out}"
+    );
+}
+
+/// `run` on a folder, for a gateway that should refuse to start: its exit code and stderr.
+/// One that would serve until stopped fails the test after a bounded wait.
+async fn refused_run(cfg: &ConfigDir, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let gateway = tokio::process::Command::new(bin())
+        .args(["run", "--config", cfg.dir().to_str().unwrap()])
+        .args(["--database", &cfg.db()])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), gateway)
+        .await
+        .expect("the gateway should have refused to start")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn run_refuses_an_empty_admin_token() {
+    let cfg = ConfigDir::with(&[]);
+    let (code, err) = refused_run(&cfg, &[("SWITCHBOARD_ADMIN_TOKEN", "")]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the admin token (--admin-token or SWITCHBOARD_ADMIN_TOKEN) is empty"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -217,19 +331,9 @@ async fn a_second_gateway_on_the_same_sqlite_file_refuses_to_start() {
         "id = \"ping\"\non = { webhook = \"ping\" }\n[[step]]\nstop = true\n",
     )]);
     let first = Gateway::start(&cfg).await;
-    let second = tokio::process::Command::new(bin())
-        .args(["run", "--config", cfg.dir().to_str().unwrap()])
-        .args(["--database", &cfg.db()])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .kill_on_drop(true)
-        .output();
-    // A second writer would serve until stopped: a bounded wait turns that into a failure.
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), second)
-        .await
-        .expect("the second gateway should have refused to start")
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    // A second writer would serve until stopped.
+    let (code, err) = refused_run(&cfg, &[]).await;
+    assert_ne!(code, Some(0));
     assert!(err.contains("another gateway is running on"), "{err}");
     // The first one is unharmed, and a reader still reads.
     first.post("ping", serde_json::json!({})).await;

@@ -6,6 +6,7 @@ mod browser;
 mod channels;
 mod cli;
 mod crash;
+mod durability;
 mod egress;
 mod engine;
 mod fake_telegram;

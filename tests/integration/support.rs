@@ -25,6 +25,11 @@ pub fn repo() -> PathBuf {
 /// The gateway file's section that lets `http` steps reach the tests' loopback receivers.
 pub const ALLOW_LOOPBACK: &str = "[http]\nallow = [\"127.0.0.1/32\"]\n";
 
+/// The example gateway file's HMAC key of the payment hook, and what the copies of
+/// [`ConfigDir::examples`] have instead.
+pub const PAYMENT_HOOK_SECRET_REF: &str = "${PAYMENT_HOOK_SECRET}";
+pub const PAYMENT_HOOK_SECRET: &str = "test-payment-secret";
+
 pub struct ConfigDir {
     pub root: tempfile::TempDir,
 }
@@ -37,8 +42,11 @@ impl ConfigDir {
             std::fs::copy(&p, c.dir().join(p.file_name().unwrap())).unwrap();
         }
         // The tests' receivers listen on loopback, which `http` steps may not reach unless
-        // the gateway file allows it.
+        // the gateway file allows it. The payment hook's key comes from the environment,
+        // which the tests leave alone: it is written in.
         let gw = std::fs::read_to_string(c.dir().join("gateway.toml")).unwrap();
+        assert!(gw.contains(PAYMENT_HOOK_SECRET_REF), "{gw}");
+        let gw = gw.replace(PAYMENT_HOOK_SECRET_REF, PAYMENT_HOOK_SECRET);
         c.write("gateway.toml", &format!("{gw}\n{ALLOW_LOOPBACK}"));
         c
     }
@@ -348,6 +356,8 @@ struct SinkState {
     received: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<u16>>,
     default_status: Mutex<u16>,
+    /// While true, requests are recorded but not answered.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Sink {
@@ -380,6 +390,15 @@ impl Sink {
 
     pub fn set_default(&self, status: u16) {
         *self.inner.default_status.lock().unwrap() = status;
+    }
+
+    /// Requests from now on are recorded at once but answered only after `release`.
+    pub fn hold(&self) {
+        self.inner.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.inner.held.send_replace(false);
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -415,6 +434,7 @@ async fn record(
         body,
         status,
     });
+    let _ = st.held.subscribe().wait_for(|held| !held).await;
     (
         StatusCode::from_u16(status).unwrap(),
         r#"{"ok":true,"id":"r-1"}"#.to_string(),

@@ -223,7 +223,7 @@ async fn bad_input_gets_a_reason_and_is_journaled() {
         .unwrap();
     assert_eq!(ev.status, "rejected");
 
-    let mut mac = Hmac::<Sha256>::new_from_slice(b"dev-payment-secret").unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(PAYMENT_HOOK_SECRET.as_bytes()).unwrap();
     mac.update(body.as_bytes());
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     let (s, b) = t

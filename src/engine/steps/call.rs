@@ -1,7 +1,6 @@
 //! `call`: starts another scenario with a `call` event, one level deeper; the calling run
 //! goes on without waiting for it.
 
-use std::sync::Arc;
 
 use minijinja::value::Value;
 use serde_json::{json, Map, Value as Json};
@@ -41,13 +40,7 @@ impl Engine {
         };
         if let Some(id) = tx.insert_event(&ev).await? {
             entry["event_id"] = json!(id);
-            after.follow_up.push(Work::Event(EventItem {
-                id,
-                kind: ev.kind,
-                source: ev.source,
-                data: Arc::new(ev.data),
-                meta: ev.meta,
-            }));
+            after.follow_up.push(Work::Event(EventItem::stored(id, ev)));
         }
         Ok(Ok(Flow::Next))
     }

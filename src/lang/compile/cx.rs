@@ -1,6 +1,6 @@
-//! One file being checked: spans become `line:col` positions, and the small compile
-//! helpers every step uses (expressions, templates, durations, environment values) report
-//! their problems there.
+//! One file being checked: its text is parsed once its environment references are
+//! expanded, spans become `line:col` positions in the file as written, and the small compile
+//! helpers every step uses (expressions, templates, durations) report their problems there.
 
 use std::ops::Range;
 use std::path::Path;
@@ -12,16 +12,81 @@ use crate::lang::capabilities::Capabilities;
 use crate::lang::channel::SectionCx;
 use crate::lang::error::{ConfigError, Position};
 use crate::lang::expr::{CompileError, Expr, Templates, Tmpl, ValueTmpl};
-use crate::lang::interpolate::interpolate_with;
+use crate::lang::interpolate::Expanded;
 use crate::lang::model::Channel;
 use crate::lang::raw::Sp;
 
-/// One file being checked: its text (for positions) and the shared problem list.
+/// One file being checked: its text with environment references expanded (what the raw
+/// model's spans point into), the text as written (for positions) and the shared problem
+/// list.
 pub(super) struct FileCx<'a> {
     pub(super) file: &'a Path,
     pub(super) text: &'a str,
+    pub(super) source: &'a str,
+    pub(super) expanded: &'a Expanded,
     pub(super) problems: &'a mut Vec<ConfigError>,
     pub(super) host: &'a Host<'a>,
+}
+
+impl<'a> FileCx<'a> {
+    /// A file whose environment references were expanded into `expanded`; what expanding
+    /// them found is reported at once.
+    pub(super) fn new(
+        file: &'a Path,
+        source: &'a str,
+        expanded: &'a Expanded,
+        problems: &'a mut Vec<ConfigError>,
+        host: &'a Host<'a>,
+    ) -> Self {
+        for (offset, msg) in &expanded.problems {
+            let pos = Position::of(source, *offset);
+            problems.push(ConfigError::new(file, pos, msg.clone()));
+        }
+        FileCx {
+            file,
+            text: &expanded.text,
+            source,
+            expanded,
+            problems,
+            host,
+        }
+    }
+
+    /// The file as `T` (a raw file shape), or `None` with the problem reported.
+    pub(super) fn parse<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        match toml::from_str(self.text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let problem = toml_error(self.file, self.source, self.expanded, e);
+                self.problems.push(problem);
+                None
+            }
+        }
+    }
+}
+
+/// A TOML syntax or shape problem; its span is in the expanded text.
+fn toml_error(file: &Path, source: &str, expanded: &Expanded, e: toml::de::Error) -> ConfigError {
+    let span = e.span().unwrap_or(0..0);
+    let pos = Position::of(source, expanded.source_offset(span.start));
+    // One line per problem: TOML's multi-line messages are joined.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    // The TOML parser says nothing of some characters (a NUL, say).
+    let message = if message.is_empty() {
+        "this is not valid TOML (a control character?)".to_string()
+    } else if expanded.is_expanded_value(&span) {
+        // `max_body_bytes = "${MAX}"`: the reference was expanded, but into text.
+        format!("{message} (`${{…}}` expands only into text, and this setting is no text)")
+    } else {
+        message
+    };
+    ConfigError::new(file, pos, message)
 }
 
 impl FileCx<'_> {
@@ -29,8 +94,16 @@ impl FileCx<'_> {
         c.caps
     }
 
+    /// The position in the file as written of an offset into `text`.
+    pub(super) fn pos(&self, offset: usize) -> Position {
+        Position::of(self.source, self.expanded.source_offset(offset))
+    }
+
     pub(super) fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
-        let pos = Position::of(self.text, span.start);
+        if self.expanded.failed_at(span.start) {
+            return;
+        }
+        let pos = self.pos(span.start);
         self.problems.push(ConfigError::new(self.file, pos, msg));
     }
 
@@ -62,14 +135,7 @@ impl FileCx<'_> {
     }
 
     pub(super) fn tmpl_str(&mut self, t: &Templates, s: &str, span: Range<usize>) -> Option<Tmpl> {
-        let s = match interpolate_with(s, self.host.env) {
-            Ok(s) => s,
-            Err(var) => {
-                self.err(span, format!("environment variable {var} is not set"));
-                return None;
-            }
-        };
-        match t.tmpl(&s) {
+        match t.tmpl(s) {
             Ok(x) => Some(x),
             Err(CompileError { message, offset }) => {
                 self.err_in(span, offset, format!("bad template: {message}"));
@@ -101,16 +167,6 @@ impl FileCx<'_> {
             }
         }
     }
-
-    pub(super) fn env_value(&mut self, s: &Sp<String>) -> Option<String> {
-        match interpolate_with(s.get(), self.host.env) {
-            Ok(v) => Some(v),
-            Err(var) => {
-                self.err(s.span(), format!("environment variable {var} is not set"));
-                None
-            }
-        }
-    }
 }
 
 impl SectionCx for FileCx<'_> {
@@ -119,6 +175,7 @@ impl SectionCx for FileCx<'_> {
     }
 
     fn env(&mut self, value: &Sp<String>) -> Option<String> {
-        self.env_value(value)
+        // Expanded when the file was read.
+        Some(value.get().clone())
     }
 }

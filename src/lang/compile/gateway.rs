@@ -36,6 +36,13 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             cx.err(kind.span(), "`type` must be a text");
             continue;
         };
+        // Whatever the type, a `…secret` setting is one: empty, it would match an empty
+        // header. (An empty `token` is how a channel is left off.)
+        for (key, v) in entries {
+            if key.ends_with("secret") && v.get().as_str() == Some("") {
+                cx.err(v.span(), format!("channel '{name}': `{key}` is empty"));
+            }
+        }
         let section = Section::new(name, ch.span(), entries);
         match kinds.parse(kind_name, &section, cx) {
             Some(Some(c)) => {
@@ -56,12 +63,11 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
         let h = h.get();
         // An empty secret would let anyone in (HMAC takes an empty key).
         let non_empty = |cx: &mut FileCx, v: &Sp<String>| {
-            let value = cx.env_value(v)?;
-            if value.is_empty() {
+            if v.get().is_empty() {
                 cx.err(v.span(), format!("hook '{name}': the secret is empty"));
                 return None;
             }
-            Some(value)
+            Some(v.get().clone())
         };
         let secret = h.secret.as_ref().and_then(|s| {
             let s = s.get();
@@ -109,9 +115,11 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
         });
     }
     Gateway {
-        listen: g.server.listen.as_ref().and_then(|l| cx.env_value(l)),
-        public_url: g.server.public_url.as_ref().and_then(|l| cx.env_value(l)),
+        listen: g.server.listen.as_ref().map(|l| l.get().clone()),
+        public_url: g.server.public_url.as_ref().map(|l| l.get().clone()),
         max_body_bytes: g.server.max_body_bytes.unwrap_or(1 << 20),
+        max_backlog: g.server.max_backlog.unwrap_or(512).max(1),
+        backlog_wait: dur(cx, &g.server.backlog_wait, 2),
         language: d
             .language
             .as_ref()
@@ -137,8 +145,7 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
         http: {
             let mut policy = HttpPolicy::default();
             for a in &g.http.allow {
-                let Some(v) = cx.env_value(a) else { continue };
-                let v = v.trim().to_ascii_lowercase();
+                let v = a.get().trim().to_ascii_lowercase();
                 if let Ok(net) = v.parse::<ipnet::IpNet>() {
                     policy.allow_nets.push(net);
                 } else if let Ok(ip) = v.parse::<std::net::IpAddr>() {

@@ -23,6 +23,7 @@ use self::scenario::compile_scenario;
 use super::channel::ChannelKinds;
 use super::error::{ConfigError, Position};
 use super::expr::Templates;
+use super::interpolate::expand;
 use super::model::*;
 use super::raw;
 
@@ -30,7 +31,7 @@ use super::raw;
 pub struct Host<'a> {
     /// The channel types, which parse their own sections.
     pub kinds: &'a dyn ChannelKinds,
-    /// The value of an environment variable, for `${NAME}`.
+    /// The value of an environment variable, for `${NAME}` in string values.
     pub env: &'a dyn Fn(&str) -> Option<String>,
 }
 
@@ -40,54 +41,24 @@ pub trait Messages {
     fn missing_in(&self, id: &str) -> Vec<String>;
 }
 
-fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
-    let pos = Position::of(text, e.span().map(|s| s.start).unwrap_or(0));
-    // One line per problem: TOML's multi-line messages are joined.
-    let message = e
-        .message()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    // The TOML parser says nothing of some characters (a NUL, say).
-    let message = if message.is_empty() {
-        "this is not valid TOML (a control character?)".to_string()
-    } else {
-        message
-    };
-    ConfigError::new(file, pos, message)
-}
-
-/// Parses and compiles the gateway file. The raw file comes back too: loading needs its
-/// template fuel and locales folder.
+/// Parses and compiles the gateway file, with `${NAME}` expanded in every string value.
+/// The raw file comes back too: loading needs its template fuel and locales folder.
 pub fn gateway(
     file: &Path,
     text: &str,
     host: &Host,
     problems: &mut Vec<ConfigError>,
 ) -> (raw::GatewayFile, Gateway) {
-    let raw_gateway = match toml::from_str::<raw::GatewayFile>(text) {
-        Ok(g) => g,
-        Err(e) => {
-            problems.push(toml_error(file, text, e));
-            raw::GatewayFile::default()
-        }
-    };
-    let gateway = compile_gateway(
-        &raw_gateway,
-        &mut FileCx {
-            file,
-            text,
-            problems,
-            host,
-        },
-    );
+    let expanded = expand(text, host.env);
+    let mut cx = FileCx::new(file, text, &expanded, problems, host);
+    let raw_gateway = cx.parse::<raw::GatewayFile>().unwrap_or_default();
+    let gateway = compile_gateway(&raw_gateway, &mut cx);
     (raw_gateway, gateway)
 }
 
 /// Parses and compiles scenario files in order: each file's text, or why it could not be
-/// read. Ids must be unique and `call`/`cancel` must name one of these scenarios.
+/// read, with `${NAME}` expanded in every string value. Ids must be unique and
+/// `call`/`cancel` must name one of these scenarios.
 pub fn scenarios(
     files: &[(PathBuf, std::io::Result<String>)],
     templates: &Templates,
@@ -107,18 +78,10 @@ pub fn scenarios(
                 continue;
             }
         };
-        let raw: raw::ScenarioFile = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(toml_error(file, text, e));
-                continue;
-            }
-        };
-        let mut cx = FileCx {
-            file,
-            text,
-            problems,
-            host,
+        let expanded = expand(text, host.env);
+        let mut cx = FileCx::new(file, text, &expanded, problems, host);
+        let Some(raw) = cx.parse::<raw::ScenarioFile>() else {
+            continue;
         };
         let mut refs = Vec::new();
         if let Some(sc) = compile_scenario(&raw, &mut cx, templates, gateway, i18n, &mut refs) {
@@ -137,12 +100,7 @@ pub fn scenarios(
             }
         }
         for (id, span) in refs {
-            cross.push((
-                file.clone(),
-                id,
-                Position::of(text, span.start),
-                String::new(),
-            ));
+            cross.push((file.clone(), id, cx.pos(span.start), String::new()));
         }
     }
     for (file, id, pos, _) in cross {
@@ -227,11 +185,21 @@ mod testing {
         }
     }
 
-    /// Problems of one scenario file next to a gateway file, as `line:col: message`.
-    fn check(gateway_text: &str, scenario: &str) -> Vec<String> {
+    /// A gateway file and one scenario file (`s.toml`) compiled with the environment `env`:
+    /// the gateway, the scenario if it compiled, and the problems.
+    pub(super) fn compile_with_env(
+        gateway_text: &str,
+        scenario: &str,
+        env: &[(&str, &str)],
+    ) -> (Gateway, Vec<Arc<Scenario>>, Vec<ConfigError>) {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
         let host = Host {
             kinds: &Kinds,
-            env: &|_| None,
+            env: &lookup,
         };
         let mut problems = Vec::new();
         let (raw, gw) = gateway(
@@ -242,7 +210,13 @@ mod testing {
         );
         let templates = Templates::new(raw.defaults.template_fuel.unwrap_or(20_000));
         let files = [(PathBuf::from("s.toml"), Ok(scenario.to_string()))];
-        scenarios(&files, &templates, &gw, &OnlyHello, &host, &mut problems);
+        let compiled = scenarios(&files, &templates, &gw, &OnlyHello, &host, &mut problems);
+        (gw, compiled, problems)
+    }
+
+    /// Problems of one scenario file next to a gateway file, as `line:col: message`.
+    fn check(gateway_text: &str, scenario: &str) -> Vec<String> {
+        let (_, _, problems) = compile_with_env(gateway_text, scenario, &[]);
         problems
             .iter()
             .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
@@ -264,7 +238,10 @@ mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::errors;
+    use std::time::Duration;
+
+    use super::testing::{compile_with_env, errors};
+    use crate::lang::model::Trigger;
 
     #[test]
     fn a_good_scenario_loads() {
@@ -288,5 +265,112 @@ send = { to = "log", text = "hello", args = { name = "{{ run.y }}" } }
             errors("id = \"a\"\non = { webhook = \"h\" }\n[[step]]\nsnd = { to = \"log\" }\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].starts_with("4:1: unknown field `snd`"), "{errs:?}");
+    }
+
+    #[test]
+    fn env_references_are_expanded_in_every_string_value() {
+        let gateway = r#"[defaults]
+language = "${LANG_CODE}"
+retry_delay = "${DELAY}"
+
+[channels.tg]
+type = "telegram"
+token = "${TG_TOKEN}"
+
+[hooks.crm]
+idempotency_field = "${ID_FIELD}"
+secret = { header = "${SECRET_HEADER}", value = "${CRM_SECRET}" }
+
+[[staff]]
+id = "elena"
+name = "${ELENA_NAME}"
+groups = ["${GROUP}", "all"]
+"#;
+        let scenario = r#"id = "a"
+on = { webhook = "${HOOK}" }
+when = 'event.stage == "${STAGE}"'
+subject = "deal:{{ event.id }}-$${NOT_A_VARIABLE}"
+[[step]]
+set = { "run.y" = "${EXPR}" }
+[[step]]
+send = { to = "log", text = "hello" }
+"#;
+        let env = [
+            ("LANG_CODE", "en"),
+            ("DELAY", "3s"),
+            ("TG_TOKEN", "1:x"),
+            ("ID_FIELD", "event_id"),
+            ("SECRET_HEADER", "X-Crm"),
+            ("CRM_SECRET", "s3cret"),
+            ("ELENA_NAME", "Elena \"E\" K."),
+            ("GROUP", "sales"),
+            ("HOOK", "crm"),
+            ("STAGE", "new"),
+            ("EXPR", "event.n * 2"),
+        ];
+        let (gw, scenarios, problems) = compile_with_env(gateway, scenario, &env);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(gw.language, "en");
+        assert_eq!(gw.retry_delay, Duration::from_secs(3));
+        let crm = &gw.hooks["crm"];
+        assert_eq!(crm.idempotency_field.as_deref(), Some("event_id"));
+        assert_eq!(crm.secret, Some(("X-Crm".into(), "s3cret".into())));
+        assert_eq!(gw.staff[0].name, "Elena \"E\" K.");
+        assert_eq!(gw.staff[0].groups, ["sales", "all"]);
+        let sc = &scenarios[0];
+        assert!(matches!(&sc.trigger, Trigger::Webhook(h) if h == "crm"));
+        assert_eq!(sc.when.as_ref().unwrap().src, "event.stage == \"new\"");
+        assert_eq!(
+            sc.subject.as_ref().unwrap().source(),
+            "deal:{{ event.id }}-${NOT_A_VARIABLE}"
+        );
+    }
+
+    #[test]
+    fn unset_variables_and_references_in_keys_are_reported_where_they_are() {
+        let gateway = "[defaults]\nlanguage = \"en\"\nretry_delay = \"${DELAY}\"\n\
+                       [hooks.\"${HOOK}\"]\nidempotency_field = \"id\"\n";
+        let scenario = "id = \"a\"\non = { webhook = \"h\" }\n[[step]]\n\
+                        set = { \"run.y\" = \"1 + ${UNSET_A}\" }\n";
+        let (_, _, problems) = compile_with_env(gateway, scenario, &[]);
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        // One problem per value: neither a bad duration nor a bad expression follows.
+        assert_eq!(
+            problems,
+            [
+                "gateway.toml:3:16: environment variable DELAY is not set",
+                "gateway.toml:4:8: `${…}` is not expanded in keys, only in string values",
+                "s.toml:4:24: environment variable UNSET_A is not set",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_reference_where_no_text_belongs_is_reported_as_such() {
+        let (_, _, problems) = compile_with_env(
+            "[server]\nmax_body_bytes = \"${MAX_BODY}\"\n",
+            "id = \"a\"\non = { webhook = \"h\" }\n[[step]]\nstop = true\n",
+            &[("MAX_BODY", "1024")],
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = problems[0].to_string();
+        assert!(p.starts_with("gateway.toml:2:18: invalid type"), "{p}");
+        assert!(p.contains("expands only into text"), "{p}");
+    }
+
+    #[test]
+    fn a_dollar_brace_that_starts_no_reference_is_reported() {
+        let (_, _, problems) = compile_with_env(
+            "[defaults]\nlanguage = \"en\"\n",
+            "id = \"a\"\non = { webhook = \"h\" }\n[[step]]\n\
+             send = { to = \"log\", template = \"costs ${PRICE\" }\n",
+            &[("PRICE", "5")],
+        );
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("s.toml:4:40: `${` starts no environment reference"),
+            "{problems:?}"
+        );
     }
 }

@@ -15,7 +15,6 @@ use super::small::{compile_call, compile_cancel, compile_incr, compile_set, comp
 use super::values::parse_rate;
 use super::wait::compile_wait;
 use super::Messages;
-use crate::lang::error::Position;
 use crate::lang::expr::Templates;
 use crate::lang::model::*;
 use crate::lang::raw::{self, Sp};
@@ -198,7 +197,7 @@ pub(super) fn compile_scenario(
     for st_sp in &raw.steps {
         let st = st_sp.get();
         let span = st_sp.span();
-        let line = Position::of(cx.text, span.start).line;
+        let line = cx.pos(span.start).line;
         let mut actions: Vec<&'static str> = Vec::new();
         for (present, name) in [
             (st.goto.is_some(), "goto"),
