@@ -336,6 +336,30 @@ impl Channels {
     }
 }
 
+/// Channel sections parsed through the real registry, for the channel types' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The problems of a gateway file, as `line:col: message`, and what it configures.
+    pub fn gateway(text: &str) -> (Vec<String>, crate::lang::model::Gateway) {
+        let host = crate::lang::compile::Host {
+            kinds: &super::Registry,
+            env: &|_| None,
+        };
+        let mut problems = Vec::new();
+        let (_, gw) = crate::lang::compile::gateway(
+            std::path::Path::new("g.toml"),
+            text,
+            &host,
+            &mut problems,
+        );
+        let all = problems
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
+            .collect();
+        (all, gw)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,22 +376,8 @@ mod tests {
 
     #[test]
     fn each_type_parses_its_own_section_with_positions() {
-        let host = crate::lang::compile::Host {
-            kinds: &Registry,
-            env: &|_| None,
-        };
         let text = "[channels.tg]\ntype = \"telegram\"\ntoken = \"1:x\"\nmode = \"hook\"\ntokn = 1\n\n[channels.fax]\ntype = \"fax\"\n\n[channels.quiet]\ntype = \"log\"\noutput = \"journal\"\n";
-        let mut problems = Vec::new();
-        let (_, gw) = crate::lang::compile::gateway(
-            std::path::Path::new("g.toml"),
-            text,
-            &host,
-            &mut problems,
-        );
-        let all: Vec<String> = problems
-            .iter()
-            .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.col, e.message))
-            .collect();
+        let (all, gw) = testing::gateway(text);
         assert_eq!(
             all,
             vec![

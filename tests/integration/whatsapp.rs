@@ -268,11 +268,17 @@ async fn example_confirmation_goes_as_a_template_and_its_quick_reply_answers() {
     let gw = gw
         .replace("${WHATSAPP_TOKEN:-}", crate::fake_whatsapp::TOKEN)
         .replace(
-            "${WHATSAPP_PHONE_NUMBER_ID:-}",
-            crate::fake_whatsapp::PHONE_ID,
+            "# phone_number_id = \"${WHATSAPP_PHONE_NUMBER_ID}\"",
+            &format!("phone_number_id = \"{}\"", crate::fake_whatsapp::PHONE_ID),
         )
-        .replace("${WHATSAPP_APP_SECRET:-}", APP_SECRET)
-        .replace("${WHATSAPP_VERIFY_TOKEN:-}", VERIFY_TOKEN)
+        .replace(
+            "# app_secret = \"${WHATSAPP_APP_SECRET}\"",
+            &format!("app_secret = \"{APP_SECRET}\""),
+        )
+        .replace(
+            "# verify_token = \"${WHATSAPP_VERIFY_TOKEN}\"",
+            &format!("verify_token = \"{VERIFY_TOKEN}\""),
+        )
         .replace(
             "\"${WHATSAPP_API_URL:-https://graph.facebook.com}\"",
             &format!("\"{}\"\nlimits = {{ customer = \"20/1s\" }}", fake.url),

@@ -42,30 +42,26 @@ pub struct WhatsAppChannel {
     pub per_customer: (u32, Duration),
 }
 
-/// A required text setting with `${VAR}` replaced; reported when missing.
-fn required(section: &Section, key: &str, example: &str, cx: &mut dyn SectionCx) -> Option<String> {
-    match section.text(key, cx) {
+/// The settings a live channel needs besides its token, with an example each.
+const NEEDED: [(&str, &str); 3] = [
+    ("phone_number_id", "${WHATSAPP_PHONE_NUMBER_ID}"),
+    ("app_secret", "${WHATSAPP_APP_SECRET}"),
+    ("verify_token", "${WHATSAPP_VERIFY_TOKEN}"),
+];
+
+pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
+    let token = match section.text("token", cx) {
         Some(t) => cx.env(&t),
         None => {
             cx.err(
                 section.span.clone(),
-                format!("a whatsapp channel needs `{key}` (e.g. \"{example}\")"),
+                "a whatsapp channel needs `token` (e.g. \"${WHATSAPP_TOKEN}\"; empty: off)".into(),
             );
             None
         }
-    }
-}
-
-pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
-    let token = required(section, "token", "${WHATSAPP_TOKEN}", cx);
-    let phone_number_id = required(
-        section,
-        "phone_number_id",
-        "${WHATSAPP_PHONE_NUMBER_ID}",
-        cx,
-    );
-    let app_secret = required(section, "app_secret", "${WHATSAPP_APP_SECRET}", cx);
-    let verify_token = required(section, "verify_token", "${WHATSAPP_VERIFY_TOKEN}", cx);
+    };
+    let [phone_number_id, app_secret, verify_token] =
+        NEEDED.map(|(key, _)| section.text(key, cx).and_then(|v| cx.env(&v)));
     let api_url = match section.text("api_url", cx) {
         None => Some(reqwest::Url::parse("https://graph.facebook.com").expect("a URL")),
         Some(u) => cx.env(&u).and_then(|v| match reqwest::Url::parse(&v) {
@@ -126,31 +122,25 @@ pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
     );
     let (per_number, per_customer) = (limits[0], limits[1]);
     section.finish("whatsapp", cx);
-    let (token, phone_number_id, app_secret, verify_token, api_url, api_version) = (
-        token?,
-        phone_number_id?,
-        app_secret?,
-        verify_token?,
-        api_url?,
-        api_version?,
-    );
-    // A channel without a token stays off (the examples ship one like that); a live one must
-    // be able to check what Meta sends it.
+    let (token, api_url, api_version) = (token?, api_url?, api_version?);
+    // A channel without a token stays off (the examples ship one like that) and needs
+    // nothing else; a live one must know its number and check what Meta sends it.
     let off = token.is_empty().then(|| "no token".to_string());
     if off.is_none() {
-        for (key, v) in [
-            ("phone_number_id", &phone_number_id),
-            ("app_secret", &app_secret),
-            ("verify_token", &verify_token),
-        ] {
-            if v.is_empty() {
+        for ((key, example), v) in NEEDED
+            .iter()
+            .zip([&phone_number_id, &app_secret, &verify_token])
+        {
+            if v.as_deref().unwrap_or_default().is_empty() {
                 cx.err(
                     section.span.clone(),
-                    format!("a whatsapp channel with a token needs a non-empty `{key}`"),
+                    format!("a whatsapp channel with a token needs `{key}` (e.g. \"{example}\")"),
                 );
             }
         }
     }
+    let [phone_number_id, app_secret, verify_token] =
+        [phone_number_id, app_secret, verify_token].map(Option::unwrap_or_default);
     Some(Channel {
         kind: "whatsapp",
         caps: super::CAPABILITIES,
@@ -167,4 +157,52 @@ pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
         }),
         off,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The problems of a gateway text and its `wa` channel.
+    fn parsed(text: &str) -> (Vec<String>, Option<Channel>) {
+        let (problems, gw) = crate::channels::testing::gateway(text);
+        (problems, gw.channels.get("wa").cloned())
+    }
+
+    #[test]
+    fn without_a_token_the_channel_is_off_and_needs_nothing_else() {
+        let (problems, ch) = parsed("[channels.wa]\ntype = \"whatsapp\"\ntoken = \"\"\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(ch.unwrap().off.as_deref(), Some("no token"));
+    }
+
+    #[test]
+    fn a_live_channel_needs_its_number_and_secrets_and_takes_limits() {
+        let (problems, _) = parsed(
+            "[channels.wa]\ntype = \"whatsapp\"\ntoken = \"t\"\nverify_token = \"v\"\nlimits = { customer = \"1/0s\", pair = \"1/1s\" }\napi_version = \"21\"\n",
+        );
+        assert_eq!(
+            problems,
+            vec![
+                "6:15: api_version '21' should look like v21.0",
+                "5:10: unknown limit 'pair' (number, customer)",
+                "5:10: customer limit must look like 1/1s or 20/1m",
+                "1:1: a whatsapp channel with a token needs `phone_number_id` (e.g. \"${WHATSAPP_PHONE_NUMBER_ID}\")",
+                "1:1: a whatsapp channel with a token needs `app_secret` (e.g. \"${WHATSAPP_APP_SECRET}\")",
+            ]
+        );
+        let (problems, ch) = parsed(
+            "[channels.wa]\ntype = \"whatsapp\"\ntoken = \"t\"\nphone_number_id = \"1\"\napp_secret = \"s\"\nverify_token = \"v\"\nlimits = { number = \"40/1s\" }\nwindow_template = { name = \"hello\", language = \"en\" }\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let ch = ch.unwrap();
+        let wa = ch.settings::<WhatsAppChannel>().unwrap();
+        assert_eq!(ch.off, None);
+        assert_eq!(
+            (wa.per_number, wa.per_customer),
+            ((40, Duration::from_secs(1)), (1, Duration::from_secs(6)))
+        );
+        assert_eq!(wa.api_url.as_str(), "https://graph.facebook.com/");
+        assert_eq!(wa.window_template.as_ref().unwrap().name, "hello");
+    }
 }
