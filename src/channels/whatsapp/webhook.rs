@@ -101,21 +101,15 @@ async fn receive(State(h): State<Hook>, headers: HeaderMap, body: Bytes) -> Resp
     // The window opens before the messages are stored: a reply they start may go at once.
     h.wa.window.opened(&delivery.writers, now).await;
     let submits = delivery.events.into_iter().map(|ev| h.ingest.submit(ev));
-    let mut stored = true;
-    for r in futures::future::join_all(submits).await {
-        if let Err(e) = r {
+    let results = futures::future::join_all(submits).await;
+    // What was stored stays stored; Meta delivers the whole again and the rest dedupes.
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => {
             tracing::warn!(error = %e, "storing a WhatsApp delivery failed");
-            stored = false;
+            crate::http::not_stored(&e)
         }
+        None => StatusCode::OK.into_response(),
     }
-    if !stored {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "could not store the delivery; Meta will retry",
-        )
-        .into_response();
-    }
-    StatusCode::OK.into_response()
 }
 
 /// A refused delivery: journaled (within the budget) and answered with the reason.
