@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard::app::{App, Options};
 use switchboard::clock::Clock;
@@ -262,8 +263,11 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Migrate { database } => {
-            switchboard::store::migrate(&database).await?;
-            out!("{database}: schema is up to date");
+            let shown = switchboard::app::without_password(&database);
+            switchboard::store::migrate(&database)
+                .await
+                .with_context(|| format!("migrating {shown}"))?;
+            out!("{shown}: schema is up to date");
         }
         Command::Schema => out!(
             "{}",
@@ -278,7 +282,13 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             let store =
                 switchboard::store::open(&database, &switchboard::store::PoolOptions::default())
-                    .await?;
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "opening the database {}",
+                            switchboard::app::without_password(&database)
+                        )
+                    })?;
             let mut events = store.recent_events(last).await?;
             events.reverse();
             for ev in events {

@@ -16,7 +16,8 @@ use super::{OutboxJob, Work};
 pub struct Load {
     /// Work items sent to the engine and not yet finished by it.
     engine: AtomicUsize,
-    /// Outbox rows handed to the worker whose final result the engine has not been given.
+    /// Outbox rows handed to the worker whose final result the engine has not been given
+    /// (a rescan leaves them alone).
     held: Mutex<HashSet<i64>>,
     room: Notify,
     /// Set when the engine stopped for good while the gateway was meant to run.
@@ -24,9 +25,11 @@ pub struct Load {
 }
 
 impl Load {
-    /// Items in the pipeline: engine work plus outbox rows in delivery.
+    /// Work queued for the engine or in its hands. Outbox rows are not counted: a row
+    /// waiting for a slow receiver, a retry or a platform's rate limit is not the engine
+    /// lagging, and must not hold back every other event.
     pub fn len(&self) -> usize {
-        self.engine.load(Ordering::Relaxed) + self.held.lock().expect("not poisoned").len()
+        self.engine.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -53,12 +56,10 @@ impl Load {
 
     /// The worker reported the row's final result to the engine.
     pub(crate) fn release(&self, outbox_id: i64) {
-        if self.held.lock().expect("not poisoned").remove(&outbox_id) {
-            self.room.notify_waiters();
-        }
+        self.held.lock().expect("not poisoned").remove(&outbox_id);
     }
 
-    /// Waits until fewer than `limit` items are in the pipeline; false if that took longer
+    /// Waits until fewer than `limit` items are queued for the engine; false if that took longer
     /// than `patience`.
     pub async fn wait_for_room(&self, limit: usize, patience: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + patience;

@@ -180,8 +180,16 @@ struct Intake {
     /// Events a rescan queued → its round: a late copy from the ingest is dropped.
     rescued: HashMap<i64, u32>,
     round: u32,
-    /// A rescan in progress: events after this id, stored before this time (ms).
-    cursor: Option<(i64, i64)>,
+    /// A rescan in progress.
+    cursor: Option<Rescan>,
+}
+
+/// Where a rescan stands: per lane (kind, source) the last event id read, so that stored
+/// events come back as fairly as a live burst would be served; only events stored before
+/// `before` (ms).
+struct Rescan {
+    before: i64,
+    lanes: Vec<((String, String), i64)>,
 }
 
 impl Intake {
@@ -449,7 +457,22 @@ impl Engine {
         intake.round += 1;
         let round = intake.round;
         intake.rescued.retain(|_, r| *r + 1 >= round);
-        intake.cursor = Some((0, self.now() - RESCAN_GRACE_MS));
+        // The first rescan is the start-up's: everything stored before is unattended.
+        let before = if round == 1 {
+            i64::MAX
+        } else {
+            self.now() - RESCAN_GRACE_MS
+        };
+        intake.cursor = match self.store.pending_lanes().await {
+            Ok(lanes) => Some(Rescan {
+                before,
+                lanes: lanes.into_iter().map(|l| (l, 0)).collect(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "rescanning events failed; trying at the next rescan");
+                None
+            }
+        };
         let rows = match self.store.open_outbox().await {
             Ok(rows) => rows,
             Err(e) => {
@@ -486,32 +509,38 @@ impl Engine {
         }
     }
 
+    /// Reads the next stored events of every lane in the rescan, a page per lane.
     async fn rescan_page(&mut self, intake: &mut Intake, queue: &mut FairQueue<Work>) {
-        let Some((after, before)) = intake.cursor else {
+        const PAGE: i64 = 128;
+        let Some(mut scan) = intake.cursor.take() else {
             return;
         };
-        const PAGE: i64 = 512;
-        let page = match self.store.pending_events(after, PAGE).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "rescanning events failed; trying at the next rescan");
-                intake.cursor = None;
-                return;
-            }
-        };
-        intake.cursor = match page.last() {
-            Some(last) if page.len() as i64 == PAGE => Some((last.id, before)),
-            _ => None,
-        };
         let mut n = 0;
-        for ev in page {
-            if ev.received_at > before || intake.queued.contains(&ev.id) {
-                continue;
+        let mut lanes = Vec::with_capacity(scan.lanes.len());
+        for (lane, after) in std::mem::take(&mut scan.lanes) {
+            let page = match self.store.pending_lane_events(&lane, after, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rescanning events failed; trying at the next rescan");
+                    return;
+                }
+            };
+            if let (Some(last), true) = (page.last(), page.len() as i64 == PAGE) {
+                lanes.push((lane, last.id));
             }
-            n += 1;
-            intake.rescued.insert(ev.id, intake.round);
-            self.load().add(1);
-            intake.push(queue, Work::Event(EventItem::from(ev)), self.load());
+            for ev in page {
+                if ev.received_at > scan.before || intake.queued.contains(&ev.id) {
+                    continue;
+                }
+                n += 1;
+                intake.rescued.insert(ev.id, intake.round);
+                self.load().add(1);
+                intake.push(queue, Work::Event(EventItem::from(ev)), self.load());
+            }
+        }
+        if !lanes.is_empty() {
+            scan.lanes = lanes;
+            intake.cursor = Some(scan);
         }
         if n > 0 {
             tracing::info!(events = n, "queued stored events");

@@ -94,8 +94,8 @@ pub struct ServerSection {
     pub public_url: Option<Sp<String>>,
     /// Largest accepted request body in bytes (default 1 MiB).
     pub max_body_bytes: Option<usize>,
-    /// Work in progress (events waiting for the engine, requests in delivery) beyond which
-    /// new events wait before they are stored (default 512).
+    /// Work queued for the engine (events, delivery results) beyond which new events wait
+    /// before they are stored (default 256).
     pub max_backlog: Option<usize>,
     /// How long an incoming event waits for room before it is answered 503 with
     /// `Retry-After` (default `2s`).

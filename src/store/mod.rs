@@ -382,6 +382,15 @@ pub trait Store: Send + Sync {
     async fn begin(&self) -> Result<Box<dyn Tx>>;
 
     async fn pending_events(&self, after_id: i64, limit: i64) -> Result<Vec<EventRow>>;
+    /// The (kind, source) pairs of this process's pending events.
+    async fn pending_lanes(&self) -> Result<Vec<(String, String)>>;
+    /// Pending events of one (kind, source), oldest first.
+    async fn pending_lane_events(
+        &self,
+        lane: &(String, String),
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>>;
     async fn next_timer_due(&self) -> Result<Option<i64>>;
     async fn due_timers(&self, now: i64, limit: i64) -> Result<Vec<TimerRow>>;
     async fn open_outbox(&self) -> Result<Vec<OutboxRow>>;

@@ -259,6 +259,33 @@ impl_store!(PgStore, Postgres, "strpos", {
         .await?;
         rows.iter().map(event_row).collect()
     }
+    async fn pending_lanes(&self) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT kind, source FROM events WHERE status = 'pending' AND owner = $1",
+        )
+        .bind(&*self.me)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+    async fn pending_lane_events(
+        &self,
+        lane: &(String, String),
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE status = 'pending' AND owner = $1 AND kind = $2
+             AND source = $3 AND id > $4 ORDER BY id LIMIT $5",
+        )
+        .bind(&*self.me)
+        .bind(&lane.0)
+        .bind(&lane.1)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_row).collect()
+    }
     async fn next_timer_due(&self) -> Result<Option<i64>> {
         // A timer another replica claimed is not due here before its claim runs out.
         Ok(

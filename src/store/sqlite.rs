@@ -244,6 +244,31 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         .await?;
         rows.iter().map(event_row).collect()
     }
+    async fn pending_lanes(&self) -> Result<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT DISTINCT kind, source FROM events WHERE status = 'pending'")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+    async fn pending_lane_events(
+        &self,
+        lane: &(String, String),
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE status = 'pending' AND kind = $1 AND source = $2
+             AND id > $3 ORDER BY id LIMIT $4",
+        )
+        .bind(&lane.0)
+        .bind(&lane.1)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_row).collect()
+    }
     async fn next_timer_due(&self) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar("SELECT min(due_at) FROM timers")
             .fetch_one(&self.pool)

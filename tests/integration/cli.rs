@@ -401,3 +401,50 @@ fn an_empty_hook_secret_is_a_problem_with_its_position() {
         "{out}"
     );
 }
+
+/// item 7: secrets out of logs — a database password never reaches the command's output
+#[tokio::test]
+async fn a_database_password_stays_out_of_the_output() {
+    const PASSWORD: &str = "s3cret-pw";
+    // The test server trusts loopback, so a password in the URL is accepted and ignored.
+    let db = crate::pg::fresh_db().await.replacen(
+        "postgres://test@",
+        &format!("postgres://test:{PASSWORD}@"),
+        1,
+    );
+    let away = format!("postgres://sb:{PASSWORD}@127.0.0.1:1/x");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["migrate".into(), "--database".into(), db.clone()],
+        vec!["journal".into(), "--database".into(), db.clone()],
+        vec!["migrate".into(), "--database".into(), away.clone()],
+        vec!["journal".into(), "--database".into(), away.clone()],
+        vec![
+            "run".into(),
+            "--config".into(),
+            "bot-configs".into(),
+            "--database".into(),
+            away.clone(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+        ],
+    ];
+    for args in cases {
+        let shown = args.join(" ");
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&args)
+        })
+        .await
+        .unwrap();
+        let text = format!("{out}{err}");
+        assert!(!text.contains(PASSWORD), "{shown}: {text}");
+        if shown.contains("127.0.0.1:1/") {
+            assert_eq!(code, 2, "{shown}: {text}");
+            assert!(text.contains(":***@"), "{shown}: {text}");
+        } else {
+            assert_eq!(code, 0, "{shown}: {text}");
+        }
+    }
+}

@@ -1,7 +1,6 @@
 //! `call`: starts another scenario with a `call` event, one level deeper; the calling run
 //! goes on without waiting for it.
 
-
 use minijinja::value::Value;
 use serde_json::{json, Map, Value as Json};
 

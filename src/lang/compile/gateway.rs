@@ -118,7 +118,7 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
         listen: g.server.listen.as_ref().map(|l| l.get().clone()),
         public_url: g.server.public_url.as_ref().map(|l| l.get().clone()),
         max_body_bytes: g.server.max_body_bytes.unwrap_or(1 << 20),
-        max_backlog: g.server.max_backlog.unwrap_or(512).max(1),
+        max_backlog: g.server.max_backlog.unwrap_or(256).max(1),
         backlog_wait: dur(cx, &g.server.backlog_wait, 2),
         language: d
             .language
