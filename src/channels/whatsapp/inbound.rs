@@ -37,6 +37,11 @@ pub fn normalize(channel: &str, body: &Json, now: i64) -> Result<Delivery, Strin
             }
             let contacts = value["contacts"].as_array().cloned().unwrap_or_default();
             for m in value["messages"].as_array().into_iter().flatten() {
+                // A reaction to a message, or a notice that the customer changed their
+                // number, is not something they said: it must not answer an ask.
+                if matches!(m["type"].as_str(), Some("reaction" | "system")) {
+                    continue;
+                }
                 let ev = message(channel, m, &contacts, now)?;
                 if let Some(w) = m["from"].as_str() {
                     out.writers.push(w.to_string());
@@ -130,7 +135,6 @@ fn message(channel: &str, m: &Json, contacts: &[Json], now: i64) -> Result<NewEv
         }
         "location" => data["location"] = m["location"].clone(),
         "contacts" => data["contacts"] = m["contacts"].clone(),
-        "reaction" => data["reaction"] = m["reaction"].clone(),
         _ => {}
     }
     Ok(NewEvent {
@@ -200,11 +204,14 @@ mod tests {
                  "interactive": {"type": "list_reply", "list_reply": {"id": "k:0", "title": "Yes", "description": "d"}}},
                 {"from": "48555", "id": "wamid.4", "timestamp": "4", "type": "image",
                  "image": {"id": "media-1", "mime_type": "image/jpeg", "caption": "look"}},
+                {"from": "48555", "id": "wamid.5", "timestamp": "5", "type": "reaction",
+                 "reaction": {"message_id": "wamid.Q", "emoji": "👍"}},
             ]
         }));
         let d = normalize("wa", &body, 5).unwrap();
         let e = &d.events;
         assert_eq!(d.writers, vec!["48555"; 4]);
+        assert_eq!(d.events.len(), 4, "the reaction is no event");
         assert_eq!(
             (e[0].kind.as_str(), &e[0].data["text"]),
             ("message", &json!("hi"))
