@@ -3,6 +3,8 @@
 //! their limits, a quote of an unknown message) with Meta's error JSON, answers 131047,
 //! 131056, 130429 or a 5xx on demand, and delivers webhooks — messages and statuses —
 //! signed with the app secret, retrying a delivery that did not get a 200 as Meta does.
+//! Media customers sent are served as Meta serves them: the id gives a URL, the URL the
+//! bytes, both only with the access token.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +68,9 @@ struct St {
     script: Mutex<HashMap<String, VecDeque<Script>>>,
     /// Every wamid the fake has given out (sent messages and customers' messages).
     known: Mutex<HashSet<String>>,
+    /// Media id → (mime type, bytes).
+    media: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    url: std::sync::OnceLock<String>,
 }
 
 #[derive(Clone)]
@@ -108,9 +113,12 @@ impl FakeWhatsApp {
         st.next.store(1, Ordering::Relaxed);
         let app = axum::Router::new()
             .route("/{version}/{phone}/messages", axum::routing::post(send))
+            .route("/{version}/{media}", axum::routing::get(media_info))
+            .route("/media-bytes/{media}", axum::routing::get(media_bytes))
             .with_state(st.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        st.url.set(url.clone()).unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         FakeWhatsApp {
             url,
@@ -176,6 +184,25 @@ impl FakeWhatsApp {
         let m = json!({"from": from, "id": id, "timestamp": now_secs(), "type": "text",
             "text": {"body": body}});
         (message_value(from, name, m), id)
+    }
+
+    /// A customer's image with a caption; the file is kept under its media id.
+    pub fn image(
+        &self,
+        from: &str,
+        media_id: &str,
+        bytes: &[u8],
+        caption: &str,
+    ) -> (Value, String) {
+        self.st
+            .media
+            .lock()
+            .unwrap()
+            .insert(media_id.into(), ("image/jpeg".into(), bytes.to_vec()));
+        let id = self.wamid();
+        let m = json!({"from": from, "id": id, "timestamp": now_secs(), "type": "image",
+            "image": {"id": media_id, "mime_type": "image/jpeg", "sha256": "x", "caption": caption}});
+        (message_value(from, "Customer", m), id)
     }
 
     /// A press on a reply button (or a list row) of our message `on`.
@@ -385,8 +412,7 @@ async fn send(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if auth != Some(&format!("Bearer {TOKEN}")) {
+    if !authorized(&headers) {
         return error_json(190, "Bad token.");
     }
     if version != VERSION || phone != PHONE_ID {
@@ -439,4 +465,49 @@ async fn send(
             "contacts": [{"input": to, "wa_id": to}],
             "messages": [{"id": id}]})),
     )
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+}
+
+/// `GET /{version}/{media_id}`: where the file is.
+async fn media_info(
+    State(st): State<Arc<St>>,
+    Path((_, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    if !authorized(&headers) {
+        return error_json(190, "Bad token.");
+    }
+    let Some((mime, bytes)) = st.media.lock().unwrap().get(&id).cloned() else {
+        return error_json(100, "Unknown media id.");
+    };
+    (
+        StatusCode::OK,
+        Json(
+            json!({"messaging_product": "whatsapp", "id": id, "mime_type": mime,
+            "sha256": "x", "file_size": bytes.len(),
+            "url": format!("{}/media-bytes/{id}", st.url.get().unwrap())}),
+        ),
+    )
+}
+
+/// The file itself.
+async fn media_bytes(
+    State(st): State<Arc<St>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<([(axum::http::HeaderName, String); 1], Vec<u8>), StatusCode> {
+    if !authorized(&headers) {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    let (mime, bytes) = st
+        .media
+        .lock()
+        .unwrap()
+        .get(&id)
+        .cloned()
+        .ok_or(StatusCode::NOT_FOUND)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, mime)], bytes))
 }

@@ -640,3 +640,45 @@ async fn an_offer_is_taken_by_a_press_and_the_taken_text_follows_as_a_reply() {
     assert_eq!(sent[1].text(), "New deal *7*\n\n✅ *Customer*");
     assert_eq!(sent[1].body["context"]["message_id"], offer.wamid.as_str());
 }
+
+const MEDIA: &str = r#"id = "media"
+on = { message = "wa" }
+when = 'event.media'
+[[step]]
+send = { to = "ops", template = "{{ event.media.kind }} {{ event.media.mime_type }} {{ event.text }} {{ event.media.url }}" }
+"#;
+
+#[tokio::test]
+async fn a_customers_file_comes_with_a_signed_link_that_expires() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("media.toml", MEDIA)], "").await;
+    let (image, _) = fake.image(
+        "48555000770",
+        "media-77",
+        b"\xff\xd8 jpeg bytes",
+        "my receipt",
+    );
+    assert_eq!(fake.deliver(&t.app.url(), "wa", image).await, vec![200]);
+    let run = eventually(|| async { runs_of_scenario(&t, "media").await.first().copied() }).await;
+    let rows = settled_outbox(&t, run).await;
+    let text = rows[0].request["text"].as_str().unwrap().to_string();
+    let (head, url) = text.rsplit_once(' ').unwrap();
+    assert_eq!(head, "image image/jpeg my receipt");
+    assert!(
+        url.starts_with(&format!("{}/whatsapp/wa/media/media-77?exp=", t.app.url())),
+        "{url}"
+    );
+
+    let got = t.http.get(url).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "image/jpeg");
+    assert_eq!(&got.bytes().await.unwrap()[..], b"\xff\xd8 jpeg bytes");
+    // Another file under the same signature, or a changed expiry, is refused.
+    let other = url.replace("media-77", "media-78");
+    assert_eq!(t.http.get(&other).send().await.unwrap().status(), 403);
+    let longer = url.replace("exp=", "exp=9");
+    assert_eq!(t.http.get(&longer).send().await.unwrap().status(), 403);
+    // A week later the link has expired.
+    t.advance(std::time::Duration::from_secs(8 * 24 * 3600));
+    assert_eq!(t.http.get(url).send().await.unwrap().status(), 410);
+}

@@ -21,7 +21,13 @@ pub struct Delivery {
 }
 
 /// The events of a delivery; `Err` with a reason when it is not a Cloud API webhook.
-pub fn normalize(channel: &str, body: &Json, now: i64) -> Result<Delivery, String> {
+/// `media_link`: a link through which a media id can be downloaded, if there is one.
+pub fn normalize(
+    channel: &str,
+    body: &Json,
+    now: i64,
+    media_link: &dyn Fn(&str) -> Option<String>,
+) -> Result<Delivery, String> {
     let Some(entries) = body["entry"].as_array() else {
         return Err("not a WhatsApp webhook: no `entry` list".into());
     };
@@ -42,7 +48,7 @@ pub fn normalize(channel: &str, body: &Json, now: i64) -> Result<Delivery, Strin
                 if matches!(m["type"].as_str(), Some("reaction" | "system")) {
                     continue;
                 }
-                let ev = message(channel, m, &contacts, now)?;
+                let ev = message(channel, m, &contacts, now, media_link)?;
                 if let Some(w) = m["from"].as_str() {
                     out.writers.push(w.to_string());
                 }
@@ -62,7 +68,13 @@ fn text_field<'a>(v: &'a Json, what: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("not a WhatsApp webhook: a {what} without its text"))
 }
 
-fn message(channel: &str, m: &Json, contacts: &[Json], now: i64) -> Result<NewEvent, String> {
+fn message(
+    channel: &str,
+    m: &Json,
+    contacts: &[Json],
+    now: i64,
+    media_link: &dyn Fn(&str) -> Option<String>,
+) -> Result<NewEvent, String> {
     let id = text_field(&m["id"], "message id")?;
     let from = text_field(&m["from"], "message sender")?;
     let kind = m["type"].as_str().unwrap_or("unknown");
@@ -130,6 +142,7 @@ fn message(channel: &str, m: &Json, contacts: &[Json], now: i64) -> Result<NewEv
             data["media"] = json!({
                 "kind": kind, "id": media["id"], "mime_type": media["mime_type"],
                 "caption": media["caption"], "filename": media["filename"], "sha256": media["sha256"],
+                "url": media["id"].as_str().and_then(media_link),
             });
             data["text"] = json!(media["caption"].as_str().unwrap_or_default());
         }
@@ -185,6 +198,10 @@ fn status(channel: &str, s: &Json, now: i64) -> Result<NewEvent, String> {
 mod tests {
     use super::*;
 
+    fn no_links(_: &str) -> Option<String> {
+        None
+    }
+
     fn delivery(value: Json) -> Json {
         json!({"object": "whatsapp_business_account",
             "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]})
@@ -208,7 +225,7 @@ mod tests {
                  "reaction": {"message_id": "wamid.Q", "emoji": "👍"}},
             ]
         }));
-        let d = normalize("wa", &body, 5).unwrap();
+        let d = normalize("wa", &body, 5, &no_links).unwrap();
         let e = &d.events;
         assert_eq!(d.writers, vec!["48555"; 4]);
         assert_eq!(d.events.len(), 4, "the reaction is no event");
@@ -235,7 +252,7 @@ mod tests {
         let body = delivery(json!({"statuses": [{"id": "wamid.S", "status": "failed",
             "recipient_id": "48555", "timestamp": "9",
             "errors": [{"code": 131047, "title": "Re-engagement message", "error_data": {"details": "24h"}}]}]}));
-        let d = normalize("wa", &body, 5).unwrap();
+        let d = normalize("wa", &body, 5, &no_links).unwrap();
         assert_eq!(d.events[0].kind, "status");
         assert_eq!(d.events[0].data["error"]["code"], 131047);
         assert_eq!(
@@ -247,12 +264,12 @@ mod tests {
 
     #[test]
     fn malformed_deliveries_get_a_reason() {
-        assert!(normalize("wa", &json!({"object": "x"}), 0).is_err());
-        assert!(normalize("wa", &json!({"entry": [{}]}), 0).is_err());
+        assert!(normalize("wa", &json!({"object": "x"}), 0, &no_links).is_err());
+        assert!(normalize("wa", &json!({"entry": [{}]}), 0, &no_links).is_err());
         let no_id = delivery(json!({"messages": [{"from": "1", "type": "text"}]}));
-        assert!(normalize("wa", &no_id, 0)
+        assert!(normalize("wa", &no_id, 0, &no_links)
             .unwrap_err()
             .contains("message id"));
-        assert!(normalize("wa", &json!([1, 2]), 0).is_err());
+        assert!(normalize("wa", &json!([1, 2]), 0, &no_links).is_err());
     }
 }

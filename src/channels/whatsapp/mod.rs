@@ -5,11 +5,12 @@
 
 pub mod config;
 mod inbound;
+mod media;
 pub mod outbound;
 mod webhook;
 mod window;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value as Json};
@@ -59,6 +60,8 @@ pub struct WhatsApp {
     http: reqwest::Client,
     pacer: Pacer,
     window: Window,
+    /// The gateway's public URL, for links to media (set when the channel starts).
+    public_url: OnceLock<String>,
     status: Mutex<String>,
 }
 
@@ -77,6 +80,7 @@ impl WhatsApp {
                 .unwrap_or_default(),
             pacer: Pacer::new(&format!("wa:{name}"), cfg.per_number, shared),
             window: Window::new(name),
+            public_url: OnceLock::new(),
             status: Mutex::new("starting".into()),
         }
     }
@@ -211,6 +215,18 @@ impl WhatsApp {
         })
     }
 
+    /// A signed link through which a media file a customer sent can be downloaded.
+    fn media_link(&self, media_id: &str, now: i64) -> Option<String> {
+        let base = self.public_url.get()?;
+        Some(media::link(
+            base,
+            &self.name,
+            self.cfg.app_secret.0.as_bytes(),
+            media_id,
+            now + media::LINK_LIFETIME_MS,
+        ))
+    }
+
     pub fn set_status(&self, s: &str) {
         *self.status.lock().expect("not poisoned") = s.to_string();
     }
@@ -263,6 +279,7 @@ impl Adapter for WhatsApp {
 
     fn start(self: Arc<Self>, cx: &Context) -> Vec<JoinHandle<()>> {
         self.window.attach(cx.store.clone(), cx.clock.clone());
+        let _ = self.public_url.set(cx.public_url.clone());
         self.set_status("ok");
         Vec::new()
     }

@@ -26,10 +26,10 @@ use crate::store::NewEvent;
 const EXCERPT: usize = 2048;
 
 #[derive(Clone)]
-struct Hook {
-    wa: Arc<WhatsApp>,
+pub(super) struct Hook {
+    pub(super) wa: Arc<WhatsApp>,
     ingest: Ingest,
-    clock: Clock,
+    pub(super) clock: Clock,
     rejections: Arc<RejectionBudget>,
 }
 
@@ -37,6 +37,7 @@ pub fn router(wa: Arc<WhatsApp>, ingest: Ingest, clock: Clock) -> axum::Router {
     let path = format!("/whatsapp/{}", wa.name);
     axum::Router::new()
         .route(&path, get(verify).post(receive))
+        .route(&format!("{path}/media/{{id}}"), get(super::media::download))
         .with_state(Hook {
             wa,
             ingest,
@@ -93,7 +94,7 @@ async fn receive(State(h): State<Hook>, headers: HeaderMap, body: Bytes) -> Resp
     let now = h.clock.now_ms();
     let delivery = match serde_json::from_slice::<Json>(&body)
         .map_err(|e| format!("not JSON: {e}"))
-        .and_then(|v| normalize(&h.wa.name, &v, now))
+        .and_then(|v| normalize(&h.wa.name, &v, now, &|id| h.wa.media_link(id, now)))
     {
         Ok(d) => d,
         Err(reason) => return reject(&h, StatusCode::BAD_REQUEST, reason, &body).await,
