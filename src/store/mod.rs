@@ -34,7 +34,8 @@ pub enum StoreError {
 
 impl StoreError {
     /// The database could not be reached or refused service for the moment (connection
-    /// lost, pool exhausted, server shutting down, file locked): no statement is to blame.
+    /// lost, pool exhausted, server shutting down, file locked, a deadlock between
+    /// transactions): no statement is to blame, and trying again later is right.
     pub fn unavailable(&self) -> bool {
         let StoreError::Db(e) = self else {
             return matches!(self, StoreError::Busy(_));
@@ -50,11 +51,14 @@ impl StoreError {
                 let code = d.code().unwrap_or_default();
                 if code.len() == 5 {
                     // PostgreSQL: connection exceptions (08…), operator intervention (57P…),
-                    // insufficient resources (53…).
+                    // insufficient resources (53…), a database not accepting connections;
+                    // and a deadlock or serialization failure, which no statement causes alone.
                     code.starts_with("08")
                         || code.starts_with("57P")
                         || code.starts_with("53")
                         || code == "55000"
+                        || code == "40001"
+                        || code == "40P01"
                 } else {
                     // SQLite: busy (5) and locked (6), with their extended codes.
                     code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
