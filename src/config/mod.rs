@@ -135,23 +135,6 @@ impl Config {
     }
 }
 
-impl Gateway {
-    /// Where a staff member is reached: the first conversational channel (by name) that
-    /// has their id.
-    pub fn staff_chat(&self, s: &Staff) -> Option<(String, String)> {
-        let mut names: Vec<&String> = self
-            .channels
-            .iter()
-            .filter(|(_, c)| c.caps.replies)
-            .map(|(n, _)| n)
-            .collect();
-        names.sort();
-        names
-            .into_iter()
-            .find_map(|n| self.staff_id(s, n).map(|id| (n.clone(), id.clone())))
-    }
-}
-
 impl Messages for I18n {
     fn missing_in(&self, id: &str) -> Vec<String> {
         I18n::missing_in(self, id)

@@ -838,7 +838,8 @@ impl Engine {
         };
         if let (Some(offer), Some(r)) = (d.offer_id, &response) {
             if let Some(m) = r["message"].as_str() {
-                self.offer_message_known(tx, offer, m, after).await?;
+                self.offer_message_known(tx, offer, d.outbox_id, m, after)
+                    .await?;
             }
         }
         let (true, Some(run_id)) = (d.resume, d.run_id) else {

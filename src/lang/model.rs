@@ -128,6 +128,21 @@ impl Gateway {
             .or_else(|| self.channels.get(channel).and_then(|c| s.ids.get(c.kind())))
     }
 
+    /// Where a staff member is reached: the first conversational channel (by name) that
+    /// has their id.
+    pub fn staff_chat(&self, s: &Staff) -> Option<(String, String)> {
+        let mut names: Vec<&String> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.caps.replies)
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .find_map(|n| self.staff_id(s, n).map(|id| (n.clone(), id.clone())))
+    }
+
     /// The staff member who is `user` on `channel`, if the directory has one.
     pub fn staff_on(&self, channel: &str, user: &str) -> Option<&Staff> {
         self.staff

@@ -346,15 +346,29 @@ pub struct OfferRow {
     pub run_id: i64,
     pub step: i64,
     pub channel: String,
+    /// The address as the step wrote it: a chat, or `staff` and a member or `@group`.
     pub chat_id: String,
-    /// The reference of the offer's message, once the channel gave it out.
-    pub message_id: Option<String>,
     pub text: String,
     /// `open`, `taken` or `expired`.
     pub status: String,
     /// User ids that declined.
     pub excluded: Vec<String>,
     pub winner: Option<Json>,
+}
+
+/// One recipient's message of an offer: an offer to a chat has one, an offer to several
+/// people one per person.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfferMessage {
+    pub channel: String,
+    pub chat_id: String,
+    /// The message's reference, once the channel gave it out.
+    pub message_id: Option<String>,
+    /// The outbox row that sends it.
+    pub outbox_id: Option<i64>,
+    /// What it says, in the channel's markup and the recipient's language.
+    pub text: String,
+    pub lang: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -563,7 +577,18 @@ pub trait Tx: Send {
     /// Closes an open offer without a winner; true when it was open.
     async fn expire_offer(&mut self, id: i64) -> Result<bool>;
     async fn exclude_from_offer(&mut self, id: i64, user: &str) -> Result<()>;
-    async fn set_offer_message(&mut self, id: i64, message_id: &str) -> Result<()>;
+    /// Records a recipient's message of an offer, sent by outbox row `m.outbox_id`.
+    async fn add_offer_message(&mut self, offer_id: i64, m: &OfferMessage) -> Result<()>;
+    /// The offer's messages, in the order they were sent.
+    async fn offer_messages(&mut self, offer_id: i64) -> Result<Vec<OfferMessage>>;
+    /// The reference the channel gave out for the message that outbox row `outbox_id` sent
+    /// (an offer of an earlier version has one message and no outbox row recorded).
+    async fn set_offer_message(
+        &mut self,
+        offer_id: i64,
+        outbox_id: i64,
+        message_id: &str,
+    ) -> Result<()>;
     /// The open offer a run is waiting on, if any.
     async fn open_offer_of(&mut self, run_id: i64) -> Result<Option<OfferRow>>;
 

@@ -17,7 +17,8 @@ pub(super) fn run_status(s: &str) -> Result<RunStatus> {
     RunStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("run status '{s}'")))
 }
 
-/// Defines `event_row`, `run_row`, `timer_row`, `summary_row`, `offer_row` and `outbox_row`
+/// Defines `event_row`, `run_row`, `timer_row`, `summary_row`, `offer_row`, `offer_message_row`
+/// and `outbox_row`
 /// for a driver's row type; both schemas name and type the columns alike.
 macro_rules! row_mappers {
     ($row:ty) => {
@@ -95,12 +96,22 @@ macro_rules! row_mappers {
                 step: r.get("step"),
                 channel: r.get("channel"),
                 chat_id: r.get("chat_id"),
-                message_id: r.get("message_id"),
                 text: r.get("text"),
                 status: r.get("status"),
                 excluded: serde_json::from_str(&excluded).unwrap_or_default(),
                 winner: opt_json(r.get("winner"))?,
             })
+        }
+
+        fn offer_message_row(r: &$row) -> OfferMessage {
+            OfferMessage {
+                channel: r.get("channel"),
+                chat_id: r.get("chat_id"),
+                message_id: r.get("message_id"),
+                outbox_id: r.get("outbox_id"),
+                text: r.get("text"),
+                lang: r.get("lang"),
+            }
         }
 
         fn outbox_row(r: &$row) -> Result<OutboxRow> {

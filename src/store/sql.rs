@@ -620,12 +620,48 @@ macro_rules! impl_tx {
                 Ok(r.rows_affected() == 1)
             }
 
-            async fn set_offer_message(&mut self, id: i64, message_id: &str) -> Result<()> {
-                sqlx::query("UPDATE offers SET message_id = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(message_id)
-                    .execute(&mut *self.tx)
-                    .await?;
+            async fn add_offer_message(&mut self, offer_id: i64, m: &OfferMessage) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO offer_messages (offer_id, channel, chat_id, message_id, outbox_id, text, lang)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(offer_id)
+                .bind(&m.channel)
+                .bind(&m.chat_id)
+                .bind(&m.message_id)
+                .bind(m.outbox_id)
+                .bind(&m.text)
+                .bind(&m.lang)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn offer_messages(&mut self, offer_id: i64) -> Result<Vec<OfferMessage>> {
+                Ok(sqlx::query("SELECT * FROM offer_messages WHERE offer_id = $1 ORDER BY id")
+                    .bind(offer_id)
+                    .fetch_all(&mut *self.tx)
+                    .await?
+                    .iter()
+                    .map(offer_message_row)
+                    .collect())
+            }
+
+            async fn set_offer_message(
+                &mut self,
+                offer_id: i64,
+                outbox_id: i64,
+                message_id: &str,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE offer_messages SET message_id = $3
+                     WHERE offer_id = $1 AND (outbox_id = $2 OR outbox_id IS NULL)",
+                )
+                .bind(offer_id)
+                .bind(outbox_id)
+                .bind(message_id)
+                .execute(&mut *self.tx)
+                .await?;
                 Ok(())
             }
 

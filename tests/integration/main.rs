@@ -14,6 +14,7 @@ mod fake_whatsapp;
 mod fuzz;
 mod links;
 mod migrations;
+mod offers;
 mod pg;
 mod replicas;
 mod store;

@@ -1,6 +1,6 @@
 //! Upgrades of a database written by an earlier version: outbox rows that carried Telegram
-//! Bot API calls become channel operations, and offer message ids become string references,
-//! on both stores.
+//! Bot API calls become channel operations, offer message ids become string references, and
+//! an offer's one message becomes the first of its recipients' messages, on both stores.
 
 use sqlx::Connection;
 use switchboard::channels::{OutAnswer, OutEdit, Outbound};
@@ -80,7 +80,27 @@ async fn check_converted(s: &dyn Store) {
     );
     let mut tx = s.begin().await.unwrap();
     let offer = tx.load_offer(1).await.unwrap().unwrap();
-    assert_eq!(offer.message_id.as_deref(), Some("42"));
+    assert_eq!(
+        (offer.channel.as_str(), offer.chat_id.as_str()),
+        ("tg", "-100")
+    );
+    // The one message of an earlier offer is its only recipient's, and its reference is
+    // still set by the delivery of the row that sends it.
+    let messages = tx.offer_messages(1).await.unwrap();
+    assert_eq!(messages.len(), 1);
+    let m = &messages[0];
+    assert_eq!(
+        (
+            m.channel.as_str(),
+            m.chat_id.as_str(),
+            m.message_id.as_deref()
+        ),
+        ("tg", "-100", Some("42"))
+    );
+    assert_eq!((m.text.as_str(), m.outbox_id), ("Deal", None));
+    tx.set_offer_message(1, 1, "43").await.unwrap();
+    let m = tx.offer_messages(1).await.unwrap().remove(0);
+    assert_eq!(m.message_id.as_deref(), Some("43"));
 }
 
 #[tokio::test]

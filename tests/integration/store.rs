@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map};
 use switchboard::store::{
-    self, EventFilter, IngestOutcome, NewEvent, NewOutbox, NewTimer, NewWait, PoolOptions,
-    RunFilter, RunRow, RunStatus, Store, StoreError, SubjectLimit,
+    self, EventFilter, IngestOutcome, NewEvent, NewOutbox, NewTimer, NewWait, OfferMessage,
+    PoolOptions, RunFilter, RunRow, RunStatus, Store, StoreError, SubjectLimit,
 };
 
 use crate::pg;
@@ -328,11 +328,39 @@ async fn waits_and_offers(s: Arc<dyn Store>) {
         .insert_offer(12, 1, "tg", "-100", "New deal: 120,000", 50)
         .await
         .unwrap();
-    tx.set_offer_message(offer, "777").await.unwrap();
+    for (chat, outbox) in [("-100", 70), ("+48555", 71)] {
+        let m = OfferMessage {
+            channel: "tg".into(),
+            chat_id: chat.into(),
+            message_id: None,
+            outbox_id: Some(outbox),
+            text: "New deal: 120,000".into(),
+            lang: Some("ru".into()),
+        };
+        tx.add_offer_message(offer, &m).await.unwrap();
+    }
+    tx.set_offer_message(offer, 71, "wamid.1").await.unwrap();
     tx.exclude_from_offer(offer, "501").await.unwrap();
     tx.exclude_from_offer(offer, "502").await.unwrap();
     let open = tx.open_offer_of(12).await.unwrap().unwrap();
-    assert_eq!(open.message_id.as_deref(), Some("777"));
+    let refs: Vec<_> = tx.offer_messages(open.id).await.unwrap();
+    let refs: Vec<_> = refs
+        .iter()
+        .map(|m| {
+            (
+                m.chat_id.as_str(),
+                m.message_id.as_deref(),
+                m.lang.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refs,
+        vec![
+            ("-100", None, Some("ru")),
+            ("+48555", Some("wamid.1"), Some("ru"))
+        ]
+    );
     assert_eq!(open.excluded, vec!["501", "502"]);
     assert!(tx.claim_offer(offer, &json!({"id": 503})).await.unwrap());
     assert!(!tx.claim_offer(offer, &json!({"id": 504})).await.unwrap());

@@ -1,6 +1,8 @@
-//! First click wins: an `offer` posts a message with buttons; the engine takes clicks one at a
-//! time, so the claim (a compare-and-set in the store) has exactly one winner. Every click is
-//! answered, the message is edited for the winner, and the run continues with `claim.*`.
+//! First click wins: an `offer` posts a message with buttons to a chat, or to each staff
+//! member addressed; the engine takes clicks one at a time, so the claim (a compare-and-set in
+//! the store) has exactly one winner across all the messages. Every click is answered, every
+//! message is closed (edited, or followed by a short notice where the channel cannot edit),
+//! and the run continues with `claim.*`.
 
 use std::sync::Arc;
 
@@ -12,7 +14,17 @@ use super::{message_entry, note, timed_out, Flow, BUTTON_PREFIX};
 use crate::channels::{Choice, OutAnswer, OutEdit, OutMessage, Outbound};
 use crate::config::{Action, OfferSpec, Scenario, Who};
 use crate::engine::{After, Engine, EventItem};
-use crate::store::{OfferRow, RunRow, RunStatus, StoreError, Tx};
+use crate::store::{OfferMessage, OfferRow, RunRow, RunStatus, StoreError, Tx};
+
+/// How an offer ended, for the texts its messages are closed with.
+enum Closed<'a> {
+    Taken {
+        spec: &'a OfferSpec,
+        claim: &'a Json,
+        run: &'a RunRow,
+    },
+    Expired,
+}
 
 /// `o:<offer id>:<button index>`: short enough for any channel's callback data.
 fn parse_data(data: &str) -> Option<(i64, usize)> {
@@ -90,15 +102,18 @@ impl Engine {
                 .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
-        // The click must come from the offer's own message: callback data alone can be
-        // forged from another chat.
-        let elsewhere = offer.channel != ev.source
-            || chat_of(ev).as_deref() != Some(offer.chat_id.as_str())
-            || offer
-                .message_id
-                .as_deref()
-                .is_some_and(|m| ev.data["message"].as_str() != Some(m));
-        if elsewhere {
+        // The click must come from one of the offer's own messages: callback data alone can
+        // be forged from another chat.
+        let messages = tx.offer_messages(offer_id).await?;
+        let chat = chat_of(ev);
+        let clicked = messages.iter().position(|m| {
+            m.channel == ev.source
+                && chat.as_deref() == Some(m.chat_id.as_str())
+                && m.message_id
+                    .as_deref()
+                    .is_none_or(|id| ev.data["message"].as_str() == Some(id))
+        });
+        if clicked.is_none() {
             outcome.push(json!({"offer": offer_id, "verdict": "a click from another message"}));
             return self
                 .answer_click(tx, ev, None, "inactive", None, false, after)
@@ -170,7 +185,8 @@ impl Engine {
             .unwrap_or_else(|| user.clone());
         let claim = json!({
             "user_id": user, "name": name, "username": from["username"], "button": b.id,
-            "staff": staff, "chat": ev.data["chat"], "time": crate::clock::rfc3339(now),
+            "staff": staff, "channel": ev.source, "chat": ev.data["chat"],
+            "time": crate::clock::rfc3339(now),
             "timed_out": false,
         });
         if !tx.claim_offer(offer_id, &claim).await? {
@@ -187,8 +203,13 @@ impl Engine {
             .push(json!({"offer": offer_id, "user": user, "verdict": "won", "run": offer.run_id}));
         self.answer_click(tx, ev, run_id, "yours", None, false, after)
             .await?;
-        let text = self.taken_text(spec, &offer, &claim, &run);
-        self.edit_offer(tx, &offer, text, after).await?;
+        let closed = Closed::Taken {
+            spec,
+            claim: &claim,
+            run: &run,
+        };
+        self.close_messages(tx, &offer, &messages, &closed, clicked, after)
+            .await?;
         if run.status == RunStatus::Waiting && run.pc == offer.step {
             tx.clear_parks(run.id).await?;
             after.timers_changed = true;
@@ -205,13 +226,21 @@ impl Engine {
         Ok(())
     }
 
-    fn taken_text(&self, spec: &OfferSpec, offer: &OfferRow, claim: &Json, run: &RunRow) -> String {
-        let markup = self.markup(&offer.channel);
+    /// What a recipient's message says once the offer is closed.
+    fn closed_text(&self, closed: &Closed, m: &OfferMessage) -> String {
+        match closed {
+            Closed::Taken { spec, claim, run } => self.taken_text(spec, m, claim, run),
+            Closed::Expired => format!("{}\n\n⌛", m.text),
+        }
+    }
+
+    fn taken_text(&self, spec: &OfferSpec, m: &OfferMessage, claim: &Json, run: &RunRow) -> String {
+        let markup = self.markup(&m.channel);
         let name = markup.escape(claim["name"].as_str().unwrap_or(""));
         let default = || match markup {
-            crate::channels::Markup::Html => format!("{}\n\n✅ <b>{name}</b>", offer.text),
-            crate::channels::Markup::WhatsApp => format!("{}\n\n✅ *{name}*", offer.text),
-            crate::channels::Markup::Plain => format!("{}\n\n✅ {name}", offer.text),
+            crate::channels::Markup::Html => format!("{}\n\n✅ <b>{name}</b>", m.text),
+            crate::channels::Markup::WhatsApp => format!("{}\n\n✅ *{name}*", m.text),
+            crate::channels::Markup::Plain => format!("{}\n\n✅ {name}", m.text),
         };
         match &spec.taken {
             Some(t) => {
@@ -220,7 +249,7 @@ impl Engine {
                     run => minijinja::Value::from_serialize(&run.vars),
                     event => minijinja::Value::from_serialize(&run.event),
                     // Already in the channel's markup.
-                    text => minijinja::Value::from_safe_string(offer.text.clone()),
+                    text => minijinja::Value::from_safe_string(m.text.clone()),
                 };
                 t.render_in(&ctx, markup).unwrap_or_else(|_| default())
             }
@@ -228,59 +257,135 @@ impl Engine {
         }
     }
 
-    async fn edit_offer(
+    /// Closes each recipient's message: edited where the channel can edit (and for the
+    /// clicker, as on any channel), else followed by a short notice in the recipient's
+    /// language. A message whose reference is not known yet is edited once it is.
+    async fn close_messages(
         &mut self,
         tx: &mut dyn Tx,
         offer: &OfferRow,
-        text: String,
+        messages: &[OfferMessage],
+        closed: &Closed<'_>,
+        clicked: Option<usize>,
         after: &mut After,
     ) -> Result<(), StoreError> {
-        let Some(message) = offer.message_id.clone() else {
+        for (i, m) in messages.iter().enumerate() {
+            if clicked == Some(i) || self.edits(&m.channel) {
+                self.edit_message(tx, offer, m, closed, after).await?;
+                continue;
+            }
+            let (what, name) = match closed {
+                Closed::Taken { claim, .. } => match claim["name"].as_str() {
+                    Some(n) => ("taken-by", Some(n)),
+                    None => ("taken", None),
+                },
+                Closed::Expired => ("expired", None),
+            };
+            let mut args = Map::new();
+            if let Some(n) = name {
+                args.insert("name".into(), json!(n));
+            }
+            let text = self.cfg.i18n.builtin(
+                &[m.lang.as_deref()],
+                &format!("switchboard-click-{what}"),
+                &args,
+            );
+            let op = Outbound::Send(OutMessage {
+                to: m.chat_id.clone(),
+                lang: m.lang.clone(),
+                text: self.markup(&m.channel).escape(&text),
+                reply_to: m.message_id.clone(),
+                run_id: Some(offer.run_id),
+                ..Default::default()
+            });
+            self.channel_action(tx, Some(offer.run_id), &m.channel, op, after)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn edits(&self, channel: &str) -> bool {
+        self.cfg
+            .gateway
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.caps.edits)
+    }
+
+    async fn edit_message(
+        &mut self,
+        tx: &mut dyn Tx,
+        offer: &OfferRow,
+        m: &OfferMessage,
+        closed: &Closed<'_>,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let Some(message) = m.message_id.clone() else {
             return Ok(());
         };
         let op = Outbound::Edit(OutEdit {
-            to: offer.chat_id.clone(),
+            to: m.chat_id.clone(),
             message,
-            text: Some(text),
+            text: Some(self.closed_text(closed, m)),
             ..Default::default()
         });
-        self.channel_action(tx, Some(offer.run_id), &offer.channel.clone(), op, after)
+        self.channel_action(tx, Some(offer.run_id), &m.channel, op, after)
             .await
     }
 
-    /// Records the offer message's id. An offer closed before the id was known (its timeout
-    /// or a click came first) missed its edit: make it now.
+    /// Records the reference of the message outbox row `outbox_id` sent. An offer closed
+    /// before it was known (its timeout or a click came first) missed that message's edit:
+    /// make it now.
     pub(in crate::engine) async fn offer_message_known(
         &mut self,
         tx: &mut dyn Tx,
         offer_id: i64,
+        outbox_id: i64,
         message_id: &str,
         after: &mut After,
     ) -> Result<(), StoreError> {
-        tx.set_offer_message(offer_id, message_id).await?;
+        tx.set_offer_message(offer_id, outbox_id, message_id)
+            .await?;
         let Some(offer) = tx.load_offer(offer_id).await? else {
             return Ok(());
         };
-        let text = match offer.status.as_str() {
-            "expired" => format!("{}\n\n⌛", offer.text),
-            "taken" => {
-                let Some(run) = tx.load_run(offer.run_id).await? else {
-                    return Ok(());
-                };
-                let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
-                    return Ok(());
-                };
-                let Some(Action::Offer(spec)) =
-                    sc.steps.get(offer.step as usize).map(|s| &s.action)
-                else {
-                    return Ok(());
-                };
-                let claim = offer.winner.clone().unwrap_or(Json::Null);
-                self.taken_text(spec, &offer, &claim, &run)
-            }
-            _ => return Ok(()),
+        if offer.status == "open" {
+            return Ok(());
+        }
+        let messages = tx.offer_messages(offer_id).await?;
+        let Some(m) = messages
+            .iter()
+            .find(|m| m.outbox_id.is_none_or(|o| o == outbox_id))
+        else {
+            return Ok(());
         };
-        self.edit_offer(tx, &offer, text, after).await
+        let winner = offer.winner.clone().unwrap_or(Json::Null);
+        let clicked = winner["channel"].as_str() == Some(m.channel.as_str())
+            && chat_id(&winner["chat"]).as_deref() == Some(m.chat_id.as_str());
+        // Where the channel cannot edit, the others were told by a notice already.
+        if !clicked && !self.edits(&m.channel) {
+            return Ok(());
+        }
+        if offer.status != "taken" {
+            return self
+                .edit_message(tx, &offer, m, &Closed::Expired, after)
+                .await;
+        }
+        let Some(run) = tx.load_run(offer.run_id).await? else {
+            return Ok(());
+        };
+        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+            return Ok(());
+        };
+        let Some(Action::Offer(spec)) = sc.steps.get(offer.step as usize).map(|s| &s.action) else {
+            return Ok(());
+        };
+        let closed = Closed::Taken {
+            spec,
+            claim: &winner,
+            run: &run,
+        };
+        self.edit_message(tx, &offer, m, &closed, after).await
     }
 
     /// The offer's timeout: the run goes on at its `timeout` branch, else at the next step,
@@ -320,8 +425,9 @@ impl Engine {
     ) -> Result<(), StoreError> {
         if let Some(offer) = tx.open_offer_of(run_id).await? {
             if tx.expire_offer(offer.id).await? {
-                let text = format!("{}\n\n⌛", offer.text);
-                self.edit_offer(tx, &offer, text, after).await?;
+                let messages = tx.offer_messages(offer.id).await?;
+                self.close_messages(tx, &offer, &messages, &Closed::Expired, None, after)
+                    .await?;
             }
         }
         Ok(())
@@ -346,14 +452,23 @@ impl Engine {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        entry["send"] = message_entry(&o.message.channel, &request);
-        entry["offer_id"] = json!(request.offer_id);
+        let mut shown: Vec<Json> = request
+            .iter()
+            .map(|(channel, m)| message_entry(channel, m))
+            .collect();
+        entry["send"] = if shown.len() == 1 {
+            shown.remove(0)
+        } else {
+            json!(shown)
+        };
+        entry["offer_id"] = json!(request.first().and_then(|(_, m)| m.offer_id));
         entry["result"] = json!("waiting for a click");
         run.status = RunStatus::Waiting;
         Ok(Ok(Flow::Park))
     }
 
-    /// Posts the offer; the run waits for a click or the timeout.
+    /// Posts the offer, to its chat or to each staff member addressed (in their language);
+    /// the run waits for a click or the timeout.
     #[expect(
         clippy::too_many_arguments,
         reason = "the interpreter's working set for one step"
@@ -367,39 +482,57 @@ impl Engine {
         pc: usize,
         ctx: &Value,
         after: &mut After,
-    ) -> Result<Result<OutMessage, String>, StoreError> {
+    ) -> Result<Result<Vec<(String, OutMessage)>, String>, StoreError> {
         let now = self.now();
-        let mut request = match self.render_message(&spec.message, &spec.message.body, ctx, run, sc)
-        {
+        let mut messages = match self.render_messages(&spec.message, ctx, run, sc) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        let offer = tx
-            .insert_offer(
-                run.id,
-                pc as i64,
-                &spec.message.channel,
-                &request.to,
-                &request.text,
-                now,
-            )
-            .await?;
-        for (i, b) in spec.buttons.iter().enumerate() {
-            let label = match b.label.render(ctx) {
-                Ok(l) => l,
+        let Some(first) = messages.first().map(|(_, m)| m.clone()) else {
+            return Ok(Err("an offer to nobody".to_string()));
+        };
+        let mut labels = Vec::with_capacity(spec.buttons.len());
+        for b in &spec.buttons {
+            match b.label.render(ctx) {
+                Ok(l) => labels.push(l),
                 Err(e) => return Ok(Err(e.0)),
-            };
-            request.choices.push(Choice {
-                text: label,
-                data: callback_data(offer, i),
-            });
+            }
         }
-        request.offer_id = Some(offer);
-        self.send_message(tx, run, pc, &spec.message.channel, request.clone(), after)
+        // The offer is kept under the address as written: a chat, or a staff member or group.
+        let (channel, chat) = match (&spec.message.address, spec.message.channel.as_str()) {
+            (Some(a), "staff") => match a.render(ctx) {
+                Ok(a) => ("staff".to_string(), a.trim().to_string()),
+                Err(e) => return Ok(Err(e.0)),
+            },
+            _ => (spec.message.channel.clone(), first.to.clone()),
+        };
+        let offer = tx
+            .insert_offer(run.id, pc as i64, &channel, &chat, &first.text, now)
             .await?;
+        for (channel, request) in &mut messages {
+            for (i, label) in labels.iter().enumerate() {
+                request.choices.push(Choice {
+                    text: label.clone(),
+                    data: callback_data(offer, i),
+                });
+            }
+            request.offer_id = Some(offer);
+            let outbox = self
+                .send_message(tx, run, pc, channel, request.clone(), after)
+                .await?;
+            let m = OfferMessage {
+                channel: channel.clone(),
+                chat_id: request.to.clone(),
+                message_id: None,
+                outbox_id: Some(outbox),
+                text: request.text.clone(),
+                lang: request.lang.clone(),
+            };
+            tx.add_offer_message(offer, &m).await?;
+        }
         self.arm_timeout(tx, run, sc, spec.timeout, after).await?;
         run.vars.remove("claim");
-        Ok(Ok(request))
+        Ok(Ok(messages))
     }
 }
 
@@ -414,7 +547,12 @@ fn user_of(ev: &EventItem) -> String {
 
 /// The conversation a click came from.
 pub(super) fn chat_of(ev: &EventItem) -> Option<String> {
-    match &ev.data["chat"]["id"] {
+    chat_id(&ev.data["chat"])
+}
+
+/// A chat's id, whether the platform gives it as a number or a string.
+fn chat_id(chat: &Json) -> Option<String> {
+    match &chat["id"] {
         Json::Number(n) => Some(n.to_string()),
         Json::String(s) => Some(s.clone()),
         _ => None,

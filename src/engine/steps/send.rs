@@ -133,7 +133,7 @@ impl Engine {
 
     /// The messages of a `send`: one, or one per staff member (each in their language) for
     /// `staff:<id>` and `staff:@group`.
-    fn render_messages(
+    pub(super) fn render_messages(
         &self,
         s: &SendSpec,
         ctx: &Value,

@@ -33,10 +33,12 @@ pub(super) fn compile_offer(
         window_template: None,
     };
     let message = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)?;
-    let ch = message.channel.clone();
+    let channels = recipient_channels(&message, &od.to, cx, gw);
     let mut buttons = Vec::new();
     for b in &od.buttons {
-        check_choice(cx, gw, &ch, &b.id, Some(&b.text));
+        for ch in &channels {
+            check_choice(cx, gw, ch, &b.id, Some(&b.text));
+        }
         if let Some(label) = cx.tmpl(t, &b.text) {
             buttons.push(OfferButton {
                 id: b.id.get().clone(),
@@ -45,7 +47,9 @@ pub(super) fn compile_offer(
             });
         }
     }
-    check_choice_count(cx, gw, &ch, od.buttons.len(), o.span());
+    for ch in &channels {
+        check_choice_count(cx, gw, ch, od.buttons.len(), o.span());
+    }
     if od.buttons.is_empty() {
         buttons.push(OfferButton {
             id: "accept".into(),
@@ -93,4 +97,45 @@ pub(super) fn compile_offer(
         taken: od.taken.as_ref().and_then(|tk| cx.tmpl(t, tk)),
         branches: out,
     })
+}
+
+/// The channels an offer's messages go out on: its own, or, for `staff:<id>` and
+/// `staff:@group` written out, each member's, which must have callback buttons.
+fn recipient_channels(
+    message: &SendSpec,
+    to: &Sp<String>,
+    cx: &mut FileCx,
+    gw: &Gateway,
+) -> Vec<String> {
+    if message.channel != "staff" {
+        return vec![message.channel.clone()];
+    }
+    let Some(Tmpl::Const(address)) = &message.address else {
+        // A templated address is resolved when the step runs.
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for m in gw.staff_named(address) {
+        let Some((ch, _)) = gw.staff_chat(m) else {
+            cx.err(
+                to.span(),
+                format!("staff member '{}' has no id on a chat channel", m.id),
+            );
+            continue;
+        };
+        let c = &gw.channels[&ch];
+        if cx.caps(c).choices.is_none() {
+            cx.err(
+                to.span(),
+                format!(
+                    "offer needs callback buttons; staff member '{}' is on channel '{ch}' ({}), which has none",
+                    m.id,
+                    c.kind()
+                ),
+            );
+        } else if !out.contains(&ch) {
+            out.push(ch);
+        }
+    }
+    out
 }

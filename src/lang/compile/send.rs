@@ -240,7 +240,7 @@ pub(super) fn compile_edit(
 }
 
 /// The message of an `ask` or `offer`: it must go to a chat on a chat channel, which is where
-/// replies and clicks come from.
+/// replies and clicks come from; an offer may also go to staff, one message per member.
 pub(super) fn compile_chat_message(
     what: &str,
     def: raw::SendDef,
@@ -252,6 +252,10 @@ pub(super) fn compile_chat_message(
 ) -> Option<SendSpec> {
     let to = def.to.get().clone();
     let channel = to.split(':').next().unwrap_or_default();
+    if what == "offer" && channel == "staff" {
+        // One message per member, each on their own channel: checked with the buttons.
+        return compile_send(&Sp(toml::Spanned::new(span, def)), cx, t, gw, i18n);
+    }
     let caps = gw.channels.get(channel).map(|c| (c.kind(), cx.caps(c)));
     let lacks = match (what, caps) {
         ("ask", Some((_, c))) if !c.replies => Some("replies"),
