@@ -463,7 +463,10 @@ pub fn normalize_reply(s: &str) -> String {
 }
 
 pub struct OfferSpec {
+    /// The message, to its first recipient (a chat, or staff).
     pub message: SendSpec,
+    /// The same message to the other recipients of a list.
+    pub also: Vec<SendSpec>,
     pub buttons: Vec<OfferButton>,
     pub who: Who,
     pub timeout: Option<Duration>,

@@ -458,8 +458,9 @@ pub struct AskDef {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OfferDef {
-    /// `channel:chat` (templated), e.g. `tg:-1001234`.
-    pub to: Sp<String>,
+    /// `channel:chat` (templated), e.g. `tg:-1001234`, `staff:<id>` or `staff:@group` (one
+    /// message per member), or a list of these: every recipient gets the buttons.
+    pub to: Sp<serde_json::Value>,
     pub text: Option<Sp<String>>,
     pub template: Option<Sp<String>>,
     #[serde(default)]

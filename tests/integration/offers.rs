@@ -1,7 +1,7 @@
 //! An offer to several people (`staff:@sales`) spread over Telegram and WhatsApp: each gets
 //! the message with the buttons, the first press across all of them wins, and every other
 //! recipient is told, by an edit where the channel edits and by a short message in their
-//! language where it cannot.
+//! language where it cannot. A list of addresses works the same way.
 
 use std::time::Duration;
 
@@ -331,7 +331,7 @@ fn check_holds_an_offer_to_staff_to_every_members_channel() {
     );
     cfg.write(
         "offer.toml",
-        "id = \"offer\"\non = { webhook = \"h\" }\n[[step]]\noffer = { to = \"staff:@sales\", template = \"Deal\", buttons = [{ id = \"a\", text = \"A title of twenty-five ch\" }, { id = \"b\", text = \"B\" }, { id = \"c\", text = \"C\" }, { id = \"d\", text = \"D\" }] }\n[[step]]\noffer = { to = \"staff:@night\", template = \"Deal\" }\n[[step]]\noffer = { to = \"staff:@nobody\", template = \"Deal\" }\n",
+        "id = \"offer\"\non = { webhook = \"h\" }\n[[step]]\noffer = { to = \"staff:@sales\", template = \"Deal\", buttons = [{ id = \"a\", text = \"A title of twenty-five ch\" }, { id = \"b\", text = \"B\" }, { id = \"c\", text = \"C\" }, { id = \"d\", text = \"D\" }] }\n[[step]]\noffer = { to = \"staff:@night\", template = \"Deal\" }\n[[step]]\noffer = { to = \"staff:@nobody\", template = \"Deal\" }\n[[step]]\noffer = { to = [\"tg:1\", 2], template = \"Deal\" }\n",
     );
     let out = std::process::Command::new(bin())
         .args(["check", cfg.dir().to_str().unwrap()])
@@ -347,8 +347,50 @@ fn check_holds_an_offer_to_staff_to_every_members_channel() {
         ),
         format!("{file}:6:16: staff member 'ivan' has no id on a chat channel"),
         format!("{file}:8:16: no staff member or group '@nobody' in the staff directory"),
+        format!("{file}:10:16: offer `to` is an address (tg:-1001, staff:@sales) or a list of addresses"),
     ] {
         assert!(text.contains(&want), "missing «{want}» in:\n{text}");
     }
     assert!(!text.contains("channel 'tg'"), "{text}");
+}
+
+const LISTED: &str = r#"id = "listed"
+on = { webhook = "listed" }
+[[step]]
+offer = { to = ["tg:{{ event.chat }}", "wa:+{{ event.phone }}"], template = "Shift *{{ event.id }}*", buttons = [{ id = "take", text = "Take" }], timeout = "10m" }
+[[step]]
+send = { to = "ops", template = "{{ run.claim.name }} took shift {{ event.id }}" }
+"#;
+
+#[tokio::test]
+async fn an_offer_to_a_list_reaches_each_address_and_the_first_press_wins() {
+    let (tg, wa) = (FakeTelegram::start().await, FakeWhatsApp::start().await);
+    let cfg = ConfigDir::with(&[("listed.toml", LISTED)]);
+    cfg.write("gateway.toml", &gateway(&tg, &wa));
+    let t = TestApp::spawn(&cfg).await;
+    let phone = "48555000704";
+    let (hi, _) = wa.text(phone, "Hanna", "hi");
+    assert_eq!(wa.deliver(&t.app.url(), "wa", hi).await, vec![200]);
+    let (_, b) = t
+        .post("listed", json!({"id": 5, "chat": -700, "phone": phone}))
+        .await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let posted = tg.wait_for("sendMessage", 1).await;
+    assert_eq!(posted[0].params["chat_id"], -700);
+    let offer = wa.wait_accepted(phone, 1).await.remove(0);
+    assert_eq!(offer.text(), "Shift *5*");
+    let reply = &offer.body["interactive"]["action"]["buttons"][0]["reply"];
+    let (press, _) = wa.press(
+        phone,
+        offer.wamid.as_deref().unwrap(),
+        reply["id"].as_str().unwrap(),
+        reply["title"].as_str().unwrap(),
+        false,
+    );
+    assert_eq!(wa.deliver(&t.app.url(), "wa", press).await, vec![200]);
+    let done = t.finished(run).await;
+    assert_eq!(done.vars["claim"]["user_id"], format!("+{phone}"));
+    let edits = tg.wait_for("editMessageText", 1).await;
+    assert_eq!(edits[0].params["chat_id"], -700);
+    assert_eq!(edits[0].params["text"], "Shift *5*\n\n✅ <b>Customer</b>");
 }

@@ -467,8 +467,8 @@ impl Engine {
         Ok(Ok(Flow::Park))
     }
 
-    /// Posts the offer, to its chat or to each staff member addressed (in their language);
-    /// the run waits for a click or the timeout.
+    /// Posts the offer to each recipient: its chat, each staff member addressed (in their
+    /// language), each address of its list; the run waits for a click or the timeout.
     #[expect(
         clippy::too_many_arguments,
         reason = "the interpreter's working set for one step"
@@ -484,10 +484,13 @@ impl Engine {
         after: &mut After,
     ) -> Result<Result<Vec<(String, OutMessage)>, String>, StoreError> {
         let now = self.now();
-        let mut messages = match self.render_messages(&spec.message, ctx, run, sc) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
+        let mut messages = Vec::new();
+        for s in std::iter::once(&spec.message).chain(&spec.also) {
+            match self.render_messages(s, ctx, run, sc) {
+                Ok(r) => messages.extend(r),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
         let Some(first) = messages.first().map(|(_, m)| m.clone()) else {
             return Ok(Err("an offer to nobody".to_string()));
         };
@@ -498,7 +501,8 @@ impl Engine {
                 Err(e) => return Ok(Err(e.0)),
             }
         }
-        // The offer is kept under the address as written: a chat, or a staff member or group.
+        // The offer is kept under its first address as written: a chat, or a staff member or
+        // group.
         let (channel, chat) = match (&spec.message.address, spec.message.channel.as_str()) {
             (Some(a), "staff") => match a.render(ctx) {
                 Ok(a) => ("staff".to_string(), a.trim().to_string()),

@@ -20,20 +20,53 @@ pub(super) fn compile_offer(
     target: &dyn Fn(&mut FileCx, &Sp<String>) -> Option<usize>,
 ) -> Option<OfferSpec> {
     let od = o.get();
-    let message = raw::SendDef {
-        to: od.to.clone(),
-        text: od.text.clone(),
-        template: od.template.clone(),
-        args: Some(od.args.clone()),
-        lang: od.lang.clone(),
-        buttons: od.links.clone(),
-        reply_to: None,
-        attachments: Vec::new(),
-        save: None,
-        window_template: None,
+    let span = od.to.span();
+    let addresses: Vec<String> = match od.to.get() {
+        serde_json::Value::String(a) => vec![a.clone()],
+        serde_json::Value::Array(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
     };
-    let message = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)?;
-    let channels = recipient_channels(&message, &od.to, cx, gw);
+    let listed = od.to.get().as_array().map_or(1, Vec::len);
+    if addresses.is_empty() || addresses.len() != listed {
+        cx.err(
+            span,
+            "offer `to` is an address (tg:-1001, staff:@sales) or a list of addresses",
+        );
+        return None;
+    }
+    let mut messages = Vec::new();
+    let mut channels: Vec<String> = Vec::new();
+    for to in addresses {
+        let message = raw::SendDef {
+            to: Sp(toml::Spanned::new(span.clone(), to)),
+            text: od.text.clone(),
+            template: od.template.clone(),
+            args: Some(od.args.clone()),
+            lang: od.lang.clone(),
+            buttons: od.links.clone(),
+            reply_to: None,
+            attachments: Vec::new(),
+            save: None,
+            window_template: None,
+        };
+        let Some(message) = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)
+        else {
+            continue;
+        };
+        for ch in recipient_channels(&message, span.clone(), cx, gw) {
+            if !channels.contains(&ch) {
+                channels.push(ch);
+            }
+        }
+        messages.push(message);
+    }
+    if messages.is_empty() {
+        return None;
+    }
+    let message = messages.remove(0);
     let mut buttons = Vec::new();
     for b in &od.buttons {
         for ch in &channels {
@@ -91,6 +124,7 @@ pub(super) fn compile_offer(
     }
     Some(OfferSpec {
         message,
+        also: messages,
         buttons,
         who,
         timeout: od.timeout.as_ref().and_then(|d| cx.duration(d)),
@@ -103,7 +137,7 @@ pub(super) fn compile_offer(
 /// `staff:@group` written out, each member's, which must have callback buttons.
 fn recipient_channels(
     message: &SendSpec,
-    to: &Sp<String>,
+    span: std::ops::Range<usize>,
     cx: &mut FileCx,
     gw: &Gateway,
 ) -> Vec<String> {
@@ -118,7 +152,7 @@ fn recipient_channels(
     for m in gw.staff_named(address) {
         let Some((ch, _)) = gw.staff_chat(m) else {
             cx.err(
-                to.span(),
+                span.clone(),
                 format!("staff member '{}' has no id on a chat channel", m.id),
             );
             continue;
@@ -126,14 +160,14 @@ fn recipient_channels(
         let c = &gw.channels[&ch];
         if cx.caps(c).choices.is_none() {
             cx.err(
-                to.span(),
+                span.clone(),
                 format!(
                     "offer needs callback buttons; staff member '{}' is on channel '{ch}' ({}), which has none",
                     m.id,
                     c.kind()
                 ),
             );
-        } else if !out.contains(&ch) {
+        } else {
             out.push(ch);
         }
     }
