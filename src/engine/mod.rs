@@ -6,6 +6,7 @@ pub mod admin;
 pub mod ingest;
 pub mod intake;
 mod queue;
+mod status;
 mod steps;
 
 /// Expressions moved to `crate::lang`; the old path keeps working.
@@ -639,6 +640,11 @@ impl Engine {
         let consumed = match ev.kind.as_str() {
             "webhook" => self.answer_wait(tx, ev, &mut outcome, after).await?,
             "message" => self.answer_ask(tx, ev, &mut outcome, after).await?,
+            // Recorded on the message it is about, and it may start scenarios too.
+            "status" => {
+                self.record_status(tx, ev, &mut outcome).await?;
+                false
+            }
             "click" => {
                 self.on_click(tx, ev, &mut outcome, after).await?;
                 true
