@@ -1,5 +1,5 @@
 //! The channel interface. The engine and the outbox speak one neutral language — `send`,
-//! `edit`, `answer` (a click) — stored in outbox rows as such; each channel folder translates
+//! `edit`, `answer` (a click), `read` (a received message) — stored in outbox rows as such; each channel folder translates
 //! it to its platform, says what it can do through its capabilities, and owns its routes and
 //! workers. Nothing outside a channel's folder knows its platform's wire format.
 
@@ -116,6 +116,10 @@ pub struct OutMessage {
     /// The approved template to send instead outside the recipient's 24-hour window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_template: Option<OutTemplate>,
+    /// The approved template to send instead of the free-form message, window or not
+    /// (boxed: most messages have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_template: Option<Box<OutTemplate>>,
 }
 
 /// A platform's pre-approved message template, rendered.
@@ -164,6 +168,15 @@ pub struct OutAnswer {
     pub to: Option<String>,
 }
 
+/// Marks a message the bot received as read, where the platform shows that to its sender.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutRead {
+    /// The conversation the message came from (journal only).
+    pub to: String,
+    /// The received message's reference.
+    pub message: String,
+}
+
 /// One outbound operation, as stored in an outbox row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -171,6 +184,7 @@ pub enum Outbound {
     Send(OutMessage),
     Edit(OutEdit),
     Answer(OutAnswer),
+    Read(OutRead),
 }
 
 impl Outbound {
@@ -186,12 +200,12 @@ impl Outbound {
     }
 
     /// The conversation whose messages this one must follow; `None` for what is not a
-    /// message (a click answer goes out at once).
+    /// message (a click answer, a read receipt go out at once).
     pub fn conversation(&self) -> Option<&str> {
         match self {
             Outbound::Send(m) => Some(&m.to),
             Outbound::Edit(e) => Some(&e.to),
-            Outbound::Answer(_) => None,
+            Outbound::Answer(_) | Outbound::Read(_) => None,
         }
     }
 }

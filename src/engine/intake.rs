@@ -199,6 +199,9 @@ mod tests {
             resume: false,
             response: None,
             last_error: None,
+            message_ref: None,
+            delivery_status: None,
+            statuses: Vec::new(),
         };
         let job = OutboxJob {
             row,

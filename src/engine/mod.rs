@@ -6,6 +6,7 @@ pub mod admin;
 pub mod ingest;
 pub mod intake;
 mod queue;
+mod status;
 mod steps;
 
 /// Expressions moved to `crate::lang`; the old path keeps working.
@@ -276,6 +277,8 @@ pub struct Engine {
     /// Whether any scenario reads or writes globals (else nothing re-reads them per batch).
     uses_globals: bool,
     step_histograms: HashMap<&'static str, metrics::Histogram>,
+    /// When this process started (ms): events stored since reach the engine directly.
+    started_at: i64,
 }
 
 /// Most runs kept in `Engine::http_parked`.
@@ -293,6 +296,7 @@ impl Engine {
     ) -> Result<Engine, StoreError> {
         let globals = store.globals().await?;
         let uses_globals = cfg.scenarios.iter().any(|s| s.uses_globals);
+        let started_at = clock.now_ms();
         Ok(Engine {
             cfg,
             clock,
@@ -303,6 +307,7 @@ impl Engine {
             public_url,
             http_parked: HashMap::new(),
             step_histograms: HashMap::new(),
+            started_at,
             cache_runs: store.exclusive(),
             globals_locked: false,
             uses_globals,
@@ -457,9 +462,10 @@ impl Engine {
         intake.round += 1;
         let round = intake.round;
         intake.rescued.retain(|_, r| *r + 1 >= round);
-        // The first rescan is the start-up's: everything stored before is unattended.
+        // The first rescan is the start-up's: everything stored before this process started
+        // is unattended (what it stored itself comes through the ingest).
         let before = if round == 1 {
-            i64::MAX
+            self.started_at - 1
         } else {
             self.now() - RESCAN_GRACE_MS
         };
@@ -634,6 +640,11 @@ impl Engine {
         let consumed = match ev.kind.as_str() {
             "webhook" => self.answer_wait(tx, ev, &mut outcome, after).await?,
             "message" => self.answer_ask(tx, ev, &mut outcome, after).await?,
+            // Recorded on the message it is about, and it may start scenarios too.
+            "status" => {
+                self.record_status(tx, ev, &mut outcome).await?;
+                false
+            }
             "click" => {
                 self.on_click(tx, ev, &mut outcome, after).await?;
                 true

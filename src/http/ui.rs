@@ -153,6 +153,8 @@ async fn runs_page(
 fn step_class(e: &Json) -> &'static str {
     match e["result"].as_str().unwrap_or("") {
         "error" | "failed" => "error",
+        // A sent message the platform reported failed.
+        r if r.starts_with("failed:") => "error",
         "skipped" | "cancelled" => "skipped",
         "waiting" | "sleeping" | "sent, awaiting the response" => "parked",
         _ => "ok",
@@ -192,10 +194,20 @@ async fn run_page(
         .requests
         .iter()
         .map(|o| {
+            let failed = o.status == "failed" || o.delivery_status.as_deref() == Some("failed");
+            let statuses: Vec<String> = o
+                .statuses
+                .iter()
+                .map(|s| {
+                    let at = s["at"].as_i64().map(fmt_time).unwrap_or_default();
+                    format!("{} {at}", s["status"].as_str().unwrap_or("?"))
+                })
+                .collect();
             serde_json::json!({
                 "id": o.id, "kind": o.kind, "channel": o.channel, "status": o.status,
                 "attempts": o.attempts, "max_attempts": o.max_attempts, "error": o.last_error,
-                "class": match o.status.as_str() { "failed" => "error", "pending" => "parked", _ => "ok" },
+                "delivery": o.delivery_status, "statuses": statuses, "failed": failed,
+                "class": match (failed, o.status.as_str()) { (true, _) => "error", (_, "pending") => "parked", _ => "ok" },
                 "request": pretty(&o.request),
                 "response": o.response.as_ref().map(pretty),
             })

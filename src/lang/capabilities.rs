@@ -34,8 +34,12 @@ pub struct Capabilities {
     pub answers: bool,
     /// Files by URL with a message (`send` with `attachments`).
     pub attachments: bool,
-    /// Pre-approved message templates (`window_template` on `send` and `ask`).
+    /// Pre-approved message templates (`window_template` on `send` and `ask`,
+    /// `approved_template` on `send`).
     pub templates: bool,
+    /// The platform shows the sender that a received message was read (WhatsApp's blue
+    /// ticks): the message an `ask` takes as its answer is marked read.
+    pub read_receipts: bool,
     pub markup: Markup,
 }
 
@@ -51,6 +55,7 @@ impl Capabilities {
         answers: false,
         attachments: true,
         templates: false,
+        read_receipts: false,
         markup: Markup::Plain,
     };
 }

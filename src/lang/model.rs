@@ -335,6 +335,8 @@ pub struct SendSpec {
     pub save: Option<String>,
     /// The approved template sent outside the recipient's 24-hour window (WhatsApp).
     pub window_template: Option<WindowTemplateSpec>,
+    /// The approved template sent instead of the free-form message (WhatsApp).
+    pub approved_template: Option<WindowTemplateSpec>,
 }
 
 pub struct WindowTemplateSpec {

@@ -294,6 +294,10 @@ pub struct SendDef {
     /// On channels with message templates (WhatsApp): the approved template sent instead
     /// when the recipient is outside the 24-hour window.
     pub window_template: Option<Sp<WindowTemplateDef>>,
+    /// On channels with message templates (WhatsApp): the approved template sent instead of
+    /// the free-form message, inside the 24-hour window too (the text is what the journal
+    /// shows, and the template's one body parameter when `params` is empty).
+    pub approved_template: Option<Sp<WindowTemplateDef>>,
 }
 
 /// A platform's pre-approved message template: `{ name = "appointment_reminder", language =

@@ -242,6 +242,29 @@ pub struct OutboxRow {
     pub resume: bool,
     pub response: Option<Json>,
     pub last_error: Option<String>,
+    /// The reference of the message it sent (a wamid, a Telegram message id), once delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_ref: Option<String>,
+    /// The furthest delivery status the platform reported: `sent`, `delivered`, `read`, or
+    /// `failed` (which ends it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_status: Option<String>,
+    /// Every delivery status as it came, once each: `{status, at, timestamp, error}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<Json>,
+}
+
+/// A delivery status of a sent message, as the platform reported it.
+#[derive(Debug, Clone)]
+pub struct DeliveryStatus<'a> {
+    pub channel: &'a str,
+    pub message_ref: &'a str,
+    /// `sent`, `delivered`, `read`, `failed`, …
+    pub status: &'a str,
+    /// What the row's `statuses` list keeps.
+    pub entry: &'a Json,
+    /// The platform's error, for a failed one: it becomes the row's `last_error`.
+    pub error: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -620,7 +643,11 @@ pub trait Tx: Send {
     /// Counts a run start (`limited` false) or a start refused by a limit.
     async fn bump_counter(&mut self, scenario: &str, limited: bool, now: i64) -> Result<()>;
     async fn set_enabled(&mut self, scenario: &str, enabled: bool, now: i64) -> Result<()>;
-    /// Puts a failed outbox row back to pending with fresh attempts; the row, if it was failed.
+    /// Records a delivery status on the outbox row that sent the message, once per status;
+    /// the row, if one sent it and the status is new to it.
+    async fn outbox_status(&mut self, s: &DeliveryStatus<'_>) -> Result<Option<OutboxRow>>;
+    /// Puts a failed outbox row (or one whose message the platform reported failed) back to
+    /// pending with fresh attempts; the row, if it was failed.
     async fn reset_outbox(&mut self, id: i64, now: i64) -> Result<Option<OutboxRow>>;
     /// The newest outbox row a run's step made.
     async fn last_outbox_of(&mut self, run_id: i64, step: i64) -> Result<Option<OutboxRow>>;

@@ -20,6 +20,21 @@ use super::rows::*;
 use super::sql::{impl_store, impl_tx};
 use super::*;
 
+/// Records a delivery status on the row that sent its message (`Tx::outbox_status`), once
+/// per status. One statement (the row locked), so that a status never overwrites another
+/// that another replica recorded meanwhile.
+const OUTBOX_STATUS: &str = "UPDATE outbox SET
+        statuses = (coalesce(statuses, '[]')::jsonb || jsonb_build_array($4::jsonb))::text,
+        delivery_status = CASE WHEN delivery_status = 'failed'
+            OR (delivery_status = 'read' AND $3::text <> 'failed')
+            OR (delivery_status = 'delivered' AND $3::text = 'sent')
+            THEN delivery_status ELSE $3::text END,
+        last_error = coalesce($5::text, last_error), updated_at = $6
+    WHERE channel = $1 AND message_ref = $2
+      AND NOT coalesce(statuses, '[]')::jsonb
+          @> jsonb_build_array(jsonb_build_object('status', $3::text))
+    RETURNING *";
+
 row_mappers!(PgRow);
 
 /// Ids per block; the sequences' increment (see the migration).
@@ -649,8 +664,9 @@ impl_tx!(PgTx, Postgres, {
         self.flush().await?;
         sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2,
-                    last_error = NULL, updated_at = $2, owner = $3
-             WHERE id = $1 AND status = 'failed' RETURNING *",
+                    last_error = NULL, updated_at = $2, owner = $3, message_ref = NULL,
+                    delivery_status = NULL, statuses = NULL
+             WHERE id = $1 AND (status = 'failed' OR delivery_status = 'failed') RETURNING *",
         )
         .bind(id)
         .bind(now)

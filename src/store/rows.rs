@@ -130,6 +130,12 @@ macro_rules! row_mappers {
                 resume: r.get::<i64, _>("resume") != 0,
                 response: opt_json(r.get("response"))?,
                 last_error: r.get("last_error"),
+                message_ref: r.get("message_ref"),
+                delivery_status: r.get("delivery_status"),
+                statuses: match opt_json(r.get("statuses"))? {
+                    Some(Json::Array(a)) => a,
+                    _ => Vec::new(),
+                },
             })
         }
     };
@@ -220,4 +226,6 @@ pub(super) struct FinishedOutbox {
     pub(super) response: Option<String>,
     pub(super) error: Option<String>,
     pub(super) now: i64,
+    /// The reference of the message a delivered row sent.
+    pub(super) message_ref: Option<String>,
 }

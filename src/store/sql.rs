@@ -374,7 +374,8 @@ macro_rules! impl_tx {
                 for chunk in chunks(&finished) {
                     let mut q = QueryBuilder::<$db>::new(
                         "UPDATE outbox SET status = v.column2, attempts = v.column3, response = v.column4,
-                                last_error = v.column5, updated_at = v.column6 FROM (",
+                                last_error = v.column5, updated_at = v.column6, message_ref = v.column7
+                         FROM (",
                     );
                     q.push_values(chunk, |mut b, f| {
                         b.push_bind(f.id)
@@ -382,7 +383,8 @@ macro_rules! impl_tx {
                             .push_bind(f.attempts)
                             .push_bind(f.response.clone())
                             .push_bind(f.error.clone())
-                            .push_bind(f.now);
+                            .push_bind(f.now)
+                            .push_bind(f.message_ref.clone());
                     });
                     q.push(") AS v WHERE outbox.id = v.column1");
                     q.build().execute(&mut *self.tx).await?;
@@ -491,6 +493,10 @@ macro_rules! impl_tx {
                     response: response.map(|r| r.to_string()),
                     error: error.map(str::to_string),
                     now,
+                    message_ref: response
+                        .filter(|_| status == "delivered")
+                        .and_then(|r| r["message"].as_str())
+                        .map(str::to_string),
                 });
                 Ok(())
             }
@@ -765,6 +771,23 @@ macro_rules! impl_tx {
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(())
+            }
+
+            async fn outbox_status(&mut self, s: &DeliveryStatus<'_>) -> Result<Option<OutboxRow>> {
+                self.flush().await?;
+                // `OUTBOX_STATUS` is the backend's own statement.
+                sqlx::query(OUTBOX_STATUS)
+                    .bind(s.channel)
+                    .bind(s.message_ref)
+                    .bind(s.status)
+                    .bind(s.entry.to_string())
+                    .bind(s.error)
+                    .bind(s.entry["at"].as_i64().unwrap_or_default())
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+                    .as_ref()
+                    .map(outbox_row)
+                    .transpose()
             }
 
             async fn last_outbox_of(&mut self, run_id: i64, step: i64) -> Result<Option<OutboxRow>> {

@@ -19,6 +19,20 @@ use super::rows::*;
 use super::sql::{impl_store, impl_tx};
 use super::*;
 
+/// Records a delivery status on the row that sent its message (`Tx::outbox_status`), once
+/// per status. One statement, so that a status never overwrites another that came meanwhile.
+const OUTBOX_STATUS: &str = "UPDATE outbox SET
+        statuses = json_insert(coalesce(statuses, '[]'), '$[#]', json($4)),
+        delivery_status = CASE WHEN delivery_status = 'failed'
+            OR (delivery_status = 'read' AND $3 <> 'failed')
+            OR (delivery_status = 'delivered' AND $3 = 'sent')
+            THEN delivery_status ELSE $3 END,
+        last_error = coalesce($5, last_error), updated_at = $6
+    WHERE channel = $1 AND message_ref = $2
+      AND NOT EXISTS (SELECT 1 FROM json_each(coalesce(outbox.statuses, '[]'))
+                      WHERE json_extract(value, '$.status') = $3)
+    RETURNING *";
+
 row_mappers!(SqliteRow);
 
 pub struct SqliteStore {
@@ -480,8 +494,9 @@ impl_tx!(SqliteTx, Sqlite, {
         self.flush().await?;
         sqlx::query(
             "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2,
-                    last_error = NULL, updated_at = $2
-             WHERE id = $1 AND status = 'failed' RETURNING *",
+                    last_error = NULL, updated_at = $2, message_ref = NULL,
+                    delivery_status = NULL, statuses = NULL
+             WHERE id = $1 AND (status = 'failed' OR delivery_status = 'failed') RETURNING *",
         )
         .bind(id)
         .bind(now)

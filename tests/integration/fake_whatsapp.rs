@@ -4,7 +4,8 @@
 //! 131056, 130429 or a 5xx on demand, and delivers webhooks — messages and statuses —
 //! signed with the app secret, retrying a delivery that did not get a 200 as Meta does.
 //! Media customers sent are served as Meta serves them: the id gives a URL, the URL the
-//! bytes, both only with the access token.
+//! bytes, both only with the access token. Template messages must name an approved template
+//! with its number of body parameters; read receipts must name a known message.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +71,10 @@ struct St {
     known: Mutex<HashSet<String>>,
     /// Media id → (mime type, bytes).
     media: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    /// Approved templates: name → (body parameters, quick-reply buttons).
+    templates: Mutex<HashMap<String, (usize, usize)>>,
+    /// The messages marked read, in order.
+    read: Mutex<Vec<String>>,
     url: std::sync::OnceLock<String>,
 }
 
@@ -88,6 +93,9 @@ fn meta_error(code: i64) -> (u16, &'static str, &'static str) {
         130429 => (400, "Rate limit hit", "Cloud API message throughput has been reached."),
         131026 => (400, "Message Undeliverable", "Unable to deliver message."),
         131000 => (500, "Something went wrong", "Message failed to send due to an unknown error."),
+        132000 => (400, "Number of parameters does not match the expected number of params", "body: number of localizable_params does not match the expected number of params."),
+        132001 => (404, "Template name does not exist in the translation", "template name is not approved in this language."),
+        132012 => (400, "Parameter format does not match format in the created template", "A parameter is malformed."),
         190 => (401, "Invalid OAuth access token", "The access token could not be decrypted."),
         _ => (400, "Invalid parameter", "Parameter value is not valid."),
     }
@@ -111,6 +119,13 @@ impl FakeWhatsApp {
     pub async fn start() -> FakeWhatsApp {
         let st = Arc::new(St::default());
         st.next.store(1, Ordering::Relaxed);
+        // The templates the tests and the example use, as approved.
+        st.templates.lock().unwrap().extend([
+            ("order_update".to_string(), (1, 0)),
+            ("appointment_reminder".to_string(), (2, 0)),
+            ("appointment_confirmation".to_string(), (1, 3)),
+            ("reopen_conversation".to_string(), (1, 0)),
+        ]);
         let app = axum::Router::new()
             .route("/{version}/{phone}/messages", axum::routing::post(send))
             .route("/{version}/{media}", axum::routing::get(media_info))
@@ -138,6 +153,20 @@ impl FakeWhatsApp {
     /// Every send, in the order the fake answered them.
     pub fn sent(&self) -> Vec<Sent> {
         self.st.sent.lock().unwrap().clone()
+    }
+
+    /// The messages marked read, in order.
+    pub fn read(&self) -> Vec<String> {
+        self.st.read.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` messages were marked read.
+    pub async fn wait_read(&self, n: usize) -> Vec<String> {
+        eventually(|| async {
+            let r = self.read();
+            (r.len() >= n).then_some(r)
+        })
+        .await
     }
 
     /// The sends to one recipient that the fake accepted.
@@ -314,6 +343,72 @@ fn message_value(from: &str, name: &str, m: Value) -> Value {
         "messages": [m]})
 }
 
+/// What Meta refuses in a template message: `(code, details)`.
+fn template_problem(
+    t: &Value,
+    approved: &HashMap<String, (usize, usize)>,
+) -> Option<(i64, String)> {
+    let bad = |p: &str| Some((100, p.to_string()));
+    let (Some(name), Some(_)) = (t["name"].as_str(), t["language"]["code"].as_str()) else {
+        return bad("template needs name and language.code.");
+    };
+    let Some(&(params, buttons)) = approved.get(name) else {
+        return Some((132001, format!("template name ({name}) does not exist")));
+    };
+    let components = match &t["components"] {
+        Value::Null => Vec::new(),
+        Value::Array(c) => c.clone(),
+        _ => return bad("template.components must be a list."),
+    };
+    let mut body = 0;
+    let mut quick = 0;
+    for c in &components {
+        let list = c["parameters"].as_array().cloned().unwrap_or_default();
+        match c["type"].as_str() {
+            Some("body") => {
+                for p in &list {
+                    if p["type"] != "text" || p["text"].as_str().is_none_or(|s| s.is_empty()) {
+                        return Some((132012, "body parameters are {type: text, text}.".into()));
+                    }
+                }
+                body += list.len();
+            }
+            Some("button") => {
+                let index = c["index"].as_str().and_then(|i| i.parse::<usize>().ok());
+                if c["sub_type"] != "quick_reply" || index.is_none() {
+                    return bad(
+                        "a button component needs sub_type quick_reply and a string index.",
+                    );
+                }
+                let ok = list.len() == 1
+                    && list[0]["type"] == "payload"
+                    && list[0]["payload"].as_str().is_some_and(|p| !p.is_empty());
+                if !ok {
+                    return Some((
+                        132012,
+                        "a quick reply takes one {type: payload, payload}.".into(),
+                    ));
+                }
+                quick += 1;
+            }
+            Some("header") => {}
+            _ => return bad("component type must be header, body or button."),
+        }
+    }
+    if body != params {
+        return Some((
+            132000,
+            format!("body: {body} parameters given, template {name} has {params}."),
+        ));
+    }
+    (quick > buttons).then(|| {
+        (
+            132000,
+            format!("{quick} quick replies given, template {name} has {buttons}."),
+        )
+    })
+}
+
 /// What Meta refuses in a send's payload; `None` when it is well formed.
 fn malformed(b: &Value, known: &HashSet<String>) -> Option<String> {
     let chars = |v: &Value| v.as_str().map(|s| s.chars().count());
@@ -393,11 +488,8 @@ fn malformed(b: &Value, known: &HashSet<String>) -> Option<String> {
                 _ => Some("interactive.type must be button or list.".into()),
             }
         }
-        "template" => {
-            let t = &b["template"];
-            (t["name"].as_str().is_none() || t["language"]["code"].as_str().is_none())
-                .then(|| "template needs name and language.code.".into())
-        }
+        // Checked on its own, with Meta's template error codes.
+        "template" => None,
         kind @ ("image" | "document" | "audio" | "video") => b[kind]["link"]
             .as_str()
             .is_none()
@@ -421,6 +513,15 @@ async fn send(
     let Ok(b) = serde_json::from_slice::<Value>(&body) else {
         return error_json(100, "The request body is not JSON.");
     };
+    // A read receipt: not a message, answered with success.
+    if b["status"] == "read" {
+        let id = b["message_id"].as_str().unwrap_or_default().to_string();
+        if b["messaging_product"] != "whatsapp" || !st.known.lock().unwrap().contains(&id) {
+            return error_json(100, &format!("Invalid message_id '{id}'."));
+        }
+        st.read.lock().unwrap().push(id);
+        return (StatusCode::OK, Json(json!({"success": true})));
+    }
     let to = b["to"].as_str().unwrap_or_default().to_string();
     let record = |wamid: Option<String>, error: Option<i64>| {
         st.sent.lock().unwrap().push(Sent {
@@ -434,6 +535,13 @@ async fn send(
     if let Some(p) = problem {
         record(None, Some(100));
         return error_json(100, &p);
+    }
+    if b["type"] == "template" {
+        let problem = template_problem(&b["template"], &st.templates.lock().unwrap());
+        if let Some((code, p)) = problem {
+            record(None, Some(code));
+            return error_json(code, &p);
+        }
     }
     let scripted = st
         .script

@@ -1,6 +1,7 @@
 //! Upgrades of a database written by an earlier version: outbox rows that carried Telegram
-//! Bot API calls become channel operations, offer message ids become string references, and
-//! an offer's one message becomes the first of its recipients' messages, on both stores.
+//! Bot API calls become channel operations, offer message ids become string references, sent
+//! messages get their reference as a column of its own, and an offer's one message becomes the
+//! first of its recipients' messages, on both stores.
 
 use sqlx::Connection;
 use switchboard::channels::{OutAnswer, OutEdit, Outbound};
@@ -24,6 +25,35 @@ fn migrations_until(kind: &str, last: &str) -> tempfile::TempDir {
         }
     }
     dir
+}
+
+/// A SQLite file (`old.db` in the folder returned) migrated up to `last`, and a connection.
+async fn old_sqlite(last: &str) -> (tempfile::TempDir, sqlx::SqliteConnection) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let old = migrations_until("sqlite", last);
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&mut c)
+        .await
+        .unwrap();
+    (dir, c)
+}
+
+/// A fresh PostgreSQL database migrated up to `last`: its URL and a connection.
+async fn old_postgres(last: &str) -> (String, sqlx::PgConnection) {
+    let url = pg::fresh_db().await;
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let old = migrations_until("postgres", last);
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&mut c)
+        .await
+        .unwrap();
+    (url, c)
 }
 
 /// Outbox rows as the earlier version wrote them: a message with buttons, a reply keyboard
@@ -105,17 +135,8 @@ async fn check_converted(s: &dyn Store) {
 
 #[tokio::test]
 async fn sqlite_rows_of_the_earlier_version_are_converted() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, mut c) = old_sqlite("0004_owner.sql").await;
     let path = dir.path().join("old.db");
-    let url = format!("sqlite://{}?mode=rwc", path.display());
-    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let old = migrations_until("sqlite", "0004_owner.sql");
-    sqlx::migrate::Migrator::new(old.path())
-        .await
-        .unwrap()
-        .run(&mut c)
-        .await
-        .unwrap();
     for (id, request) in LEGACY {
         sqlx::query(INSERT_OUTBOX)
             .bind(id)
@@ -138,15 +159,7 @@ async fn sqlite_rows_of_the_earlier_version_are_converted() {
 
 #[tokio::test]
 async fn postgres_rows_of_the_earlier_version_are_converted() {
-    let url = pg::fresh_db().await;
-    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-    let old = migrations_until("postgres", "0001_init.sql");
-    sqlx::migrate::Migrator::new(old.path())
-        .await
-        .unwrap()
-        .run(&mut c)
-        .await
-        .unwrap();
+    let (url, mut c) = old_postgres("0001_init.sql").await;
     for (id, request) in LEGACY {
         sqlx::query(INSERT_OUTBOX)
             .bind(id)
@@ -160,4 +173,73 @@ async fn postgres_rows_of_the_earlier_version_are_converted() {
 
     let s = store::open(&url, &PoolOptions::default()).await.unwrap();
     check_converted(&*s).await;
+}
+
+/// A delivered message, a delivered HTTP request and a failed message, as stored before
+/// outbox rows had their message reference.
+const SENT: [(i64, &str, &str, Option<&str>); 3] = [
+    (
+        11,
+        "send",
+        "delivered",
+        Some(r#"{"channel":"wa","wamid":"wamid.OLD","message":"wamid.OLD"}"#),
+    ),
+    (
+        12,
+        "http",
+        "delivered",
+        Some(r#"{"status":200,"json":null}"#),
+    ),
+    (13, "send", "failed", None),
+];
+
+const INSERT_SENT: &str = "INSERT INTO outbox (id, run_id, step, kind, channel, request, status, max_attempts, timeout_ms, next_attempt_at, resume, response, created_at, updated_at) VALUES ($1, 5, 0, $2, 'wa', '{\"op\":\"send\",\"to\":\"+1\",\"text\":\"x\"}', $3, 3, 1000, 0, 0, $4, 0, 0)";
+
+async fn check_message_refs(s: &dyn Store) {
+    let reference = |id: i64| async move { s.outbox(id).await.unwrap().unwrap().message_ref };
+    assert_eq!(reference(11).await.as_deref(), Some("wamid.OLD"));
+    assert_eq!(reference(12).await, None);
+    assert_eq!(reference(13).await, None);
+}
+
+#[tokio::test]
+async fn sqlite_sent_messages_of_the_earlier_version_get_their_reference() {
+    let (dir, mut c) = old_sqlite("0005_channel_operations.sql").await;
+    let path = dir.path().join("old.db");
+    for (id, kind, status, response) in SENT {
+        sqlx::query(INSERT_SENT)
+            .bind(id)
+            .bind(kind)
+            .bind(status)
+            .bind(response)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    c.close().await.unwrap();
+    let s = store::open(
+        &format!("sqlite://{}", path.display()),
+        &PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    check_message_refs(&*s).await;
+}
+
+#[tokio::test]
+async fn postgres_sent_messages_of_the_earlier_version_get_their_reference() {
+    let (url, mut c) = old_postgres("0002_channel_operations.sql").await;
+    for (id, kind, status, response) in SENT {
+        sqlx::query(INSERT_SENT)
+            .bind(id)
+            .bind(kind)
+            .bind(status)
+            .bind(response)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    c.close().await.unwrap();
+    let s = store::open(&url, &PoolOptions::default()).await.unwrap();
+    check_message_refs(&*s).await;
 }

@@ -1,6 +1,8 @@
 //! WhatsApp through the Cloud API against the fake Graph API: the webhook handshake and
-//! signatures, deliveries stored once per wamid, asks answered by a press or a typed digit,
-//! the 24-hour window, statuses as events, limits and order per customer, and `check`.
+//! signatures, deliveries stored once per wamid, asks answered by a press or a typed digit
+//! (and those replies marked read), the 24-hour window and approved templates, statuses as
+//! events and on the messages they are about, retries of failed messages, limits and order
+//! per customer, and `check`.
 
 use serde_json::{json, Value};
 use switchboard::store::{EventFilter, EventRow, OutboxRow, RunStatus, SqliteStore, Store};
@@ -541,7 +543,7 @@ fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
     );
     cfg.write(
         "four.toml",
-        "id = \"four\"\non = { webhook = \"h\" }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Pick\", choices = [\"1\", \"2\", \"3\", \"4\"], buttons = \"inline\" }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", buttons = [{ id = \"ok\", text = \"A title of twenty-five ch\" }] }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Which?\", choices = [\"a\"], buttons = [\"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", \"10\", \"11\", \"A row title of twenty-five\"] }\n[[step]]\nsend = { to = \"log:x\", template = \"Hi\", window_template = { name = \"hello\" } }\n",
+        "id = \"four\"\non = { webhook = \"h\" }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Pick\", choices = [\"1\", \"2\", \"3\", \"4\"], buttons = \"inline\" }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", buttons = [{ id = \"ok\", text = \"A title of twenty-five ch\" }] }\n[[step]]\nask = { to = \"wa:+48555\", template = \"Which?\", choices = [\"a\"], buttons = [\"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\", \"10\", \"11\", \"A row title of twenty-five\"] }\n[[step]]\nsend = { to = \"log:x\", template = \"Hi\", window_template = { name = \"hello\" } }\n[[step]]\nsend = { to = \"wa:+48555\", template = \"Hi\", approved_template = { name = \"hello\" } }\n[[step]]\nsend = { to = \"log:x\", template = \"Hi\", approved_template = { name = \"hello\" } }\n",
     );
     let out = std::process::Command::new(bin())
         .args(["check", cfg.dir().to_str().unwrap()])
@@ -558,9 +560,16 @@ fn check_holds_asks_and_buttons_to_whatsapps_limits_with_positions() {
         format!("{file}:8:75: 12 reply buttons; channel 'wa' (whatsapp) shows at most 10"),
         format!("{file}:8:75: reply button 'A row title of twenty-five' is 26 characters; channel 'wa' (whatsapp) shows at most 24"),
         format!("{file}:10:59: channel 'log' (log) has no message templates"),
+        format!("{file}:14:61: channel 'log' (log) has no message templates"),
     ] {
         assert!(text.contains(&want), "missing «{want}» in:\n{text}");
     }
+    // An approved template on WhatsApp is fine.
+    assert_eq!(
+        text.matches("has no message templates").count(),
+        2,
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -681,4 +690,271 @@ async fn a_customers_file_comes_with_a_signed_link_that_expires() {
     // A week later the link has expired.
     t.advance(std::time::Duration::from_secs(8 * 24 * 3600));
     assert_eq!(t.http.get(url).send().await.unwrap().status(), 410);
+}
+
+/// The gateway with the `notify-wa` scenario, on a channel whose window template is
+/// `order_update`.
+async fn notifying(fake: &FakeWhatsApp) -> (ConfigDir, TestApp) {
+    let (file, text) = notify("wa");
+    let template = "window_template = { name = \"order_update\", language = \"en\" }";
+    app(fake, &[(&file, &text)], template).await
+}
+
+/// The outbox row `id` once `pred` holds for it.
+async fn row_when(t: &TestApp, id: i64, pred: impl Fn(&OutboxRow) -> bool) -> OutboxRow {
+    eventually(|| async {
+        let row = t.app.store.outbox(id).await.unwrap()?;
+        pred(&row).then_some(row)
+    })
+    .await
+}
+
+/// The results of a run's `status` journal entries.
+async fn status_entries(t: &TestApp, run: i64) -> Vec<String> {
+    let run = t.app.store.run(run).await.unwrap().unwrap();
+    run.journal
+        .iter()
+        .filter(|e| e["action"] == "status")
+        .map(|e| e["result"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A journal-pages session: (client that does not follow redirects, cookie header).
+async fn pages_session(t: &TestApp) -> (reqwest::Client, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{}/ui/login", t.app.admin_url()))
+        .form(&[("token", ADMIN_TOKEN), ("next", "/ui/runs")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let session = cookie.split(';').next().unwrap().to_string();
+    (client, session)
+}
+
+#[tokio::test]
+async fn statuses_are_recorded_on_the_message_and_in_the_journal_of_the_run_that_sent_it() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = notifying(&fake).await;
+    let rows = ship(&t, "wa", "+48555000701", "C-1").await;
+    let (row, run) = (rows[0].id, rows[0].run_id.unwrap());
+    let wamid = fake.accepted_to("48555000701")[0].wamid.clone().unwrap();
+    assert_eq!(rows[0].message_ref.as_deref(), Some(wamid.as_str()));
+
+    // Delivered, delivered again (Meta retries), then read.
+    for s in ["delivered", "delivered", "read"] {
+        let status = fake.status(&wamid, "48555000701", s, None);
+        assert_eq!(fake.deliver(&t.app.url(), "wa", status).await, vec![200]);
+    }
+    let seen = row_when(&t, row, |r| r.statuses.len() >= 2).await;
+    let kinds: Vec<&str> = seen
+        .statuses
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["delivered", "read"]);
+    assert_eq!(
+        (seen.status.as_str(), seen.delivery_status.as_deref()),
+        ("delivered", Some("read"))
+    );
+    assert_eq!(status_entries(&t, run).await, vec!["delivered", "read"]);
+
+    // A status of a message the gateway never sent changes nothing and fails nothing.
+    let stray = fake.status("wamid.NOT-OURS", "48555000701", "read", None);
+    assert_eq!(fake.deliver(&t.app.url(), "wa", stray).await, vec![200]);
+    let events = processed_through(&t, "wa", "wamid", "wamid.NOT-OURS").await;
+    let stray = events
+        .iter()
+        .find(|e| e.meta["wamid"] == "wamid.NOT-OURS")
+        .unwrap();
+    assert_eq!(stray.status, "done");
+    let after = t.app.store.outbox(row).await.unwrap().unwrap();
+    assert_eq!(after.statuses.len(), 2);
+
+    // The admin API's view of the run shows them on the message.
+    let (code, detail) = t.get(&format!("/api/runs/{run}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(detail["requests"][0]["delivery_status"], "read");
+    assert_eq!(detail["requests"][0]["message_ref"], wamid.as_str());
+    assert_eq!(detail["requests"][0]["statuses"][1]["status"], "read");
+}
+
+#[tokio::test]
+async fn a_message_meta_reports_failed_shows_its_error_and_retry_sends_it_again() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = notifying(&fake).await;
+    let rows = ship(&t, "wa", "+48555000702", "C-2").await;
+    let (row, run) = (rows[0].id, rows[0].run_id.unwrap());
+    let wamid = rows[0].message_ref.clone().unwrap();
+    let failed = fake.status(&wamid, "48555000702", "failed", Some(131026));
+    assert_eq!(fake.deliver(&t.app.url(), "wa", failed).await, vec![200]);
+    let seen = row_when(&t, row, |r| r.delivery_status.as_deref() == Some("failed")).await;
+    assert_eq!(
+        seen.last_error.as_deref(),
+        Some("failed: 131026 Message Undeliverable — Unable to deliver message.")
+    );
+    assert_eq!(seen.statuses[0]["error"]["code"], 131026);
+    assert_eq!(
+        status_entries(&t, run).await,
+        vec!["failed: 131026 Message Undeliverable — Unable to deliver message."]
+    );
+    let (_, detail) = t.get(&format!("/api/runs/{run}")).await;
+    assert_eq!(detail["requests"][0]["delivery_status"], "failed");
+    assert!(detail["requests"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("131026 Message Undeliverable"));
+
+    // The journal page shows Meta's error on the message, with a Retry that sends it again.
+    let (client, session) = pages_session(&t).await;
+    let admin = t.app.admin_url();
+    let page = client
+        .get(format!("{admin}/ui/runs/{run}"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("131026 Message Undeliverable") && page.contains("retry-request"),
+        "{page}"
+    );
+    let r = client
+        .post(format!("{admin}/ui/outbox/{row}/retry?run={run}"))
+        .header("cookie", &session)
+        .header("origin", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let sent = fake.wait_accepted("48555000702", 2).await;
+    assert_eq!(sent[1].text(), "Order C-2 has shipped");
+    let again = row_when(&t, row, |r| {
+        r.status == "delivered" && r.message_ref.as_deref() != Some(wamid.as_str())
+    })
+    .await;
+    assert_eq!(again.message_ref, sent[1].wamid);
+    assert_eq!((again.delivery_status, again.statuses.len()), (None, 0));
+}
+
+#[tokio::test]
+async fn a_send_meta_refused_for_good_is_sent_again_by_retry() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = notifying(&fake).await;
+    fake.script("48555000703", &[Script::Meta(131026)]);
+    let rows = ship(&t, "wa", "+48555000703", "C-3").await;
+    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("failed", 1));
+    assert!(rows[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("(#131026) Message Undeliverable"));
+    assert!(fake.accepted_to("48555000703").is_empty());
+
+    let (code, body) = t
+        .post_api(&format!("/api/outbox/{}/retry", rows[0].id))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let sent = fake.wait_accepted("48555000703", 1).await;
+    assert_eq!(sent[0].text(), "Order C-3 has shipped");
+    let row = row_when(&t, rows[0].id, |r| r.status == "delivered").await;
+    assert_eq!(row.message_ref, sent[0].wamid);
+    let tries: Vec<Option<i64>> = fake
+        .sent()
+        .iter()
+        .filter(|s| s.to == "48555000703")
+        .map(|s| s.error)
+        .collect();
+    assert_eq!(tries, vec![Some(131026), None]);
+    // A delivered message cannot be retried.
+    let (code, _) = t
+        .post_api(&format!("/api/outbox/{}/retry", rows[0].id))
+        .await;
+    assert_eq!(code, 409);
+}
+
+#[tokio::test]
+async fn the_replies_an_ask_takes_are_marked_read() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = app(&fake, &[("confirm.toml", CONFIRM)], "").await;
+    let q = asked(&fake, &t, "48555000704", 4).await;
+    let (maybe, maybe_id) = fake.text("48555000704", "Cara", "maybe");
+    assert_eq!(fake.deliver(&t.app.url(), "wa", maybe).await, vec![200]);
+    fake.wait_accepted("48555000704", 2).await;
+    let (id, title) = q.buttons[2].clone();
+    let (press, press_id) = fake.press("48555000704", &q.wamid, &id, &title, false);
+    assert_eq!(fake.deliver(&t.app.url(), "wa", press).await, vec![200]);
+    let mut read = fake.wait_read(2).await;
+    read.sort();
+    let mut want = vec![maybe_id, press_id];
+    want.sort();
+    assert_eq!(read, want);
+    let run = runs_of_scenario(&t, "confirm").await[0];
+    t.finished(run).await;
+    // The customer's first message answered no ask: it stays unread.
+    assert_eq!(fake.read().len(), 2);
+}
+
+/// A scenario that sends the approved template `name` (`POST /hooks/approved-<name>`, with
+/// dashes for underscores).
+fn approved(name: &str) -> (String, String) {
+    let hook = name.replace('_', "-");
+    (
+        format!("approved-{hook}.toml"),
+        format!(
+            "id = \"approved-{hook}\"\non = {{ webhook = \"approved-{hook}\" }}\n[[step]]\nsend = {{ to = \"wa:{{{{ event.phone }}}}\", template = \"Order {{{{ event.order }}}} is ready\", approved_template = {{ name = \"{name}\", language = \"en\", params = [\"{{{{ event.order }}}}\"] }} }}\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn an_approved_template_goes_as_such_inside_the_window_and_meta_checks_its_params() {
+    let fake = FakeWhatsApp::start().await;
+    let files: Vec<(String, String)> = ["order_update", "appointment_reminder", "no_such"]
+        .iter()
+        .map(|n| approved(n))
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(f, s)| (f.as_str(), s.as_str()))
+        .collect();
+    let (_cfg, t) = app(&fake, &files, "").await;
+    let phone = "48555000705";
+    let (hi, _) = fake.text(phone, "Gus", "hi");
+    assert_eq!(fake.deliver(&t.app.url(), "wa", hi).await, vec![200]);
+    let approve = |order: &str| json!({"phone": format!("+{phone}"), "order": order});
+    let (_, b) = t.post("approved-order-update", approve("D-1")).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let rows = settled_outbox(&t, run).await;
+    assert_eq!(rows[0].status, "delivered");
+    assert_eq!(rows[0].response.as_ref().unwrap()["sent_as"], "template");
+    let sent = fake.wait_accepted(phone, 1).await;
+    assert_eq!(sent[0].body["type"], "template");
+    assert_eq!(sent[0].body["template"]["name"], "order_update");
+    assert_eq!(sent[0].text(), "D-1");
+
+    // A template with two body parameters, given one: Meta refuses it, for good.
+    let (_, b) = t
+        .post("approved-appointment-reminder", approve("D-2"))
+        .await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let rows = settled_outbox(&t, run).await;
+    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("failed", 1));
+    assert!(
+        rows[0].last_error.as_deref().unwrap().contains("(#132000)"),
+        "{:?}",
+        rows[0].last_error
+    );
+    // An unknown template name is refused too.
+    let (_, b) = t.post("approved-no-such", approve("D-3")).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let rows = settled_outbox(&t, run).await;
+    assert!(rows[0].last_error.as_deref().unwrap().contains("(#132001)"));
+    assert_eq!(fake.accepted_to(phone).len(), 1);
 }

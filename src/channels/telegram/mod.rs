@@ -51,8 +51,17 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     answers: true,
     attachments: true,
     templates: false,
+    read_receipts: false,
     markup: Markup::Html,
 };
+
+/// Telegram shows no read receipts: marking a message read does nothing.
+fn no_read_receipts() -> Delivered {
+    Delivered {
+        message: None,
+        detail: serde_json::json!({"skipped": "Telegram has no read receipts"}),
+    }
+}
 
 pub struct Telegram {
     pub name: String,
@@ -105,6 +114,7 @@ impl Telegram {
                 Outbound::Send(m) => self.send_message(chat, m).await,
                 Outbound::Edit(e) => self.edit_message(chat, e).await,
                 Outbound::Answer(a) => self.answer_click(a).await,
+                Outbound::Read(_) => Ok(no_read_receipts()),
             };
             self.pacer.done(&conversation);
             match sent {
@@ -275,6 +285,7 @@ impl Adapter for Telegram {
                 .map_err(|e| send_error(&self.name, e)),
             Outbound::Send(m) => self.paced(&m.to, op).await,
             Outbound::Edit(e) => self.paced(&e.to, op).await,
+            Outbound::Read(_) => Ok(no_read_receipts()),
         }
     }
 

@@ -1,7 +1,8 @@
 //! WhatsApp through the Cloud API (Graph API over HTTPS): the channel operations as message
 //! payloads — text in WhatsApp's formatting, reply buttons or a list for choices, files by
-//! URL, a template outside the 24-hour window — paced per number and per customer, and
-//! Meta's signed webhooks turned into `message`, `click` and `status` events.
+//! URL, an approved template where the step names one or outside the 24-hour window, read
+//! receipts — paced per number and per customer, and Meta's signed webhooks turned into
+//! `message`, `click` and `status` events.
 
 pub mod config;
 mod inbound;
@@ -51,6 +52,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     answers: false,
     attachments: true,
     templates: true,
+    read_receipts: true,
     markup: Markup::WhatsApp,
 };
 
@@ -96,6 +98,19 @@ impl WhatsApp {
 
     /// One payload to Meta; the sent message's wamid.
     async fn post(&self, payload: &Json) -> Result<String, Refusal> {
+        let body = self.call(payload).await?;
+        body["messages"][0]["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Refusal::Failed(permanent(format!(
+                    "whatsapp: the answer names no message id: {body}"
+                )))
+            })
+    }
+
+    /// One payload to the messages endpoint; Meta's answer.
+    async fn call(&self, payload: &Json) -> Result<Json, Refusal> {
         let sent = self
             .http
             .post(self.messages_url())
@@ -112,14 +127,7 @@ impl WhatsApp {
         let status = resp.status().as_u16();
         let body: Json = resp.json().await.unwrap_or(Json::Null);
         if (200..300).contains(&status) {
-            return body["messages"][0]["id"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    Refusal::Failed(permanent(format!(
-                        "whatsapp {status}: the answer names no message id: {body}"
-                    )))
-                });
+            return Ok(body);
         }
         Err(outbound::refusal(
             status,
@@ -164,9 +172,30 @@ impl WhatsApp {
         }
     }
 
-    /// A new message: free-form inside the customer's window, else the channel's template.
+    /// Marks a customer's message read (the blue ticks). Not a message: no pacing.
+    async fn mark_read(&self, message: &str) -> Result<Delivered, SendError> {
+        match self.call(&outbound::read(message)).await {
+            Ok(answer) => Ok(Delivered {
+                message: None,
+                detail: json!({"channel": self.name, "read": message, "answer": answer}),
+            }),
+            Err(Refusal::Failed(e)) => Err(e),
+            Err(Refusal::Pause { code, .. }) => Err(SendError {
+                message: format!("whatsapp: over a throughput limit ({code})"),
+                retry: true,
+            }),
+        }
+    }
+
+    /// A new message: the step's approved template if it names one; else free-form inside
+    /// the customer's window, and a template outside it.
     async fn send(&self, m: &OutMessage) -> Result<Delivered, SendError> {
         let to = recipient(&m.to)?;
+        if let Some(t) = &m.approved_template {
+            return self
+                .deliver_payload(&to, m, outbound::template(&to, t, m), "template")
+                .await;
+        }
         let open = self.window.open(&to).await.map_err(|e| SendError {
             message: format!("whatsapp: {e}"),
             retry: true,
@@ -193,12 +222,23 @@ impl WhatsApp {
                 )));
             }
         };
-        let wamid = self.paced(&to, &payload).await?;
+        self.deliver_payload(&to, m, payload, sent_as).await
+    }
+
+    /// The message's payload, then its files.
+    async fn deliver_payload(
+        &self,
+        to: &str,
+        m: &OutMessage,
+        payload: Json,
+        sent_as: &str,
+    ) -> Result<Delivered, SendError> {
+        let wamid = self.paced(to, &payload).await?;
         let mut files = Vec::new();
         for a in &m.attachments {
             // The text went out: trying the whole message again would repeat it.
             let file = self
-                .paced(&to, &outbound::media(&to, &a.url))
+                .paced(to, &outbound::media(to, &a.url))
                 .await
                 .map_err(|e| {
                     permanent(format!(
@@ -247,6 +287,7 @@ impl Adapter for WhatsApp {
     async fn deliver(&self, op: &Outbound) -> Result<Delivered, SendError> {
         match op {
             Outbound::Send(m) => self.send(m).await,
+            Outbound::Read(r) => self.mark_read(&r.message).await,
             // WhatsApp cannot answer a press or change a sent message's buttons: an old
             // button pressed later is refused by the engine, as on any channel.
             Outbound::Answer(_) => Ok(Delivered {

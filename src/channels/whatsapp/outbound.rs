@@ -156,6 +156,11 @@ pub fn template(to: &str, t: &OutTemplate, m: &OutMessage) -> Json {
     })
 }
 
+/// Marks a customer's message read.
+pub fn read(message: &str) -> Json {
+    json!({"messaging_product": "whatsapp", "status": "read", "message_id": message})
+}
+
 /// A file by URL: an image, video or audio by its extension, else a document.
 pub fn media(to: &str, url: &str) -> Json {
     let path = url

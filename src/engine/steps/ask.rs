@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::offer::chat_of;
 use super::{message_entry, note, timed_out, Ctx, Flow};
-use crate::channels::{Choice, OutEdit, OutMessage, Outbound};
+use crate::channels::{Choice, OutEdit, OutMessage, OutRead, Outbound};
 use crate::config::{Action, AskSpec, Scenario};
 use crate::engine::{After, Engine, EventItem};
 use crate::store::{NewWait, RunRow, RunStatus, StoreError, Tx};
@@ -205,6 +205,7 @@ impl Engine {
                 && a.valid.is_none()
                 && !value.is_empty());
         let pc = run.pc;
+        self.mark_read(tx, ev, run.id, after).await?;
         // The question answered or asked again: its buttons go away.
         self.drop_ask_buttons(tx, &run, a, after).await?;
         if valid || attempts > a.retries as i64 {
@@ -273,6 +274,37 @@ impl Engine {
         self.drop_ask_buttons(tx, run, a, after).await?;
         timed_out(run, "ask", a.save.clone(), a.branch("timeout"), now);
         Ok(())
+    }
+
+    /// Tells the customer their reply was read, on channels that show it (WhatsApp's blue
+    /// ticks). A press is a message of its own there, named by its `click`.
+    async fn mark_read(
+        &mut self,
+        tx: &mut dyn Tx,
+        ev: &EventItem,
+        run_id: i64,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        let shows = self
+            .cfg
+            .gateway
+            .channels
+            .get(&ev.source)
+            .is_some_and(|c| c.caps.read_receipts);
+        let message = match ev.kind.as_str() {
+            "click" => &ev.data["click"],
+            _ => &ev.data["message"],
+        };
+        let (true, Some(message)) = (shows, message.as_str()) else {
+            return Ok(());
+        };
+        let op = Outbound::Read(OutRead {
+            to: chat_of(ev).unwrap_or_default(),
+            message: message.to_string(),
+        });
+        let channel = ev.source.clone();
+        self.channel_action(tx, Some(run_id), &channel, op, after)
+            .await
     }
 
     /// Removes the inline buttons of the run's last question.

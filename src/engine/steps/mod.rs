@@ -355,6 +355,9 @@ impl Engine {
                 resume: row.resume,
                 response: None,
                 last_error: None,
+                message_ref: None,
+                delivery_status: None,
+                statuses: Vec::new(),
             },
             lane,
         });
@@ -471,6 +474,10 @@ impl Engine {
             Some(w) => Some(render_window_template(w, ctx)?),
             None => None,
         };
+        let approved_template = match &s.approved_template {
+            Some(w) => Some(Box::new(render_window_template(w, ctx)?)),
+            None => None,
+        };
         Ok(OutMessage {
             to: address.unwrap_or_default(),
             lang: Some(lang),
@@ -482,6 +489,7 @@ impl Engine {
             run_id: Some(run.id),
             scenario: Some(sc.id.clone()),
             window_template,
+            approved_template,
             ..Default::default()
         })
     }

@@ -28,6 +28,7 @@ ui-step = Step
 ui-why = Why
 ui-request = Request
 ui-response = Response
+ui-statuses = Delivery
 ui-retry = Retry
 ui-retried = Retry requested.
 ui-cancel = Cancel

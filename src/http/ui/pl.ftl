@@ -28,6 +28,7 @@ ui-step = Krok
 ui-why = Dlaczego
 ui-request = Żądanie
 ui-response = Odpowiedź
+ui-statuses = Doręczenie
 ui-retry = Ponów
 ui-retried = Ponowienie zlecone.
 ui-cancel = Anuluj

@@ -28,6 +28,7 @@ ui-step = Шаг
 ui-why = Почему
 ui-request = Запрос
 ui-response = Ответ
+ui-statuses = Доставка
 ui-retry = Повторить
 ui-retried = Повтор запрошен.
 ui-cancel = Отменить

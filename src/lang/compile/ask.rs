@@ -32,6 +32,7 @@ pub(super) fn compile_ask(
         attachments: Vec::new(),
         save: None,
         window_template: ad.window_template.clone(),
+        approved_template: None,
     };
     let question = compile_chat_message("ask", question, a.span(), cx, t, gw, i18n)?;
     let retry = ad.retry_text.as_ref().map(|id| {

@@ -169,6 +169,7 @@ mod testing {
                             answers: true,
                             attachments: true,
                             templates: false,
+                            read_receipts: false,
                             markup: Markup::Html,
                         },
                     )

@@ -51,6 +51,7 @@ pub(super) fn compile_offer(
             attachments: Vec::new(),
             save: None,
             window_template: None,
+            approved_template: None,
         };
         let Some(message) = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)
         else {

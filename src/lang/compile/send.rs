@@ -104,7 +104,7 @@ pub(super) fn compile_send(
         Some(v) => var_name(cx, Some(v), ""),
         None => None,
     };
-    let window_template = sd.window_template.as_ref().map(|wt| {
+    let mut approved = |wt: &Sp<raw::WindowTemplateDef>| {
         if let Some(c) = gw.channels.get(&channel).filter(|c| !cx.caps(c).templates) {
             cx.err(
                 wt.span(),
@@ -120,7 +120,9 @@ pub(super) fn compile_send(
             language: d.language.as_ref().and_then(|l| cx.tmpl(t, l)),
             params: d.params.iter().filter_map(|p| cx.tmpl(t, p)).collect(),
         }
-    });
+    };
+    let window_template = sd.window_template.as_ref().map(&mut approved);
+    let approved_template = sd.approved_template.as_ref().map(&mut approved);
     Some(SendSpec {
         channel,
         address,
@@ -131,6 +133,7 @@ pub(super) fn compile_send(
         attachments,
         save,
         window_template,
+        approved_template,
     })
 }
 
@@ -220,6 +223,7 @@ pub(super) fn compile_edit(
         attachments: Vec::new(),
         save: None,
         window_template: None,
+        approved_template: None,
     };
     let message = compile_send(&Sp(toml::Spanned::new(e.span(), def)), cx, t, gw, i18n)?;
     {
