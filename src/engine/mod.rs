@@ -847,6 +847,9 @@ impl Engine {
         let Some((response, error)) = record_delivery(tx, d, now).await? else {
             return Ok(());
         };
+        if let Some(m) = response.as_ref().and_then(|r| r["message"].as_str()) {
+            self.apply_early_statuses(tx, m).await?;
+        }
         if let (Some(offer), Some(r)) = (d.offer_id, &response) {
             if let Some(m) = r["message"].as_str() {
                 self.offer_message_known(tx, offer, d.outbox_id, m, after)

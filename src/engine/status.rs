@@ -36,36 +36,64 @@ pub fn status_error(e: &Json) -> Option<String> {
 
 impl Engine {
     /// Records a `status` event on the row that sent its message and in that run's journal.
-    /// A status of a message sent from elsewhere, or one already recorded, changes nothing.
+    /// A status that comes before its message's delivery is recorded is kept until it is (a
+    /// status of a message sent from elsewhere stays there until retention removes it); one
+    /// already recorded changes nothing.
     pub(super) async fn record_status(
         &mut self,
         tx: &mut dyn Tx,
         ev: &EventItem,
         outcome: &mut Vec<Json>,
     ) -> Result<(), StoreError> {
-        let (Some(message), Some(status)) =
-            (ev.data["message"].as_str(), ev.data["status"].as_str())
+        self.apply_status(tx, &ev.source, &ev.data, ev.id, true, outcome)
+            .await
+    }
+
+    /// Applies the statuses that came before the delivery of `message_ref` was recorded.
+    pub(super) async fn apply_early_statuses(
+        &mut self,
+        tx: &mut dyn Tx,
+        message_ref: &str,
+    ) -> Result<(), StoreError> {
+        for (channel, data, event_id) in tx.take_early_statuses(message_ref).await? {
+            self.apply_status(tx, &channel, &data, event_id, false, &mut Vec::new())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_status(
+        &mut self,
+        tx: &mut dyn Tx,
+        channel: &str,
+        data: &Json,
+        event_id: i64,
+        keep_if_early: bool,
+        outcome: &mut Vec<Json>,
+    ) -> Result<(), StoreError> {
+        let (Some(message), Some(status)) = (data["message"].as_str(), data["status"].as_str())
         else {
             return Ok(());
         };
         let now = self.now();
-        let error = status_error(&ev.data["error"])
+        let error = status_error(&data["error"])
             .or_else(|| (status == "failed").then(|| "no reason given".to_string()));
-        let entry = json!({"status": status, "at": now, "timestamp": ev.data["timestamp"],
-            "error": ev.data["error"], "event_id": ev.id});
+        let entry = json!({"status": status, "at": now, "timestamp": data["timestamp"],
+            "error": data["error"], "event_id": event_id});
         let row_error = error.as_ref().map(|e| format!("{status}: {e}"));
-        let row = tx
-            .outbox_status(&DeliveryStatus {
-                channel: &ev.source,
-                message_ref: message,
-                status,
-                entry: &entry,
-                error: row_error.as_deref(),
-            })
-            .await?;
-        let Some(row) = row else {
+        let ds = DeliveryStatus {
+            channel,
+            message_ref: message,
+            status,
+            entry: &entry,
+            error: row_error.as_deref(),
+        };
+        let Some(row) = tx.outbox_status(&ds).await? else {
+            if keep_if_early {
+                tx.keep_early_status(&ds, data, event_id, now).await?;
+            }
             outcome.push(json!({"status": status, "message": message,
-                "verdict": "no message sent from here has this reference, or the status is known"}));
+                "verdict": "no recorded delivery has this reference yet (kept until one does), or the status is known"}));
             return Ok(());
         };
         outcome.push(
@@ -85,7 +113,7 @@ impl Engine {
         note(
             &mut run,
             json!({"step": row.step, "action": "status", "result": result, "outbox_id": row.id,
-                "message": message, "error": ev.data["error"], "event_id": ev.id, "at": now}),
+                "message": message, "error": data["error"], "event_id": event_id, "at": now}),
         );
         // A copy kept for an http response would write over this entry.
         self.http_parked.remove(&run.id);

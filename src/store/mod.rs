@@ -534,6 +534,16 @@ pub trait Tx: Send {
     async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool>;
 
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>>;
+    /// Keeps a status whose message's delivery is not recorded yet (once per status).
+    async fn keep_early_status(
+        &mut self,
+        s: &DeliveryStatus<'_>,
+        data: &Json,
+        event_id: i64,
+        now: i64,
+    ) -> Result<()>;
+    /// The kept statuses of a message, removed: (channel, status event data, event id).
+    async fn take_early_statuses(&mut self, message_ref: &str) -> Result<Vec<(String, Json, i64)>>;
     /// Whether the event still waits to be processed.
     async fn event_pending(&mut self, id: i64) -> Result<bool>;
     async fn finish_event(&mut self, id: i64, status: &str, outcome: &Json, now: i64)

@@ -790,6 +790,50 @@ macro_rules! impl_tx {
                     .transpose()
             }
 
+            async fn keep_early_status(
+                &mut self,
+                s: &DeliveryStatus<'_>,
+                data: &Json,
+                event_id: i64,
+                now: i64,
+            ) -> Result<()> {
+                self.flush().await?;
+                sqlx::query(
+                    "INSERT INTO early_statuses (message_ref, status, channel, data, event_id, at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(s.message_ref)
+                .bind(s.status)
+                .bind(s.channel)
+                .bind(data.to_string())
+                .bind(event_id)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn take_early_statuses(
+                &mut self,
+                message_ref: &str,
+            ) -> Result<Vec<(String, Json, i64)>> {
+                self.flush().await?;
+                let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                    "DELETE FROM early_statuses WHERE message_ref = $1
+                     RETURNING channel, data, event_id",
+                )
+                .bind(message_ref)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.into_iter()
+                    .map(|(channel, data, id)| {
+                        let data = serde_json::from_str(&data)
+                            .map_err(|e| StoreError::Corrupt(format!("early status: {e}")))?;
+                        Ok((channel, data, id))
+                    })
+                    .collect()
+            }
+
             async fn last_outbox_of(&mut self, run_id: i64, step: i64) -> Result<Option<OutboxRow>> {
                 self.flush().await?;
                 sqlx::query("SELECT * FROM outbox WHERE run_id = $1 AND step = $2 ORDER BY id DESC LIMIT 1")

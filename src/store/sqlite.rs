@@ -369,6 +369,16 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // Statuses of messages sent from elsewhere never find their row.
+        n += sqlx::query(
+            "DELETE FROM early_statuses WHERE message_ref IN
+             (SELECT message_ref FROM early_statuses WHERE at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(n)
     }

@@ -75,6 +75,8 @@ struct St {
     templates: Mutex<HashMap<String, (usize, usize)>>,
     /// The messages marked read, in order.
     read: Mutex<Vec<String>>,
+    /// While true, accepted sends are recorded (wamid given) but not answered.
+    held: tokio::sync::watch::Sender<bool>,
     url: std::sync::OnceLock<String>,
 }
 
@@ -185,6 +187,16 @@ impl FakeWhatsApp {
             (s.len() >= n).then_some(s)
         })
         .await
+    }
+
+    /// Accepted sends from now on get their wamid at once but their answer only after
+    /// `release_answers` (Meta's statuses can overtake a slow answer).
+    pub fn hold_answers(&self) {
+        self.st.held.send_replace(true);
+    }
+
+    pub fn release_answers(&self) {
+        self.st.held.send_replace(false);
     }
 
     /// The recipient's next sends are answered with these, in order.
@@ -567,6 +579,7 @@ async fn send(
     let id = format!("wamid.HBgL{:08}", st.next.fetch_add(1, Ordering::Relaxed));
     st.known.lock().unwrap().insert(id.clone());
     record(Some(id.clone()), None);
+    let _ = st.held.subscribe().wait_for(|held| !held).await;
     (
         StatusCode::OK,
         Json(json!({"messaging_product": "whatsapp",

@@ -784,6 +784,40 @@ async fn statuses_are_recorded_on_the_message_and_in_the_journal_of_the_run_that
 }
 
 #[tokio::test]
+async fn a_status_that_overtakes_its_delivery_is_recorded_once_the_delivery_is() {
+    let fake = FakeWhatsApp::start().await;
+    let (_cfg, t) = notifying(&fake).await;
+    fake.hold_answers();
+    let (_, r) = t
+        .post(
+            "shipped-wa",
+            json!({"phone": "+48555000709", "order": "E-1"}),
+        )
+        .await;
+    let run = t.runs_of(r["event_id"].as_i64().unwrap()).await[0].id;
+    // Meta accepted the message and reports it delivered before the gateway has its answer.
+    let sent = fake.wait_accepted("48555000709", 1).await;
+    let wamid = sent[0].wamid.clone().unwrap();
+    let status = fake.status(&wamid, "48555000709", "delivered", None);
+    assert_eq!(fake.deliver(&t.app.url(), "wa", status).await, vec![200]);
+    let events = processed_through(&t, "wa", "wamid", wamid.as_str()).await;
+    let ev = events.iter().find(|e| e.kind == "status").unwrap();
+    assert!(ev
+        .outcome
+        .as_ref()
+        .unwrap()
+        .to_string()
+        .contains("kept until"));
+
+    fake.release_answers();
+    let rows = settled_outbox(&t, run).await;
+    let row = row_when(&t, rows[0].id, |r| r.delivery_status.is_some()).await;
+    assert_eq!(row.delivery_status.as_deref(), Some("delivered"));
+    assert_eq!(row.statuses.len(), 1);
+    assert_eq!(status_entries(&t, run).await, vec!["delivered"]);
+}
+
+#[tokio::test]
 async fn a_message_meta_reports_failed_shows_its_error_and_retry_sends_it_again() {
     let fake = FakeWhatsApp::start().await;
     let (_cfg, t) = notifying(&fake).await;
