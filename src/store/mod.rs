@@ -664,3 +664,52 @@ pub trait Tx: Send {
 
     async fn commit(self: Box<Self>) -> Result<()>;
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, SqliteConnection};
+
+    use super::StoreError;
+
+    #[tokio::test]
+    async fn a_locked_database_is_unavailable_and_a_refused_row_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let mut a = SqliteConnection::connect(&url).await.unwrap();
+        let mut b = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("PRAGMA busy_timeout = 0; CREATE TABLE t (id INTEGER PRIMARY KEY);")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        sqlx::raw_sql("PRAGMA busy_timeout = 0;")
+            .execute(&mut b)
+            .await
+            .unwrap();
+
+        // Another writer holds the file: nothing this statement did is to blame.
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        let busy = sqlx::query("INSERT INTO t (id) VALUES (1)")
+            .execute(&mut b)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(busy.unavailable(), "{busy}");
+        sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
+
+        // The row itself is refused: retrying it alone will not help.
+        sqlx::query("INSERT INTO t (id) VALUES (1)")
+            .execute(&mut b)
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t (id) VALUES (1)")
+            .execute(&mut b)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(!refused.unavailable(), "{refused}");
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).unavailable());
+    }
+}
