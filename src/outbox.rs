@@ -101,6 +101,10 @@ pub async fn worker(
             continue;
         }
         let op = match Outbound::from_json(&job.row.request) {
+            Ok(Outbound::Send(mut m)) => {
+                m.idempotency_key = Some(format!("{}{}", d.key_prefix, job.row.id));
+                Outbound::Send(m)
+            }
             Ok(op) => op,
             Err(e) => {
                 let result = DeliveryResult::Failed {

@@ -3,6 +3,7 @@
 //! it to its platform, says what it can do through its capabilities, and owns its routes and
 //! workers. Nothing outside a channel's folder knows its platform's wire format.
 
+pub mod email;
 pub mod leader;
 pub mod log;
 pub mod pacing;
@@ -41,7 +42,7 @@ pub trait Kind: Sync {
 }
 
 /// Every channel type. A new platform is a folder beside `telegram/` and one line here.
-pub static REGISTRY: &[&dyn Kind] = &[&log::Kind, &telegram::Kind, &whatsapp::Kind];
+pub static REGISTRY: &[&dyn Kind] = &[&log::Kind, &telegram::Kind, &whatsapp::Kind, &email::Kind];
 
 /// The registry as the scenario language sees it.
 pub struct Registry;
@@ -120,6 +121,22 @@ pub struct OutMessage {
     /// (boxed: most messages have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_template: Option<Box<OutTemplate>>,
+    /// E-mail: the subject line (plain text); `None`: the text's first line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// E-mail: copies and blind copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bcc: Vec<String>,
+    /// A notification: the recipient can unsubscribe in one click (e-mail).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notification: bool,
+    /// The same for every attempt to deliver this message, and unique to it (set by the
+    /// outbox, not stored): a channel that can, names the message by it, so a repeat after a
+    /// crash is recognised as the same message (e-mail: its `Message-ID`).
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
 }
 
 /// A platform's pre-approved message template, rendered.
@@ -155,6 +172,20 @@ pub struct OutEdit {
     pub links: Vec<LinkButton>,
 }
 
+impl OutEdit {
+    /// For a channel that cannot change a sent message: the new text as a new message
+    /// quoting (replying to) the old one; `None` when only the buttons change.
+    pub fn as_new_message(&self) -> Option<OutMessage> {
+        let text = self.text.clone()?;
+        Some(OutMessage {
+            to: self.to.clone(),
+            text,
+            reply_to: (!self.message.is_empty()).then(|| self.message.clone()),
+            ..Default::default()
+        })
+    }
+}
+
 /// The answer to a click: a short plain text, as a popup (`alert`) or a toast.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutAnswer {
@@ -180,6 +211,10 @@ pub struct OutRead {
 /// One outbound operation, as stored in an outbox row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one operation per outbox row, made once and delivered by reference"
+)]
 pub enum Outbound {
     Send(OutMessage),
     Edit(OutEdit),
@@ -243,6 +278,9 @@ pub struct Context {
     pub ingest: Ingest,
     pub clock: Clock,
     pub public_url: String,
+    /// The HTTP client of `http` steps (it reaches no private address unless allowed), for
+    /// what a channel fetches by URL.
+    pub http: reqwest::Client,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -395,7 +433,7 @@ mod tests {
         assert_eq!(
             all,
             vec![
-                "8:8: unknown channel type 'fax' (supported: log, telegram, whatsapp)",
+                "8:8: unknown channel type 'fax' (supported: log, telegram, whatsapp, email)",
                 "4:8: unknown mode 'hook' (polling or webhook)",
                 "5:8: unknown key `tokn` in a telegram channel (it takes: api_url, limits, mode, token, webhook_secret)",
             ]

@@ -145,6 +145,14 @@ impl I18n {
             .collect()
     }
 
+    /// Whether message `id` exists in `lang` (or, for a language not loaded, the default).
+    pub fn has(&self, lang: &str, id: &str) -> bool {
+        self.bundles
+            .get(lang)
+            .or_else(|| self.bundles.get(&self.default))
+            .is_some_and(|b| b.has_message(id))
+    }
+
     /// The best loaded language for a requested tag: exact, then its primary subtag
     /// (`ru-RU` → `ru`), then the default.
     pub fn resolve(&self, wanted: Option<&str>) -> String {

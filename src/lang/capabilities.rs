@@ -40,6 +40,9 @@ pub struct Capabilities {
     /// The platform shows the sender that a received message was read (WhatsApp's blue
     /// ticks): the message an `ask` takes as its answer is marked read.
     pub read_receipts: bool,
+    /// Messages have a subject, copies (`cc`, `bcc`) and a one-click unsubscribe for
+    /// notifications (e-mail).
+    pub mail: bool,
     pub markup: Markup,
 }
 
@@ -56,6 +59,7 @@ impl Capabilities {
         attachments: true,
         templates: false,
         read_receipts: false,
+        mail: false,
         markup: Markup::Plain,
     };
 }

@@ -121,6 +121,23 @@ impl<'a> Section<'a> {
         out
     }
 
+    /// A table of any values, e.g. `smtp = { host = "…", port = 587 }`, with the table's
+    /// position (its values have none of their own).
+    pub fn table(
+        &self,
+        key: &str,
+        cx: &mut dyn SectionCx,
+    ) -> Option<(Range<usize>, serde_json::Map<String, Json>)> {
+        let v = self.entry(key)?;
+        match v.get() {
+            Json::Object(map) => Some((v.span(), map.clone())),
+            _ => {
+                cx.err(v.span(), format!("`{key}` must be a table"));
+                None
+            }
+        }
+    }
+
     /// A table of rates, e.g. `limits = { chat = "1/1s", bot = "30/1s" }`: one per name in
     /// `defaults` (its default when not given); bad and unknown ones are reported.
     pub fn rates(

@@ -337,6 +337,11 @@ pub struct SendSpec {
     pub window_template: Option<WindowTemplateSpec>,
     /// The approved template sent instead of the free-form message (WhatsApp).
     pub approved_template: Option<WindowTemplateSpec>,
+    /// E-mail: the subject, copies, and whether it is a notification (one-click unsubscribe).
+    pub subject: Option<Tmpl>,
+    pub cc: Vec<Tmpl>,
+    pub bcc: Vec<Tmpl>,
+    pub notification: bool,
 }
 
 pub struct WindowTemplateSpec {

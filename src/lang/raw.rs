@@ -298,6 +298,18 @@ pub struct SendDef {
     /// the free-form message, inside the 24-hour window too (the text is what the journal
     /// shows, and the template's one body parameter when `params` is empty).
     pub approved_template: Option<Sp<WindowTemplateDef>>,
+    /// E-mail: the subject (a template). Default: the Fluent message `<text>-subject` if the
+    /// locale has one, else the message's first line.
+    pub subject: Option<Sp<String>>,
+    /// E-mail: copies to these addresses (templates).
+    #[serde(default)]
+    pub cc: Vec<Sp<String>>,
+    /// E-mail: blind copies to these addresses (templates).
+    #[serde(default)]
+    pub bcc: Vec<Sp<String>>,
+    /// E-mail: a notification, which the recipient can unsubscribe from in one click
+    /// (`List-Unsubscribe`); an unsubscribed address gets no more messages from the channel.
+    pub notification: Option<bool>,
 }
 
 /// A platform's pre-approved message template: `{ name = "appointment_reminder", language =

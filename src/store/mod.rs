@@ -455,6 +455,12 @@ pub trait Store: Send + Sync {
     /// Scenarios an operator switched on or off.
     /// Operators' switches: scenario, on or off, when (ms).
     async fn scenario_states(&self) -> Result<Vec<(String, bool, i64)>>;
+    /// The delivered outbox row of `channel` whose message has reference `message_ref`.
+    async fn outbox_by_ref(&self, channel: &str, message_ref: &str) -> Result<Option<OutboxRow>>;
+    /// Puts an address on a channel's suppression list (kept: the first reason).
+    async fn suppress(&self, channel: &str, address: &str, reason: &str, now: i64) -> Result<()>;
+    /// Why an address is on a channel's suppression list, and since when.
+    async fn suppressed(&self, channel: &str, address: &str) -> Result<Option<(String, i64)>>;
     async fn setting(&self, name: &str) -> Result<Option<String>>;
     async fn put_setting(&self, name: &str, value: &str) -> Result<()>;
     /// The setting's value; `value` is stored first when there is none, so that replicas

@@ -280,6 +280,54 @@ macro_rules! impl_store {
                 )
             }
 
+            async fn outbox_by_ref(
+                &self,
+                channel: &str,
+                message_ref: &str,
+            ) -> Result<Option<OutboxRow>> {
+                sqlx::query(
+                    "SELECT * FROM outbox WHERE channel = $1 AND message_ref = $2 ORDER BY id LIMIT 1",
+                )
+                .bind(channel)
+                .bind(message_ref)
+                .fetch_optional(&self.pool)
+                .await?
+                .as_ref()
+                .map(outbox_row)
+                .transpose()
+            }
+
+            async fn suppress(
+                &self,
+                channel: &str,
+                address: &str,
+                reason: &str,
+                now: i64,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO suppressions (channel, address, reason, at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (channel, address) DO NOTHING",
+                )
+                .bind(channel)
+                .bind(address)
+                .bind(reason)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn suppressed(&self, channel: &str, address: &str) -> Result<Option<(String, i64)>> {
+                let row = sqlx::query(
+                    "SELECT reason, at FROM suppressions WHERE channel = $1 AND address = $2",
+                )
+                .bind(channel)
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|r| (r.get("reason"), r.get("at"))))
+            }
+
             async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO settings (name, value) VALUES ($1, $2)

@@ -52,6 +52,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     attachments: true,
     templates: false,
     read_receipts: false,
+    mail: false,
     markup: Markup::Html,
 };
 

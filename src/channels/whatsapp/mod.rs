@@ -53,6 +53,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     attachments: true,
     templates: true,
     read_receipts: true,
+    mail: false,
     markup: Markup::WhatsApp,
 };
 
@@ -294,22 +295,14 @@ impl Adapter for WhatsApp {
                 message: None,
                 detail: json!({"channel": self.name, "skipped": "WhatsApp has no click answers"}),
             }),
-            Outbound::Edit(e) => match &e.text {
+            // A new text goes as a new message quoting the old one.
+            Outbound::Edit(e) => match e.as_new_message() {
+                Some(m) => self.send(&m).await,
                 None => Ok(Delivered {
                     message: Some(e.message.clone()),
                     detail: json!({"channel": self.name,
                         "skipped": "WhatsApp cannot change a sent message's buttons"}),
                 }),
-                // A new text goes as a new message quoting the old one.
-                Some(text) => {
-                    self.send(&OutMessage {
-                        to: e.to.clone(),
-                        text: text.clone(),
-                        reply_to: (!e.message.is_empty()).then(|| e.message.clone()),
-                        ..Default::default()
-                    })
-                    .await
-                }
             },
         }
     }

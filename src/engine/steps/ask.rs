@@ -97,9 +97,20 @@ impl Engine {
         let Some(chat) = chat_of(ev) else {
             return Ok(false);
         };
-        for run_id in tx
+        // A reply that names the message it answers (e-mail threads) answers only the run
+        // that sent that message, and only if that run asked the one who replies.
+        let thread_run = ev.data["thread"]["run"].as_i64();
+        let waiting = tx
             .find_waits_any(&format!("chat:{}", ev.source), &chat)
-            .await?
+            .await?;
+        if let Some(r) = thread_run.filter(|r| !waiting.contains(r)) {
+            outcome.push(json!({"run": r, "from": chat,
+                "verdict": "a reply to this run's message from someone it is not asking: it answers nothing"}));
+            return Ok(false);
+        }
+        for run_id in waiting
+            .into_iter()
+            .filter(|id| thread_run.is_none_or(|r| r == *id))
         {
             let Some(run) = tx.load_run(run_id).await? else {
                 continue;
@@ -113,7 +124,12 @@ impl Engine {
             let Some(Action::Ask(a)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
                 continue;
             };
-            let text = ev.data["text"].as_str().unwrap_or_default().to_string();
+            // A mail's answer is its first line (the rest is in `event.text`).
+            let text = ev.data["answer"]
+                .as_str()
+                .or(ev.data["text"].as_str())
+                .unwrap_or_default()
+                .to_string();
             self.reply_to_ask(tx, ev, run, &sc, a, &text, after).await?;
             outcome.push(json!({"scenario": sc.id, "run": run_id, "verdict": "answered an ask"}));
             return Ok(true);
@@ -186,7 +202,18 @@ impl Engine {
         after: &mut After,
     ) -> Result<(), StoreError> {
         let now = self.now();
-        let value = crate::config::normalize_reply(text);
+        let mut value = crate::config::normalize_reply(text);
+        // "Yes, 1 please" with a pattern such as `\b([123])\b`: its first group is the value.
+        if !a.choices.contains(&value) {
+            if let Some(g) = a
+                .pattern
+                .as_ref()
+                .and_then(|p| p.captures(text.trim()))
+                .and_then(|c| c.get(1))
+            {
+                value = crate::config::normalize_reply(g.as_str());
+            }
+        }
         let asked = run.vars.get(&a.save).cloned().unwrap_or(Json::Null);
         let attempts = asked["attempts"].as_i64().unwrap_or(0) + 1;
         let ctx = minijinja::context! {
@@ -214,7 +241,7 @@ impl Engine {
             run.vars.insert(
                 a.save.clone(),
                 json!({"text": text, "value": value, "attempts": attempts,
-                    "timed_out": false, "exhausted": !valid}),
+                    "timed_out": false, "exhausted": !valid, "message": ev.data["message"]}),
             );
             let (result, next) = if valid {
                 ("answered", a.branch(&value))

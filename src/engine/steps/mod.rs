@@ -60,6 +60,14 @@ pub(super) fn message_entry(channel: &str, m: &OutMessage) -> Json {
     if !m.choices.is_empty() {
         e["choices"] = json!(m.choices.iter().map(|c| &c.text).collect::<Vec<_>>());
     }
+    if let Some(s) = &m.subject {
+        e["subject"] = json!(s);
+    }
+    for (key, list) in [("cc", &m.cc), ("bcc", &m.bcc)] {
+        if !list.is_empty() {
+            e[key] = json!(list);
+        }
+    }
     e
 }
 
@@ -425,6 +433,10 @@ impl Engine {
     ) -> Result<OutMessage, String> {
         let lang = self.cfg.i18n.resolve(wanted.as_deref());
         let markup = self.markup(channel);
+        let mut subject = match &s.subject {
+            Some(t) => Some(t.render(ctx).map_err(|e| e.0)?),
+            None => None,
+        };
         let text = match body {
             SendBody::Template(t) => t.render_in(ctx, markup).map_err(|e| e.0)?,
             SendBody::Fluent { id, args } => {
@@ -441,11 +453,24 @@ impl Engine {
                 for (k, t) in args {
                     fargs.insert(k.clone(), json!(t.render(ctx).map_err(|e| e.0)?));
                 }
+                // A mail's subject: the message's `<id>-subject`, in the same language.
+                let subject_id = format!("{id}-subject");
+                if subject.is_none() && self.cfg.i18n.has(&lang, &subject_id) {
+                    subject = Some(self.cfg.i18n.render(&lang, &subject_id, &fargs)?);
+                }
                 self.cfg
                     .i18n
                     .render_with(&lang, id, &fargs, &|v| markup.escape(v))?
             }
         };
+        let mut cc = Vec::with_capacity(s.cc.len());
+        for a in &s.cc {
+            cc.push(a.render(ctx).map_err(|e| e.0)?.trim().to_string());
+        }
+        let mut bcc = Vec::with_capacity(s.bcc.len());
+        for a in &s.bcc {
+            bcc.push(a.render(ctx).map_err(|e| e.0)?.trim().to_string());
+        }
         let mut links = Vec::with_capacity(s.buttons.len());
         let mut choices = Vec::new();
         for b in &s.buttons {
@@ -490,6 +515,12 @@ impl Engine {
             scenario: Some(sc.id.clone()),
             window_template,
             approved_template,
+            subject: subject
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+            cc: cc.into_iter().filter(|a| !a.is_empty()).collect(),
+            bcc: bcc.into_iter().filter(|a| !a.is_empty()).collect(),
+            notification: s.notification,
             ..Default::default()
         })
     }

@@ -33,6 +33,10 @@ pub(super) fn compile_ask(
         save: None,
         window_template: ad.window_template.clone(),
         approved_template: None,
+        subject: None,
+        cc: Vec::new(),
+        bcc: Vec::new(),
+        notification: None,
     };
     let question = compile_chat_message("ask", question, a.span(), cx, t, gw, i18n)?;
     let retry = ad.retry_text.as_ref().map(|id| {

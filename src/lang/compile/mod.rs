@@ -170,6 +170,7 @@ mod testing {
                             attachments: true,
                             templates: false,
                             read_receipts: false,
+                            mail: false,
                             markup: Markup::Html,
                         },
                     )

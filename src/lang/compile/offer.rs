@@ -52,6 +52,10 @@ pub(super) fn compile_offer(
             save: None,
             window_template: None,
             approved_template: None,
+            subject: None,
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            notification: None,
         };
         let Some(message) = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)
         else {

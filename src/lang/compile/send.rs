@@ -123,6 +123,7 @@ pub(super) fn compile_send(
     };
     let window_template = sd.window_template.as_ref().map(&mut approved);
     let approved_template = sd.approved_template.as_ref().map(&mut approved);
+    check_mail_fields(sd, &channel, cx, gw);
     Some(SendSpec {
         channel,
         address,
@@ -134,7 +135,38 @@ pub(super) fn compile_send(
         save,
         window_template,
         approved_template,
+        subject: sd.subject.as_ref().and_then(|s| cx.tmpl(t, s)),
+        cc: sd.cc.iter().filter_map(|a| cx.tmpl(t, a)).collect(),
+        bcc: sd.bcc.iter().filter_map(|a| cx.tmpl(t, a)).collect(),
+        notification: sd.notification.unwrap_or(false),
     })
+}
+
+/// `subject`, `cc`, `bcc` and `notification` need a mail channel.
+fn check_mail_fields(sd: &raw::SendDef, channel: &str, cx: &mut FileCx, gw: &Gateway) {
+    let Some(c) = gw.channels.get(channel).filter(|c| !cx.caps(c).mail) else {
+        return;
+    };
+    let given = [
+        ("subject", sd.subject.as_ref().map(|s| s.span())),
+        ("cc", sd.cc.first().map(|s| s.span())),
+        ("bcc", sd.bcc.first().map(|s| s.span())),
+        (
+            "notification",
+            sd.notification.is_some().then(|| sd.to.span()),
+        ),
+    ];
+    for (key, span) in given {
+        if let Some(span) = span {
+            cx.err(
+                span,
+                format!(
+                    "channel '{channel}' ({}) has no `{key}`: it is for e-mail",
+                    c.kind()
+                ),
+            );
+        }
+    }
 }
 
 /// URL buttons and callback buttons (with an `id`), the latter checked against the channel.
@@ -224,6 +256,10 @@ pub(super) fn compile_edit(
         save: None,
         window_template: None,
         approved_template: None,
+        subject: None,
+        cc: Vec::new(),
+        bcc: Vec::new(),
+        notification: None,
     };
     let message = compile_send(&Sp(toml::Spanned::new(e.span(), def)), cx, t, gw, i18n)?;
     {
