@@ -321,6 +321,25 @@ mod tests {
     use super::super::testing::errors_on_telegram;
 
     #[test]
+    fn mail_fields_need_a_mail_channel() {
+        let all = errors_on_telegram(
+            r#"id = "a"
+on = { webhook = "h" }
+[[step]]
+send = { to = "tg:1", template = "Hi", subject = "S", cc = ["x@example.com"], notification = true }
+"#,
+        );
+        assert_eq!(
+            all,
+            vec![
+                "4:50: channel 'tg' (telegram) has no `subject`: it is for e-mail",
+                "4:61: channel 'tg' (telegram) has no `cc`: it is for e-mail",
+                "4:15: channel 'tg' (telegram) has no `notification`: it is for e-mail",
+            ]
+        );
+    }
+
+    #[test]
     fn asks_offers_edits_and_clicks_load_on_a_channel_that_has_them() {
         let all = errors_on_telegram(
             r#"id = "a"
