@@ -85,11 +85,18 @@ pub fn step_line(e: &Json) -> String {
             .collect();
         s.push_str(&format!(" {}", parts.join(", ")));
     }
-    if let Some(send) = e.get("send").filter(|v| !v.is_null()) {
-        s.push_str(&format!(
-            " {}",
-            message_text(send["channel"].as_str().unwrap_or(""), send)
-        ));
+    // One message, or one per recipient (a staff group).
+    let sends = match e.get("send") {
+        Some(Json::Array(all)) => all.iter().collect(),
+        Some(one) if !one.is_null() => vec![one],
+        _ => Vec::new(),
+    };
+    let texts: Vec<String> = sends
+        .iter()
+        .map(|m| message_text(m["channel"].as_str().unwrap_or(""), m))
+        .collect();
+    if !texts.is_empty() {
+        s.push_str(&format!(" {}", texts.join("; ")));
     }
     if let Some(r) = e.get("request").filter(|v| !v.is_null()) {
         s.push_str(&format!(" {}", request_text(r)));

@@ -850,6 +850,22 @@ impl Engine {
         if let Some(m) = response.as_ref().and_then(|r| r["message"].as_str()) {
             self.apply_early_statuses(tx, m).await?;
         }
+        // A message the channel deliberately did not send (an address on its suppression
+        // list) is said in the run's journal, not only on the outbox row.
+        if let (Some(why), Some(run_id)) = (
+            response.as_ref().and_then(|r| r["not_sent"].as_str()),
+            d.run_id,
+        ) {
+            if let Some(mut run) = tx.load_run(run_id).await? {
+                steps::note(
+                    &mut run,
+                    json!({"step": d.step, "action": "send", "result": format!("not sent: {why}"),
+                        "outbox_id": d.outbox_id, "at": now}),
+                );
+                self.http_parked.remove(&run.id);
+                tx.save_run(&run).await?;
+            }
+        }
         if let (Some(offer), Some(r)) = (d.offer_id, &response) {
             if let Some(m) = r["message"].as_str() {
                 self.offer_message_known(tx, offer, d.outbox_id, m, after)

@@ -468,6 +468,8 @@ pub struct AskDef {
     /// instead when the recipient is outside the 24-hour window (its quick-reply buttons
     /// answer with the choices, in order).
     pub window_template: Option<Sp<WindowTemplateDef>>,
+    /// E-mail: the question's subject (a template); default as for `send`.
+    pub subject: Option<Sp<String>>,
 }
 
 /// Post a message with buttons to a chat; the first allowed click wins.
@@ -495,6 +497,8 @@ pub struct OfferDef {
     /// URL buttons (trigger links, for example) beside the offer's buttons.
     #[serde(default)]
     pub links: Vec<Sp<ButtonDef>>,
+    /// E-mail: the offer's subject (a template); default as for `send`.
+    pub subject: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

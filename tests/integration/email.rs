@@ -243,10 +243,17 @@ async fn a_notification_has_both_parts_its_language_escaped_data_and_one_click_u
     let third = started_run(&m.t, "rated", body).await;
     let row = &settled_outbox(&m.t, third).await[0];
     assert_eq!(row.status, "delivered");
-    let skipped = row.response.as_ref().unwrap()["skipped"].as_str().unwrap();
+    let skipped = row.response.as_ref().unwrap()["not_sent"].as_str().unwrap();
     assert!(
         skipped.contains("qa@example.com is on the suppression list: unsubscribed"),
         "{skipped}"
+    );
+    let journal = m.t.finished(third).await.journal;
+    assert!(
+        journal.iter().any(|e| e["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("not sent: qa@example.com is on the suppression list"))),
+        "{journal:?}"
     );
     assert_eq!(mails_to(&m.smtp, "qa@example.com", 2).await.len(), 2);
     // A forged link is refused.
@@ -488,7 +495,7 @@ async fn a_bounce_fails_the_message_raises_a_status_event_and_suppresses_the_add
     let next = started_run(&m.t, "rated", body).await;
     let row = &settled_outbox(&m.t, next).await[0];
     assert!(
-        row.response.as_ref().unwrap()["skipped"]
+        row.response.as_ref().unwrap()["not_sent"]
             .as_str()
             .unwrap()
             .contains("suppression list: bounced"),
@@ -742,4 +749,58 @@ async fn an_offer_by_email_to_three_people_has_one_winner_among_twenty_clicks() 
             .contains(&message_id(&sent[0])));
     }
     drop(m.cfg);
+}
+
+const INVOICE: &str = r#"id = "invoice"
+on = { webhook = "invoice" }
+[[step]]
+send = { to = "mail:{{ event.email }}", subject = "Invoice {{ event.n }}", template = "Your invoice is attached.", attachments = ["{{ event.file }}"] }
+"#;
+
+#[tokio::test]
+async fn files_are_fetched_by_url_and_attached_and_a_missing_one_fails_the_message() {
+    let files = axum::Router::new().route(
+        "/invoice-7.pdf",
+        axum::routing::get(|| async { ([("content-type", "application/pdf")], "%PDF-1.4 seven") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, files).await.unwrap() });
+    let m = mail(&[("invoice.toml", INVOICE)]).await;
+    let file = format!("{base}/invoice-7.pdf");
+    started_run(
+        &m.t,
+        "invoice",
+        json!({"email": "ada@example.com", "n": 7, "file": file}),
+    )
+    .await;
+    let sent = mails_to(&m.smtp, "ada@example.com", 1).await.remove(0);
+    let parsed = parse(sent.data.as_bytes()).unwrap();
+    assert_eq!(parsed.subject, "Invoice 7");
+    assert_eq!(parsed.attachments.len(), 1, "{:?}", parsed.attachments);
+    let a = &parsed.attachments[0];
+    assert_eq!(
+        (a.name.as_deref(), a.content_type.as_str(), a.size),
+        (
+            Some("invoice-7.pdf"),
+            "application/pdf",
+            "%PDF-1.4 seven".len()
+        )
+    );
+    let missing = format!("{base}/invoice-8.pdf");
+    let run = started_run(
+        &m.t,
+        "invoice",
+        json!({"email": "ada@example.com", "n": 8, "file": missing}),
+    )
+    .await;
+    let row = &settled_outbox(&m.t, run).await[0];
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap()
+            .contains("invoice-8.pdf: HTTP 404"),
+        "{row:?}"
+    );
 }

@@ -179,7 +179,18 @@ pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
         cx,
     );
     section.finish("email", cx);
-    let (from, smtp) = (from?, smtp?);
+    // The problems are reported; a channel is still made, so that the scenarios using it are
+    // checked against it rather than reported as using an unknown channel.
+    let from = from.unwrap_or_else(|| {
+        lettre::message::Mailbox::new(None, "invalid@invalid.invalid".parse().expect("an address"))
+    });
+    let smtp = smtp.unwrap_or(Server {
+        host: String::new(),
+        port: 25,
+        security: Security::None,
+        user: String::new(),
+        password: Secret(String::new()),
+    });
     let off = smtp.host.is_empty().then(|| "no SMTP host".to_string());
     Some(Channel {
         kind: "email",

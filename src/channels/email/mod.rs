@@ -226,7 +226,7 @@ impl Email {
             return Ok(Delivered {
                 message: None,
                 detail: json!({"channel": self.name, "to": address,
-                    "skipped": format!("{address} is on the suppression list: {why}")}),
+                    "not_sent": format!("{address} is on the suppression list: {why}")}),
             });
         }
         // Copies to suppressed addresses are left out; the message still goes.

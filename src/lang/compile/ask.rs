@@ -33,7 +33,7 @@ pub(super) fn compile_ask(
         save: None,
         window_template: ad.window_template.clone(),
         approved_template: None,
-        subject: None,
+        subject: ad.subject.clone(),
         cc: Vec::new(),
         bcc: Vec::new(),
         notification: None,

@@ -52,7 +52,7 @@ pub(super) fn compile_offer(
             save: None,
             window_template: None,
             approved_template: None,
-            subject: None,
+            subject: od.subject.clone(),
             cc: Vec::new(),
             bcc: Vec::new(),
             notification: None,
