@@ -604,6 +604,22 @@ async fn the_reader_comes_back_after_a_mailbox_outage_and_reads_every_reply_once
     );
     let replies = replies_in(m.t.app.store.as_ref()).await;
     assert_eq!(replies.len(), 3, "{replies:?}");
+    let metrics =
+        m.t.http
+            .get(format!("{}/metrics", m.t.app.admin_url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    for name in [
+        "switchboard_mailbox_errors_total{channel=\"mail\"}",
+        "switchboard_mailbox_last_poll_seconds{channel=\"mail\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -803,4 +819,36 @@ async fn files_are_fetched_by_url_and_attached_and_a_missing_one_fails_the_messa
             .contains("invoice-8.pdf: HTTP 404"),
         "{row:?}"
     );
+}
+
+const INBOX: &str = r#"id = "inbox"
+on = { message = "mail" }
+[[step]]
+send = { to = "ops", template = "from {{ event.from.address }}: {{ event.subject }} / {{ event.text }} / {{ event.attachments | length }} file(s)" }
+"#;
+
+#[tokio::test]
+async fn new_mail_starts_a_scenario_and_automatic_replies_answer_nothing() {
+    let m = mail(&[("inbox.toml", INBOX)]).await;
+    let out_of_office = "From: Ann <ann@example.com>\r\nTo: alice@example.com\r\nSubject: Out of office\r\nMessage-ID: <ooo.1@example.com>\r\nAuto-Submitted: auto-replied\r\nContent-Type: text/plain\r\n\r\nI am away until Monday.\r\n";
+    m.imap.append(MAILBOX, out_of_office.as_bytes()).await;
+    let mail = "From: Ada <ada@example.com>\r\nTo: alice@example.com\r\nSubject: =?UTF-8?B?0JfQsNC60LDQtw==?= 42\r\nMessage-ID: <new.1@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"M\"\r\n\r\n--M\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease call me back.\r\n-- \r\nAda, ACME\r\n--M\r\nContent-Type: application/pdf; name=\"order.pdf\"\r\nContent-Disposition: attachment; filename=\"order.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQ=\r\n--M--\r\n";
+    m.imap.append(MAILBOX, mail.as_bytes()).await;
+    let run = eventually(|| async { runs_of_scenario(&m.t, "inbox").await.first().copied() }).await;
+    let ops = m.t.messages(run).await;
+    assert_eq!(
+        ops[0]["text"],
+        "from ada@example.com: Заказ 42 / Please call me back. / 1 file(s)"
+    );
+    let events = mail_events(&m.t).await;
+    let auto = events
+        .iter()
+        .find(|e| e.data["from"]["address"] == "ann@example.com")
+        .expect("the automatic reply is journaled");
+    assert_eq!(auto.status, "rejected");
+    assert!(
+        auto.error.as_deref().unwrap().contains("automatic reply"),
+        "{auto:?}"
+    );
+    assert_eq!(runs_of_scenario(&m.t, "inbox").await.len(), 1);
 }
