@@ -852,3 +852,92 @@ async fn new_mail_starts_a_scenario_and_automatic_replies_answer_nothing() {
     );
     assert_eq!(runs_of_scenario(&m.t, "inbox").await.len(), 1);
 }
+
+/// `GET /readyz` of a gateway process.
+async fn readyz_of(g: &Gateway) -> Value {
+    reqwest::get(format!("{}/readyz", g.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_reads_the_mailbox_and_another_takes_over_from_the_stored_uid() {
+    let _heavy = HEAVY.lock().await;
+    let db_url = crate::pg::fresh_db().await;
+    let imap = Dovecot::start().await;
+    let smtp = SmtpSink::start().await;
+    let cfg = ConfigDir::with(&[("confirm.toml", CONFIRM)]);
+    cfg.write(
+        "gateway.toml",
+        &format!("[database]\nlease = \"2s\"\n\n{}", gateway(&imap, &smtp)),
+    );
+    let mut gws = vec![
+        Gateway::start_on(&cfg, &db_url).await,
+        Gateway::start_on(&cfg, &db_url).await,
+    ];
+    // Both are ready: one reads, the other stands by.
+    for g in &gws {
+        eventually(|| async {
+            let r = readyz_of(g).await;
+            (r["ready"] == true).then_some(())
+        })
+        .await;
+    }
+    let store = switchboard::store::open(&db_url, &Default::default())
+        .await
+        .unwrap();
+    let n = 6;
+    let mut questions = Vec::new();
+    for i in 0..n {
+        gws[i % 2]
+            .post(
+                "booked",
+                json!({"id": i, "email": format!("r{i}@example.com"), "time": "Mon"}),
+            )
+            .await;
+    }
+    for i in 0..n {
+        questions.push(message_id(
+            &mails_to(&smtp, &format!("r{i}@example.com"), 1).await[0],
+        ));
+    }
+    let answer = |i: usize| {
+        reply(
+            &format!("r{i}@example.com"),
+            "alice@example.com",
+            Some(&questions[i]),
+            &[],
+            "1",
+        )
+    };
+    for i in 0..3 {
+        imap.append(MAILBOX, answer(i).as_bytes()).await;
+    }
+    eventually(|| async { (replies_in(store.as_ref()).await.len() == 3).then_some(()) }).await;
+    let owner: String =
+        sqlx::query_scalar("SELECT owner FROM leases WHERE name = 'email_read:mail'")
+            .fetch_one(&sqlx::PgPool::connect(&db_url).await.unwrap())
+            .await
+            .unwrap();
+    let at = gws
+        .iter()
+        .position(|g| owner.contains(&format!("-{}-", g.pid())))
+        .expect("the reader is one of ours");
+    gws.remove(at).kill();
+    for i in 3..n {
+        imap.append(MAILBOX, answer(i).as_bytes()).await;
+    }
+    eventually(|| async {
+        let c = store.counts().await.unwrap();
+        (c.runs_by_status.get("done") == Some(&(n as i64))).then_some(())
+    })
+    .await;
+    assert_eq!(
+        replies_in(store.as_ref()).await.len(),
+        n,
+        "each reply stored once"
+    );
+}

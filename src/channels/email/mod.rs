@@ -71,6 +71,8 @@ pub struct ReaderState {
     pub last_poll: Option<i64>,
     /// Errors since the last successful poll.
     pub failures: u32,
+    /// Waiting while another replica reads the mailbox.
+    pub standby: bool,
 }
 
 pub struct Email {
@@ -351,6 +353,7 @@ impl Adapter for Email {
             .unwrap_or_else(|| "never".into());
         match r.error {
             None if r.last_poll.is_some() => ("ok".into(), true),
+            None if r.standby => ("ok (another replica reads the mailbox)".into(), true),
             None => ("starting".into(), false),
             Some(e) => (
                 format!(

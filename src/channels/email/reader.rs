@@ -107,9 +107,12 @@ pub async fn run(mail: Arc<Email>, cx: Context) {
     );
     let mut backoff = Duration::from_secs(1);
     loop {
+        // Ready meanwhile: the mailbox is read, by the replica holding the lease.
+        mail.set_reader(|r| r.standby = leader.shared() && r.last_poll.is_none());
         if let Turn::Stop = leader.turn(&mut stop).await {
             return;
         }
+        mail.set_reader(|r| r.standby = false);
         let outcome = tokio::select! {
             r = read(&mail, &imap, &cx, &mut leader) => r,
             _ = stop.changed() => return,
