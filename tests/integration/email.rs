@@ -736,7 +736,18 @@ async fn an_offer_by_email_to_three_people_has_one_winner_among_twenty_clicks() 
         let http = m.t.http.clone();
         let url = links[i % 3].clone();
         async move {
-            let r = http.post(&url).send().await.unwrap();
+            // Some clickers read Polish.
+            let lang = if i % 2 == 0 {
+                "en-GB,en;q=0.9"
+            } else {
+                "pl-PL,pl;q=0.9"
+            };
+            let r = http
+                .post(&url)
+                .header("accept-language", lang)
+                .send()
+                .await
+                .unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         }
     });
@@ -744,9 +755,18 @@ async fn an_offer_by_email_to_three_people_has_one_winner_among_twenty_clicks() 
     assert!(pages.iter().all(|(s, _)| *s == 200), "{pages:?}");
     let winners = pages
         .iter()
-        .filter(|(_, p)| p.contains("It is yours."))
+        .filter(|(_, p)| p.contains("It is yours.") || p.contains("Przypisano do Ciebie."))
         .count();
     assert_eq!(winners, 1, "{pages:?}");
+    // The others are told in their browser's language.
+    assert!(
+        pages.iter().any(|(_, p)| p.contains("Już zajęte przez")),
+        "{pages:?}"
+    );
+    assert!(
+        pages.iter().any(|(_, p)| p.contains("Already taken by")),
+        "{pages:?}"
+    );
     let done = m.t.finished(run).await;
     let winner = done.vars["claim"]["user_id"].as_str().unwrap().to_string();
     assert!(winner.ends_with("@example.com"), "{winner}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -154,7 +154,26 @@ async fn click_page(State((mail, _, _)): State<St>, Path(token): Path<String>) -
     }
 }
 
-async fn click(State((mail, ingest, clock)): State<St>, Path(token): Path<String>) -> Response {
+/// The browser's first language (`Accept-Language: pl-PL,pl;q=0.9,en;q=0.8` → `pl-PL`): the
+/// click's answer comes in it.
+fn browser_language(headers: &HeaderMap) -> Option<String> {
+    let first = headers
+        .get(header::ACCEPT_LANGUAGE)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?
+        .split(';')
+        .next()?
+        .trim();
+    (!first.is_empty() && first != "*").then(|| first.to_string())
+}
+
+async fn click(
+    State((mail, ingest, clock)): State<St>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let (to, message, data, label) = match claims(&mail, &token) {
         Ok(Claims::Click { t, m, d, x }) => (t, m, d, x),
         Ok(_) => return invalid(),
@@ -174,6 +193,7 @@ async fn click(State((mail, ingest, clock)): State<St>, Path(token): Path<String
             "chat": {"id": to, "type": "private"},
             "from": {"id": address, "address": address},
             "message": message, "message_id": message,
+            "lang": browser_language(&headers),
         }),
         meta: json!({"link": true}),
         rejected: None,
