@@ -155,6 +155,7 @@ impl App {
             ingest: ingest.clone(),
             clock: clock.clone(),
             public_url: public_url.clone(),
+            egress: crate::egress::Guard::new(cfg.gateway.http.clone()),
             http: crate::egress::Guard::new(cfg.gateway.http.clone()).client(4),
             stop: stop_rx.clone(),
         }));

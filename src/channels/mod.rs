@@ -3,6 +3,7 @@
 //! it to its platform, says what it can do through its capabilities, and owns its routes and
 //! workers. Nothing outside a channel's folder knows its platform's wire format.
 
+pub mod discord;
 pub mod email;
 pub mod leader;
 pub mod log;
@@ -42,7 +43,14 @@ pub trait Kind: Sync {
 }
 
 /// Every channel type. A new platform is a folder beside `telegram/` and one line here.
-pub static REGISTRY: &[&dyn Kind] = &[&log::Kind, &telegram::Kind, &whatsapp::Kind, &email::Kind];
+pub static REGISTRY: &[&dyn Kind] = &[
+    &log::Kind,
+    &telegram::Kind,
+    &whatsapp::Kind,
+    &email::Kind,
+    &discord::Kind,
+    &discord::WebhookKind,
+];
 
 /// The registry as the scenario language sees it.
 pub struct Registry;
@@ -278,8 +286,10 @@ pub struct Context {
     pub ingest: Ingest,
     pub clock: Clock,
     pub public_url: String,
-    /// The HTTP client of `http` steps (it reaches no private address unless allowed), for
-    /// what a channel fetches by URL.
+    /// The guard and HTTP client of `http` steps (no private address unless allowed), for
+    /// what a channel fetches by URL: check the URL with the guard first (a literal address
+    /// is not resolved, so the client alone does not see it).
+    pub egress: crate::egress::Guard,
     pub http: reqwest::Client,
     pub stop: watch::Receiver<bool>,
 }
@@ -433,7 +443,7 @@ mod tests {
         assert_eq!(
             all,
             vec![
-                "8:8: unknown channel type 'fax' (supported: log, telegram, whatsapp, email)",
+                "8:8: unknown channel type 'fax' (supported: log, telegram, whatsapp, email, discord, discord-webhook)",
                 "4:8: unknown mode 'hook' (polling or webhook)",
                 "5:8: unknown key `tokn` in a telegram channel (it takes: api_url, limits, mode, token, webhook_secret)",
             ]

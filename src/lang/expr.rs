@@ -40,6 +40,8 @@ pub enum Markup {
     Html,
     /// WhatsApp's `*bold*`, `_italic_`, `~strike~` and `` `code` ``.
     WhatsApp,
+    /// Discord's markdown (`**bold**`, `*italic*`, `` `code` ``, `> quote`, `<@id>` mentions).
+    Markdown,
     Plain,
 }
 
@@ -68,6 +70,35 @@ impl Markup {
                 for c in s.chars() {
                     if matches!(c, '*' | '_' | '~' | '`' | '>') {
                         out.push('\u{2060}');
+                    }
+                    out.push(c);
+                }
+                out
+            }
+            // A backslash makes any markdown character (and `<`, which starts a mention)
+            // literal; a line break cannot start a heading, list or quote from data either.
+            Markup::Markdown => {
+                let mut out = String::with_capacity(s.len());
+                for c in s.chars() {
+                    if matches!(
+                        c,
+                        '\\' | '*'
+                            | '_'
+                            | '~'
+                            | '`'
+                            | '|'
+                            | '>'
+                            | '<'
+                            | '#'
+                            | '-'
+                            | '['
+                            | ']'
+                            | '('
+                            | ')'
+                            | ':'
+                            | '@'
+                    ) {
+                        out.push('\\');
                     }
                     out.push(c);
                 }

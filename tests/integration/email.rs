@@ -419,7 +419,7 @@ async fn replies_find_their_run_by_references_or_plus_address_and_not_from_someo
                 "alice@example.com",
                 Some("rewritten@outlook.example"),
                 &["unrelated@example.net", &id2],
-                "1",
+                "Hi,\n\n1\n\nThanks, Ada",
             )
             .as_bytes(),
         )
@@ -431,6 +431,33 @@ async fn replies_find_their_run_by_references_or_plus_address_and_not_from_someo
         RunStatus::Waiting
     );
 
+    // Without any thread header or token, a sender is only a claim: it answers nothing.
+    m.imap
+        .append(
+            MAILBOX,
+            reply("ada@example.com", "alice@example.com", None, &[], "2").as_bytes(),
+        )
+        .await;
+    let forged = eventually(|| async {
+        mail_events(&m.t).await.into_iter().find(|e| {
+            e.data["from"]["address"] == "ada@example.com"
+                && e.data["thread"].is_null()
+                && e.status == "done"
+        })
+    })
+    .await;
+    assert!(
+        forged
+            .outcome
+            .unwrap()
+            .to_string()
+            .contains("replies to none of ours"),
+        "answers no ask"
+    );
+    assert_eq!(
+        m.t.app.store.run(first).await.unwrap().unwrap().status,
+        RunStatus::Waiting
+    );
     // A client that dropped both headers: the token in the reply address finds the run.
     let reply_to = header(&asked1, "Reply-To").unwrap();
     let tokened = reply_to
@@ -457,11 +484,20 @@ async fn a_bounce_fails_the_message_raises_a_status_event_and_suppresses_the_add
     let run = started_run(&m.t, "rated", body.clone()).await;
     let sent = mails_to(&m.smtp, "gone@example.com", 1).await.remove(0);
     let original = message_id(&sent);
-    let dsn = format!(
-        "From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\nTo: bot@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bounce.{}@mx.example.com>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nI could not deliver your message.\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; gone@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown\r\n\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{original}>\r\nFrom: Acme Support <bot@example.com>\r\nTo: gone@example.com\r\n\r\n--B--\r\n",
+    let dsn = |recipient: &str| {
+        format!(
+        "From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\nTo: bot@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <bounce.{}@mx.example.com>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nI could not deliver your message.\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User unknown\r\n\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{original}>\r\nFrom: Acme Support <bot@example.com>\r\nTo: gone@example.com\r\n\r\n--B--\r\n",
         rand_id()
-    );
-    m.imap.append(MAILBOX, dsn.as_bytes()).await;
+    )
+    };
+    // A report about someone the message did not go to suppresses no one (anyone can
+    // write a report).
+    m.imap
+        .append(MAILBOX, dsn("ceo@example.com").as_bytes())
+        .await;
+    m.imap
+        .append(MAILBOX, dsn("gone@example.com").as_bytes())
+        .await;
     let row = eventually(|| async {
         let rows = m.t.app.store.outbox_for_run(run).await.unwrap();
         rows.into_iter()
@@ -478,8 +514,16 @@ async fn a_bounce_fails_the_message_raises_a_status_event_and_suppresses_the_add
         .into_iter()
         .filter(|e| e.kind == "status")
         .collect();
-    assert_eq!(statuses.len(), 1, "{statuses:?}");
-    assert_eq!(statuses[0].data["recipient"], "gone@example.com");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        m.t.app
+            .store
+            .suppressed("mail", "ceo@example.com")
+            .await
+            .unwrap()
+            .is_none(),
+        "a report about someone else suppresses no one"
+    );
     let journal =
         serde_json::to_string(&m.t.app.store.run(run).await.unwrap().unwrap().journal).unwrap();
     assert!(journal.contains("failed: 5.1.1"), "{journal}");
@@ -732,15 +776,16 @@ async fn an_offer_by_email_to_three_people_has_one_winner_among_twenty_clicks() 
         RunStatus::Waiting
     );
 
+    // Twenty clicks on the three links at once; the second person reads Polish. A link
+    // posted again (a double click) is the same click.
     let clicks = (0..20).map(|i| {
         let http = m.t.http.clone();
         let url = links[i % 3].clone();
         async move {
-            // Some clickers read Polish.
-            let lang = if i % 2 == 0 {
-                "en-GB,en;q=0.9"
-            } else {
+            let lang = if i % 3 == 1 {
                 "pl-PL,pl;q=0.9"
+            } else {
+                "en-GB,en;q=0.9"
             };
             let r = http
                 .post(&url)
@@ -748,25 +793,29 @@ async fn an_offer_by_email_to_three_people_has_one_winner_among_twenty_clicks() 
                 .send()
                 .await
                 .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
+            (i % 3, r.status().as_u16(), r.text().await.unwrap())
         }
     });
     let pages = futures::future::join_all(clicks).await;
-    assert!(pages.iter().all(|(s, _)| *s == 200), "{pages:?}");
-    let winners = pages
+    assert!(pages.iter().all(|(_, s, _)| *s == 200), "{pages:?}");
+    let answered: Vec<&(usize, u16, String)> = pages
         .iter()
-        .filter(|(_, p)| p.contains("It is yours.") || p.contains("Przypisano do Ciebie."))
+        .filter(|(_, _, p)| !p.contains("Your choice was received."))
+        .collect();
+    assert_eq!(answered.len(), 3, "one answer per person: {pages:?}");
+    let winners = answered
+        .iter()
+        .filter(|(_, _, p)| p.contains("It is yours.") || p.contains("Przypisano do Ciebie."))
         .count();
     assert_eq!(winners, 1, "{pages:?}");
-    // The others are told in their browser's language.
-    assert!(
-        pages.iter().any(|(_, p)| p.contains("Już zajęte przez")),
-        "{pages:?}"
-    );
-    assert!(
-        pages.iter().any(|(_, p)| p.contains("Already taken by")),
-        "{pages:?}"
-    );
+    for (link, _, p) in &answered {
+        let polish = p.contains("Przypisano do Ciebie.") || p.contains("Już zajęte przez");
+        assert_eq!(
+            *link == 1,
+            polish,
+            "answered in the clicker's language: {p}"
+        );
+    }
     let done = m.t.finished(run).await;
     let winner = done.vars["claim"]["user_id"].as_str().unwrap().to_string();
     assert!(winner.ends_with("@example.com"), "{winner}");
@@ -960,4 +1009,32 @@ async fn one_replica_reads_the_mailbox_and_another_takes_over_from_the_stored_ui
         n,
         "each reply stored once"
     );
+}
+
+#[tokio::test]
+async fn an_attachment_on_a_private_address_is_refused_unless_allowed() {
+    let imap = Dovecot::start().await;
+    let smtp = SmtpSink::start().await;
+    let cfg = ConfigDir::with(&[("invoice.toml", INVOICE)]);
+    cfg.write(
+        "gateway.toml",
+        &gateway(&imap, &smtp).replace("allow = [\"127.0.0.1/32\"]", "allow = []"),
+    );
+    let t = TestApp::spawn(&cfg).await;
+    let file = "http://169.254.169.254/latest/meta-data/iam/security-credentials/x";
+    let run = started_run(
+        &t,
+        "invoice",
+        json!({"email": "ada@example.com", "n": 1, "file": file}),
+    )
+    .await;
+    let row = &settled_outbox(&t, run).await[0];
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("failed", 1),
+        "{row:?}"
+    );
+    let error = row.last_error.as_deref().unwrap();
+    assert!(error.contains("link-local"), "{error}");
+    assert!(smtp.messages().is_empty());
 }

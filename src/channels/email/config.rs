@@ -102,6 +102,9 @@ pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
     };
     let reply_to = section.text("reply_to", cx).and_then(|r| {
         let v = cx.env(&r)?;
+        if v.is_empty() {
+            return None;
+        }
         match v.parse::<lettre::Address>() {
             Ok(a) if a.user().contains('+') => {
                 cx.err(
@@ -133,7 +136,10 @@ pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
             None
         }
     };
-    let imap = section.table("imap", cx).and_then(|(span, t)| {
+    // Without an `imap` section nothing comes back: `check` refuses an `ask` on the channel.
+    let reads = section.table("imap", cx);
+    let replies = reads.is_some();
+    let imap = reads.and_then(|(span, t)| {
         let server = server(
             "imap",
             span.clone(),
@@ -194,7 +200,10 @@ pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
     let off = smtp.host.is_empty().then(|| "no SMTP host".to_string());
     Some(Channel {
         kind: "email",
-        caps: super::CAPABILITIES,
+        caps: crate::channels::Capabilities {
+            replies,
+            ..super::CAPABILITIES
+        },
         settings: Arc::new(EmailChannel {
             from,
             reply_to,

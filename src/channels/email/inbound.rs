@@ -72,12 +72,24 @@ fn mailbox_json(m: &Mailbox) -> Json {
     json!({"address": m.address, "name": m.name})
 }
 
-/// What the person typed first: the first line of the new text.
-fn first_line(text: &str) -> &str {
+/// The non-empty lines of the new text, first ones first (an `ask` takes the first that
+/// answers it).
+fn lines(text: &str) -> Vec<&str> {
     text.lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or_default()
+        .filter(|l| !l.is_empty())
+        .take(20)
+        .collect()
+}
+
+/// Longest text or HTML kept in an event.
+const TEXT_KEPT: usize = 64 * 1024;
+
+fn capped(s: &str) -> String {
+    match s.char_indices().nth(TEXT_KEPT) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 fn event(mail: &Email, kind: &str, key: String, data: Json, seen: Seen, now: i64) -> NewEvent {
@@ -126,10 +138,10 @@ pub async fn events(
         "from": {"id": from, "address": from,
             "name": m.from.as_ref().and_then(|f| f.name.clone()),
             "first_name": m.from.as_ref().and_then(|f| f.name.clone())},
-        "text": m.answer,
-        "answer": first_line(&m.answer),
-        "full_text": m.text,
-        "html": m.html,
+        "text": capped(&m.answer),
+        "lines": lines(&m.answer),
+        "full_text": capped(&m.text),
+        "html": m.html.as_deref().map(capped),
         "subject": m.subject,
         "to": m.to.iter().map(mailbox_json).collect::<Vec<_>>(),
         "cc": m.cc.iter().map(mailbox_json).collect::<Vec<_>>(),
@@ -142,6 +154,16 @@ pub async fn events(
         "lang": m.lang,
         "uid": seen.uid,
     });
+    // Our own mail read back (a copy to the mailbox, a Bcc to an archive) is no one's reply.
+    let ours = match &m.message_id {
+        Some(id) => store.outbox_by_ref(&mail.name, id).await?.is_some(),
+        None => false,
+    } || from == mail.cfg.from.email.to_string().to_ascii_lowercase();
+    if ours {
+        let mut ev = event(mail, "message", key, data, seen, now);
+        ev.rejected = Some("a message this channel sent, read back".into());
+        return Ok(vec![ev]);
+    }
     if m.automatic {
         let mut ev = event(mail, "message", key, data, seen, now);
         ev.rejected = Some(format!(
@@ -173,13 +195,30 @@ async fn bounces(
     seen: Seen,
     now: i64,
 ) -> Result<Vec<NewEvent>, StoreError> {
+    // Only a report about a message this channel sent, and a recipient it was sent to, can
+    // suppress an address: anyone can write a report.
+    let sent = match &report.original_message_id {
+        Some(id) => store.outbox_by_ref(&mail.name, id).await?,
+        None => None,
+    };
+    let recipients: Vec<String> = sent
+        .iter()
+        .flat_map(|row| {
+            let r = &row.request;
+            std::iter::once(&r["to"])
+                .chain(r["cc"].as_array().into_iter().flatten())
+                .chain(r["bcc"].as_array().into_iter().flatten())
+                .filter_map(|a| a.as_str().map(bare))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut out = Vec::new();
     for r in report.recipients.iter().filter(|r| r.action == "failed") {
         let reason = r
             .diagnostic
             .clone()
             .unwrap_or_else(|| "delivery failed".into());
-        if r.is_hard() {
+        if r.is_hard() && recipients.contains(&r.address.to_ascii_lowercase()) {
             store
                 .suppress(
                     &mail.name,

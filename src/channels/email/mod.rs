@@ -37,8 +37,9 @@ use crate::engine::ingest::Ingest;
 use crate::store::Store;
 use outbound::{Envelope, File};
 
-/// Largest file attached to a message.
+/// Largest file attached to a message, and the longest its download may take.
 const ATTACHMENT_MAX: usize = 10 * 1024 * 1024;
+const ATTACHMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// E-mail: HTML, choices as signed links (a click is confirmed on a page, which shows the
 /// click's answer), link buttons, files, no edits (a closed offer is followed by a short
@@ -84,7 +85,7 @@ pub struct Email {
     domains: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set when the channel starts.
     store: OnceLock<Arc<dyn Store>>,
-    http: OnceLock<reqwest::Client>,
+    http: OnceLock<(crate::egress::Guard, reqwest::Client)>,
     public_url: OnceLock<String>,
     /// Signs click and unsubscribe links.
     key: OnceLock<Vec<u8>>,
@@ -177,13 +178,18 @@ impl Email {
 
     /// A file by URL, through the same guard as `http` steps.
     async fn fetch(&self, url: &str) -> Result<File, SendError> {
-        let http = self.http.get().ok_or_else(Email::not_started)?;
+        let (guard, http) = self.http.get().ok_or_else(Email::not_started)?;
         let failed = |why: String, retry| SendError {
             message: format!("attachment {url}: {why}"),
             retry,
         };
+        let parsed = reqwest::Url::parse(url).map_err(|e| failed(e.to_string(), false))?;
+        guard
+            .check_url(&parsed)
+            .map_err(|e| failed(e.to_string(), false))?;
         let resp = http
-            .get(url)
+            .get(parsed)
+            .timeout(ATTACHMENT_TIMEOUT)
             .send()
             .await
             .map_err(|e| failed(e.without_url().to_string(), true))?;
@@ -391,7 +397,7 @@ impl Adapter for Email {
 
     fn start(self: Arc<Self>, cx: &Context) -> Vec<JoinHandle<()>> {
         let _ = self.store.set(cx.store.clone());
-        let _ = self.http.set(cx.http.clone());
+        let _ = self.http.set((cx.egress.clone(), cx.http.clone()));
         let _ = self
             .public_url
             .set(cx.public_url.trim_end_matches('/').to_string());

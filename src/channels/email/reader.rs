@@ -43,9 +43,13 @@ fn state_key(mail: &Email) -> String {
     format!("email_uid:{}", mail.name)
 }
 
-fn parse_state(v: &str) -> Option<(u32, u32)> {
-    let (validity, uid) = v.split_once(':')?;
-    Some((validity.parse().ok()?, uid.parse().ok()?))
+/// `validity:uid[:last poll ms]`.
+fn parse_state(v: &str) -> Option<(u32, u32, Option<i64>)> {
+    let mut parts = v.split(':');
+    let validity = parts.next()?.parse().ok()?;
+    let uid = parts.next()?.parse().ok()?;
+    let polled = parts.next().and_then(|p| p.parse().ok());
+    Some((validity, uid, polled))
 }
 
 async fn timed<T, E: std::fmt::Display>(
@@ -213,7 +217,8 @@ async fn read(mail: &Email, imap: &Imap, cx: &Context, leader: &mut Leader) -> R
     };
     let mut stop = cx.stop.clone();
     loop {
-        last = read_new(mail, cx, &mut session, validity, last).await?;
+        let lease = leader.shared().then(|| format!("email_read:{}", mail.name));
+        last = read_new(mail, cx, &mut session, validity, last, lease.as_deref()).await?;
         polled(mail, cx).await;
         // The lease was lost and taken again meanwhile: another replica may have read on.
         if let Turn::Stop | Turn::Lead { fresh: true } = leader.turn(&mut stop).await {
@@ -260,7 +265,7 @@ async fn start_position(
         .as_deref()
         .and_then(parse_state);
     let last = match stored {
-        Some((v, uid)) if v == validity => return Ok(uid),
+        Some((v, uid, _)) if v == validity => return Ok(uid),
         None => {
             journal(
                 mail,
@@ -270,8 +275,12 @@ async fn start_position(
             .await;
             uid_next.saturating_sub(1)
         }
-        Some((old, _)) => {
-            let since = mail.reader_state().last_poll.unwrap_or(cx.clock.now_ms()) - 86_400_000;
+        Some((old, _, polled)) => {
+            // From a day before the last read stored (the mail of a longer outage too).
+            let since = polled
+                .or(mail.reader_state().last_poll)
+                .unwrap_or(cx.clock.now_ms())
+                - 86_400_000;
             let date = chrono::DateTime::from_timestamp_millis(since)
                 .unwrap_or_default()
                 .format("%d-%b-%Y");
@@ -292,18 +301,68 @@ async fn start_position(
 
 async fn save(mail: &Email, cx: &Context, validity: u32, uid: u32) -> Result<()> {
     cx.store
-        .put_setting(&state_key(mail), &format!("{validity}:{uid}"))
+        .put_setting(
+            &state_key(mail),
+            &format!("{validity}:{uid}:{}", cx.clock.now_ms()),
+        )
         .await
         .map_err(|e| format!("storing the last UID: {e}"))
 }
 
-/// Reads every message after `last`, oldest first; returns the new last UID.
+/// Largest message read whole; a larger one is journaled with its headers only.
+const MESSAGE_MAX: u32 = 25 * 1024 * 1024;
+
+/// The body of message `uid` (only it: a server may slip other FETCH responses in, such as a
+/// flag someone changed in their mail client); `None` if it is gone.
+async fn fetch_one(session: &mut Session, uid: u32, what: &str) -> Result<Option<Vec<u8>>> {
+    let wanted = uid;
+    let items: Vec<Vec<u8>> = timed("fetch", async {
+        let stream = session.uid_fetch(uid.to_string(), what).await?;
+        stream
+            .try_filter_map(|f| async move {
+                Ok((f.uid == Some(wanted))
+                    .then(|| f.body().or(f.header()).map(<[u8]>::to_vec))
+                    .flatten())
+            })
+            .try_collect()
+            .await
+    })
+    .await?;
+    Ok(items.into_iter().next())
+}
+
+/// Each message's size, by UID.
+async fn sizes(session: &mut Session, uids: &[u32]) -> Result<Vec<(u32, u32)>> {
+    let set = uids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
+    let wanted = &wanted;
+    timed("fetch sizes", async {
+        let stream = session.uid_fetch(&set, "(UID RFC822.SIZE)").await?;
+        stream
+            .try_filter_map(|f| async move {
+                Ok(f.uid
+                    .filter(|u| wanted.contains(u))
+                    .map(|u| (u, f.size.unwrap_or(0))))
+            })
+            .try_collect()
+            .await
+    })
+    .await
+}
+
+/// Reads every message after `last`, oldest first, one at a time; returns the new last UID.
+/// With replicas the lease is renewed between messages, and reading stops if it was lost.
 async fn read_new(
     mail: &Email,
     cx: &Context,
     session: &mut Session,
     validity: u32,
     mut last: u32,
+    lease: Option<&str>,
 ) -> Result<u32> {
     let found = timed(
         "search",
@@ -314,31 +373,59 @@ async fn read_new(
     let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > last).collect();
     uids.sort_unstable();
     for batch in uids.chunks(BATCH) {
-        let set = batch
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut fetched: Vec<(u32, Vec<u8>)> = timed("fetch", async {
-            let stream = session.uid_fetch(&set, "(UID BODY.PEEK[])").await?;
-            stream
-                .try_filter_map(|f| async move {
-                    Ok(f.uid.map(|u| (u, f.body().unwrap_or_default().to_vec())))
-                })
-                .try_collect()
-                .await
-        })
-        .await?;
-        fetched.sort_by_key(|(u, _)| *u);
-        for (uid, raw) in fetched {
-            store_message(mail, cx, &raw, Seen { validity, uid }).await?;
+        let mut batch_sizes = sizes(session, batch).await?;
+        batch_sizes.sort_unstable();
+        for (uid, size) in batch_sizes {
+            let seen = Seen { validity, uid };
+            if size > MESSAGE_MAX {
+                let head = fetch_one(session, uid, "(UID BODY.PEEK[HEADER])").await?;
+                store_too_large(mail, cx, head.as_deref().unwrap_or_default(), size, seen).await?;
+            } else if let Some(raw) = fetch_one(session, uid, "(UID BODY.PEEK[])").await? {
+                store_message(mail, cx, &raw, seen).await?;
+            }
             metrics::counter!("switchboard_mailbox_messages_total", "channel" => mail.name.clone())
                 .increment(1);
             last = uid;
             save(mail, cx, validity, last).await?;
+            if let Some(name) = lease {
+                if !cx.store.hold_lease(name).await.unwrap_or(false) {
+                    return Err("the mailbox lease went to another replica".into());
+                }
+            }
         }
     }
     Ok(last)
+}
+
+/// A message over [`MESSAGE_MAX`]: journaled with its sender and subject, not read.
+async fn store_too_large(
+    mail: &Email,
+    cx: &Context,
+    head: &[u8],
+    size: u32,
+    seen: Seen,
+) -> Result<()> {
+    let parsed = super::parse::parse(head).ok();
+    let from = parsed
+        .as_ref()
+        .and_then(|m| m.from.as_ref())
+        .map(|f| f.address.clone());
+    let subject = parsed.as_ref().map(|m| m.subject.clone());
+    let ev = NewEvent {
+        kind: "message".into(),
+        source: mail.name.clone(),
+        dedupe_key: Some(format!(
+            "email:{}:uid:{}:{}",
+            mail.name, seen.validity, seen.uid
+        )),
+        data: json!({"from": {"address": from}, "subject": subject, "size": size, "uid": seen.uid}),
+        meta: json!({"uid": seen.uid, "uidvalidity": seen.validity}),
+        rejected: Some(format!(
+            "a message of {size} bytes, over the {MESSAGE_MAX} read: left in the mailbox"
+        )),
+        received_at: cx.clock.now_ms(),
+    };
+    submit(cx, ev, seen).await
 }
 
 /// Stores one message's events; waits while the gateway is busy.
@@ -348,25 +435,30 @@ async fn store_message(mail: &Email, cx: &Context, raw: &[u8], seen: Seen) -> Re
         .await
         .map_err(|e| format!("matching UID {} to a run: {e}", seen.uid))?;
     for ev in evs {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match cx.ingest.submit(ev.clone()).await {
-                Ok(
-                    IngestOutcome::Accepted(_)
-                    | IngestOutcome::Duplicate(_)
-                    | IngestOutcome::Rejected(_),
-                ) => break,
-                Err(SubmitError::Busy) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(SubmitError::Unavailable(e)) => {
-                    return Err(format!("storing UID {}: {e}", seen.uid))
-                }
+        submit(cx, ev, seen).await?;
+    }
+    Ok(())
+}
+
+/// Stores one event; waits while the gateway is busy.
+async fn submit(cx: &Context, ev: NewEvent, seen: Seen) -> Result<()> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match cx.ingest.submit(ev.clone()).await {
+            Ok(
+                IngestOutcome::Accepted(_)
+                | IngestOutcome::Duplicate(_)
+                | IngestOutcome::Rejected(_),
+            ) => return Ok(()),
+            Err(SubmitError::Busy) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(SubmitError::Unavailable(e)) => {
+                return Err(format!("storing UID {}: {e}", seen.uid))
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -375,7 +467,8 @@ mod tests {
 
     #[test]
     fn the_stored_position_reads_back() {
-        assert_eq!(parse_state("17:42"), Some((17, 42)));
+        assert_eq!(parse_state("17:42"), Some((17, 42, None)));
+        assert_eq!(parse_state("17:42:1700"), Some((17, 42, Some(1700))));
         assert_eq!(parse_state("x"), None);
         assert_eq!(parse_state("1:"), None);
     }

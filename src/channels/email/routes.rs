@@ -187,7 +187,12 @@ async fn click(
     let ev = NewEvent {
         kind: "click".into(),
         source: mail.name.clone(),
-        dedupe_key: Some(format!("email:{}:{id}", mail.name)),
+        // The same link posted twice (a double click) is one click.
+        dedupe_key: Some(format!(
+            "email:{}:click:{}",
+            mail.name,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()))
+        )),
         data: json!({
             "click": id, "data": data, "text": label,
             "chat": {"id": to, "type": "private"},
@@ -200,14 +205,18 @@ async fn click(
         received_at: clock.now_ms(),
     };
     match ingest.submit(ev).await {
-        Ok(IngestOutcome::Accepted(_) | IngestOutcome::Duplicate(_)) => {}
+        Ok(IngestOutcome::Accepted(_)) => {}
+        Ok(IngestOutcome::Duplicate(_)) => {
+            return page(StatusCode::OK, &label, "<p>Your choice was received.</p>")
+        }
         Ok(IngestOutcome::Rejected(_)) => return invalid(),
         Err(e) => {
+            tracing::warn!(channel = %mail.name, error = %e, "a click was not stored");
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Please try again",
-                &format!("<p>{}</p>", Markup::Html.escape(&e.to_string())),
-            )
+                "<p>Your choice could not be recorded just now.</p>",
+            );
         }
     }
     match tokio::time::timeout(ANSWER_WAIT, answer).await {
@@ -255,10 +264,11 @@ async fn unsubscribe(
         .suppress(&mail.name, &address, "unsubscribed", now)
         .await
     {
+        tracing::warn!(channel = %mail.name, error = %e, "an unsubscribe was not stored");
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Please try again",
-            &format!("<p>{}</p>", Markup::Html.escape(&e.to_string())),
+            "<p>The unsubscribe could not be recorded just now.</p>",
         );
     }
     // Journaled: who left, and when.

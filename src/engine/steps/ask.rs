@@ -19,9 +19,39 @@ use crate::store::{NewWait, RunRow, RunStatus, StoreError, Tx};
 pub const ASK_PREFIX: &str = "a:";
 
 /// `a:<run>:<choice>` → (run, choice index).
-pub(super) fn parse_press(data: &str) -> Option<(i64, usize)> {
-    let (run, choice) = data.strip_prefix(ASK_PREFIX)?.split_once(':')?;
-    Some((run.parse().ok()?, choice.parse().ok()?))
+/// `a:<run>:<step>:<choice>` → (run, step, choice index); the older `a:<run>:<choice>`
+/// names no step.
+pub(super) fn parse_press(data: &str) -> Option<(i64, Option<i64>, usize)> {
+    let parts: Vec<&str> = data.strip_prefix(ASK_PREFIX)?.split(':').collect();
+    match parts[..] {
+        [run, choice] => Some((run.parse().ok()?, None, choice.parse().ok()?)),
+        [run, step, choice] => Some((
+            run.parse().ok()?,
+            Some(step.parse().ok()?),
+            choice.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// What a reply answers: its text; for a mail (whose lines come as `event.lines`), the
+/// first line that is one of the choices or matches the pattern (a greeting above the answer
+/// does not hide it), else its first line.
+fn answer_line(ev: &EventItem, a: &AskSpec) -> String {
+    let text = ev.data["text"].as_str().unwrap_or_default();
+    let Some(lines) = ev.data["lines"].as_array() else {
+        return text.to_string();
+    };
+    let lines: Vec<&str> = lines.iter().filter_map(Json::as_str).collect();
+    lines
+        .iter()
+        .find(|l| {
+            a.choices.contains(&crate::config::normalize_reply(l))
+                || a.pattern.as_ref().is_some_and(|p| p.is_match(l.trim()))
+        })
+        .or(lines.first())
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| text.to_string())
 }
 
 impl Engine {
@@ -42,7 +72,7 @@ impl Engine {
     ) -> Result<Result<Flow, String>, StoreError> {
         let now = self.now();
         let mut m = tryv!(self.render_message(&a.question, &a.question.body, ctx, run, sc));
-        self.ask_buttons(a, run.id, &mut m);
+        self.ask_buttons(a, run.id, pc as i64, &mut m);
         entry["send"] = message_entry(&a.question.channel, &m);
         let chat = m.to.clone();
         let question = self
@@ -71,7 +101,7 @@ impl Engine {
 
     /// An ask's answer buttons on its question: reply-keyboard buttons, or the choices as
     /// callback buttons that carry the run and the choice.
-    fn ask_buttons(&self, a: &AskSpec, run_id: i64, m: &mut OutMessage) {
+    fn ask_buttons(&self, a: &AskSpec, run_id: i64, step: i64, m: &mut OutMessage) {
         m.keyboard = a.reply_buttons.clone();
         if a.inline {
             m.choices = a
@@ -80,7 +110,7 @@ impl Engine {
                 .enumerate()
                 .map(|(i, l)| Choice {
                     text: l.clone(),
-                    data: format!("{ASK_PREFIX}{run_id}:{i}"),
+                    data: format!("{ASK_PREFIX}{run_id}:{step}:{i}"),
                 })
                 .collect();
         }
@@ -98,7 +128,14 @@ impl Engine {
             return Ok(false);
         };
         // A reply that names the message it answers (e-mail threads) answers only the run
-        // that sent that message, and only if that run asked the one who replies.
+        // that sent that message, and only if that run asked the one who replies. Where
+        // replies are threaded, one that names no message of ours answers no ask: its sender
+        // is only a claim (anyone can write `From: ada@example.com`).
+        if ev.data.get("thread").is_some_and(Json::is_null) {
+            outcome.push(json!({"from": chat,
+                "verdict": "a message that replies to none of ours answers no ask"}));
+            return Ok(false);
+        }
         let thread_run = ev.data["thread"]["run"].as_i64();
         let waiting = tx
             .find_waits_any(&format!("chat:{}", ev.source), &chat)
@@ -124,12 +161,7 @@ impl Engine {
             let Some(Action::Ask(a)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
                 continue;
             };
-            // A mail's answer is its first line (the rest is in `event.text`).
-            let text = ev.data["answer"]
-                .as_str()
-                .or(ev.data["text"].as_str())
-                .unwrap_or_default()
-                .to_string();
+            let text = answer_line(ev, a);
             self.reply_to_ask(tx, ev, run, &sc, a, &text, after).await?;
             outcome.push(json!({"scenario": sc.id, "run": run_id, "verdict": "answered an ask"}));
             return Ok(true);
@@ -142,7 +174,7 @@ impl Engine {
         &mut self,
         tx: &mut dyn Tx,
         ev: &EventItem,
-        (run_id, choice): (i64, usize),
+        (run_id, step, choice): (i64, Option<i64>, usize),
         outcome: &mut Vec<Json>,
         after: &mut After,
     ) -> Result<(), StoreError> {
@@ -166,8 +198,11 @@ impl Engine {
                 .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
+        // A button of an earlier question (a link in an old e-mail) answers nothing.
         let label = match sc.steps.get(run.pc as usize).map(|s| &s.action) {
-            Some(Action::Ask(a)) if run.status == RunStatus::Waiting => {
+            Some(Action::Ask(a))
+                if run.status == RunStatus::Waiting && step.is_none_or(|s| s == run.pc) =>
+            {
                 a.labels.get(choice).cloned()
             }
             _ => None,
@@ -271,7 +306,7 @@ impl Engine {
         .value();
         let entry = match self.render_message(&a.question, body, &ctx, &run, sc) {
             Ok(mut m) => {
-                self.ask_buttons(a, run.id, &mut m);
+                self.ask_buttons(a, run.id, pc, &mut m);
                 let question = self
                     .send_message(tx, &run, pc as usize, &a.question.channel, m, after)
                     .await?;
@@ -367,8 +402,10 @@ mod tests {
 
     #[test]
     fn presses_carry_the_run_and_the_choice() {
-        assert_eq!(parse_press("a:42:1"), Some((42, 1)));
+        assert_eq!(parse_press("a:42:1"), Some((42, None, 1)));
+        assert_eq!(parse_press("a:42:3:1"), Some((42, Some(3), 1)));
         assert_eq!(parse_press("a:42"), None);
+        assert_eq!(parse_press("a:1:2:3:4"), None);
         assert_eq!(parse_press("o:42:1"), None);
         assert_eq!(parse_press("a:x:1"), None);
     }

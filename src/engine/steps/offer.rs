@@ -240,6 +240,7 @@ impl Engine {
         let default = || match markup {
             crate::channels::Markup::Html => format!("{}\n\n✅ <b>{name}</b>", m.text),
             crate::channels::Markup::WhatsApp => format!("{}\n\n✅ *{name}*", m.text),
+            crate::channels::Markup::Markdown => format!("{}\n\n✅ **{name}**", m.text),
             crate::channels::Markup::Plain => format!("{}\n\n✅ {name}", m.text),
         };
         match &spec.taken {

@@ -1,0 +1,392 @@
+//! Discord: a bot with a gateway session (serenity; one per bot across replicas) or only an
+//! HTTP interactions endpoint (`POST /discord/{channel}`, Ed25519-signed), sending markdown
+//! messages with buttons through the REST API; and send-only webhooks (`discord-webhook`).
+//! A button press is acknowledged at once with a deferred update, so nobody sees "This
+//! interaction failed" while the database is slow; its answer follows as an ephemeral
+//! message in the clicker's language.
+
+pub mod config;
+mod gateway;
+mod inbound;
+mod interactions;
+pub mod outbound;
+mod rest;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value as Json};
+use tokio::task::JoinHandle;
+
+pub use config::{DiscordChannel, WebhookChannel};
+use rest::{Answer, Rest};
+
+use super::pacing::{spacing, Pacer};
+use super::{
+    Adapter, Capabilities, ChoiceLimits, Context, Delivered, Markup, OutMessage, Outbound,
+    SendError,
+};
+use crate::clock::Clock;
+use crate::engine::ingest::Ingest;
+use outbound::permanent;
+
+/// How often one message is held for a rate limit before the outbox takes over.
+const MAX_PAUSES: u32 = 5;
+
+/// A Discord bot: markdown, up to 25 buttons (5 rows of 5; labels up to 80, ids up to 100
+/// bytes), link buttons, edits, ephemeral click answers.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    replies: true,
+    choices: Some(ChoiceLimits {
+        max: outbound::ROW * outbound::ROWS,
+        label_max: Some(outbound::LABEL_MAX),
+        data_max: outbound::CUSTOM_ID_MAX,
+    }),
+    keyboard: true,
+    keyboard_max: Some((outbound::ROW * outbound::ROWS, outbound::LABEL_MAX)),
+    links: true,
+    edits: true,
+    answers: true,
+    attachments: true,
+    templates: false,
+    read_receipts: false,
+    mail: false,
+    markup: Markup::Markdown,
+};
+
+/// A webhook only posts: markdown text, links written into it.
+pub const WEBHOOK_CAPABILITIES: Capabilities = Capabilities {
+    replies: false,
+    choices: None,
+    keyboard: false,
+    keyboard_max: None,
+    links: false,
+    edits: false,
+    answers: false,
+    attachments: true,
+    templates: false,
+    read_receipts: false,
+    mail: false,
+    markup: Markup::Markdown,
+};
+
+/// Holds a conversation's sends for `retry_after`, up to [`MAX_PAUSES`] times.
+async fn paced(
+    rest: &Rest,
+    pacer: &Pacer,
+    pace: Duration,
+    conversation: &str,
+    method: Method,
+    path: &str,
+    body: &Json,
+) -> Result<Json, SendError> {
+    let mut pauses = 0;
+    loop {
+        pacer.wait_turn(conversation, pace).await;
+        let (answer, bucket) = rest.call(method.clone(), path, Some(body)).await;
+        pacer.done(conversation);
+        if let Some(d) = bucket {
+            pacer.hold(conversation, pace, d);
+        }
+        match answer {
+            Answer::Ok(v) => return Ok(v),
+            Answer::Failed(e) => return Err(e),
+            Answer::Limited(d) if pauses < MAX_PAUSES => {
+                pauses += 1;
+                pacer.hold(conversation, pace, d);
+            }
+            Answer::Limited(d) => {
+                return Err(SendError {
+                    message: format!(
+                        "discord: still rate limited after {MAX_PAUSES} pauses (retry after {d:?})"
+                    ),
+                    retry: true,
+                })
+            }
+        }
+    }
+}
+
+pub struct Discord {
+    pub name: String,
+    pub cfg: DiscordChannel,
+    rest: Rest,
+    pacer: Pacer,
+    status: Mutex<String>,
+}
+
+impl Discord {
+    pub fn new(
+        name: &str,
+        cfg: &DiscordChannel,
+        shared: Option<Arc<dyn crate::store::Store>>,
+    ) -> Discord {
+        Discord {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            rest: Rest::new(&cfg.api_url, Some(&cfg.token.0)),
+            pacer: Pacer::new(&format!("dc:{name}"), cfg.per_bot, shared),
+            status: Mutex::new("starting".into()),
+        }
+    }
+
+    pub fn set_status(&self, s: &str) {
+        *self.status.lock().expect("not poisoned") = s.to_string();
+    }
+
+    fn pace(&self) -> Duration {
+        spacing(self.cfg.per_channel)
+    }
+
+    /// A deferred update: the press is acknowledged, the message stays as it is.
+    pub async fn acknowledge(&self, interaction: u64, token: &str) -> Result<(), SendError> {
+        let path = format!("/interactions/{interaction}/{token}/callback");
+        match self
+            .rest
+            .call(Method::POST, &path, Some(&json!({"type": 6})))
+            .await
+            .0
+        {
+            Answer::Ok(_) => Ok(()),
+            Answer::Failed(e) => Err(e),
+            Answer::Limited(d) => Err(SendError {
+                message: format!("discord: rate limited for {d:?}"),
+                retry: true,
+            }),
+        }
+    }
+
+    async fn send(&self, m: &OutMessage) -> Result<Delivered, SendError> {
+        let channel = outbound::channel_id(&m.to)?;
+        let body = serde_json::to_value(outbound::message(m)?)
+            .map_err(|e| permanent(format!("discord: {e}")))?;
+        let sent = paced(
+            &self.rest,
+            &self.pacer,
+            self.pace(),
+            &m.to,
+            Method::POST,
+            &format!("/channels/{channel}/messages"),
+            &body,
+        )
+        .await?;
+        let id = sent["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| permanent(format!("discord: the answer names no message id: {sent}")))?;
+        Ok(Delivered {
+            message: Some(id.clone()),
+            detail: json!({"channel": self.name, "to": m.to, "message_id": id}),
+        })
+    }
+
+    async fn edit(&self, e: &super::OutEdit) -> Result<Delivered, SendError> {
+        let channel = outbound::channel_id(&e.to)?;
+        let message = outbound::message_id(&e.message)?;
+        let body = serde_json::to_value(outbound::edit(e)?)
+            .map_err(|err| permanent(format!("discord: {err}")))?;
+        paced(
+            &self.rest,
+            &self.pacer,
+            self.pace(),
+            &e.to,
+            Method::PATCH,
+            &format!("/channels/{channel}/messages/{message}"),
+            &body,
+        )
+        .await?;
+        Ok(Delivered {
+            message: Some(e.message.clone()),
+            detail: json!({"channel": self.name, "to": e.to, "edited": e.message}),
+        })
+    }
+
+    /// The answer to a press, as an ephemeral follow-up (the press was acknowledged when it
+    /// came). A silent answer sends nothing.
+    async fn answer(&self, a: &super::OutAnswer) -> Result<Delivered, SendError> {
+        if a.text.is_empty() {
+            return Ok(Delivered {
+                message: None,
+                detail: json!({"channel": self.name, "answer": "silent"}),
+            });
+        }
+        let (app, token) = a
+            .click
+            .split_once(':')
+            .ok_or_else(|| permanent(format!("discord: '{}' is not a press", a.click)))?;
+        // Not a message to a conversation: only the bot's budget applies.
+        let sent = paced(
+            &self.rest,
+            &self.pacer,
+            Duration::ZERO,
+            &format!("answer:{token}"),
+            Method::POST,
+            &format!("/webhooks/{app}/{token}"),
+            &json!({"content": a.text, "flags": 64, "allowed_mentions": {"parse": []}}),
+        )
+        .await?;
+        Ok(Delivered {
+            message: None,
+            detail: json!({"channel": self.name, "answered": sent["id"], "ephemeral": true}),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Adapter for Discord {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn status(&self) -> (String, bool) {
+        let s = self.status.lock().expect("not poisoned").clone();
+        let ok = s.starts_with("ok");
+        (s, ok)
+    }
+
+    async fn deliver(&self, op: &Outbound) -> Result<Delivered, SendError> {
+        match op {
+            Outbound::Send(m) => self.send(m).await,
+            Outbound::Edit(e) => self.edit(e).await,
+            Outbound::Answer(a) => self.answer(a).await,
+            Outbound::Read(_) => Ok(Delivered {
+                message: None,
+                detail: json!({"channel": self.name, "skipped": "Discord has no read receipts"}),
+            }),
+        }
+    }
+
+    fn routes(self: Arc<Self>, ingest: Ingest, clock: Clock) -> Option<axum::Router> {
+        Some(interactions::router(self, ingest, clock))
+    }
+
+    fn start(self: Arc<Self>, cx: &Context) -> Vec<JoinHandle<()>> {
+        if !self.cfg.gateway {
+            self.set_status("ok (interactions endpoint)");
+            return Vec::new();
+        }
+        vec![tokio::spawn(gateway::run(self, cx.clone()))]
+    }
+}
+
+/// A Discord webhook: posts only.
+pub struct Webhook {
+    pub name: String,
+    url: String,
+    rest: Rest,
+    pacer: Pacer,
+    pace: Duration,
+}
+
+#[async_trait::async_trait]
+impl Adapter for Webhook {
+    fn capabilities(&self) -> Capabilities {
+        WEBHOOK_CAPABILITIES
+    }
+
+    fn status(&self) -> (String, bool) {
+        ("ok".into(), true)
+    }
+
+    async fn deliver(&self, op: &Outbound) -> Result<Delivered, SendError> {
+        let Outbound::Send(m) = op else {
+            return Ok(Delivered {
+                message: None,
+                detail: json!({"channel": self.name, "skipped": "a webhook only posts"}),
+            });
+        };
+        let mut text = m.text.clone();
+        for l in &m.links {
+            text.push_str(&format!("\n[{}]({})", l.text, l.url));
+        }
+        let files: Vec<String> = m.attachments.iter().map(|a| a.url.clone()).collect();
+        let body = json!({
+            "content": outbound::content(&text, &files)?,
+            "allowed_mentions": {"parse": ["users", "roles"]},
+        });
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        let sent = paced(
+            &self.rest,
+            &self.pacer,
+            self.pace,
+            "webhook",
+            Method::POST,
+            &format!("{}{sep}wait=true", self.url),
+            &body,
+        )
+        .await
+        // The URL holds the webhook's token: errors name the channel instead.
+        .map_err(|e| SendError {
+            message: e
+                .message
+                .replace(&self.url, &format!("<webhook of '{}'>", self.name)),
+            retry: e.retry,
+        })?;
+        let id = sent["id"].as_str().map(str::to_string);
+        Ok(Delivered {
+            message: id.clone(),
+            detail: json!({"channel": self.name, "message_id": id}),
+        })
+    }
+}
+
+/// The `discord` channel type.
+pub struct Kind;
+
+impl super::Kind for Kind {
+    fn name(&self) -> &'static str {
+        "discord"
+    }
+
+    fn parse(
+        &self,
+        section: &crate::lang::channel::Section,
+        cx: &mut dyn crate::lang::channel::SectionCx,
+    ) -> Option<crate::lang::channel::Channel> {
+        config::parse(section, cx)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        ch: &crate::lang::channel::Channel,
+        shared: Option<Arc<dyn crate::store::Store>>,
+    ) -> Option<Arc<dyn Adapter>> {
+        let cfg = ch.settings::<DiscordChannel>()?;
+        Some(Arc::new(Discord::new(name, cfg, shared)))
+    }
+}
+
+/// The `discord-webhook` channel type.
+pub struct WebhookKind;
+
+impl super::Kind for WebhookKind {
+    fn name(&self) -> &'static str {
+        "discord-webhook"
+    }
+
+    fn parse(
+        &self,
+        section: &crate::lang::channel::Section,
+        cx: &mut dyn crate::lang::channel::SectionCx,
+    ) -> Option<crate::lang::channel::Channel> {
+        config::parse_webhook(section, cx)
+    }
+
+    fn start(
+        &self,
+        name: &str,
+        ch: &crate::lang::channel::Channel,
+        shared: Option<Arc<dyn crate::store::Store>>,
+    ) -> Option<Arc<dyn Adapter>> {
+        let cfg = ch.settings::<WebhookChannel>()?;
+        Some(Arc::new(Webhook {
+            name: name.to_string(),
+            url: cfg.url.0.clone(),
+            rest: Rest::new("https://discord.com", None),
+            pacer: Pacer::new(&format!("dcw:{name}"), cfg.per_webhook, shared),
+            pace: spacing(cfg.per_webhook),
+        }))
+    }
+}
