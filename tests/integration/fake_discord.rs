@@ -1520,8 +1520,9 @@ mod tests {
     use super::*;
     use serenity::all::{
         ButtonStyle, ChannelId, Client, ClientBuilder, Context, CreateActionRow, CreateButton,
-        CreateInteractionResponse, CreateInteractionResponseMessage, CreateMessage, EventHandler,
-        GatewayIntents, Http, HttpBuilder, Interaction as SerenityInteraction, Message,
+        CreateInteractionResponse, CreateInteractionResponseMessage, CreateMessage, EditMessage,
+        EventHandler, GatewayIntents, Http, HttpBuilder, Interaction as SerenityInteraction,
+        Message,
     };
 
     const CHANNEL: &str = "2000000000000000002";
@@ -1607,6 +1608,19 @@ mod tests {
             "no"
         );
         assert_eq!(fake.messages(CHANNEL)[0]["id"], sent.id.to_string());
+        let channel = ChannelId::new(CHANNEL.parse().unwrap());
+        let edited = channel
+            .edit_message(&http, sent.id, EditMessage::new().content("Deal!"))
+            .await
+            .unwrap();
+        assert_eq!(edited.content, "Deal!");
+        assert!(edited.edited_timestamp.is_some());
+        assert_eq!(fake.messages(CHANNEL)[0]["content"], "Deal!");
+        let unknown = channel
+            .edit_message(&http, 42, EditMessage::new().content("?"))
+            .await;
+        assert!(unknown.is_err());
+        assert_eq!(fake.calls("/channels/").pop().unwrap().status, 404);
 
         let six = (0..6)
             .map(|i| CreateActionRow::Buttons(vec![button(&format!("b{i}"))]))
