@@ -10,6 +10,7 @@ mod durability;
 mod egress;
 mod email;
 mod engine;
+mod fake_discord;
 mod fake_telegram;
 mod fake_whatsapp;
 mod fuzz;
