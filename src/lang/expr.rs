@@ -31,6 +31,8 @@ pub trait LinkSigner: Send + Sync {
 const HTML_MARK: &str = "\u{0}html\u{0}";
 /// Marks the name of a template rendered in WhatsApp's formatting.
 const WHATSAPP_MARK: &str = "\u{0}whatsapp\u{0}";
+/// Marks a Discord text.
+const MARKDOWN_MARK: &str = "\u{0}markdown\u{0}";
 
 /// How a channel marks up rich text. Operator-written templates may use it; values
 /// interpolated from events and variables are escaped for it.
@@ -160,6 +162,8 @@ impl Templates {
                 minijinja::AutoEscape::Custom("html")
             } else if name.starts_with(WHATSAPP_MARK) {
                 minijinja::AutoEscape::Custom("whatsapp")
+            } else if name.starts_with(MARKDOWN_MARK) {
+                minijinja::AutoEscape::Custom("markdown")
             } else {
                 minijinja::AutoEscape::None
             }
@@ -168,6 +172,7 @@ impl Templates {
             let markup = match state.auto_escape() {
                 minijinja::AutoEscape::Custom("html") => Markup::Html,
                 minijinja::AutoEscape::Custom("whatsapp") => Markup::WhatsApp,
+                minijinja::AutoEscape::Custom("markdown") => Markup::Markdown,
                 _ => return minijinja::escape_formatter(out, state, value),
             };
             if value.is_undefined() {
@@ -181,10 +186,11 @@ impl Templates {
         // Templates are registered by their own source text: the loader hands the name back
         // and MiniJinja compiles and caches it on first use.
         env.set_loader(|name| {
-            let src = name.strip_prefix(HTML_MARK).unwrap_or(name);
-            Ok(Some(
-                src.strip_prefix(WHATSAPP_MARK).unwrap_or(src).to_string(),
-            ))
+            let src = [HTML_MARK, WHATSAPP_MARK, MARKDOWN_MARK]
+                .iter()
+                .find_map(|m| name.strip_prefix(m))
+                .unwrap_or(name);
+            Ok(Some(src.to_string()))
         });
         env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
         let links: Arc<RwLock<Option<Arc<dyn LinkSigner>>>> = Arc::default();
@@ -367,6 +373,9 @@ impl Tmpl {
             (Tmpl::Dyn { src, env }, Markup::WhatsApp) => Ok(env
                 .get_template(&format!("{WHATSAPP_MARK}{src}"))?
                 .render(ctx)?),
+            (Tmpl::Dyn { src, env }, Markup::Markdown) => Ok(env
+                .get_template(&format!("{MARKDOWN_MARK}{src}"))?
+                .render(ctx)?),
             _ => self.render(ctx),
         }
     }
@@ -499,6 +508,17 @@ mod tests {
             "*\u{2060}_VIP\u{2060}_ \u{2060}*Ada\u{2060}** 5"
         );
         assert_eq!(Markup::WhatsApp.escape("a_b"), "a\u{2060}_b");
+    }
+
+    #[test]
+    fn discord_texts_keep_data_literal() {
+        let t = Templates::new(10_000);
+        let tmpl = t.tmpl("**{{ event.name }}** <@1>").unwrap();
+        let c = ctx(json!({"event": {"name": "*x* <@2> @here [a](b)"}}));
+        assert_eq!(
+            tmpl.render_in(&c, Markup::Markdown).unwrap(),
+            "**\\*x\\* \\<\\@2\\> \\@here \\[a\\]\\(b\\)** <@1>"
+        );
     }
 
     #[test]

@@ -1301,6 +1301,8 @@ fn follow_up(st: &St, token: &str, body: &Value) -> Response {
         Ok(m) => {
             if i.content.is_none() {
                 i.content = m["content"].as_str().map(String::from);
+                // What the clicker saw: the first follow-up, only to them or to everyone.
+                i.ephemeral = m["flags"].as_u64().unwrap_or(0) & EPHEMERAL != 0;
             }
             reply(200, m)
         }
