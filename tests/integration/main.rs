@@ -19,6 +19,7 @@ mod links;
 mod mail_servers;
 mod migrations;
 mod offers;
+mod parity;
 mod pg;
 mod replicas;
 mod store;
