@@ -147,7 +147,11 @@ impl Gateway {
     pub fn staff_on(&self, channel: &str, user: &str) -> Option<&Staff> {
         self.staff
             .iter()
-            .find(|s| self.staff_id(s, channel).is_some_and(|id| id == user))
+            // `@<id>` (a Discord user, reached by direct message) is that user.
+            .find(|s| {
+                self.staff_id(s, channel)
+                    .is_some_and(|id| id == user || id.strip_prefix('@') == Some(user))
+            })
     }
 }
 

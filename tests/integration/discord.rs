@@ -97,16 +97,22 @@ async fn two_hundred_presses_on_an_offer_have_one_winner_and_each_is_acknowledge
         .to_string();
     assert_eq!(posted.len(), 1);
     let n = 200;
-    for i in 0..n {
-        let locale = if i % 2 == 0 { "en-US" } else { "pl" };
-        let (press, _) = fake.button_interaction(
-            &message,
-            Some(GUILD),
-            &format!("80{i:04}"),
-            &format!("user{i}"),
-            locale,
-            &custom_id,
-        );
+    // Two hundred people press before any of them sees the message change.
+    let presses: Vec<Value> = (0..n)
+        .map(|i| {
+            let locale = if i % 2 == 0 { "en-US" } else { "pl" };
+            fake.button_interaction(
+                &message,
+                Some(GUILD),
+                &format!("80{i:04}"),
+                &format!("user{i}"),
+                locale,
+                &custom_id,
+            )
+            .0
+        })
+        .collect();
+    for press in presses {
         fake.dispatch("INTERACTION_CREATE", press);
     }
     let done = t.finished(run).await;
@@ -341,4 +347,69 @@ async fn a_429_is_waited_out_and_webhooks_post_notifications() {
         "alert: R&D \\*now\\*\n[Open](https://crm.example.com/1)"
     );
     assert_eq!(t.readyz().await["channels"]["alerts"], "ok");
+}
+
+#[test]
+fn check_holds_scenarios_to_discords_component_limits_with_positions() {
+    let buttons: Vec<String> = (0..26)
+        .map(|i| format!("{{ id = \"b{i}\", text = \"B{i}\" }}"))
+        .collect();
+    let cfg = ConfigDir::with(&[(
+        "big.toml",
+        &format!(
+            "id = \"big\"\non = {{ webhook = \"big\" }}\n[[step]]\noffer = {{ to = \"dc:1\", template = \"Deal\", buttons = [{}] }}\n[[step]]\nsend = {{ to = \"alerts\", template = \"x\", buttons = [{{ id = \"ack\", text = \"OK\" }}] }}\n[[step]]\nsend = {{ to = \"dc:1\", template = \"x\", buttons = [{{ id = \"{}\", text = \"{}\" }}] }}\n",
+            buttons.join(", "),
+            "i".repeat(99),
+            "L".repeat(81)
+        ),
+    )]);
+    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    cfg.write(
+        "gateway.toml",
+        &format!("{gw}\n[channels.dc]\ntype = \"discord\"\ntoken = \"t\"\napplication_id = \"1\"\n\n[channels.alerts]\ntype = \"discord-webhook\"\nurl = \"\"\n"),
+    );
+    let out = std::process::Command::new(bin())
+        .args(["check", cfg.dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    let file = cfg.dir().join("big.toml").display().to_string();
+    for wanted in [
+        format!("{file}:4:"),
+        "at most 25".to_string(),
+        "channel 'alerts' (discord-webhook) has no callback buttons".to_string(),
+        "80".to_string(),
+    ] {
+        assert!(text.contains(&wanted), "{wanted} missing in\n{text}");
+    }
+}
+
+const DM: &str = r#"id = "dm"
+on = { webhook = "dm" }
+[[step]]
+send = { to = "staff:elena", template = "Deal {{ event.id }} is yours" }
+[[step]]
+send = { to = "dc:@{{ event.user }}", template = "and again" }
+"#;
+
+#[tokio::test]
+async fn a_user_is_reached_by_direct_message_and_staff_by_their_discord_id() {
+    let fake = FakeDiscord::start().await;
+    let staff = "\n[[staff]]\nid = \"elena\"\nname = \"Elena\"\nids = { discord = \"@7005\" }\n";
+    let (_cfg, t) = app(&fake, &[("dm.toml", DM)], staff).await;
+    ready(&t, &fake).await;
+    let (_, b) = t.post("dm", json!({"id": 9, "user": "7005"})).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let rows = settled_outbox(&t, run).await;
+    assert!(rows.iter().all(|r| r.status == "delivered"), "{rows:?}");
+    // The DM channel is opened once and used for both.
+    assert_eq!(fake.calls("/users/@me/channels").len(), 1);
+    let texts: Vec<Value> = fake
+        .messages("7006")
+        .iter()
+        .map(|m| m["content"].clone())
+        .collect();
+    assert_eq!(texts, vec![json!("Deal 9 is yours"), json!("and again")]);
 }

@@ -691,6 +691,20 @@ fn answer(
                 {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1}}),
         ),
         ("GET", ["users", "@me"]) => reply(200, bot_user()),
+        // A DM channel with a user: one per user (its id is the user's plus one here).
+        ("POST", ["users", "@me", "channels"]) => {
+            match body["recipient_id"]
+                .as_str()
+                .and_then(|r| r.parse::<u64>().ok())
+            {
+                Some(user_id) => reply(
+                    200,
+                    json!({"id": (user_id + 1).to_string(), "type": 1, "last_message_id": null,
+                        "recipients": [user(&user_id.to_string(), "user")], "flags": 0}),
+                ),
+                None => error(400, 50035, "Invalid Form Body"),
+            }
+        }
         ("POST", ["channels", channel, "messages"]) => create_message(st, channel, &body),
         ("PATCH", ["channels", channel, "messages", id]) => {
             if let Some(refused) = channel_refused(st, channel) {

@@ -114,6 +114,8 @@ pub struct Discord {
     rest: Rest,
     pacer: Pacer,
     status: Mutex<String>,
+    /// DM channels by user id (`dc:@<user id>`).
+    dms: Mutex<std::collections::HashMap<u64, u64>>,
 }
 
 impl Discord {
@@ -128,7 +130,44 @@ impl Discord {
             rest: Rest::new(&cfg.api_url, Some(&cfg.token.0)),
             pacer: Pacer::new(&format!("dc:{name}"), cfg.per_bot, shared),
             status: Mutex::new("starting".into()),
+            dms: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The channel a conversation is: `123…` is a channel, `@123…` a direct message with that
+    /// user (its channel opened once, then remembered).
+    async fn channel(&self, to: &str) -> Result<u64, SendError> {
+        let Some(user) = to.trim().strip_prefix('@') else {
+            return outbound::channel_id(to);
+        };
+        let user = outbound::channel_id(user)?;
+        if let Some(c) = self.dms.lock().expect("not poisoned").get(&user) {
+            return Ok(*c);
+        }
+        let body = json!({"recipient_id": user.to_string()});
+        let opened = match self
+            .rest
+            .call(Method::POST, "/users/@me/channels", Some(&body))
+            .await
+            .0
+        {
+            Answer::Ok(v) => v,
+            Answer::Failed(e) => return Err(e),
+            Answer::Limited(d) => {
+                return Err(SendError {
+                    message: format!("discord: rate limited for {d:?}"),
+                    retry: true,
+                })
+            }
+        };
+        let channel = opened["id"]
+            .as_str()
+            .and_then(|c| c.parse::<u64>().ok())
+            .ok_or_else(|| {
+                permanent(format!("discord: no DM channel for user {user}: {opened}"))
+            })?;
+        self.dms.lock().expect("not poisoned").insert(user, channel);
+        Ok(channel)
     }
 
     pub fn set_status(&self, s: &str) {
@@ -158,8 +197,8 @@ impl Discord {
     }
 
     async fn send(&self, m: &OutMessage) -> Result<Delivered, SendError> {
-        let channel = outbound::channel_id(&m.to)?;
-        let body = serde_json::to_value(outbound::message(m)?)
+        let channel = self.channel(&m.to).await?;
+        let body = serde_json::to_value(outbound::message(m, channel)?)
             .map_err(|e| permanent(format!("discord: {e}")))?;
         let sent = paced(
             &self.rest,
@@ -182,7 +221,7 @@ impl Discord {
     }
 
     async fn edit(&self, e: &super::OutEdit) -> Result<Delivered, SendError> {
-        let channel = outbound::channel_id(&e.to)?;
+        let channel = self.channel(&e.to).await?;
         let message = outbound::message_id(&e.message)?;
         let body = serde_json::to_value(outbound::edit(e)?)
             .map_err(|err| permanent(format!("discord: {err}")))?;

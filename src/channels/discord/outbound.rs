@@ -87,7 +87,8 @@ pub fn mentions() -> CreateAllowedMentions {
     CreateAllowedMentions::new().all_users(true).all_roles(true)
 }
 
-pub fn message(m: &OutMessage) -> Result<CreateMessage, SendError> {
+/// The message to `channel` (the conversation `m.to` resolved).
+pub fn message(m: &OutMessage, channel: u64) -> Result<CreateMessage, SendError> {
     let files: Vec<String> = m.attachments.iter().map(|a| a.url.clone()).collect();
     let mut b = CreateMessage::new()
         .content(content(&m.text, &files)?)
@@ -98,7 +99,7 @@ pub fn message(m: &OutMessage) -> Result<CreateMessage, SendError> {
             .parse()
             .map_err(|_| permanent(format!("discord: '{r}' is not a message id")))?;
         b = b.reference_message((
-            serenity::model::id::ChannelId::new(channel_id(&m.to)?),
+            serenity::model::id::ChannelId::new(channel),
             MessageId::new(id),
         ));
     }
