@@ -140,11 +140,32 @@ pub struct OutMessage {
     /// A notification: the recipient can unsubscribe in one click (e-mail).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub notification: bool,
+    /// A rich card under the text (Discord), rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<Box<OutEmbed>>,
     /// The same for every attempt to deliver this message, and unique to it (set by the
     /// outbox, not stored): a channel that can, names the message by it, so a repeat after a
     /// crash is recognised as the same message (e-mail: its `Message-ID`).
     #[serde(skip)]
     pub idempotency_key: Option<String>,
+}
+
+/// A rich card, rendered: its texts in the channel's markup (data escaped).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutEmbed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<u32>,
+    /// (name, value, inline)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String, bool)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footer: Option<String>,
 }
 
 /// A platform's pre-approved message template, rendered.

@@ -43,6 +43,8 @@ pub struct Capabilities {
     /// Messages have a subject, copies (`cc`, `bcc`) and a one-click unsubscribe for
     /// notifications (e-mail).
     pub mail: bool,
+    /// Rich cards under a message (`embed`: Discord).
+    pub embeds: bool,
     pub markup: Markup,
 }
 
@@ -60,6 +62,7 @@ impl Capabilities {
         templates: false,
         read_receipts: false,
         mail: false,
+        embeds: false,
         markup: Markup::Plain,
     };
 }

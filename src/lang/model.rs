@@ -346,6 +346,18 @@ pub struct SendSpec {
     pub cc: Vec<Tmpl>,
     pub bcc: Vec<Tmpl>,
     pub notification: bool,
+    /// Discord: a rich card under the text (boxed: most messages have none).
+    pub embed: Option<Box<EmbedSpec>>,
+}
+
+pub struct EmbedSpec {
+    pub title: Option<Tmpl>,
+    pub description: Option<Tmpl>,
+    pub url: Option<Tmpl>,
+    pub color: Option<u32>,
+    /// (name, value, inline)
+    pub fields: Vec<(Tmpl, Tmpl, bool)>,
+    pub footer: Option<Tmpl>,
 }
 
 pub struct WindowTemplateSpec {

@@ -310,6 +310,8 @@ pub struct SendDef {
     /// E-mail: a notification, which the recipient can unsubscribe from in one click
     /// (`List-Unsubscribe`); an unsubscribed address gets no more messages from the channel.
     pub notification: Option<bool>,
+    /// Discord: a rich card under the text.
+    pub embed: Option<Sp<EmbedDef>>,
 }
 
 /// A platform's pre-approved message template: `{ name = "appointment_reminder", language =
@@ -323,6 +325,31 @@ pub struct WindowTemplateDef {
     /// Its body parameters in order (templates; default: the message's text as the one).
     #[serde(default)]
     pub params: Vec<Sp<String>>,
+}
+
+/// A rich card under a message (Discord's embed): `{ title = "Deal {{ event.id }}", description
+/// = "…", url = "…", color = "#e67e22", fields = [{ name = "Budget", value = "{{ event.budget }}",
+/// inline = true }], footer = "…" }`; the texts are templates.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedDef {
+    pub title: Option<Sp<String>>,
+    pub description: Option<Sp<String>>,
+    pub url: Option<Sp<String>>,
+    /// `#rrggbb`.
+    pub color: Option<Sp<String>>,
+    #[serde(default)]
+    pub fields: Vec<EmbedFieldDef>,
+    pub footer: Option<Sp<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedFieldDef {
+    pub name: Sp<String>,
+    pub value: Sp<String>,
+    #[serde(default)]
+    pub inline: bool,
 }
 
 /// Change a message an earlier step sent: its text and buttons are replaced.

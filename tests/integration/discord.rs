@@ -310,13 +310,13 @@ async fn a_dropped_gateway_connection_resumes_and_no_event_is_lost_or_repeated()
     assert_eq!(events.iter().filter(|e| e.kind == "message").count(), 3);
 }
 
-const NOTIFY: &str = r#"id = "notify"
+const NOTIFY: &str = r##"id = "notify"
 on = { webhook = "notify" }
 [[step]]
-send = { to = "dc:{{ event.channel }}", template = "{{ event.text }}" }
+send = { to = "dc:{{ event.channel }}", template = "{{ event.text }}", embed = { title = "Rating {{ event.rating }}", description = "Operator **{{ event.operator }}**", color = "#e67e22", fields = [{ name = "Call", value = "{{ event.call }}", inline = true }], footer = "call centre" } }
 [[step]]
-send = { to = "alerts", template = "alert: {{ event.text }}", buttons = [{ text = "Open", url = "https://crm.example.com/1" }] }
-"#;
+send = { to = "alerts", template = "alert: {{ event.text }}", buttons = [{ text = "Open", url = "https://crm.example.com/1" }], embed = { title = "Rating {{ event.rating }}" } }
+"##;
 
 #[tokio::test]
 async fn a_429_is_waited_out_and_webhooks_post_notifications() {
@@ -330,7 +330,10 @@ async fn a_429_is_waited_out_and_webhooks_post_notifications() {
     ready(&t, &fake).await;
     fake.rate_limit_next(&format!("/channels/{CHANNEL}/messages"), 0.5);
     let (_, b) = t
-        .post("notify", json!({"channel": CHANNEL, "text": "R&D *now*"}))
+        .post(
+            "notify",
+            json!({"channel": CHANNEL, "text": "R&D *now*", "rating": 2, "operator": "*Olga*", "call": "c-1"}),
+        )
         .await;
     let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
     let rows = settled_outbox(&t, run).await;
@@ -341,11 +344,21 @@ async fn a_429_is_waited_out_and_webhooks_post_notifications() {
         vec![429, 200]
     );
     assert_eq!(fake.too_early(), 0, "retry_after obeyed");
+    let embed = &calls[1].body["embeds"][0];
+    assert_eq!(embed["title"], "Rating 2");
+    assert_eq!(embed["description"], "Operator **\\*Olga\\***");
+    assert_eq!(embed["color"], 0xe67e22);
+    assert_eq!(
+        embed["fields"][0],
+        json!({"name": "Call", "value": "c\\-1", "inline": true})
+    );
+    assert_eq!(embed["footer"]["text"], "call centre");
     let hooked = fake.wait_for("/webhooks/930000000000000001", 1).await;
     assert_eq!(
         hooked[0].body["content"],
         "alert: R&D \\*now\\*\n[Open](https://crm.example.com/1)"
     );
+    assert_eq!(hooked[0].body["embeds"][0]["title"], "Rating 2");
     assert_eq!(t.readyz().await["channels"]["alerts"], "ok");
 }
 
@@ -357,7 +370,7 @@ fn check_holds_scenarios_to_discords_component_limits_with_positions() {
     let cfg = ConfigDir::with(&[(
         "big.toml",
         &format!(
-            "id = \"big\"\non = {{ webhook = \"big\" }}\n[[step]]\noffer = {{ to = \"dc:1\", template = \"Deal\", buttons = [{}] }}\n[[step]]\nsend = {{ to = \"alerts\", template = \"x\", buttons = [{{ id = \"ack\", text = \"OK\" }}] }}\n[[step]]\nsend = {{ to = \"dc:1\", template = \"x\", buttons = [{{ id = \"{}\", text = \"{}\" }}] }}\n",
+            "id = \"big\"\non = {{ webhook = \"big\" }}\n[[step]]\noffer = {{ to = \"dc:1\", template = \"Deal\", buttons = [{}] }}\n[[step]]\nsend = {{ to = \"alerts\", template = \"x\", buttons = [{{ id = \"ack\", text = \"OK\" }}] }}\n[[step]]\nsend = {{ to = \"dc:1\", template = \"x\", buttons = [{{ id = \"{}\", text = \"{}\" }}] }}\n[[step]]\nsend = {{ to = \"ops\", template = \"x\", embed = {{ title = \"T\" }} }}\n[[step]]\nsend = {{ to = \"dc:1\", template = \"x\", embed = {{ color = \"red\" }} }}\n",
             buttons.join(", "),
             "i".repeat(99),
             "L".repeat(81)
@@ -380,6 +393,8 @@ fn check_holds_scenarios_to_discords_component_limits_with_positions() {
         format!("{file}:4:"),
         "at most 25".to_string(),
         "channel 'alerts' (discord-webhook) has no callback buttons".to_string(),
+        format!("{file}:10:46: channel 'ops' (log) has no embeds"),
+        format!("{file}:12:57: color 'red' should look like #e67e22"),
         "80".to_string(),
     ] {
         assert!(text.contains(&wanted), "{wanted} missing in\n{text}");

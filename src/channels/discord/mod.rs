@@ -52,6 +52,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     templates: false,
     read_receipts: false,
     mail: false,
+    embeds: true,
     markup: Markup::Markdown,
 };
 
@@ -68,6 +69,7 @@ pub const WEBHOOK_CAPABILITIES: Capabilities = Capabilities {
     templates: false,
     read_receipts: false,
     mail: false,
+    embeds: true,
     markup: Markup::Markdown,
 };
 
@@ -340,10 +342,14 @@ impl Adapter for Webhook {
             text.push_str(&format!("\n[{}]({})", l.text, l.url));
         }
         let files: Vec<String> = m.attachments.iter().map(|a| a.url.clone()).collect();
-        let body = json!({
+        let mut body = json!({
             "content": outbound::content(&text, &files)?,
             "allowed_mentions": {"parse": ["users", "roles"]},
         });
+        if let Some(e) = &m.embed {
+            body["embeds"] = json!([serde_json::to_value(outbound::embed(e)?)
+                .map_err(|err| permanent(format!("discord: {err}")))?]);
+        }
         let sep = if self.url.contains('?') { '&' } else { '?' };
         let sent = paced(
             &self.rest,

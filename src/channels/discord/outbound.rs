@@ -3,11 +3,12 @@
 //! links (Discord shows their previews), a reply to a message, and no mentions of everyone.
 
 use serenity::builder::{
-    CreateActionRow, CreateAllowedMentions, CreateButton, CreateMessage, EditMessage,
+    CreateActionRow, CreateAllowedMentions, CreateButton, CreateEmbed, CreateEmbedFooter,
+    CreateMessage, EditMessage,
 };
 use serenity::model::id::MessageId;
 
-use crate::channels::{Choice, LinkButton, OutEdit, OutMessage, SendError};
+use crate::channels::{Choice, LinkButton, OutEdit, OutEmbed, OutMessage, SendError};
 
 /// Buttons on one row, rows on one message.
 pub const ROW: usize = 5;
@@ -82,6 +83,57 @@ pub fn content(text: &str, files: &[String]) -> Result<String, SendError> {
     Ok(out)
 }
 
+/// A rich card within Discord's limits (title 256, description 4096, field name 256 and value
+/// 1024 characters, footer 2048, 6000 in all).
+pub fn embed(e: &OutEmbed) -> Result<CreateEmbed, SendError> {
+    let len = |s: &Option<String>| s.as_deref().map_or(0, |s| s.chars().count());
+    let limits = [
+        ("title", len(&e.title), 256),
+        ("description", len(&e.description), 4096),
+        ("footer", len(&e.footer), 2048),
+    ];
+    for (what, n, max) in limits {
+        if n > max {
+            return Err(permanent(format!(
+                "discord: an embed's {what} is at most {max} characters; this one has {n}"
+            )));
+        }
+    }
+    let mut total = limits.iter().map(|(_, n, _)| n).sum::<usize>();
+    let mut b = CreateEmbed::new();
+    for (name, value, inline) in &e.fields {
+        let (n, v) = (name.chars().count(), value.chars().count());
+        if n > 256 || v > 1024 {
+            return Err(permanent(format!(
+                "discord: an embed field's name is at most 256 characters and its value 1024 ({n} and {v} here)"
+            )));
+        }
+        total += n + v;
+        b = b.field(name, value, *inline);
+    }
+    if total > 6000 {
+        return Err(permanent(format!(
+            "discord: an embed holds at most 6000 characters; this one {total}"
+        )));
+    }
+    if let Some(t) = &e.title {
+        b = b.title(t);
+    }
+    if let Some(d) = &e.description {
+        b = b.description(d);
+    }
+    if let Some(u) = e.url.as_deref().filter(|u| !u.is_empty()) {
+        b = b.url(u);
+    }
+    if let Some(c) = e.color {
+        b = b.colour(c);
+    }
+    if let Some(f) = &e.footer {
+        b = b.footer(CreateEmbedFooter::new(f));
+    }
+    Ok(b)
+}
+
 /// Mentions the operator writes (`<@id>`, `<@&role>`) ping; `@everyone` and `@here` never do.
 pub fn mentions() -> CreateAllowedMentions {
     CreateAllowedMentions::new().all_users(true).all_roles(true)
@@ -94,6 +146,9 @@ pub fn message(m: &OutMessage, channel: u64) -> Result<CreateMessage, SendError>
         .content(content(&m.text, &files)?)
         .components(rows(&m.choices, &m.keyboard, &m.links)?)
         .allowed_mentions(mentions());
+    if let Some(e) = &m.embed {
+        b = b.embed(embed(e)?);
+    }
     if let Some(r) = m.reply_to.as_deref().filter(|r| !r.is_empty()) {
         let id: u64 = r
             .parse()

@@ -60,6 +60,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     templates: false,
     read_receipts: false,
     mail: true,
+    embeds: false,
     markup: Markup::Html,
 };
 

@@ -53,6 +53,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     templates: false,
     read_receipts: false,
     mail: false,
+    embeds: false,
     markup: Markup::Html,
 };
 

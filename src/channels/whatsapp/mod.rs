@@ -54,6 +54,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     templates: true,
     read_receipts: true,
     mail: false,
+    embeds: false,
     markup: Markup::WhatsApp,
 };
 

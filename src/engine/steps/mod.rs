@@ -467,6 +467,10 @@ impl Engine {
         for a in &s.cc {
             cc.push(a.render(ctx).map_err(|e| e.0)?.trim().to_string());
         }
+        let embed = match &s.embed {
+            Some(e) => Some(Box::new(render_embed(e, ctx, markup)?)),
+            None => None,
+        };
         let mut bcc = Vec::with_capacity(s.bcc.len());
         for a in &s.bcc {
             bcc.push(a.render(ctx).map_err(|e| e.0)?.trim().to_string());
@@ -521,6 +525,7 @@ impl Engine {
             cc: cc.into_iter().filter(|a| !a.is_empty()).collect(),
             bcc: bcc.into_iter().filter(|a| !a.is_empty()).collect(),
             notification: s.notification,
+            embed,
             ..Default::default()
         })
     }
@@ -616,6 +621,33 @@ impl Engine {
     }
 }
 /// A step's message template, rendered for the channel.
+/// A rich card's texts: the description and field values in the channel's markup, the rest
+/// as written.
+fn render_embed(
+    e: &crate::config::EmbedSpec,
+    ctx: &Value,
+    markup: Markup,
+) -> Result<crate::channels::OutEmbed, String> {
+    let plain = |t: &Option<crate::lang::expr::Tmpl>| -> Result<Option<String>, String> {
+        t.as_ref()
+            .map(|t| t.render(ctx).map_err(|e| e.0))
+            .transpose()
+    };
+    let rich = |t: &crate::lang::expr::Tmpl| t.render_in(ctx, markup).map_err(|e| e.0);
+    let mut fields = Vec::with_capacity(e.fields.len());
+    for (name, value, inline) in &e.fields {
+        fields.push((rich(name)?, rich(value)?, *inline));
+    }
+    Ok(crate::channels::OutEmbed {
+        title: plain(&e.title)?,
+        description: e.description.as_ref().map(rich).transpose()?,
+        url: plain(&e.url)?.map(|u| u.trim().to_string()),
+        color: e.color,
+        fields,
+        footer: plain(&e.footer)?,
+    })
+}
+
 fn render_window_template(
     w: &crate::config::WindowTemplateSpec,
     ctx: &Value,

@@ -37,6 +37,7 @@ pub(super) fn compile_ask(
         cc: Vec::new(),
         bcc: Vec::new(),
         notification: None,
+        embed: None,
     };
     let question = compile_chat_message("ask", question, a.span(), cx, t, gw, i18n)?;
     let retry = ad.retry_text.as_ref().map(|id| {

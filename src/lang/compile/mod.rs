@@ -171,6 +171,7 @@ mod testing {
                             templates: false,
                             read_receipts: false,
                             mail: false,
+                            embeds: false,
                             markup: Markup::Html,
                         },
                     )

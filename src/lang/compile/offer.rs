@@ -56,6 +56,7 @@ pub(super) fn compile_offer(
             cc: Vec::new(),
             bcc: Vec::new(),
             notification: None,
+            embed: None,
         };
         let Some(message) = compile_chat_message("offer", message, o.span(), cx, t, gw, i18n)
         else {

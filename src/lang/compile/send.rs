@@ -124,6 +124,11 @@ pub(super) fn compile_send(
     let window_template = sd.window_template.as_ref().map(&mut approved);
     let approved_template = sd.approved_template.as_ref().map(&mut approved);
     check_mail_fields(sd, &channel, cx, gw);
+    let embed = sd
+        .embed
+        .as_ref()
+        .and_then(|e| compile_embed(e, &channel, cx, t, gw))
+        .map(Box::new);
     Some(SendSpec {
         channel,
         address,
@@ -139,6 +144,67 @@ pub(super) fn compile_send(
         cc: sd.cc.iter().filter_map(|a| cx.tmpl(t, a)).collect(),
         bcc: sd.bcc.iter().filter_map(|a| cx.tmpl(t, a)).collect(),
         notification: sd.notification.unwrap_or(false),
+        embed,
+    })
+}
+
+/// A rich card: on a channel with embeds, within Discord's limits.
+fn compile_embed(
+    e: &Sp<raw::EmbedDef>,
+    channel: &str,
+    cx: &mut FileCx,
+    t: &Templates,
+    gw: &Gateway,
+) -> Option<EmbedSpec> {
+    if let Some(c) = gw.channels.get(channel).filter(|c| !cx.caps(c).embeds) {
+        cx.err(
+            e.span(),
+            format!("channel '{channel}' ({}) has no embeds", c.kind()),
+        );
+        return None;
+    }
+    let d = e.get();
+    if d.fields.len() > 25 {
+        cx.err(
+            e.span(),
+            format!("an embed has at most 25 fields, not {}", d.fields.len()),
+        );
+    }
+    let color = d.color.as_ref().and_then(|c| {
+        match c
+            .get()
+            .strip_prefix('#')
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+        {
+            Some(v) if c.get().len() == 7 => Some(v),
+            _ => {
+                cx.err(
+                    c.span(),
+                    format!("color '{}' should look like #e67e22", c.get()),
+                );
+                None
+            }
+        }
+    });
+    let mut opt = |v: &Option<Sp<String>>| v.as_ref().and_then(|s| cx.tmpl(t, s));
+    let (title, description, url, footer) = (
+        opt(&d.title),
+        opt(&d.description),
+        opt(&d.url),
+        opt(&d.footer),
+    );
+    let fields = d
+        .fields
+        .iter()
+        .filter_map(|f| Some((cx.tmpl(t, &f.name)?, cx.tmpl(t, &f.value)?, f.inline)))
+        .collect();
+    Some(EmbedSpec {
+        title,
+        description,
+        url,
+        color,
+        fields,
+        footer,
     })
 }
 
@@ -260,6 +326,7 @@ pub(super) fn compile_edit(
         cc: Vec::new(),
         bcc: Vec::new(),
         notification: None,
+        embed: None,
     };
     let message = compile_send(&Sp(toml::Spanned::new(e.span(), def)), cx, t, gw, i18n)?;
     {
