@@ -55,7 +55,8 @@ impl EventHandler for Handler {
     }
 
     async fn message(&self, _ctx: SerenityContext, m: Message) {
-        if let Some(ev) = inbound::message(&self.dc.name, &m, self.cx.clock.now_ms()) {
+        if let Some(mut ev) = inbound::message(&self.dc.name, &m, self.cx.clock.now_ms()) {
+            self.dc.locale(&mut ev);
             self.store(ev).await;
         }
     }
@@ -64,7 +65,8 @@ impl EventHandler for Handler {
         let Interaction::Component(press) = i else {
             return;
         };
-        let ev = inbound::press(&self.dc.name, &press, self.cx.clock.now_ms());
+        let mut ev = inbound::press(&self.dc.name, &press, self.cx.clock.now_ms());
+        self.dc.locale(&mut ev);
         // Acknowledged before it is stored: Discord wants an answer within 3 s.
         let (acked, ()) = tokio::join!(
             self.dc.acknowledge(press.id.get(), &press.token),

@@ -81,7 +81,8 @@ async fn interaction(
         // Commands and modals are not ours: a quiet acknowledgement.
         _ => return Json(json!({"type": 6})).into_response(),
     };
-    let ev = inbound::press(&dc.name, &press, clock.now_ms());
+    let mut ev = inbound::press(&dc.name, &press, clock.now_ms());
+    dc.locale(&mut ev);
     let stored = tokio::spawn(async move { ingest.submit(ev).await });
     match tokio::time::timeout(STORE_WAIT, stored).await {
         Ok(Ok(Ok(

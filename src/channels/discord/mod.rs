@@ -73,10 +73,37 @@ pub const WEBHOOK_CAPABILITIES: Capabilities = Capabilities {
     markup: Markup::Markdown,
 };
 
-/// Holds a conversation's sends for `retry_after`, up to [`MAX_PAUSES`] times.
+/// Until when every request of a bot waits (Discord's global rate limit was hit).
+#[derive(Default)]
+pub struct GlobalHold(Mutex<Option<tokio::time::Instant>>);
+
+impl GlobalHold {
+    async fn wait(&self) {
+        let until = *self.0.lock().expect("not poisoned");
+        if let Some(t) = until {
+            tokio::time::sleep_until(t).await;
+        }
+    }
+
+    fn hold(&self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        let mut held = self.0.lock().expect("not poisoned");
+        if held.is_none_or(|t| t < until) {
+            *held = Some(until);
+        }
+    }
+}
+
+/// Holds a conversation's sends for `retry_after` (every send, for a global limit), up to
+/// [`MAX_PAUSES`] times.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request and where it is paced"
+)]
 async fn paced(
     rest: &Rest,
     pacer: &Pacer,
+    global: &GlobalHold,
     pace: Duration,
     conversation: &str,
     method: Method,
@@ -86,6 +113,7 @@ async fn paced(
     let mut pauses = 0;
     loop {
         pacer.wait_turn(conversation, pace).await;
+        global.wait().await;
         let (answer, bucket) = rest.call(method.clone(), path, Some(body)).await;
         pacer.done(conversation);
         if let Some(d) = bucket {
@@ -94,11 +122,14 @@ async fn paced(
         match answer {
             Answer::Ok(v) => return Ok(v),
             Answer::Failed(e) => return Err(e),
-            Answer::Limited(d) if pauses < MAX_PAUSES => {
+            Answer::Limited(d, is_global) if pauses < MAX_PAUSES => {
                 pauses += 1;
+                if is_global {
+                    global.hold(d);
+                }
                 pacer.hold(conversation, pace, d);
             }
-            Answer::Limited(d) => {
+            Answer::Limited(d, _) => {
                 return Err(SendError {
                     message: format!(
                         "discord: still rate limited after {MAX_PAUSES} pauses (retry after {d:?})"
@@ -118,6 +149,9 @@ pub struct Discord {
     status: Mutex<String>,
     /// DM channels by user id (`dc:@<user id>`).
     dms: Mutex<std::collections::HashMap<u64, u64>>,
+    global: GlobalHold,
+    /// Each user's Discord language, as their last press said (messages carry none).
+    locales: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Discord {
@@ -133,6 +167,29 @@ impl Discord {
             pacer: Pacer::new(&format!("dc:{name}"), cfg.per_bot, shared),
             status: Mutex::new("starting".into()),
             dms: Mutex::new(std::collections::HashMap::new()),
+            global: GlobalHold::default(),
+            locales: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Remembers a user's language from a press; gives it to their messages.
+    pub fn locale(&self, ev: &mut crate::store::NewEvent) {
+        let Some(user) = ev.data["from"]["id"].as_str().map(str::to_string) else {
+            return;
+        };
+        let mut known = self.locales.lock().expect("not poisoned");
+        match ev.data["lang"].as_str() {
+            Some(l) if !l.is_empty() => {
+                if known.len() > 10_000 {
+                    known.clear();
+                }
+                known.insert(user, l.to_string());
+            }
+            _ => {
+                if let Some(l) = known.get(&user) {
+                    ev.data["lang"] = serde_json::Value::String(l.clone());
+                }
+            }
         }
     }
 
@@ -155,7 +212,7 @@ impl Discord {
         {
             Answer::Ok(v) => v,
             Answer::Failed(e) => return Err(e),
-            Answer::Limited(d) => {
+            Answer::Limited(d, _) => {
                 return Err(SendError {
                     message: format!("discord: rate limited for {d:?}"),
                     retry: true,
@@ -191,7 +248,7 @@ impl Discord {
         {
             Answer::Ok(_) => Ok(()),
             Answer::Failed(e) => Err(e),
-            Answer::Limited(d) => Err(SendError {
+            Answer::Limited(d, _) => Err(SendError {
                 message: format!("discord: rate limited for {d:?}"),
                 retry: true,
             }),
@@ -205,6 +262,7 @@ impl Discord {
         let sent = paced(
             &self.rest,
             &self.pacer,
+            &self.global,
             self.pace(),
             &m.to,
             Method::POST,
@@ -230,6 +288,7 @@ impl Discord {
         paced(
             &self.rest,
             &self.pacer,
+            &self.global,
             self.pace(),
             &e.to,
             Method::PATCH,
@@ -260,6 +319,7 @@ impl Discord {
         let sent = paced(
             &self.rest,
             &self.pacer,
+            &self.global,
             Duration::ZERO,
             &format!("answer:{token}"),
             Method::POST,
@@ -317,6 +377,7 @@ pub struct Webhook {
     url: String,
     rest: Rest,
     pacer: Pacer,
+    global: GlobalHold,
     pace: Duration,
 }
 
@@ -354,6 +415,7 @@ impl Adapter for Webhook {
         let sent = paced(
             &self.rest,
             &self.pacer,
+            &self.global,
             self.pace,
             "webhook",
             Method::POST,
@@ -431,7 +493,55 @@ impl super::Kind for WebhookKind {
             url: cfg.url.0.clone(),
             rest: Rest::new("https://discord.com", None),
             pacer: Pacer::new(&format!("dcw:{name}"), cfg.per_webhook, shared),
+            global: GlobalHold::default(),
             pace: spacing(cfg.per_webhook),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewEvent;
+
+    fn event(user: &str, lang: Option<&str>) -> NewEvent {
+        NewEvent {
+            kind: "message".into(),
+            source: "dc".into(),
+            dedupe_key: None,
+            data: json!({"from": {"id": user}, "lang": lang}),
+            meta: json!({}),
+            rejected: None,
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_users_messages_take_the_language_their_last_press_had() {
+        let (_, gw) = crate::channels::testing::gateway(
+            "[channels.dc]\ntype = \"discord\"\ntoken = \"t\"\napplication_id = \"1\"\n",
+        );
+        let dc = Discord::new("dc", gw.channels["dc"].settings().unwrap(), None);
+        let mut before = event("7", None);
+        dc.locale(&mut before);
+        assert_eq!(before.data["lang"], Json::Null);
+        dc.locale(&mut event("7", Some("pl")));
+        let (mut after, mut other) = (event("7", None), event("8", None));
+        dc.locale(&mut after);
+        dc.locale(&mut other);
+        assert_eq!(
+            (after.data["lang"].as_str(), other.data["lang"].as_str()),
+            (Some("pl"), None)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_global_limit_holds_every_request() {
+        let hold = GlobalHold::default();
+        let start = tokio::time::Instant::now();
+        hold.hold(Duration::from_secs(2));
+        hold.hold(Duration::from_secs(1));
+        hold.wait().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 }

@@ -13,8 +13,9 @@ use crate::channels::SendError;
 /// What Discord answered.
 pub enum Answer {
     Ok(Json),
-    /// Over a limit: wait this long, then the same request may go again.
-    Limited(Duration),
+    /// Over a limit: wait this long, then the same request may go again; `true` when the
+    /// limit is the bot's global one (every request waits).
+    Limited(Duration, bool),
     Failed(SendError),
 }
 
@@ -96,7 +97,10 @@ impl Rest {
             s if s.is_success() => Answer::Ok(json),
             StatusCode::TOO_MANY_REQUESTS => {
                 let secs = json["retry_after"].as_f64().or(header_wait).unwrap_or(1.0);
-                Answer::Limited(Duration::from_secs_f64(secs.clamp(0.0, 600.0)))
+                Answer::Limited(
+                    Duration::from_secs_f64(secs.clamp(0.0, 600.0)),
+                    json["global"].as_bool().unwrap_or(false),
+                )
             }
             s => Answer::Failed(SendError {
                 message: format!(
