@@ -428,3 +428,53 @@ async fn a_user_is_reached_by_direct_message_and_staff_by_their_discord_id() {
         .collect();
     assert_eq!(texts, vec![json!("Deal 9 is yours"), json!("and again")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_holds_the_gateway_session_and_another_takes_it_over() {
+    let _heavy = HEAVY.lock().await;
+    let db = crate::pg::fresh_db().await;
+    let fake = FakeDiscord::start().await;
+    let cfg = ConfigDir::with(&[("echo.toml", ECHO)]);
+    cfg.write(
+        "gateway.toml",
+        &format!("[database]\nlease = \"2s\"\n\n{}", gateway(&fake, "")),
+    );
+    let mut gws = vec![
+        Gateway::start_on(&cfg, &db).await,
+        Gateway::start_on(&cfg, &db).await,
+    ];
+    let state = |g: &Gateway| {
+        let url = format!("{}/readyz", g.url);
+        async move {
+            let r: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            r["channels"]["dc"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    // One holds the session, the other stands by; both are ready.
+    let leader = eventually(|| async {
+        let (a, b) = (state(&gws[0]).await, state(&gws[1]).await);
+        let standby = "ok (another replica holds the session)";
+        match (a.as_str(), b.as_str()) {
+            ("ok", s) if s == standby => Some(0),
+            (s, "ok") if s == standby => Some(1),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(fake.identifies(), 1, "one session for the bot");
+    gws.remove(leader).kill();
+    // The other takes the lease over and opens the session.
+    eventually_within(std::time::Duration::from_secs(60), || async {
+        (fake.identifies() == 2 && state(&gws[0]).await == "ok").then_some(())
+    })
+    .await;
+    fake.wait_ready().await;
+    fake.dispatch(
+        "MESSAGE_CREATE",
+        fake.message_create(CHANNEL, Some(GUILD), "7001", "ada", "after", None),
+    );
+    let sent = fake
+        .wait_for(&format!("/channels/{CHANNEL}/messages"), 1)
+        .await;
+    assert_eq!(sent[0].body["content"], "echo **after** from ada");
+}
