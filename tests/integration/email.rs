@@ -515,6 +515,11 @@ async fn a_bounce_fails_the_message_raises_a_status_event_and_suppresses_the_add
         .filter(|e| e.kind == "status")
         .collect();
     assert_eq!(statuses.len(), 2, "{statuses:?}");
+    let forged = statuses
+        .iter()
+        .find(|e| e.data["recipient"] == "ceo@example.com")
+        .unwrap();
+    assert_eq!(forged.status, "rejected", "{forged:?}");
     assert!(
         m.t.app
             .store
@@ -1021,6 +1026,7 @@ async fn an_attachment_on_a_private_address_is_refused_unless_allowed() {
         &gateway(&imap, &smtp).replace("allow = [\"127.0.0.1/32\"]", "allow = []"),
     );
     let t = TestApp::spawn(&cfg).await;
+    ready(&t).await;
     let file = "http://169.254.169.254/latest/meta-data/iam/security-credentials/x";
     let run = started_run(
         &t,

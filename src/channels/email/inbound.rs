@@ -218,7 +218,8 @@ async fn bounces(
             .diagnostic
             .clone()
             .unwrap_or_else(|| "delivery failed".into());
-        if r.is_hard() && recipients.contains(&r.address.to_ascii_lowercase()) {
+        let ours = recipients.contains(&r.address.to_ascii_lowercase());
+        if r.is_hard() && ours {
             store
                 .suppress(
                     &mail.name,
@@ -228,7 +229,7 @@ async fn bounces(
                 )
                 .await?;
         }
-        out.push(event(
+        let mut ev = event(
             mail,
             "status",
             format!("{key}:{}", r.address),
@@ -242,7 +243,22 @@ async fn bounces(
             }),
             seen,
             now,
-        ));
+        );
+        // A report about someone a message of ours did not go to changes nothing.
+        if !ours {
+            ev.rejected = Some(match &sent {
+                Some(row) => format!(
+                    "a delivery report about {}, to whom message {} was not sent",
+                    r.address,
+                    row.message_ref.as_deref().unwrap_or("?")
+                ),
+                None => format!(
+                    "a delivery report about {} for a message this channel did not send",
+                    r.address
+                ),
+            });
+        }
+        out.push(ev);
     }
     if out.is_empty() {
         let states: Vec<String> = report
