@@ -496,11 +496,14 @@ async fn a_button_of_a_send_starts_a_click_scenario_that_edits_the_message() {
     let fake = FakeDiscord::start().await;
     let (_cfg, t) = app(&fake, &[("notice.toml", ACK), ("acked.toml", ACKED)], "").await;
     ready(&t, &fake).await;
-    t.post("notice", json!({"channel": CHANNEL, "host": "db1"})).await;
-    fake.wait_for(&format!("/channels/{CHANNEL}/messages"), 1).await;
+    t.post("notice", json!({"channel": CHANNEL, "host": "db1"}))
+        .await;
+    fake.wait_for(&format!("/channels/{CHANNEL}/messages"), 1)
+        .await;
     let message = fake.messages(CHANNEL)[0].clone();
     assert_eq!(message["content"], "Server db1 is down");
-    let (press, _) = fake.button_interaction(&message, Some(GUILD), "7003", "olga", "en-US", "b:ack");
+    let (press, _) =
+        fake.button_interaction(&message, Some(GUILD), "7003", "olga", "en-US", "b:ack");
     fake.dispatch("INTERACTION_CREATE", press);
     let edited = eventually(|| async {
         let m = fake.messages(CHANNEL)[0].clone();
@@ -510,5 +513,10 @@ async fn a_button_of_a_send_starts_a_click_scenario_that_edits_the_message() {
     assert_eq!(edited["components"], json!([]));
     // The press was acknowledged in time and needed no words.
     let outcomes = fake.interaction_outcomes();
-    assert!(outcomes.iter().all(|o| o.acknowledged_after.is_some() && !o.failed), "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.acknowledged_after.is_some() && !o.failed),
+        "{outcomes:?}"
+    );
 }
