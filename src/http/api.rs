@@ -16,7 +16,7 @@ use crate::engine::admin::{AdminError, AdminOp, AdminReply};
 use crate::engine::Work;
 use crate::store::{
     EventFilter, EventRow, OutboxRow, RunFilter, RunRow, RunStatus, RunSummary, ScenarioStats,
-    TimerRow, WaitRow,
+    Suppression, TimerRow, WaitRow,
 };
 
 pub fn router(state: AppState) -> Router<AppState> {
@@ -37,6 +37,11 @@ pub fn router(state: AppState) -> Router<AppState> {
             axum::routing::put(put_global).delete(delete_global),
         )
         .route("/api/timers", get(list_timers))
+        .route("/api/suppressions", get(list_suppressions))
+        .route(
+            "/api/suppressions/{channel}/{address}",
+            axum::routing::delete(delete_suppression),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state,
             super::auth::require_bearer,
@@ -51,10 +56,11 @@ pub fn router(state: AppState) -> Router<AppState> {
     info(title = "Switchboard admin API", description = "Events, runs, scenarios, variables and timers of a Switchboard gateway."),
     paths(list_events, get_event, list_runs, get_run, retry_run, cancel_run, retry_outbox,
           list_scenarios, enable_scenario, disable_scenario, list_globals, put_global,
-          delete_global, list_timers),
+          delete_global, list_timers, list_suppressions, delete_suppression),
     components(schemas(ErrorBody, EventRow, RunRow, RunSummary, RunStatus, OutboxRow, TimerRow,
                         WaitRow, ScenarioStats, ScenarioView, RunPage, EventPage, EventDetail,
-                        RunDetail, ActionResult, TimersPage, EventStatus)),
+                        RunDetail, ActionResult, TimersPage, EventStatus, Suppression,
+                        SuppressionsPage)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -530,4 +536,63 @@ async fn list_timers(
         timers: st.store.list_timers(limit).await?,
         waits: st.store.list_waits(limit).await?,
     }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SuppressionQuery {
+    /// Only this channel's list.
+    channel: Option<String>,
+    /// 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SuppressionsPage {
+    /// Addresses the channels no longer send to (a hard bounce, an unsubscribe), newest first.
+    suppressions: Vec<Suppression>,
+}
+
+#[utoipa::path(get, path = "/api/suppressions", params(SuppressionQuery),
+    responses((status = 200, body = SuppressionsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_suppressions(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<SuppressionQuery>,
+) -> Result<Json<SuppressionsPage>, ApiError> {
+    let limit = limit(q.limit)?;
+    Ok(Json(SuppressionsPage {
+        suppressions: st
+            .store
+            .list_suppressions(q.channel.as_deref(), limit)
+            .await?,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct SuppressionKey {
+    /// The channel's name.
+    channel: String,
+    /// The address, as the list shows it.
+    address: String,
+}
+
+#[utoipa::path(delete, path = "/api/suppressions/{channel}/{address}", params(SuppressionKey),
+    responses((status = 200, body = ActionResult), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_suppression(
+    State(st): State<AppState>,
+    ApiPath(SuppressionKey { channel, address }): ApiPath<SuppressionKey>,
+) -> Result<Json<ActionResult>, ApiError> {
+    if st.store.unsuppress(&channel, &address).await? {
+        tracing::info!(%channel, %address, "taken off the suppression list");
+        Ok(Json(ActionResult {
+            result: serde_json::json!({"channel": channel, "address": address, "suppressed": false}),
+        }))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{address} is not on channel '{channel}''s suppression list"),
+        ))
+    }
 }

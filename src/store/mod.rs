@@ -267,6 +267,17 @@ pub struct DeliveryStatus<'a> {
     pub error: Option<&'a str>,
 }
 
+/// An address a channel no longer sends to.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Suppression {
+    pub channel: String,
+    pub address: String,
+    /// `unsubscribed`, or `bounced: <status> <the remote server's reason>`.
+    pub reason: String,
+    /// Since when (Unix ms).
+    pub at: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewTimer {
     pub run_id: i64,
@@ -461,6 +472,14 @@ pub trait Store: Send + Sync {
     async fn suppress(&self, channel: &str, address: &str, reason: &str, now: i64) -> Result<()>;
     /// Why an address is on a channel's suppression list, and since when.
     async fn suppressed(&self, channel: &str, address: &str) -> Result<Option<(String, i64)>>;
+    /// The suppression lists (of one channel), newest first.
+    async fn list_suppressions(
+        &self,
+        channel: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Suppression>>;
+    /// Takes an address off a channel's suppression list; false if it was not on it.
+    async fn unsuppress(&self, channel: &str, address: &str) -> Result<bool>;
     async fn setting(&self, name: &str) -> Result<Option<String>>;
     async fn put_setting(&self, name: &str, value: &str) -> Result<()>;
     /// The setting's value; `value` is stored first when there is none, so that replicas

@@ -317,6 +317,39 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn list_suppressions(
+                &self,
+                channel: Option<&str>,
+                limit: i64,
+            ) -> Result<Vec<Suppression>> {
+                let rows = sqlx::query(
+                    "SELECT channel, address, reason, at FROM suppressions
+                     WHERE (CAST($1 AS TEXT) IS NULL OR channel = $1) ORDER BY at DESC, address LIMIT $2",
+                )
+                .bind(channel)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Suppression {
+                        channel: r.get("channel"),
+                        address: r.get("address"),
+                        reason: r.get("reason"),
+                        at: r.get("at"),
+                    })
+                    .collect())
+            }
+
+            async fn unsuppress(&self, channel: &str, address: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM suppressions WHERE channel = $1 AND address = $2")
+                    .bind(channel)
+                    .bind(address)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn suppressed(&self, channel: &str, address: &str) -> Result<Option<(String, i64)>> {
                 let row = sqlx::query(
                     "SELECT reason, at FROM suppressions WHERE channel = $1 AND address = $2",

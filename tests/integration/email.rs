@@ -256,6 +256,22 @@ async fn a_notification_has_both_parts_its_language_escaped_data_and_one_click_u
         "{journal:?}"
     );
     assert_eq!(mails_to(&m.smtp, "qa@example.com", 2).await.len(), 2);
+    // The operator sees the list and takes the address off it: mail goes again.
+    let (status, list) = m.t.get("/api/suppressions?channel=mail").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["suppressions"][0]["address"], "qa@example.com");
+    assert_eq!(list["suppressions"][0]["reason"], "unsubscribed");
+    let lift = || {
+        m.t.api(
+            reqwest::Method::DELETE,
+            "/api/suppressions/mail/qa@example.com",
+            None,
+        )
+    };
+    assert_eq!(lift().await.0, 200);
+    assert_eq!(lift().await.0, 404);
+    started_run(&m.t, "rated", json!({"email": "qa@example.com", "cc": "", "lang": "en", "operator": "Ann", "rating": 3, "call": "c-2"})).await;
+    mails_to(&m.smtp, "qa@example.com", 3).await;
     // A forged link is refused.
     let forged = format!("{}x", &url[..url.len() - 1]);
     assert_eq!(m.t.http.post(&forged).send().await.unwrap().status(), 404);
