@@ -111,6 +111,40 @@ impl Markup {
     }
 }
 
+/// `{{ event.phone | e164("PL") }}`: a phone number as `+48555123456`; the region is the
+/// country of numbers written without their country code. Not a valid number: an error that
+/// names it (the step fails, journaled).
+fn e164(number: String, region: Option<String>) -> Result<String, minijinja::Error> {
+    let bad = |why: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, why);
+    let country = match region.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        Some(r) => Some(
+            r.to_ascii_uppercase()
+                .parse::<phonenumber::country::Id>()
+                .map_err(|_| bad(format!("'{r}' is not a country code such as PL or DE")))?,
+        ),
+        None => None,
+    };
+    let parsed = phonenumber::parse(country, number.trim())
+        .map_err(|e| bad(format!("'{number}' is not a phone number: {e}")))?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err(bad(format!("'{number}' is not a valid phone number")));
+    }
+    Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// `{{ event.email | email }}`: an e-mail address trimmed and lower-cased; not an address: an
+/// error that names it.
+fn email(address: String) -> Result<String, minijinja::Error> {
+    let a = address.trim().to_lowercase();
+    match a.parse::<lettre::Address>() {
+        Ok(_) => Ok(a),
+        Err(e) => Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("'{address}' is not an e-mail address: {e}"),
+        )),
+    }
+}
+
 /// The shared template environment. It lives for the whole process: compiled expressions
 /// borrow it, and configs are loaded once per process.
 #[derive(Clone)]
@@ -193,6 +227,8 @@ impl Templates {
             Ok(Some(src.to_string()))
         });
         env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
+        env.add_filter("e164", e164);
+        env.add_filter("email", email);
         let links: Arc<RwLock<Option<Arc<dyn LinkSigner>>>> = Arc::default();
         let signer = links.clone();
         env.add_function("link", move |scenario: String, kwargs: Kwargs| {
@@ -508,6 +544,33 @@ mod tests {
             "*\u{2060}_VIP\u{2060}_ \u{2060}*Ada\u{2060}** 5"
         );
         assert_eq!(Markup::WhatsApp.escape("a_b"), "a\u{2060}_b");
+    }
+
+    #[test]
+    fn phone_numbers_and_addresses_are_normalized_or_refused() {
+        let t = Templates::new(10_000);
+        let phone = t.tmpl("{{ event.p | e164('PL') }}").unwrap();
+        let ok = |p: &str| phone.render(&ctx(json!({"event": {"p": p}})));
+        assert_eq!(ok("555 123 456").unwrap(), "+48555123456");
+        assert_eq!(ok("+49 30 901820").unwrap(), "+4930901820");
+        assert!(ok("12")
+            .unwrap_err()
+            .0
+            .contains("'12' is not a valid phone number"));
+        assert!(ok("call me").is_err());
+        let bad_region = t.tmpl("{{ '555 123 456' | e164('XX') }}").unwrap();
+        assert!(bad_region
+            .render(&ctx(json!({})))
+            .unwrap_err()
+            .0
+            .contains("'XX' is not a country code"));
+        let mail = t.tmpl("{{ event.m | email }}").unwrap();
+        let m = |a: &str| mail.render(&ctx(json!({"event": {"m": a}})));
+        assert_eq!(m(" Ada@Example.COM ").unwrap(), "ada@example.com");
+        assert!(m("ada at example")
+            .unwrap_err()
+            .0
+            .contains("is not an e-mail address"));
     }
 
     #[test]
