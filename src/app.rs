@@ -150,13 +150,15 @@ impl App {
             store.clone(),
             outbox_rx,
         )));
+        // What channels fetch by URL passes the same guard as `http` steps.
+        let egress = crate::egress::Guard::new(cfg.gateway.http.clone());
         tasks.extend(channels.start(&crate::channels::Context {
             store: store.clone(),
             ingest: ingest.clone(),
             clock: clock.clone(),
             public_url: public_url.clone(),
-            egress: crate::egress::Guard::new(cfg.gateway.http.clone()),
-            http: crate::egress::Guard::new(cfg.gateway.http.clone()).client(4),
+            egress: egress.clone(),
+            http: egress.client(4),
             stop: stop_rx.clone(),
         }));
         tasks.push(tokio::spawn(crate::timers::timer_worker(

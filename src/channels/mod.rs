@@ -284,6 +284,15 @@ pub struct Delivered {
 }
 
 impl Delivered {
+    /// An operation the channel cannot do and leaves out, saying why (`message`: the
+    /// reference the operation was about, if any).
+    pub fn skipped(channel: &str, message: Option<String>, why: &str) -> Delivered {
+        Delivered {
+            message,
+            detail: serde_json::json!({"channel": channel, "skipped": why}),
+        }
+    }
+
     pub fn to_json(&self) -> Json {
         let mut d = self.detail.clone();
         if let (Some(m), Some(o)) = (&self.message, d.as_object_mut()) {

@@ -1060,3 +1060,51 @@ async fn an_attachment_on_a_private_address_is_refused_unless_allowed() {
     assert!(error.contains("link-local"), "{error}");
     assert!(smtp.messages().is_empty());
 }
+
+const TWO_QUESTIONS: &str = r#"id = "two"
+on = { webhook = "two" }
+[[step]]
+ask = { to = "mail:ada@example.com", template = "Confirm?", choices = ["Yes", "No"], buttons = "inline", timeout = "1h" }
+[[step]]
+ask = { to = "mail:ada@example.com", template = "Rate us", choices = ["Good", "Bad"], buttons = "inline", timeout = "1h", save = "rating" }
+"#;
+
+#[tokio::test]
+async fn a_choice_link_of_an_earlier_question_answers_nothing() {
+    let m = mail(&[("two.toml", TWO_QUESTIONS)]).await;
+    let run = started_run(&m.t, "two", json!({})).await;
+    let first = mails_to(&m.smtp, "ada@example.com", 1).await.remove(0);
+    let (yes, no) = (choice_link(&first, "Yes"), choice_link(&first, "No"));
+    let page =
+        m.t.http
+            .post(&yes)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    assert!(
+        page.contains("Thank you, your answer is recorded."),
+        "{page}"
+    );
+    // The second question is out; the first one's other link comes late.
+    mails_to(&m.smtp, "ada@example.com", 2).await;
+    let stale =
+        m.t.http
+            .post(&no)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    assert!(
+        stale.contains("This button is no longer active."),
+        "{stale}"
+    );
+    let r = m.t.app.store.run(run).await.unwrap().unwrap();
+    assert_eq!((r.pc, r.status), (1, RunStatus::Waiting), "{:?}", r.journal);
+    assert_eq!(r.vars["answer"]["value"], "yes");
+    assert!(r.vars.get("rating").is_some_and(|v| v["value"].is_null()));
+}

@@ -351,10 +351,11 @@ impl Adapter for Discord {
             Outbound::Send(m) => self.send(m).await,
             Outbound::Edit(e) => self.edit(e).await,
             Outbound::Answer(a) => self.answer(a).await,
-            Outbound::Read(_) => Ok(Delivered {
-                message: None,
-                detail: json!({"channel": self.name, "skipped": "Discord has no read receipts"}),
-            }),
+            Outbound::Read(_) => Ok(Delivered::skipped(
+                &self.name,
+                None,
+                "Discord has no read receipts",
+            )),
         }
     }
 
@@ -393,10 +394,7 @@ impl Adapter for Webhook {
 
     async fn deliver(&self, op: &Outbound) -> Result<Delivered, SendError> {
         let Outbound::Send(m) = op else {
-            return Ok(Delivered {
-                message: None,
-                detail: json!({"channel": self.name, "skipped": "a webhook only posts"}),
-            });
+            return Ok(Delivered::skipped(&self.name, None, "a webhook only posts"));
         };
         let mut text = m.text.clone();
         for l in &m.links {

@@ -376,18 +376,19 @@ impl Adapter for Email {
         match op {
             Outbound::Send(m) => self.send(m).await,
             Outbound::Answer(a) => Ok(self.answer(&a.click, &a.text)),
-            Outbound::Read(_) => Ok(Delivered {
-                message: None,
-                detail: json!({"channel": self.name, "skipped": "e-mail has no read receipts"}),
-            }),
+            Outbound::Read(_) => Ok(Delivered::skipped(
+                &self.name,
+                None,
+                "e-mail has no read receipts",
+            )),
             // A new text goes as a reply in the message's thread.
             Outbound::Edit(e) => match e.as_new_message() {
                 Some(m) => self.send(&m).await,
-                None => Ok(Delivered {
-                    message: Some(e.message.clone()),
-                    detail: json!({"channel": self.name,
-                        "skipped": "a sent e-mail cannot be changed"}),
-                }),
+                None => Ok(Delivered::skipped(
+                    &self.name,
+                    Some(e.message.clone()),
+                    "a sent e-mail cannot be changed",
+                )),
             },
         }
     }

@@ -292,18 +292,19 @@ impl Adapter for WhatsApp {
             Outbound::Read(r) => self.mark_read(&r.message).await,
             // WhatsApp cannot answer a press or change a sent message's buttons: an old
             // button pressed later is refused by the engine, as on any channel.
-            Outbound::Answer(_) => Ok(Delivered {
-                message: None,
-                detail: json!({"channel": self.name, "skipped": "WhatsApp has no click answers"}),
-            }),
+            Outbound::Answer(_) => Ok(Delivered::skipped(
+                &self.name,
+                None,
+                "WhatsApp has no click answers",
+            )),
             // A new text goes as a new message quoting the old one.
             Outbound::Edit(e) => match e.as_new_message() {
                 Some(m) => self.send(&m).await,
-                None => Ok(Delivered {
-                    message: Some(e.message.clone()),
-                    detail: json!({"channel": self.name,
-                        "skipped": "WhatsApp cannot change a sent message's buttons"}),
-                }),
+                None => Ok(Delivered::skipped(
+                    &self.name,
+                    Some(e.message.clone()),
+                    "WhatsApp cannot change a sent message's buttons",
+                )),
             },
         }
     }
