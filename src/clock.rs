@@ -23,6 +23,16 @@ impl Clock {
         chrono::Utc::now().timestamp_millis() + self.inner.offset_ms.load(Ordering::Relaxed)
     }
 
+    /// A clock that reads `at_ms` now and runs on from there (tests start on a chosen day).
+    pub fn starting_at(at_ms: i64) -> Clock {
+        let c = Clock::default();
+        c.inner.offset_ms.store(
+            at_ms - chrono::Utc::now().timestamp_millis(),
+            Ordering::Relaxed,
+        );
+        c
+    }
+
     /// Moves this clock forward; sleepers on it wake and re-check.
     pub fn advance(&self, by: Duration) {
         self.inner

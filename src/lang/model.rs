@@ -15,6 +15,8 @@ pub struct Gateway {
     pub max_backlog: usize,
     pub backlog_wait: Duration,
     pub language: String,
+    /// The zone working hours and local times use when nothing closer names one.
+    pub timezone: chrono_tz::Tz,
     pub max_steps: u32,
     pub max_call_depth: u32,
     pub http_timeout: Duration,
@@ -103,9 +105,18 @@ pub struct Staff {
     pub id: String,
     pub name: String,
     pub language: Option<String>,
+    #[serde(serialize_with = "tz_name")]
+    pub tz: Option<chrono_tz::Tz>,
     pub ids: std::collections::BTreeMap<String, String>,
     pub external: std::collections::BTreeMap<String, String>,
     pub groups: Vec<String>,
+}
+
+fn tz_name<S: serde::Serializer>(tz: &Option<chrono_tz::Tz>, s: S) -> Result<S::Ok, S::Error> {
+    match tz {
+        Some(z) => s.serialize_some(z.name()),
+        None => s.serialize_none(),
+    }
 }
 
 impl Gateway {

@@ -125,6 +125,9 @@ pub struct DefaultsSection {
     pub retry_max_delay: Option<Sp<String>>,
     /// How long finished runs, events and requests stay in the journal (default `30d`).
     pub retention: Option<Sp<String>>,
+    /// The gateway's time zone (IANA name, e.g. `Europe/Warsaw`; default `UTC`): working hours
+    /// and local times use it when nothing closer (the step, the recipient) names one.
+    pub timezone: Option<Sp<String>>,
 }
 
 /// A channel: `type` (`log`, `telegram`, …) and the keys of that type, e.g. a Telegram
@@ -171,6 +174,8 @@ pub struct StaffEntry {
     pub id: Sp<String>,
     pub name: String,
     pub language: Option<String>,
+    /// The member's time zone (IANA name), for working hours and local times.
+    pub tz: Option<Sp<String>>,
     /// Ids on each channel, e.g. `{ telegram = "123" }`.
     #[serde(default)]
     pub ids: BTreeMap<String, String>,

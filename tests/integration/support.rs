@@ -120,6 +120,23 @@ impl TestApp {
     }
 
     pub async fn spawn_on(cfg: &ConfigDir, database: &str) -> TestApp {
+        TestApp::spawn_with_clock(cfg, database, Clock::default()).await
+    }
+
+    /// The app with its clock reading `at` (an RFC 3339 time) when it starts.
+    #[allow(dead_code, reason = "used by the tests of local times")]
+    pub async fn spawn_at(cfg: &ConfigDir, at: &str) -> TestApp {
+        let at = chrono::DateTime::parse_from_rfc3339(at)
+            .expect("an RFC 3339 time")
+            .timestamp_millis();
+        let db = match std::env::var("SWITCHBOARD_TEST_DATABASE").as_deref() {
+            Ok("postgres") => crate::pg::fresh_db().await,
+            _ => cfg.db(),
+        };
+        TestApp::spawn_with_clock(cfg, &db, Clock::starting_at(at)).await
+    }
+
+    pub async fn spawn_with_clock(cfg: &ConfigDir, database: &str, clock: Clock) -> TestApp {
         let app = App::start(Options {
             config_dir: cfg.dir(),
             database: database.to_string(),
@@ -128,7 +145,7 @@ impl TestApp {
             admin_listen: Some("127.0.0.1:0".into()),
             admin_token: Some(ADMIN_TOKEN.into()),
             link_key: Some("test-link-key".into()),
-            clock: Clock::default(),
+            clock,
         })
         .await
         .expect("the app starts");

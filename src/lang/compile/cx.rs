@@ -158,6 +158,23 @@ impl FileCx<'_> {
         }
     }
 
+    /// A time zone by its IANA name; a mistake is reported where it is.
+    pub(super) fn zone(&mut self, s: &Sp<String>) -> Option<chrono_tz::Tz> {
+        match s.get().trim().parse::<chrono_tz::Tz>() {
+            Ok(z) => Some(z),
+            Err(_) => {
+                self.err(
+                    s.span(),
+                    format!(
+                        "unknown time zone '{}' (an IANA name like Europe/Warsaw)",
+                        s.get()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn duration(&mut self, s: &Sp<String>) -> Option<Duration> {
         match parse_duration(s.get()) {
             Ok(d) => Some(d),

@@ -109,6 +109,7 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             id: e.id.get().clone(),
             name: e.name.clone(),
             language: e.language.clone(),
+            tz: e.tz.as_ref().and_then(|z| cx.zone(z)),
             ids: e.ids.clone(),
             external: e.external.clone(),
             groups: e.groups.clone(),
@@ -125,6 +126,11 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             .as_ref()
             .map(|l| l.get().clone())
             .unwrap_or_else(|| "en".into()),
+        timezone: d
+            .timezone
+            .as_ref()
+            .and_then(|z| cx.zone(z))
+            .unwrap_or(chrono_tz::UTC),
         max_steps: d.max_steps.unwrap_or(200),
         max_call_depth: d.max_call_depth.unwrap_or(8),
         http_timeout: dur(cx, &d.http_timeout, 10),
