@@ -812,6 +812,7 @@ impl Engine {
         let now = self.now();
         match (t.kind.as_str(), run.status) {
             ("sleep", RunStatus::Sleeping) => self.sleep_woke(&mut run, now),
+            ("hold", RunStatus::Sleeping) => self.hold_ended(&mut run, now),
             ("wait_timeout", RunStatus::Waiting) => {
                 tx.clear_parks(run.id).await?;
                 match sc.steps.get(run.pc as usize).map(|s| &s.action) {

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::expr::{Expr, Tmpl, ValueTmpl};
+pub use super::hours::Hours;
 
 pub struct Gateway {
     pub listen: Option<String>,
@@ -27,6 +29,8 @@ pub struct Gateway {
     pub database: PoolOptions,
     pub http: HttpPolicy,
     pub channels: HashMap<String, Channel>,
+    /// Per channel: when its messages may go out, and how many one recipient gets.
+    pub rules: HashMap<String, ChannelRules>,
     pub hooks: HashMap<String, Hook>,
     pub staff: Vec<Staff>,
 }
@@ -73,6 +77,22 @@ impl Default for PoolOptions {
 }
 
 pub use super::channel::Channel;
+
+/// What every channel type takes besides its own settings.
+#[derive(Default, Clone)]
+pub struct ChannelRules {
+    pub hours: Option<Arc<Hours>>,
+    pub per_recipient: Option<Cap>,
+}
+
+/// At most `n` messages per `per` to one recipient; over it, the message waits for room or
+/// (a `send` with `drop`) is not sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    pub n: u32,
+    pub per: Duration,
+    pub drop: bool,
+}
 
 /// A secret string that does not print.
 #[derive(Clone, PartialEq, Eq)]
@@ -181,6 +201,8 @@ pub struct Scenario {
     pub uses_subject_vars: bool,
     /// Whether the file mentions `global.` at all (true unless known otherwise).
     pub uses_globals: bool,
+    /// When its messages may go out (unless a step says otherwise).
+    pub hours: Option<Arc<Hours>>,
 }
 
 impl Scenario {
@@ -213,6 +235,7 @@ impl Scenario {
             steps,
             uses_subject_vars,
             uses_globals: true,
+            hours: None,
         }
     }
 
@@ -267,6 +290,8 @@ pub struct Step {
     pub else_goto: Option<usize>,
     pub action: Action,
     pub stop: bool,
+    /// When its message may go out.
+    pub hours: Option<Arc<Hours>>,
 }
 
 pub enum Action {

@@ -201,6 +201,10 @@ pub struct ScenarioFile {
     /// Template of the subject key, e.g. `deal:{{ event.deal.id }}`.
     pub subject: Option<Sp<String>>,
     pub limit: Option<Sp<LimitDef>>,
+    /// When this scenario's messages (`send`, `ask`, `offer`) may go out; outside, a step
+    /// waits for the next opening. A step's own `hours` take precedence; these take
+    /// precedence over the channel's.
+    pub hours: Option<Sp<HoursDef>>,
     #[serde(default, rename = "step")]
     pub steps: Vec<Sp<StepDef>>,
 }
@@ -240,6 +244,25 @@ pub struct LimitDef {
     pub single: Option<bool>,
 }
 
+/// Working or quiet hours, e.g. `{ allow = "Mon-Fri 09:00-20:00, Sat 10:00-14:00", tz =
+/// "{{ event.tz }}", holidays = ["2026-12-24", "12-25"] }`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoursDef {
+    /// Open times: weekdays (`Mon`, `Mon-Fri`, `Sat/Sun`, `daily`) and time ranges
+    /// (`09:00-13:00 14:00-18:00`), groups separated by commas; a range may end after midnight.
+    pub allow: Option<Sp<String>>,
+    /// Closed times in the same form, e.g. `daily 21:00-08:00`; taken out of `allow` (or out
+    /// of the whole week without `allow`).
+    pub quiet: Option<Sp<String>>,
+    /// The zone the times are read in (template; IANA name). Empty or left out: the
+    /// recipient's zone (a staff member's `tz`), else the gateway's `timezone`.
+    pub tz: Option<Sp<String>>,
+    /// Whole days off: `2026-12-24`, or `12-25` for every year.
+    #[serde(default)]
+    pub holidays: Vec<Sp<String>>,
+}
+
 /// One step: an optional label and condition, and one action.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +288,9 @@ pub struct StepDef {
     pub ask: Option<Sp<AskDef>>,
     pub offer: Option<Sp<OfferDef>>,
     pub edit: Option<Sp<EditDef>>,
+    /// When this step's message may go out (a `send`, `ask` or `offer`); outside, the run
+    /// waits for the next opening.
+    pub hours: Option<Sp<HoursDef>>,
     /// Outcome → label, for `http` (`"2xx"`, `"404"`, `error`) and `wait` (`timeout`).
     pub branch: Option<Sp<BTreeMap<String, Sp<String>>>>,
     /// End the run (after this step's action, if any).

@@ -177,6 +177,24 @@ impl FakeTelegram {
     }
 }
 
+/// The texts sent to `chat`, in order.
+pub fn texts_to(fake: &FakeTelegram, chat: i64) -> Vec<String> {
+    fake.calls("sendMessage")
+        .into_iter()
+        .filter(|c| c.params["chat_id"] == chat)
+        .map(|c| c.params["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The texts sent to `chat`, once there are at least `n`.
+pub async fn texts_eventually(fake: &FakeTelegram, chat: i64, n: usize) -> Vec<String> {
+    crate::support::eventually(|| async {
+        let t = texts_to(fake, chat);
+        (t.len() >= n).then_some(t)
+    })
+    .await
+}
+
 pub fn text_update(chat: i64, user: i64, lang: &str, text: &str) -> Value {
     json!({"message": {
         "message_id": 1, "date": 1_700_000_000,

@@ -15,6 +15,7 @@ mod fake_discord;
 mod fake_telegram;
 mod fake_whatsapp;
 mod fuzz;
+mod hours;
 mod links;
 mod mail_servers;
 mod migrations;

@@ -124,7 +124,6 @@ impl TestApp {
     }
 
     /// The app with its clock reading `at` (an RFC 3339 time) when it starts.
-    #[allow(dead_code, reason = "used by the tests of local times")]
     pub async fn spawn_at(cfg: &ConfigDir, at: &str) -> TestApp {
         let at = chrono::DateTime::parse_from_rfc3339(at)
             .expect("an RFC 3339 time")

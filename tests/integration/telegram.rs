@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard::store::{EventRow, RunStatus};
 
-use crate::fake_telegram::{text_update, FakeTelegram, TOKEN};
+use crate::fake_telegram::{text_update, texts_eventually, texts_to, FakeTelegram, TOKEN};
 use crate::support::*;
 
 const ECHO: &str = r#"id = "echo"
@@ -323,22 +323,6 @@ async fn ask_app(fake: &FakeTelegram) -> (ConfigDir, TestApp) {
     cfg.write("gateway.toml", &gateway(fake, ""));
     let t = TestApp::spawn(&cfg).await;
     (cfg, t)
-}
-
-fn texts_to(fake: &FakeTelegram, chat: i64) -> Vec<String> {
-    fake.calls("sendMessage")
-        .into_iter()
-        .filter(|c| c.params["chat_id"] == chat)
-        .map(|c| c.params["text"].as_str().unwrap().to_string())
-        .collect()
-}
-
-async fn texts_eventually(fake: &FakeTelegram, chat: i64, n: usize) -> Vec<String> {
-    eventually(|| async {
-        let t = texts_to(fake, chat);
-        (t.len() >= n).then_some(t)
-    })
-    .await
 }
 
 #[tokio::test]

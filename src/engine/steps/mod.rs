@@ -26,6 +26,7 @@ macro_rules! tryv {
 
 mod ask;
 mod call;
+mod gate;
 mod http;
 mod offer;
 mod send;
@@ -206,9 +207,17 @@ impl Engine {
                 }
             }
             let started = std::time::Instant::now();
-            let flow = self
-                .step(tx, run, sc, step, pc, &ctx, &mut entry, &mut st, after)
-                .await?;
+            let flow = match self
+                .gate(tx, run, sc, step, &ctx, &mut entry, after)
+                .await?
+            {
+                Ok(None) => {
+                    self.step(tx, run, sc, step, pc, &ctx, &mut entry, &mut st, after)
+                        .await?
+                }
+                Ok(Some(flow)) => Ok(flow),
+                Err(e) => Err(e),
+            };
             let took = started.elapsed().as_secs_f64();
             self.step_histogram(step.action.name()).record(took);
             entry["ms"] = json!((took * 1e5).round() / 100.0);

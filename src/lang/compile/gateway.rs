@@ -16,6 +16,7 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             .unwrap_or(Duration::from_secs(dflt))
     };
     let mut channels = HashMap::new();
+    let mut rules_of = HashMap::new();
     let kinds = cx.host.kinds;
     if let Some(Some(log)) = kinds.parse("log", &Section::empty("log"), cx) {
         channels.insert("log".to_string(), log);
@@ -43,10 +44,14 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
                 cx.err(v.span(), format!("channel '{name}': `{key}` is empty"));
             }
         }
+        let mut entries = entries.clone();
+        let rules = super::hours::channel_rules(name, &mut entries, cx);
+        let entries = &entries;
         let section = Section::new(name, ch.span(), entries);
         match kinds.parse(kind_name, &section, cx) {
             Some(Some(c)) => {
                 channels.insert(name.clone(), c);
+                rules_of.insert(name.clone(), rules);
             }
             Some(None) => {}
             None => cx.err(
@@ -176,6 +181,7 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             policy
         },
         channels,
+        rules: rules_of,
         hooks,
         staff,
     }

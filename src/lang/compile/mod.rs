@@ -5,6 +5,7 @@ mod ask;
 mod buttons;
 mod cx;
 mod gateway;
+mod hours;
 mod http;
 mod offer;
 mod scenario;

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use super::ask::compile_ask;
 use super::buttons::check_choice;
 use super::cx::FileCx;
+use super::hours::compile_hours;
 use super::http::compile_http;
 use super::offer::compile_offer;
 use super::send::{compile_edit, compile_send};
@@ -165,6 +166,11 @@ pub(super) fn compile_scenario(
         }
     }
 
+    let hours = raw
+        .hours
+        .as_ref()
+        .and_then(|h| compile_hours(h, cx, Some(t)));
+
     // Labels first, so that gotos can point forward.
     let mut labels: HashMap<String, usize> = HashMap::new();
     for (i, st) in raw.steps.iter().enumerate() {
@@ -279,8 +285,21 @@ pub(super) fn compile_scenario(
         } else {
             Some(Action::Nothing)
         };
+        let hours = st.hours.as_ref().and_then(|h| {
+            if !matches!(
+                action,
+                Some(Action::Send(_) | Action::Ask(_) | Action::Offer(_))
+            ) {
+                cx.err(
+                    h.span(),
+                    "`hours` belong to a `send`, `ask` or `offer` step",
+                );
+            }
+            compile_hours(h, cx, Some(t))
+        });
         if let Some(action) = action {
             steps.push(Step {
+                hours,
                 label: st.label.as_ref().map(|l| l.get().clone()),
                 line,
                 cond,
@@ -310,6 +329,7 @@ pub(super) fn compile_scenario(
         uses_subject_vars,
     );
     scenario.uses_globals = cx.text.contains("global.");
+    scenario.hours = hours;
     Some(scenario)
 }
 
