@@ -85,9 +85,13 @@ impl Engine {
             return self.hold(tx, run, sc, until, &why, entry, after).await;
         }
 
-        // Per-recipient caps: counted when the step goes.
+        // Per-recipient caps: counted when the step goes. (In one order, so that replicas
+        // taking the counters' locks never wait on each other in a circle.)
         let mut counts = Vec::new();
-        for r in &recipients {
+        let mut sorted: Vec<&Recipient> = recipients.iter().collect();
+        sorted.sort_by(|a, b| (&a.channel, &a.to).cmp(&(&b.channel, &b.to)));
+        sorted.dedup_by(|a, b| (&a.channel, &a.to) == (&b.channel, &b.to));
+        for r in sorted {
             let Some(cap) = rules.get(&r.channel).and_then(|x| x.per_recipient) else {
                 continue;
             };
