@@ -85,6 +85,17 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         http_status: u16,
     },
+    /// Draw a scenario's step graph (labels, branches, ask and offer outcomes, timeouts, calls).
+    Graph {
+        /// The scenario's id.
+        scenario: String,
+        /// The config folder.
+        #[arg(long, default_value = "bot-configs")]
+        config: PathBuf,
+        /// `mermaid`, `dot` (Graphviz) or `svg` (laid out here, no Graphviz needed).
+        #[arg(long, default_value = "mermaid", value_parser = ["mermaid", "dot", "svg"])]
+        format: String,
+    },
     /// Create or upgrade the database schema.
     Migrate {
         /// Database URL: a path, sqlite://path, or postgres://user@host/db.
@@ -260,6 +271,39 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             .await?;
             for l in lines {
                 out!("{l}");
+            }
+        }
+        Command::Graph {
+            scenario,
+            config,
+            format,
+        } => {
+            let cfg = match switchboard::config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    out!("{errors}");
+                    eprintln!("{} problem(s)", errors.0.len());
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let Some(sc) = cfg.scenario(&scenario) else {
+                let mut ids: Vec<&str> = cfg.scenarios.iter().map(|s| s.id.as_str()).collect();
+                ids.sort();
+                eprintln!(
+                    "error: no scenario '{scenario}' in {} (there are: {})",
+                    config.display(),
+                    ids.join(", ")
+                );
+                return Ok(ExitCode::from(1));
+            };
+            let g = switchboard::lang::graph::graph(sc);
+            match format.as_str() {
+                "dot" => out!("{}", switchboard::lang::graph::dot(&g, None)),
+                "svg" => out!(
+                    "{}",
+                    switchboard::lang::graph::svg(&g, None).map_err(anyhow::Error::msg)?
+                ),
+                _ => out!("{}", switchboard::lang::graph::mermaid(&g)),
             }
         }
         Command::Migrate { database } => {

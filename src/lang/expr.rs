@@ -392,6 +392,14 @@ pub enum Tmpl {
 }
 
 impl Tmpl {
+    /// The template as written.
+    pub fn src(&self) -> &str {
+        match self {
+            Tmpl::Const(s) => s,
+            Tmpl::Dyn { src, .. } => src,
+        }
+    }
+
     pub fn render(&self, ctx: &Value) -> Result<String, EvalError> {
         match self {
             Tmpl::Const(s) => Ok(s.clone()),

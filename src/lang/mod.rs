@@ -9,6 +9,7 @@ pub mod channel;
 pub mod compile;
 pub mod error;
 pub mod expr;
+pub mod graph;
 pub mod hours;
 pub mod interpolate;
 pub mod model;

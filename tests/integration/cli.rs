@@ -448,3 +448,79 @@ async fn a_database_password_stays_out_of_the_output() {
         }
     }
 }
+
+const FLOW: &str = r#"id = "flow"
+on = { webhook = "flow" }
+[[step]]
+ask = { to = "tg:{{ event.who }}", template = "1 or 2?", choices = ["1", "2"], retries = 1, timeout = "1h" }
+branch = { "2" = "two", timeout = "late" }
+[[step]]
+http = { post = "https://crm.example/x", json = { a = 1 } }
+branch = { "2xx" = "done", error = "late" }
+[[step]]
+label = "two"
+if = "run.answer.value == '2'"
+call = { scenario = "other", vars = { x = "1" } }
+[[step]]
+label = "late"
+send = { to = "ops", template = "late" }
+[[step]]
+label = "done"
+stop = true
+"#;
+
+const OTHER: &str =
+    "id = \"other\"\non = { call = true }\n[[step]]\nsend = { to = \"ops\", template = \"hi\" }\n";
+
+#[test]
+fn graph_draws_branches_outcomes_and_calls() {
+    let cfg = ConfigDir::with(&[("flow.toml", FLOW), ("other.toml", OTHER)]);
+    cfg.write(
+        "gateway.toml",
+        "[channels.tg]\ntype = \"telegram\"\ntoken = \"\"\n\n[channels.ops]\ntype = \"log\"\n",
+    );
+    let dir = cfg.dir();
+    let dir = dir.to_str().unwrap();
+    let (code, out, err) = run(&["graph", "flow", "--config", dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    for line in [
+        "trigger([\"webhook flow\"])",
+        "s0[\"ask tg:{{ event.who }}\"]",
+        "s0 -->|\"2\"| s2",
+        "s0 -->|\"timeout\"| s3",
+        "s0 -->|\"answer / exhausted\"| s1",
+        "s1 -->|\"2xx\"| s4",
+        "s1 -->|\"error\"| s3",
+        "s1 -->|\"other\"| s2",
+        "s2[\"two: call other<br/>if run.answer.value == '2'\"]",
+        "s2 -.->|\"starts\"| call_other",
+        "s2 --> s3",
+        "s4 --> finish",
+        "call_other[[\"scenario other\"]]",
+    ] {
+        assert!(out.contains(line), "{line} not in\n{out}");
+    }
+    let (code, dot, _) = run(&["graph", "flow", "--config", dir, "--format", "dot"]);
+    assert_eq!(code, 0);
+    assert!(dot.starts_with("digraph \"flow\" {"), "{dot}");
+    assert!(
+        dot.contains("s2 -> call_other [label=\"starts\", style=dashed];"),
+        "{dot}"
+    );
+    let (code, svg, _) = run(&["graph", "flow", "--config", dir, "--format", "svg"]);
+    assert_eq!(code, 0);
+    assert!(
+        svg.contains("<svg") && svg.contains("two: call other"),
+        "{svg}"
+    );
+    assert!(svg.trim_end().ends_with("</svg>"));
+
+    let (code, _, err) = run(&["graph", "nope", "--config", dir]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no scenario 'nope'") && err.contains("flow, other"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["graph", "flow", "--config", dir, "--format", "png"]);
+    assert_eq!(code, 2, "{err}");
+}
