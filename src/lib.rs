@@ -18,6 +18,7 @@ pub mod lang;
 pub mod links;
 pub mod outbox;
 pub mod replicas;
+pub mod scenario_test;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -85,6 +85,18 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         http_status: u16,
     },
+    /// Run the `[[test]]` tables of the scenario files offline; exit 1 on any failure.
+    Test {
+        /// The config folder.
+        #[arg(default_value = "bot-configs")]
+        dir: PathBuf,
+        /// Only tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Also write the results as JUnit XML to this file.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
     /// Draw a scenario's step graph (labels, branches, ask and offer outcomes, timeouts, calls).
     Graph {
         /// The scenario's id.
@@ -271,6 +283,36 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             .await?;
             for l in lines {
                 out!("{l}");
+            }
+        }
+        Command::Test { dir, filter, junit } => {
+            let cfg = match switchboard::config::load(&dir) {
+                Ok(cfg) => std::sync::Arc::new(cfg),
+                Err(errors) => {
+                    out!("{errors}");
+                    eprintln!("{} problem(s)", errors.0.len());
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let outcomes = tokio::task::spawn_blocking(move || {
+                switchboard::scenario_test::run_all(cfg, filter.as_deref())
+            })
+            .await??;
+            if let Some(path) = junit {
+                let xml = switchboard::scenario_test::junit(&outcomes)?;
+                std::fs::write(&path, xml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let mut stdout = std::io::stdout().lock();
+            let passed = match switchboard::scenario_test::report(&outcomes, &mut stdout) {
+                Ok(p) => p,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !passed {
+                return Ok(ExitCode::from(1));
             }
         }
         Command::Graph {

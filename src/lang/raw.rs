@@ -207,6 +207,89 @@ pub struct ScenarioFile {
     pub hours: Option<Sp<HoursDef>>,
     #[serde(default, rename = "step")]
     pub steps: Vec<Sp<StepDef>>,
+    /// Tests of this scenario, run offline by `switchboard test`.
+    #[serde(default, rename = "test")]
+    pub tests: Vec<Sp<TestDef>>,
+}
+
+/// A scenario test: the event, what happens next, and what the run is expected to do.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestDef {
+    /// The test's name (`switchboard test --filter` picks tests by a part of it).
+    pub name: String,
+    /// The event that starts the scenario (its `event`), e.g. `{ chat_id = 42 }`.
+    #[serde(default)]
+    pub event: serde_json::Map<String, serde_json::Value>,
+    /// The clock when the event arrives (RFC 3339; default `2026-01-05T10:00:00Z`, a Monday).
+    pub at: Option<Sp<String>>,
+    /// What happens next, in order: `{ reply = "1" }` (an answer to an `ask`, or to a `wait`),
+    /// `{ webhook = { … } }` (the event a `wait` gets), `{ after = "2h" }` (time passes;
+    /// sleeps, holds and timeouts due by then fire).
+    #[serde(default)]
+    pub then: Vec<Sp<TestInput>>,
+    /// Responses of the run's `http` requests, in order; default `{ status = 200 }`.
+    #[serde(default)]
+    pub http: Vec<Sp<TestHttpReply>>,
+    #[serde(default)]
+    pub expect: TestExpect,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestInput {
+    pub reply: Option<String>,
+    pub webhook: Option<serde_json::Map<String, serde_json::Value>>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestHttpReply {
+    pub status: Option<u16>,
+    pub json: Option<serde_json::Value>,
+    pub body: Option<String>,
+}
+
+/// What a test expects; what it leaves out is not checked.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestExpect {
+    /// The run's final status: `done`, `failed`, `waiting`, `sleeping`, … or `not started`
+    /// (the guard was false or a limit refused it).
+    pub status: Option<Sp<String>>,
+    /// Labels the run passed through, in this order (others may come between).
+    #[serde(default)]
+    pub labels: Vec<Sp<String>>,
+    /// Run variables by dotted path, e.g. `{ "answer.value" = "1" }`.
+    #[serde(default)]
+    pub vars: BTreeMap<String, Sp<serde_json::Value>>,
+    /// Every message the run sent, in order.
+    pub sent: Option<Vec<Sp<TestMessage>>>,
+    /// Every `http` request the run made, in order.
+    pub requests: Option<Vec<Sp<TestRequest>>>,
+    /// A part of the run's error.
+    pub error: Option<Sp<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestMessage {
+    /// `channel:address`, e.g. `tg:42` (a staff member's message: their channel and id).
+    pub to: Option<String>,
+    /// A part of the text.
+    pub text: Option<String>,
+    /// The labels of its buttons (URL and callback), in order.
+    pub buttons: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    /// `GET`, `POST`, …
+    pub method: Option<String>,
+    /// A part of the URL.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -91,6 +91,23 @@ struct Ids {
 }
 
 impl SqliteStore {
+    /// Empties every table, for an in-memory database used again by the next offline test
+    /// (ids go on counting).
+    pub async fn clear(&self) -> Result<()> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table'
+             AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for t in tables {
+            sqlx::query(&format!("DELETE FROM \"{t}\""))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Opens (creating if needed) and migrates the database.
     pub async fn open(url: &str) -> Result<SqliteStore> {
         let opts = if url.starts_with("sqlite:") {

@@ -524,3 +524,61 @@ fn graph_draws_branches_outcomes_and_calls() {
     let (code, _, err) = run(&["graph", "flow", "--config", dir, "--format", "png"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn scenario_tests_of_the_examples_pass_and_a_wrong_expectation_says_where() {
+    let (code, out, err) = run(&["test", "bot-configs"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    confirm-appointment › a typed 1 confirms"),
+        "{out}"
+    );
+    assert!(out.contains(" 0 failed"), "{out}");
+
+    // The same tests next to the same gateway, one of them expecting the wrong things.
+    let cfg = ConfigDir::examples();
+    let path = cfg.dir().join("confirm-appointment.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let wrong = text
+        .replacen("\"answer.value\" = \"1\"", "\"answer.value\" = \"2\"", 1)
+        .replacen(
+            "text = \"Thank you, your appointment is confirmed.\"",
+            "text = \"Thanks!\"",
+            1,
+        );
+    std::fs::write(&path, &wrong).unwrap();
+    let line_of = |needle: &str| wrong.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let dir = cfg.dir();
+    let dir = dir.to_str().unwrap();
+    let junit = cfg.dir().join("results.xml");
+    let (code, out, _) = run(&["test", dir, "--junit", junit.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  confirm-appointment › a typed 1 confirms"),
+        "{out}"
+    );
+    let vars = line_of("\"answer.value\" = \"2\"");
+    assert!(
+        out.contains(&format!(
+            "confirm-appointment.toml:{vars}:79: run.answer.value: expected \"2\", got \"1\""
+        )),
+        "{out}"
+    );
+    let thanks = line_of("text = \"Thanks!\"");
+    assert!(
+        out.contains(&format!(
+            "confirm-appointment.toml:{thanks}:5: sent: message 2 expected a text containing \"Thanks!\", got \"Thank you, your appointment is confirmed.\""
+        )),
+        "{out}"
+    );
+    assert!(out.contains("2 passed, 1 failed"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("failures=\"1\"") && xml.contains("<failure message="),
+        "{xml}"
+    );
+
+    let (code, out, _) = run(&["test", dir, "--filter", "silence"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 passed, 0 failed"), "{out}");
+}
