@@ -124,7 +124,6 @@ impl TestApp {
     }
 
     /// The app with its clock reading `at` (an RFC 3339 time) when it starts.
-    #[allow(dead_code, reason = "used by the tests of local times")]
     pub async fn spawn_at(cfg: &ConfigDir, at: &str) -> TestApp {
         let at = chrono::DateTime::parse_from_rfc3339(at)
             .expect("an RFC 3339 time")
@@ -177,6 +176,15 @@ impl TestApp {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Posts an event to a hook; the one run it started.
+    pub async fn start_one(&self, hook: &str, body: Value) -> i64 {
+        let (s, b) = self.post(hook, body).await;
+        assert_eq!(s, 202, "{b}");
+        let runs = self.runs_of(b["event_id"].as_i64().unwrap()).await;
+        assert_eq!(runs.len(), 1, "one run expected");
+        runs[0].id
     }
 
     /// Runs the event started, once the engine has processed it.
