@@ -624,6 +624,14 @@ mod tests {
             render("{{ now(tz='Europe/Warsaw') | add(days=2) }}", ctx).unwrap(),
             "2026-03-29T21:30:00+02:00"
         );
+        let env = env();
+        let e = env
+            .compile_expression("now(tz='Asia/Tokyo') | add(days=1) | hour")
+            .unwrap();
+        let v = e
+            .eval(json!({"meta": {"now_ms": 1_774_643_400_000_i64}}))
+            .unwrap();
+        assert_eq!(v.as_i64(), Some(5));
         assert!(render("{{ now(tz='Mars/Base') }}", json!({}))
             .unwrap_err()
             .contains("unknown time zone 'Mars/Base'"));
