@@ -743,6 +743,9 @@ impl Engine {
             created_at: now,
             updated_at: now,
         };
+        if let Some(y) = &sc.yearly {
+            return self.start_yearly(tx, run, sc, y, &ctx, after).await;
+        }
         self.execute(tx, &mut run, sc, after).await?;
         Ok(json!({"scenario": sc.id, "subject": subject, "run": run.id, "status": run.status}))
     }
@@ -811,6 +814,11 @@ impl Engine {
         };
         let now = self.now();
         match (t.kind.as_str(), run.status) {
+            ("sleep", RunStatus::Sleeping) if run.pc < 0 && sc.yearly.is_some() => {
+                if !self.yearly_woke(tx, &mut run, &sc, t, after).await? {
+                    return Ok(());
+                }
+            }
             ("sleep", RunStatus::Sleeping) => self.sleep_woke(&mut run, now),
             ("hold", RunStatus::Sleeping) => self.hold_ended(&mut run, now),
             ("wait_timeout", RunStatus::Waiting) => {

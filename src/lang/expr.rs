@@ -226,7 +226,7 @@ impl Templates {
                 .unwrap_or(name);
             Ok(Some(src.to_string()))
         });
-        env.add_function("now", || Value::from(chrono::Utc::now().to_rfc3339()));
+        crate::lang::dates::register(&mut env);
         env.add_filter("e164", e164);
         env.add_filter("email", email);
         let links: Arc<RwLock<Option<Arc<dyn LinkSigner>>>> = Arc::default();

@@ -7,6 +7,7 @@
 pub mod capabilities;
 pub mod channel;
 pub mod compile;
+pub mod dates;
 pub mod error;
 pub mod expr;
 pub mod graph;

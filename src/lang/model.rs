@@ -203,6 +203,8 @@ pub struct Scenario {
     pub uses_globals: bool,
     /// When its messages may go out (unless a step says otherwise).
     pub hours: Option<Arc<Hours>>,
+    /// Runs wait for a yearly date before their steps.
+    pub yearly: Option<Yearly>,
 }
 
 impl Scenario {
@@ -236,6 +238,7 @@ impl Scenario {
             uses_subject_vars,
             uses_globals: true,
             hours: None,
+            yearly: None,
         }
     }
 
@@ -463,11 +466,25 @@ pub struct CallSpec {
 pub enum SleepTime {
     For(Duration),
     Until(Expr),
+    /// The next time the clock shows `at`.
+    Next,
 }
 
 pub struct SleepSpec {
     pub time: SleepTime,
     pub key: Option<Tmpl>,
+    /// A local time of day: on the date of `until`, or the next one.
+    pub at: Option<chrono::NaiveTime>,
+    /// The zone of `at` and of a time without one (default: the gateway's).
+    pub tz: Option<Tmpl>,
+}
+
+/// A yearly trigger: runs sleep until the next anniversary of `date` at `at` in `tz`.
+pub struct Yearly {
+    pub date: Expr,
+    pub at: chrono::NaiveTime,
+    /// Default: the gateway's zone.
+    pub tz: Option<Tmpl>,
 }
 
 pub struct CancelSpec {

@@ -314,6 +314,13 @@ pub struct TriggerDef {
     /// Started by delivery statuses of messages sent on a channel (`sent`, `delivered`,
     /// `read`, `failed`), e.g. `status = "wa"`.
     pub status: Option<Sp<String>>,
+    /// Expression giving a date, e.g. `event.birthday`: each event makes a run that sleeps
+    /// until the date's next anniversary (at `at` in `tz`, a template here), runs the steps
+    /// then and again every year; a newer event for the same subject replaces it. Needs a
+    /// `subject`; goes with `webhook`, `message`, `call` or `link`.
+    pub yearly: Option<Sp<String>>,
+    /// Local time of day of a `yearly` trigger, `HH:MM` (default `00:00`).
+    pub at: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -542,6 +549,12 @@ pub struct SleepDef {
     pub until: Option<Sp<String>>,
     /// Template; a new sleep with the same scenario, subject and key replaces the pending one.
     pub key: Option<Sp<String>>,
+    /// A local time of day, `HH:MM`: with `until`, that time on the date of `until`; alone,
+    /// the next time the clock in `tz` shows it.
+    pub at: Option<Sp<String>>,
+    /// Time zone of `at` and of an `until` written without one (template giving an IANA
+    /// name, e.g. `{{ event.tz }}`; default: the gateway's `timezone`).
+    pub tz: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

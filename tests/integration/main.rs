@@ -6,6 +6,7 @@ mod browser;
 mod channels;
 mod cli;
 mod crash;
+mod dates;
 mod discord;
 mod durability;
 mod egress;

@@ -178,6 +178,15 @@ impl TestApp {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Posts an event to a hook; the one run it started.
+    pub async fn start_one(&self, hook: &str, body: Value) -> i64 {
+        let (s, b) = self.post(hook, body).await;
+        assert_eq!(s, 202, "{b}");
+        let runs = self.runs_of(b["event_id"].as_i64().unwrap()).await;
+        assert_eq!(runs.len(), 1, "one run expected");
+        runs[0].id
+    }
+
     /// Runs the event started, once the engine has processed it.
     pub async fn runs_of(&self, event_id: i64) -> Vec<RunRow> {
         let store = self.app.store.clone();

@@ -13,6 +13,7 @@ mod send;
 mod small;
 pub mod values;
 mod wait;
+mod when;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

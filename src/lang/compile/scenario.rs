@@ -145,6 +145,7 @@ pub(super) fn compile_scenario(
             None
         }
     };
+    let yearly = super::when::compile_yearly(raw, cx, t);
     let when = raw.when.as_ref().and_then(|w| cx.expr(t, w));
     let subject = raw.subject.as_ref().and_then(|s| cx.tmpl(t, s));
     let mut limit = Limits::default();
@@ -330,6 +331,7 @@ pub(super) fn compile_scenario(
     );
     scenario.uses_globals = cx.text.contains("global.");
     scenario.hours = hours;
+    scenario.yearly = yearly;
     Some(scenario)
 }
 

@@ -67,19 +67,36 @@ pub(super) fn compile_sleep(
     t: &Templates,
 ) -> Option<Action> {
     let sd = s.get();
-    let time = match (&sd.duration, &sd.until) {
-        (Some(d), None) => cx.duration(d).map(SleepTime::For),
-        (None, Some(u)) => cx.expr(t, u).map(SleepTime::Until),
-        _ => {
-            cx.err(s.span(), "sleep needs exactly one of `for` or `until`");
+    let at = sd.at.as_ref().and_then(|a| super::when::time_of_day(cx, a));
+    let time = match (&sd.duration, &sd.until, &sd.at) {
+        (Some(d), None, None) => cx.duration(d).map(SleepTime::For),
+        (None, Some(u), _) => cx.expr(t, u).map(SleepTime::Until),
+        (None, None, Some(_)) => Some(SleepTime::Next),
+        (Some(_), _, Some(a)) => {
+            cx.err(a.span(), "`at` goes with `until`, or alone; not with `for`");
             None
         }
+        _ => {
+            cx.err(
+                s.span(),
+                "sleep needs exactly one of `for` or `until` (or `at` alone)",
+            );
+            None
+        }
+    };
+    let tz = match &sd.tz {
+        Some(z) if sd.duration.is_some() => {
+            cx.err(z.span(), "`tz` goes with `until` or `at`");
+            None
+        }
+        Some(z) => super::when::zone_tmpl(cx, t, z),
+        None => None,
     };
     let key = sd.key.as_ref().and_then(|k| cx.tmpl(t, k));
     if sc.subject.is_none() && sd.key.is_some() {
         cx.err(s.span(), "a sleep `key` replaces pending sleeps of the same subject: the scenario needs a `subject`");
     }
-    time.map(|time| Action::Sleep(SleepSpec { time, key }))
+    time.map(|time| Action::Sleep(SleepSpec { time, key, at, tz }))
 }
 
 /// `cancel` may name another scenario: `scenario_refs` collects it to check once all are known.
