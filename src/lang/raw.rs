@@ -227,6 +227,20 @@ pub struct TriggerDef {
     /// Started by delivery statuses of messages sent on a channel (`sent`, `delivered`,
     /// `read`, `failed`), e.g. `status = "wa"`.
     pub status: Option<Sp<String>>,
+    /// Started when a run fails or one of its messages cannot be sent: `"*"` for any
+    /// scenario, else a scenario id or a list of them (`failed = ["a", "b"]`).
+    pub failed: Option<Sp<FailedDef>>,
+    /// Started by an event that started no run: `"webhook"`, `"message"`, `"status"`,
+    /// `"call"`, `"link"`, `"schedule"`, or `"*"` for any of them.
+    pub unmatched: Option<Sp<String>>,
+}
+
+/// The scenarios whose failures a `failed` trigger follows.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FailedDef {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
