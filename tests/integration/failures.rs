@@ -302,3 +302,52 @@ async fn bad_failure_and_fallback_triggers_are_reported_with_their_position() {
     );
     assert!(!text.contains("d.toml"), "{text}");
 }
+
+#[tokio::test]
+async fn the_example_reports_each_message_the_examples_could_not_send() {
+    let cfg = ConfigDir::examples();
+    let t = TestApp::spawn(&cfg).await;
+
+    // Without tokens the chat channels are off: the supervisors' messages fail at once.
+    let (_, b) = t
+        .post(
+            "call-rated",
+            json!({"operator": "Ivan", "rating": 2, "call_id": "c-1"}),
+        )
+        .await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    t.finished(run).await;
+    let failed: Vec<_> = settled_outbox(&t, run)
+        .await
+        .into_iter()
+        .filter(|r| r.status == "failed")
+        .collect();
+    assert!(!failed.is_empty());
+
+    let alerts = eventually(|| async {
+        let ids = runs_of_scenario(&t, "alert-on-failure").await;
+        (ids.len() == failed.len()).then_some(ids)
+    })
+    .await;
+    let mut texts = Vec::new();
+    for id in alerts {
+        assert_eq!(t.finished(id).await.status, RunStatus::Done);
+        texts.push(
+            t.messages(id).await[0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for row in &failed {
+        let to = row.request["to"].as_str().unwrap();
+        let prefix = format!(
+            "Could not send a message of operator-rating (run {run}) to {}:{to}: ",
+            row.channel
+        );
+        assert!(
+            texts.iter().any(|t| t.starts_with(&prefix)),
+            "{prefix} in {texts:?}"
+        );
+    }
+}
