@@ -351,3 +351,82 @@ async fn the_example_reports_each_message_the_examples_could_not_send() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_failure_scenario_calling_a_failing_scenario_ends_at_the_call_depth_limit() {
+    let report =
+        "id = \"report\"\non = { failed = \"*\" }\n[[step]]\ncall = { scenario = \"flaky\" }\n";
+    let flaky =
+        "id = \"flaky\"\non = { call = true }\n[[step]]\nlabel = \"spin\"\ngoto = \"spin\"\n";
+    let cfg = ConfigDir::with(&[
+        ("boom.toml", &looping("boom", "boom")),
+        ("report.toml", report),
+        ("flaky.toml", flaky),
+        ("marker.toml", MARKER),
+    ]);
+    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    cfg.write(
+        "gateway.toml",
+        &gw.replace("[defaults]\n", "[defaults]\nmax_call_depth = 2\n"),
+    );
+    let t = TestApp::spawn(&cfg).await;
+
+    let (_, b) = t.post("boom", json!({})).await;
+    let boom = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    t.status_of(boom, RunStatus::Failed).await;
+    // boom fails → report (depth 0) calls flaky (1), which fails → report (1) calls flaky (2),
+    // which fails → report (2) may not call deeper and fails: a failure scenario's own
+    // failure reports nothing, so the chain ends there.
+    let deepest = eventually(|| async {
+        let runs = runs(&t, "report").await;
+        runs.into_iter().find(|r| r.depth == 2)
+    })
+    .await;
+    assert_eq!(deepest.status, RunStatus::Failed);
+    assert!(deepest.error.unwrap().contains("call depth limit of 2"));
+
+    let events = events_after_marker(&t).await;
+    let mut sources: Vec<&str> = failed_events(&events)
+        .iter()
+        .map(|e| e.source.as_str())
+        .collect();
+    sources.sort();
+    assert_eq!(sources, ["boom", "flaky", "flaky"]);
+    assert_eq!(runs(&t, "report").await.len(), 3);
+    assert_eq!(runs(&t, "flaky").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_timer_of_a_scenario_no_longer_configured_reports_the_run_failed() {
+    let nap = "id = \"nap\"\non = { webhook = \"nap\" }\n[[step]]\nlabel = \"rest\"\nsleep = { for = \"1h\" }\n";
+    let cfg = ConfigDir::with(&[("nap.toml", nap), ("alert.toml", ALERT)]);
+    let t = TestApp::spawn(&cfg).await;
+    let (_, b) = t.post("nap", json!({"who": "Ada"})).await;
+    let nap_run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    t.status_of(nap_run, RunStatus::Sleeping).await;
+    let database = t.database.clone();
+    t.app.stop().await;
+
+    // The scenario is removed while its run sleeps; its timer still fires.
+    std::fs::remove_file(cfg.dir().join("nap.toml")).unwrap();
+    let t = TestApp::spawn_on(&cfg, &database).await;
+    t.advance(std::time::Duration::from_secs(2 * 3600));
+    let failed = t.status_of(nap_run, RunStatus::Failed).await;
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("the scenario is no longer configured")
+    );
+    let alert = eventually(|| async {
+        let ids = runs_of_scenario(&t, "alert").await;
+        ids.first().copied()
+    })
+    .await;
+    let seen = &t.finished(alert).await.vars["seen"];
+    assert_eq!(seen["kind"], "run");
+    assert_eq!(seen["run"], nap_run);
+    assert_eq!(seen["scenario"], "nap");
+    assert_eq!(seen["reason"], "the scenario is no longer configured");
+    // Where it stopped, though the step's label went with the file.
+    assert_eq!(seen["step"], json!({"index": 0, "label": null}));
+    assert_eq!(seen["event"], json!({"who": "Ada"}));
+}
