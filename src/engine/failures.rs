@@ -35,7 +35,7 @@ impl Engine {
         run: &mut RunRow,
         after: &mut After,
     ) -> Result<(), StoreError> {
-        if run.status != RunStatus::Failed || !self.follows_failures_of(run) {
+        if run.status != RunStatus::Failed || !self.follows_failures_of(tx, run).await? {
             return Ok(());
         }
         let failures = run
@@ -93,7 +93,7 @@ impl Engine {
         let Some(run) = tx.load_run(run_id).await? else {
             return Ok(());
         };
-        if !self.follows_failures_of(&run) {
+        if !self.follows_failures_of(tx, &run).await? {
             return Ok(());
         }
         let f = Failure {
@@ -111,17 +111,46 @@ impl Engine {
     }
 
     /// Whether a failure of this run starts failure scenarios: some follow its scenario, and
-    /// it is not itself a run of a failure scenario.
-    fn follows_failures_of(&self, run: &RunRow) -> bool {
-        if let Some(sc) = self.cfg.scenario(&run.scenario) {
-            if matches!(sc.trigger, Trigger::Failed(_)) {
-                return false;
-            }
+    /// it is neither a run of a failure scenario nor one such a run started through `call`
+    /// (at any depth), so that a failure scenario never leads to itself.
+    async fn follows_failures_of(&self, tx: &mut dyn Tx, run: &RunRow) -> Result<bool, StoreError> {
+        if self.is_failure_scenario(&run.scenario)
+            || self
+                .cfg
+                .scenarios_for_failure(&run.scenario)
+                .next()
+                .is_none()
+        {
+            return Ok(false);
         }
+        // Up the chain of calls: each event names the run that called, one level up.
+        let mut event = run.event_id.filter(|_| run.depth > 0);
+        for _ in 0..=self.cfg.gateway.max_call_depth {
+            let Some(id) = event else { break };
+            let Some((kind, meta)) = tx.event_origin(id).await? else {
+                break;
+            };
+            if kind == FAILED_KIND {
+                return Ok(false);
+            }
+            let Some(parent) = meta["parent_run"].as_i64() else {
+                break;
+            };
+            let Some(caller) = tx.load_run(parent).await? else {
+                break;
+            };
+            if self.is_failure_scenario(&caller.scenario) {
+                return Ok(false);
+            }
+            event = caller.event_id.filter(|_| caller.depth > 0);
+        }
+        Ok(true)
+    }
+
+    fn is_failure_scenario(&self, id: &str) -> bool {
         self.cfg
-            .scenarios_for_failure(&run.scenario)
-            .next()
-            .is_some()
+            .scenario(id)
+            .is_some_and(|sc| matches!(sc.trigger, Trigger::Failed(_)))
     }
 
     async fn store_failure(
@@ -155,8 +184,6 @@ impl Engine {
                 "step": step, "action": action, "reason": f.reason, "channel": f.channel,
                 "to": f.to, "outbox_id": f.outbox_id, "event": run.event,
             }),
-            // Runs of failure scenarios that call others go one level deeper each time, so
-            // that a chain through `call` ends at the call depth limit.
             meta: json!({"depth": run.depth, "failed_run": run.id}),
             rejected: None,
             received_at: self.now(),
