@@ -225,7 +225,14 @@ async fn a_failing_failure_scenario_starts_no_other() {
 async fn an_event_that_starts_no_run_goes_to_the_fallback() {
     let deal = "id = \"deal\"\non = { webhook = \"deal\" }\nwhen = 'event.stage == \"new\"'\n[[step]]\nstop = true\n";
     let fallback = "id = \"fallback\"\non = { unmatched = \"webhook\" }\n[[step]]\nset = { \"run.seen\" = \"event\" }\n";
-    let cfg = ConfigDir::with(&[("deal.toml", deal), ("fallback.toml", fallback)]);
+    let off = "id = \"off\"\nenabled = false\non = { webhook = \"off\" }\n[[step]]\nstop = true\n";
+    let once = "id = \"once\"\non = { webhook = \"once\" }\nsubject = \"x\"\nlimit = { once = true }\n[[step]]\nstop = true\n";
+    let cfg = ConfigDir::with(&[
+        ("deal.toml", deal),
+        ("fallback.toml", fallback),
+        ("off.toml", off),
+        ("once.toml", once),
+    ]);
     let t = TestApp::spawn(&cfg).await;
 
     // A hook no scenario listens to: accepted because a fallback takes unmatched webhooks.
@@ -253,6 +260,20 @@ async fn an_event_that_starts_no_run_goes_to_the_fallback() {
     let (_, runs, outcome) = post_for_outcome(&t, "deal", json!({"stage": "new"})).await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].scenario, "deal");
+    assert!(!outcome.contains("fallback"), "{outcome}");
+
+    // A disabled listener: the fallback.
+    let (_, runs, outcome) = post_for_outcome(&t, "off", json!({})).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].scenario, "fallback");
+    assert!(outcome.contains("disabled"), "{outcome}");
+
+    // A limit that refuses the run: matched all the same, no fallback.
+    let (_, runs, _) = post_for_outcome(&t, "once", json!({})).await;
+    assert_eq!(runs[0].scenario, "once");
+    let (_, runs, outcome) = post_for_outcome(&t, "once", json!({})).await;
+    assert!(runs.is_empty(), "{runs:?}");
+    assert!(outcome.contains("limited"), "{outcome}");
     assert!(!outcome.contains("fallback"), "{outcome}");
 }
 
