@@ -127,13 +127,15 @@ impl Config {
             .any(|sc| matches!(sc.trigger, Trigger::Failed(_)))
     }
 
-    /// Scenarios started by an event of `kind` that started no run.
+    /// Scenarios started by an event of `kind` that started no run. Delivery statuses go
+    /// only to a fallback that names them: every message sent has several.
     pub fn scenarios_for_unmatched<'a>(
         &'a self,
         kind: &'a str,
     ) -> impl Iterator<Item = &'a Arc<Scenario>> {
         self.scenarios.iter().filter(move |sc| match &sc.trigger {
-            Trigger::Unmatched(k) => k.as_deref().is_none_or(|k| k == kind),
+            Trigger::Unmatched(Some(k)) => k == kind,
+            Trigger::Unmatched(None) => kind != "status",
             _ => false,
         })
     }

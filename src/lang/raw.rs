@@ -231,7 +231,7 @@ pub struct TriggerDef {
     /// scenario, else a scenario id or a list of them (`failed = ["a", "b"]`).
     pub failed: Option<Sp<FailedDef>>,
     /// Started by an event that started no run: `"webhook"`, `"message"`, `"status"`,
-    /// `"call"`, `"link"`, `"schedule"`, or `"*"` for any of them.
+    /// `"call"`, `"link"`, `"schedule"`, or `"*"` for any of them but `status`.
     pub unmatched: Option<Sp<String>>,
 }
 

@@ -49,6 +49,18 @@ async fn events_after_marker(t: &TestApp) -> Vec<EventRow> {
     .await
 }
 
+/// Adds the fake Bot API as channel `tg` to the folder's gateway file.
+fn with_telegram(cfg: &ConfigDir, fake: &FakeTelegram) {
+    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    cfg.write(
+        "gateway.toml",
+        &format!(
+            "{gw}\n[channels.tg]\ntype = \"telegram\"\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n",
+            fake.url
+        ),
+    );
+}
+
 fn failed_events(events: &[EventRow]) -> Vec<&EventRow> {
     events.iter().filter(|e| e.kind == "failed").collect()
 }
@@ -77,14 +89,7 @@ set = { "run.after" = "1" }
         ("alert.toml", ALERT),
         ("marker.toml", MARKER),
     ]);
-    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
-    cfg.write(
-        "gateway.toml",
-        &format!(
-            "{gw}\n[channels.tg]\ntype = \"telegram\"\ntoken = \"{TOKEN}\"\napi_url = \"{}\"\n",
-            fake.url
-        ),
-    );
+    with_telegram(&cfg, &fake);
     let t = TestApp::spawn(&cfg).await;
 
     // Telegram refuses a document that is not an http(s) URL: a permanent error.
@@ -442,4 +447,24 @@ async fn a_timer_of_a_scenario_no_longer_configured_reports_the_run_failed() {
     // Where it stopped, though the step's label went with the file.
     assert_eq!(seen["step"], json!({"index": 0, "label": null}));
     assert_eq!(seen["event"], json!({"who": "Ada"}));
+}
+
+#[tokio::test]
+async fn a_chat_message_nobody_listens_to_goes_to_a_fallback_for_any_kind() {
+    let fake = FakeTelegram::start().await;
+    let fallback = "id = \"fallback\"\non = { unmatched = \"*\" }\n[[step]]\nset = { \"run.seen\" = \"event\" }\n";
+    let cfg = ConfigDir::with(&[("fallback.toml", fallback)]);
+    with_telegram(&cfg, &fake);
+    let t = TestApp::spawn(&cfg).await;
+
+    fake.inject(crate::fake_telegram::text_update(500, 7, "en", "hello?"));
+    let run = eventually(|| async {
+        let ids = runs_of_scenario(&t, "fallback").await;
+        ids.first().copied()
+    })
+    .await;
+    let seen = &t.finished(run).await.vars["seen"];
+    assert_eq!(seen["text"], "hello?");
+    assert_eq!(seen["unmatched"]["kind"], "message");
+    assert_eq!(seen["unmatched"]["source"], "tg");
 }
