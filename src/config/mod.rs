@@ -107,6 +107,39 @@ impl Config {
             .filter(move |sc| matches!(&sc.trigger, Trigger::Status(c) if c == channel))
     }
 
+    /// Scenarios started by failed runs and sends of scenario `failed`.
+    pub fn scenarios_for_failure<'a>(
+        &'a self,
+        failed: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Scenario>> {
+        self.scenarios.iter().filter(move |sc| match &sc.trigger {
+            Trigger::Failed(ids) => ids
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|i| i == failed)),
+            _ => false,
+        })
+    }
+
+    /// Whether any scenario follows failures (else nothing is looked up when a run fails).
+    pub fn has_failure_scenarios(&self) -> bool {
+        self.scenarios
+            .iter()
+            .any(|sc| matches!(sc.trigger, Trigger::Failed(_)))
+    }
+
+    /// Scenarios started by an event of `kind` that started no run. Delivery statuses go
+    /// only to a fallback that names them: every message sent has several.
+    pub fn scenarios_for_unmatched<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Scenario>> {
+        self.scenarios.iter().filter(move |sc| match &sc.trigger {
+            Trigger::Unmatched(Some(k)) => k == kind,
+            Trigger::Unmatched(None) => kind != "status",
+            _ => false,
+        })
+    }
+
     pub fn scenario(&self, id: &str) -> Option<&Arc<Scenario>> {
         self.by_id.get(id).map(|&i| &self.scenarios[i])
     }
@@ -127,9 +160,11 @@ impl Config {
             .map(|&(i, j)| (&self.scenarios[i], j))
     }
 
-    /// A hook is known when the gateway configures it or a scenario or wait listens to it.
+    /// A hook is known when the gateway configures it or a scenario or wait listens to it;
+    /// with a fallback for unmatched webhooks, every hook is.
     pub fn hook_known(&self, hook: &str) -> bool {
-        self.gateway.hooks.contains_key(hook)
+        self.scenarios_for_unmatched("webhook").next().is_some()
+            || self.gateway.hooks.contains_key(hook)
             || self.by_hook.contains_key(hook)
             || self.waits_by_hook.contains_key(hook)
     }

@@ -3,6 +3,7 @@
 //! timers, waits, variables) before anything it caused is sent.
 
 pub mod admin;
+mod failures;
 pub mod ingest;
 pub mod intake;
 mod queue;
@@ -106,6 +107,8 @@ pub struct Delivery {
     pub attempts: i64,
     pub lane: String,
     pub result: DeliveryResult,
+    /// For a message of a run that failed for good: its channel and recipient.
+    pub message: Option<(String, String)>,
 }
 
 /// A request for delivery, handed to the outbox worker after its row is committed.
@@ -127,6 +130,7 @@ impl OutboxJob {
             resume: self.row.resume,
             attempts,
             lane: self.lane.clone(),
+            message: failures::failed_message(&self.row, &result),
             result,
         }
     }
@@ -419,6 +423,7 @@ impl Engine {
         tracing::error!(error = %error, "engine work failed repeatedly; set aside");
         let written = async {
             let mut tx = self.store.begin().await?;
+            let mut after = After::default();
             let run = match w {
                 Work::Event(e) => {
                     let outcome = json!([{"verdict": "failed", "error": reason}]);
@@ -444,11 +449,16 @@ impl Engine {
                     if run.status.is_active() {
                         tx.clear_parks(run.id).await?;
                         steps::fail(&mut run, &reason, now);
+                        self.run_failed(&mut *tx, &mut run, &mut after).await?;
                         tx.save_run(&run).await?;
                     }
                 }
             }
-            tx.commit().await
+            tx.commit().await?;
+            for w in after.follow_up {
+                let _ = self.me.send(w);
+            }
+            Ok::<(), StoreError>(())
         }
         .await;
         if let Err(e) = written {
@@ -660,8 +670,10 @@ impl Engine {
             "webhook" => cfg.scenarios_for_hook(&ev.source).cloned().collect(),
             "message" => cfg.scenarios_for_messages(&ev.source).cloned().collect(),
             "status" => cfg.scenarios_for_status(&ev.source).cloned().collect(),
+            failures::FAILED_KIND => cfg.scenarios_for_failure(&ev.source).cloned().collect(),
             _ => cfg.scenario(&ev.source).cloned().into_iter().collect(),
         };
+        let listened = outcome.len();
         if scenarios.is_empty() {
             outcome.push(json!({"verdict": "no scenario listens to this event"}));
         }
@@ -669,6 +681,7 @@ impl Engine {
             let o = self.start_run(tx, &sc, ev, after).await?;
             outcome.push(o);
         }
+        self.fallback(tx, ev, listened, &mut outcome, after).await?;
         tx.finish_event(ev.id, "done", &Json::Array(outcome), self.now())
             .await
     }
@@ -809,6 +822,7 @@ impl Engine {
         };
         let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
             steps::fail(&mut run, "the scenario is no longer configured", self.now());
+            self.run_failed(tx, &mut run, after).await?;
             tx.save_run(&run).await?;
             return Ok(());
         };
@@ -835,6 +849,7 @@ impl Engine {
                             "the waiting step moved: the scenario changed",
                             now,
                         );
+                        self.run_failed(tx, &mut run, after).await?;
                         tx.save_run(&run).await?;
                         return Ok(());
                     }
@@ -856,6 +871,9 @@ impl Engine {
         let Some((response, error)) = record_delivery(tx, d, now).await? else {
             return Ok(());
         };
+        if let Some(e) = &error {
+            self.send_failed(tx, d, e, after).await?;
+        }
         if let Some(m) = response.as_ref().and_then(|r| r["message"].as_str()) {
             self.apply_early_statuses(tx, m).await?;
         }

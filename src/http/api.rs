@@ -418,6 +418,11 @@ pub(super) async fn scenarios(st: &AppState) -> Result<Vec<ScenarioView>, ApiErr
                 Trigger::Link => "link".into(),
                 Trigger::Message(c) => format!("message:{c}"),
                 Trigger::Status(c) => format!("status:{c}"),
+                Trigger::Failed(ids) => format!(
+                    "failed:{}",
+                    ids.as_deref().unwrap_or(&["*".into()]).join(",")
+                ),
+                Trigger::Unmatched(kind) => format!("unmatched:{}", kind.as_deref().unwrap_or("*")),
                 Trigger::Click { channel, button } => match button {
                     Some(b) => format!("click:{channel}:{b}"),
                     None => format!("click:{channel}"),

@@ -82,8 +82,8 @@ fn to_of(s: &SendSpec) -> String {
     }
 }
 
-fn trigger_text(t: &Trigger) -> String {
-    match t {
+fn trigger_text(sc: &Scenario) -> String {
+    let text = match &sc.trigger {
         Trigger::Webhook(h) => format!("webhook {h}"),
         Trigger::Schedule { cron, tz } => format!("schedule {cron} ({tz})"),
         Trigger::Call => "call".into(),
@@ -94,8 +94,14 @@ fn trigger_text(t: &Trigger) -> String {
             None => format!("click on {channel}"),
         },
         Trigger::Status(c) => format!("status on {c}"),
-        #[allow(unreachable_patterns, reason = "triggers added later show their kind")]
-        _ => "event".into(),
+        Trigger::Failed(None) => "a failed run or send".into(),
+        Trigger::Failed(Some(of)) => format!("a failed run or send of {}", of.join(", ")),
+        Trigger::Unmatched(None) => "an event no scenario took".into(),
+        Trigger::Unmatched(Some(kind)) => format!("a {kind} no scenario took"),
+    };
+    match &sc.yearly {
+        Some(y) => format!("{text}, then yearly on {} at {}", y.date.src, y.at.format("%H:%M")),
+        None => text,
     }
 }
 
@@ -114,12 +120,17 @@ fn action_text(a: &Action) -> String {
         Action::Send(s) => format!("send to {}", to_of(s)),
         Action::Http(h) => format!("http {} {}", h.method, h.url.src()),
         Action::Call(c) => format!("call {}", c.scenario),
-        Action::Sleep(s) => match &s.time {
-            SleepTime::For(d) => format!("sleep {}", humantime::format_duration(*d)),
-            SleepTime::Until(e) => format!("sleep until {}", e.src),
-            #[allow(unreachable_patterns, reason = "kinds of sleep added later")]
-            _ => "sleep".into(),
-        },
+        Action::Sleep(s) => {
+            let at = s
+                .at
+                .map(|t| format!(" at {}", t.format("%H:%M")))
+                .unwrap_or_default();
+            match &s.time {
+                SleepTime::For(d) => format!("sleep {}{at}", humantime::format_duration(*d)),
+                SleepTime::Until(e) => format!("sleep until {}{at}", e.src),
+                SleepTime::Next => format!("sleep until the next{at}"),
+            }
+        }
         Action::Cancel(c) => format!(
             "cancel {}",
             c.scenario.clone().unwrap_or_else(|| "this scenario".into())
@@ -144,7 +155,7 @@ pub fn graph(sc: &Scenario) -> Graph {
     };
     let mut nodes = vec![Node {
         id: "trigger".into(),
-        text: trigger_text(&sc.trigger),
+        text: trigger_text(sc),
         kind: NodeKind::Trigger,
     }];
     // (from, to) → labels, in the order they were found.

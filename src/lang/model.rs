@@ -276,7 +276,14 @@ pub enum Trigger {
     },
     /// Delivery statuses of messages sent on a channel.
     Status(String),
+    /// Failed runs and sends of these scenarios (`None`: of any scenario).
+    Failed(Option<Vec<String>>),
+    /// Events of this kind that started no run (`None`: of any kind).
+    Unmatched(Option<String>),
 }
+
+/// The kinds of events an `unmatched` trigger may name.
+pub const UNMATCHED_KINDS: &[&str] = &["webhook", "message", "status", "call", "link", "schedule"];
 
 #[derive(Debug, Clone, Default)]
 pub struct Limits {

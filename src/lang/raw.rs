@@ -321,6 +321,20 @@ pub struct TriggerDef {
     pub yearly: Option<Sp<String>>,
     /// Local time of day of a `yearly` trigger, `HH:MM` (default `00:00`).
     pub at: Option<Sp<String>>,
+    /// Started when a run fails or one of its messages cannot be sent: `"*"` for any
+    /// scenario, else a scenario id or a list of them (`failed = ["a", "b"]`).
+    pub failed: Option<Sp<FailedDef>>,
+    /// Started by an event that started no run: `"webhook"`, `"message"`, `"status"`,
+    /// `"call"`, `"link"`, `"schedule"`, or `"*"` for any of them but `status`.
+    pub unmatched: Option<Sp<String>>,
+}
+
+/// The scenarios whose failures a `failed` trigger follows.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FailedDef {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

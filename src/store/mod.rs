@@ -571,6 +571,8 @@ pub trait Tx: Send {
     async fn take_early_statuses(&mut self, message_ref: &str) -> Result<Vec<(String, Json, i64)>>;
     /// Whether the event still waits to be processed.
     async fn event_pending(&mut self, id: i64) -> Result<bool>;
+    /// An event's kind and meta (where it came from).
+    async fn event_origin(&mut self, id: i64) -> Result<Option<(String, Json)>>;
     async fn finish_event(&mut self, id: i64, status: &str, outcome: &Json, now: i64)
         -> Result<()>;
 

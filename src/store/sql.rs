@@ -520,6 +520,16 @@ macro_rules! impl_tx {
                 Ok(status.as_deref() == Some("pending"))
             }
 
+            async fn event_origin(&mut self, id: i64) -> Result<Option<(String, Json)>> {
+                let row: Option<(String, String)> =
+                    sqlx::query_as("SELECT kind, meta FROM events WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *self.tx)
+                        .await?;
+                row.map(|(kind, meta)| Ok((kind, parse_json(&meta)?)))
+                    .transpose()
+            }
+
             async fn finish_event(
                 &mut self,
                 id: i64,

@@ -12,6 +12,7 @@ mod durability;
 mod egress;
 mod email;
 mod engine;
+mod failures;
 mod fake_discord;
 mod fake_telegram;
 mod fake_whatsapp;

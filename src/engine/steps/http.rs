@@ -134,6 +134,7 @@ impl Engine {
             sc.steps.get(run.pc as usize).map(|s| (&s.action, s.stop))
         else {
             fail(&mut run, "the http step moved: the scenario changed", now);
+            self.run_failed(tx, &mut run, after).await?;
             return tx.save_run(&run).await;
         };
         let status = response

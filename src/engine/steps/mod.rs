@@ -248,6 +248,7 @@ impl Engine {
                 tx.put_subject_vars(s, &st.subject_vars).await?;
             }
         }
+        self.run_failed(tx, run, after).await?;
         // A run leaves its sleeps and waits through the code that resumes it, so a finished
         // run has none left to clear.
         tx.save_run(run).await?;

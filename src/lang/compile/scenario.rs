@@ -46,6 +46,8 @@ pub(super) fn compile_scenario(
         on.message.is_some(),
         on.click.is_some(),
         on.status.is_some(),
+        on.failed.is_some(),
+        on.unmatched.is_some(),
     ];
     if let (Some(b), None) = (&on.button, &on.click) {
         cx.err(b.span(), "`button` belongs to a `click` trigger");
@@ -133,6 +135,36 @@ pub(super) fn compile_scenario(
                         None
                     }
                 }
+            } else if let Some(f) = &on.failed {
+                let ids = match f.get() {
+                    raw::FailedDef::One(id) if id == "*" => None,
+                    raw::FailedDef::One(id) => Some(vec![id.clone()]),
+                    raw::FailedDef::Many(ids) => Some(ids.clone()),
+                };
+                if ids.as_ref().is_some_and(|ids| ids.is_empty()) {
+                    cx.err(f.span(), "`failed` needs \"*\" or at least one scenario id");
+                }
+                for id in ids.iter().flatten() {
+                    scenario_refs.push((id.clone(), f.span()));
+                }
+                Some(Trigger::Failed(ids))
+            } else if let Some(k) = &on.unmatched {
+                match k.get().as_str() {
+                    "*" => Some(Trigger::Unmatched(None)),
+                    kind if UNMATCHED_KINDS.contains(&kind) => {
+                        Some(Trigger::Unmatched(Some(kind.to_string())))
+                    }
+                    kind => {
+                        cx.err(
+                            k.span(),
+                            format!(
+                                "unknown event kind '{kind}'; expected \"*\" or one of {}",
+                                UNMATCHED_KINDS.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                }
             } else {
                 Some(Trigger::Call)
             }
@@ -140,7 +172,7 @@ pub(super) fn compile_scenario(
         _ => {
             cx.err(
                 raw.on.span(),
-                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true, message = \"channel\", click = \"channel\", status = \"channel\"",
+                "`on` needs exactly one of webhook = \"name\", schedule = \"cron\", call = true, link = true, message = \"channel\", click = \"channel\", status = \"channel\", failed = \"scenario\", unmatched = \"kind\"",
             );
             None
         }
