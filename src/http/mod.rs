@@ -9,6 +9,7 @@ mod hooks;
 mod links;
 mod ops;
 pub mod pages;
+mod start;
 mod ui;
 
 use std::sync::Arc;

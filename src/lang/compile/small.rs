@@ -54,10 +54,44 @@ pub(super) fn compile_call(
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), literal_or_expr(cx, t, v)?)))
         .collect();
+    let item = match &c.item_name {
+        Some(n) if c.for_each.is_none() => {
+            cx.err(
+                n.span(),
+                "`as` names the item of `for_each`: add `for_each`",
+            );
+            None
+        }
+        Some(n) if !is_name(n.get()) || n.get() == "index" => {
+            cx.err(
+                n.span(),
+                format!(
+                    "`as` must be a plain name (letters, digits, `_`) other than `index`, not '{}'",
+                    n.get()
+                ),
+            );
+            None
+        }
+        Some(n) => Some(n.get().clone()),
+        None => Some("item".to_string()),
+    };
+    let for_each = match &c.for_each {
+        Some(e) => Some((cx.expr(t, e)?, item?)),
+        None => None,
+    };
     Some(Action::Call(CallSpec {
         scenario: c.scenario.get().clone(),
         vars,
+        for_each,
     }))
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 pub(super) fn compile_sleep(

@@ -1,0 +1,273 @@
+//! Fan-out: a `call` with `for_each` starting one run per item, bounded by `max_fan_out`;
+//! starting a scenario by hand through the admin API with one event, a list or CSV.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchboard::store::RunStatus;
+
+use crate::support::*;
+
+const BLAST: &str = r#"id = "blast"
+on = { webhook = "blast" }
+[[step]]
+call = { scenario = "notify", for_each = "event.contacts", as = "contact", vars = { campaign = "event.campaign" } }
+"#;
+
+const NOTIFY: &str = r#"id = "notify"
+on = { call = true }
+when = 'event.contact.name != "skip"'
+[[step]]
+send = { to = "ops", template = "{{ event.campaign }} #{{ event.index }} for {{ event.contact.name }}{% if meta.test %} (test){% endif %}" }
+"#;
+
+fn config(max_fan_out: Option<u32>) -> ConfigDir {
+    let cfg = ConfigDir::with(&[("blast.toml", BLAST), ("notify.toml", NOTIFY)]);
+    if let Some(n) = max_fan_out {
+        let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+        cfg.write(
+            "gateway.toml",
+            &gw.replace("[defaults]\n", &format!("[defaults]\nmax_fan_out = {n}\n")),
+        );
+    }
+    cfg
+}
+
+fn contacts(n: usize) -> Vec<Value> {
+    (0..n).map(|i| json!({"name": format!("c{i}")})).collect()
+}
+
+/// The `notify` runs, once `n` of them have finished.
+async fn finished_notify_runs(t: &TestApp, n: usize) -> Vec<switchboard::store::RunSummary> {
+    eventually_within(Duration::from_secs(120), || async {
+        let runs = t
+            .app
+            .store
+            .list_runs(&switchboard::store::RunFilter {
+                scenario: Some("notify".into()),
+                limit: 5000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        (runs.len() == n && runs.iter().all(|r| !r.status.is_active())).then_some(runs)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_fan_out_over_a_thousand_contacts_starts_a_journaled_run_for_each() {
+    let _heavy = HEAVY.lock().await;
+    let cfg = config(None);
+    let t = TestApp::spawn(&cfg).await;
+    let began = Instant::now();
+    let (s, b) = t
+        .post(
+            "blast",
+            json!({"campaign": "spring", "contacts": contacts(1000)}),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let parent = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let parent = t.status_of(parent, RunStatus::Done).await;
+    let call = parent
+        .journal
+        .iter()
+        .find(|e| e["action"] == "call")
+        .unwrap();
+    assert_eq!(call["started"], 1000, "{call}");
+    assert_eq!(call["result"], "started 1000 runs of notify");
+
+    let runs = finished_notify_runs(&t, 1000).await;
+    let mut delivered = 0;
+    for r in &runs {
+        assert_eq!(r.status, RunStatus::Done, "{r:?}");
+        let run = t.app.store.run(r.id).await.unwrap().unwrap();
+        assert!(
+            run.journal.iter().any(|e| e["action"] == "send"),
+            "{:?}",
+            run.journal
+        );
+        // Each child knows its parent.
+        let ev = t
+            .app
+            .store
+            .event(run.event_id.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.meta["parent_run"], parent.id);
+        let rows = settled_outbox(&t, r.id).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, "delivered");
+        let i = run.event["index"].as_u64().unwrap();
+        assert_eq!(
+            rows[0].request["text"],
+            format!("spring #{i} for c{i}"),
+            "{}",
+            rows[0].request
+        );
+        delivered += 1;
+    }
+    assert_eq!(delivered, 1000);
+    println!(
+        "fan-out of 1000 runs, each message delivered: {:.2} s",
+        began.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn a_list_longer_than_max_fan_out_fails_the_step_and_starts_none() {
+    let cfg = config(Some(5));
+    let t = TestApp::spawn(&cfg).await;
+    let (_, b) = t
+        .post("blast", json!({"campaign": "x", "contacts": contacts(6)}))
+        .await;
+    let parent = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    let run = t.finished(parent).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap()
+            .contains("for_each gave 6 items; max_fan_out is 5"),
+        "{:?}",
+        run.error
+    );
+    assert!(runs_of_scenario(&t, "notify").await.is_empty());
+
+    // Five are fine; an item the guard refuses starts no run.
+    let mut list = contacts(4);
+    list.push(json!({"name": "skip"}));
+    let (_, b) = t
+        .post("blast", json!({"campaign": "x", "contacts": list}))
+        .await;
+    let parent = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    assert_eq!(t.finished(parent).await.status, RunStatus::Done);
+    finished_notify_runs(&t, 4).await;
+}
+
+async fn start(t: &TestApp, path: &str, body: reqwest::Body, ct: &str) -> (u16, Value) {
+    let resp = t
+        .http
+        .post(format!("{}{path}", t.app.admin_url()))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_start_api_takes_an_event_a_list_or_csv() {
+    let cfg = config(Some(3));
+    let t = TestApp::spawn(&cfg).await;
+    let json_ct = "application/json";
+
+    // One event: its run is named in the answer and journaled as started by hand.
+    let one = json!({"campaign": "one", "index": 0, "contact": {"name": "Ada"}});
+    let (s, b) = start(
+        &t,
+        "/api/scenarios/notify/start",
+        one.to_string().into(),
+        json_ct,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["runs"][0].as_i64().unwrap();
+    assert_eq!(b["items"][0]["started"], true);
+    let run = t.status_of(id, RunStatus::Done).await;
+    assert_eq!(run.journal[0]["result"], "started by hand");
+    assert_eq!(t.messages(id).await[0]["text"], "one #0 for Ada");
+
+    // A list, in order; the guard refuses one, and the answer says so.
+    let list = json!([
+        {"campaign": "l", "index": 0, "contact": {"name": "Bob"}},
+        {"campaign": "l", "index": 1, "contact": {"name": "skip"}},
+        {"campaign": "l", "index": 2, "contact": {"name": "Cy"}},
+    ]);
+    let (s, b) = start(
+        &t,
+        "/api/scenarios/notify/start",
+        list.to_string().into(),
+        json_ct,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["items"][1]["started"], false);
+    assert_eq!(b["items"][1]["why"], "guard false");
+    assert!(b["runs"][1].is_null());
+    let cy = b["runs"][2].as_i64().unwrap();
+    t.status_of(cy, RunStatus::Done).await;
+    assert_eq!(t.messages(cy).await[0]["text"], "l #2 for Cy");
+
+    // CSV: one event per row, fields named by the header; a test start is marked.
+    let csv = "campaign,index\ncsv,7\ncsv,8\n";
+    let (s, b) = start(
+        &t,
+        "/api/scenarios/blast/start?test=true",
+        csv.into(),
+        "text/csv",
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["test"], true);
+    let runs: Vec<i64> = b["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_i64().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    let run = t.finished(runs[1]).await;
+    assert_eq!(run.event, json!({"campaign": "csv", "index": "8"}));
+    assert_eq!(run.journal[0]["result"], "started by hand (test)");
+
+    // `meta.test` reaches the templates.
+    let (s, b) = start(
+        &t,
+        "/api/scenarios/notify/start?test=true",
+        one.to_string().into(),
+        json_ct,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["runs"][0].as_i64().unwrap();
+    t.status_of(id, RunStatus::Done).await;
+    assert_eq!(t.messages(id).await[0]["text"], "one #0 for Ada (test)");
+
+    // Bad input: 4xx with a reason, nothing started.
+    let before = runs_of_scenario(&t, "blast").await.len();
+    let (s, b) = start(
+        &t,
+        "/api/scenarios/blast/start",
+        "campaign,index\nok,1\nbad\n".into(),
+        "text/csv",
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"], "CSV line 3: 1 fields, but the header row has 2");
+    let (s, b) = start(
+        &t,
+        "/api/scenarios/blast/start",
+        "[{},{},{},{}]".into(),
+        json_ct,
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        b["error"].as_str().unwrap().contains("max_fan_out is 3"),
+        "{b}"
+    );
+    let (s, _) = start(&t, "/api/scenarios/blast/start", "[1]".into(), json_ct).await;
+    assert_eq!(s, 400);
+    let (s, _) = start(&t, "/api/scenarios/blast/start", "x".into(), "text/plain").await;
+    assert_eq!(s, 415);
+    let (s, b) = start(&t, "/api/scenarios/nope/start", "{}".into(), json_ct).await;
+    assert_eq!(s, 404);
+    assert_eq!(b["error"], "no scenario 'nope'");
+    assert_eq!(runs_of_scenario(&t, "blast").await.len(), before);
+}
