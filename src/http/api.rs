@@ -61,7 +61,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     components(schemas(ErrorBody, EventRow, RunRow, RunSummary, RunStatus, OutboxRow, TimerRow,
                         WaitRow, ScenarioStats, ScenarioView, RunPage, EventPage, EventDetail,
                         RunDetail, ActionResult, TimersPage, EventStatus, Suppression,
-                        SuppressionsPage, StartResult, StartItem)),
+                        SuppressionsPage, StartResult, StartItem, EventsBody, CsvEvents)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -465,6 +465,45 @@ struct StartQuery {
     test: Option<bool>,
 }
 
+/// One event (an object) or a non-empty list of them.
+struct EventsBody;
+
+impl utoipa::PartialSchema for EventsBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let one = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("One event"));
+        let many = ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::Object))
+            .min_items(Some(1))
+            .description(Some("Events, each a run"));
+        OneOfBuilder::new().item(one).item(many).into()
+    }
+}
+
+impl ToSchema for EventsBody {}
+
+/// CSV: a header row naming the fields, then one event per row (at least one).
+struct CsvEvents;
+
+impl utoipa::PartialSchema for CsvEvents {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(
+                r#"^[^,\n\r"]*[^,\n\r"\s][^,\n\r"]*(\n[^,\n\r"]+)+\n?$"#,
+            ))
+            .description(Some(
+                "A header row naming the fields, then one event per row",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CsvEvents {}
+
 /// The runs a start by hand began, in the order of its events.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub(super) struct StartResult {
@@ -519,7 +558,7 @@ pub(super) fn known_scenario(st: &AppState, id: &str) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/api/scenarios/{id}/start",
     params(("id" = String, Path, description = "Scenario id"), StartQuery),
     request_body(description = "One event (a JSON object), a list of events (a JSON array of objects, at most `max_fan_out`) or CSV (`text/csv`: a header row naming the fields, one event per row)",
-        content((Object = "application/json"), (Vec<Object> = "application/json"), (String = "text/csv"))),
+        content((EventsBody = "application/json"), (CsvEvents = "text/csv"))),
     responses((status = 200, body = StartResult, description = "The runs, in the order of the events; guards and limits apply as to any event"),
               (status = 400, body = ErrorBody, description = "A malformed body (a bad CSV row is named by its line) or too many events"),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]

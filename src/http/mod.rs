@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod broadcast;
 mod hooks;
 mod links;
 mod ops;
