@@ -79,8 +79,13 @@ async fn a_fan_out_over_a_thousand_contacts_starts_a_journaled_run_for_each() {
     assert_eq!(call["result"], "started 1000 runs of notify");
 
     let runs = finished_notify_runs(&t, 1000).await;
-    let mut delivered = 0;
+    let runs_done = began.elapsed();
+    let mut outbox = Vec::with_capacity(runs.len());
     for r in &runs {
+        outbox.push(settled_outbox(&t, r.id).await);
+    }
+    let delivered = began.elapsed();
+    for (r, rows) in runs.iter().zip(&outbox) {
         assert_eq!(r.status, RunStatus::Done, "{r:?}");
         let run = t.app.store.run(r.id).await.unwrap().unwrap();
         assert!(
@@ -97,7 +102,6 @@ async fn a_fan_out_over_a_thousand_contacts_starts_a_journaled_run_for_each() {
             .unwrap()
             .unwrap();
         assert_eq!(ev.meta["parent_run"], parent.id);
-        let rows = settled_outbox(&t, r.id).await;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].status, "delivered");
         let i = run.event["index"].as_u64().unwrap();
@@ -107,12 +111,11 @@ async fn a_fan_out_over_a_thousand_contacts_starts_a_journaled_run_for_each() {
             "{}",
             rows[0].request
         );
-        delivered += 1;
     }
-    assert_eq!(delivered, 1000);
     println!(
-        "fan-out of 1000 runs, each message delivered: {:.2} s",
-        began.elapsed().as_secs_f64()
+        "fan-out of 1000: all runs done after {:.2} s, every message delivered after {:.2} s",
+        runs_done.as_secs_f64(),
+        delivered.as_secs_f64()
     );
 }
 

@@ -133,3 +133,29 @@ pub(super) fn compile_cancel(
         key: c.key.as_ref().and_then(|k| cx.tmpl(t, k)),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::errors;
+
+    fn call(def: &str) -> Vec<String> {
+        errors(&format!(
+            "id = \"a\"\non = {{ call = true }}\n[[step]]\ncall = {{ scenario = \"a\", {def} }}\n"
+        ))
+    }
+
+    #[test]
+    fn a_fan_out_names_its_item_plainly() {
+        assert!(call("for_each = \"event.list\", as = \"contact\"").is_empty());
+        assert!(call("for_each = \"event.list\"").is_empty());
+        let errs = call("for_each = \"event.list\", as = \"index\"");
+        assert!(
+            errs[0].starts_with("4:56: `as` must be a plain name"),
+            "{errs:?}"
+        );
+        let errs = call("as = \"contact\"");
+        assert!(errs[0].contains("add `for_each`"), "{errs:?}");
+        let errs = call("for_each = \"event.list +\"");
+        assert!(errs[0].contains("bad expression"), "{errs:?}");
+    }
+}
