@@ -274,3 +274,80 @@ async fn the_start_api_takes_an_event_a_list_or_csv() {
     assert_eq!(b["error"], "no scenario 'nope'");
     assert_eq!(runs_of_scenario(&t, "blast").await.len(), before);
 }
+
+#[tokio::test]
+async fn the_broadcast_view_shows_each_recipients_message_statuses() {
+    use crate::fake_whatsapp::FakeWhatsApp;
+    let fake = FakeWhatsApp::start().await;
+    let cfg = ConfigDir::with(&[
+        (
+            "tell.toml",
+            "id = \"tell\"\non = { webhook = \"tell\" }\n[[step]]\ncall = { scenario = \"one\", for_each = \"event.phones\", as = \"phone\" }\n",
+        ),
+        (
+            "one.toml",
+            "id = \"one\"\non = { call = true }\nsubject = \"phone:{{ event.phone }}\"\n[[step]]\nsend = { to = \"wa:{{ event.phone }}\", template = \"Sale starts today\" }\n",
+        ),
+    ]);
+    cfg.write(
+        "gateway.toml",
+        &format!(
+            "[defaults]\nretry_delay = \"50ms\"\nretry_max_delay = \"200ms\"\n\n{}",
+            fake.channel("window_template = { name = \"order_update\", language = \"en\" }\n")
+        ),
+    );
+    let t = TestApp::spawn(&cfg).await;
+    let phones = ["+48555000801", "+48555000802", "+48555000803"];
+    let (_, b) = t.post("tell", json!({"phones": phones})).await;
+    let parent = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    t.status_of(parent, RunStatus::Done).await;
+
+    // Meta reports: the first read, the second delivered, the third failed.
+    let reports: [&[&str]; 3] = [&["delivered", "read"], &["delivered"], &["failed"]];
+    for (phone, statuses) in phones.iter().zip(reports) {
+        let to = phone.trim_start_matches('+');
+        let wamid = fake.wait_accepted(to, 1).await[0].wamid.clone().unwrap();
+        for s in statuses {
+            let error = (*s == "failed").then_some(131026);
+            let status = fake.status(&wamid, to, s, error);
+            assert_eq!(fake.deliver(&t.app.url(), "wa", status).await, vec![200]);
+        }
+    }
+    eventually(|| async {
+        let mut seen = Vec::new();
+        for r in runs_of_scenario(&t, "one").await {
+            let rows = t.app.store.outbox_for_run(r).await.unwrap();
+            seen.push(rows.first()?.delivery_status.clone()?);
+        }
+        seen.sort();
+        (seen == ["delivered", "failed", "read"]).then_some(())
+    })
+    .await;
+
+    // The journal pages' broadcast view: one row per recipient with its statuses.
+    let (client, session) = pages_session(&t).await;
+    let page = client
+        .get(format!("{}/ui/broadcast?run={parent}", t.app.admin_url()))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert_eq!(html.matches("<tr class=\"member\"").count(), 3, "{html}");
+    for (phone, seen) in [
+        ("+48555000801", "delivered, read"),
+        ("+48555000802", "delivered"),
+        ("+48555000803", "delivered, failed"),
+    ] {
+        let row = html
+            .split("<tr class=\"member\"")
+            .find(|r| r.contains(phone))
+            .unwrap_or_else(|| panic!("{phone} in {html}"));
+        assert!(
+            row.contains(&format!("<span class=\"msg-statuses\">{seen}</span>")),
+            "{phone}: {row}"
+        );
+    }
+    assert!(html.contains("data-status=\"failed\""), "{html}");
+}
