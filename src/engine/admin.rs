@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::{steps, After, Engine, OutboxJob};
 use crate::config::Action;
-use crate::store::{RunStatus, StoreError, Tx};
+use crate::store::{NewEvent, RunStatus, StoreError, Tx};
 
 #[derive(Debug, Clone)]
 pub enum AdminOp {
@@ -19,6 +19,12 @@ pub enum AdminOp {
     SetEnabled(String, bool),
     SetGlobal(String, Json),
     DeleteGlobal(String),
+    /// Starts a scenario once per event, whatever its trigger (`manual` events).
+    Start {
+        scenario: String,
+        events: Vec<Json>,
+        test: bool,
+    },
 }
 
 /// Why an operator action was refused.
@@ -28,6 +34,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request itself is wrong (too many events).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type AdminResult = Result<Json, AdminError>;
@@ -190,6 +199,99 @@ impl Engine {
                 self.globals.remove(name);
                 Ok(json!({"name": name, "deleted": true}))
             }
+            AdminOp::Start {
+                scenario,
+                events,
+                test,
+            } => {
+                self.start_by_hand(tx, scenario, events, *test, after)
+                    .await?
+            }
         })
     }
+
+    /// Each event is stored, then starts its run in this same transaction, so that the
+    /// answer can name the runs (guards and limits apply as to any event).
+    async fn start_by_hand(
+        &mut self,
+        tx: &mut dyn Tx,
+        scenario: &str,
+        events: &[Json],
+        test: bool,
+        after: &mut After,
+    ) -> Result<AdminResult, StoreError> {
+        let Some(sc) = self.cfg.scenario(scenario).cloned() else {
+            return Ok(Err(AdminError::NotFound(format!(
+                "no scenario '{scenario}'"
+            ))));
+        };
+        let max = self.cfg.gateway.max_fan_out as usize;
+        if events.len() > max {
+            return Ok(Err(AdminError::Invalid(format!(
+                "{} events; max_fan_out is {max}",
+                events.len()
+            ))));
+        }
+        let mut runs = Vec::with_capacity(events.len());
+        let mut items = Vec::with_capacity(events.len());
+        for (index, data) in events.iter().enumerate() {
+            let now = self.now();
+            let ev = NewEvent {
+                kind: MANUAL.into(),
+                source: sc.id.clone(),
+                dedupe_key: None,
+                data: data.clone(),
+                meta: json!({"test": test}),
+                rejected: None,
+                received_at: now,
+            };
+            let Some(id) = tx.insert_event(&ev).await? else {
+                continue;
+            };
+            let ev = super::EventItem::stored(id, ev);
+            let outcome = self.start_run(tx, &sc, &ev, after).await?;
+            tx.finish_event(id, "done", &json!([outcome.clone()]), self.now())
+                .await?;
+            let run = outcome["run"].as_i64();
+            runs.push(json!(run));
+            let mut item = json!({"index": index, "event_id": id, "run": run,
+                "started": run.is_some()});
+            if let Some(st) = outcome.get("status") {
+                item["status"] = st.clone();
+            }
+            if run.is_none() {
+                item["why"] = outcome["why"]
+                    .as_str()
+                    .or(outcome["error"].as_str())
+                    .or(outcome["verdict"].as_str())
+                    .map(String::from)
+                    .unwrap_or_else(|| outcome.to_string())
+                    .into();
+            }
+            items.push(item);
+        }
+        Ok(Ok(
+            json!({"scenario": sc.id, "test": test, "runs": runs, "items": items}),
+        ))
+    }
+}
+
+/// The kind of event an operator's start stores.
+pub const MANUAL: &str = "manual";
+
+/// How a start by hand opens its run's journal; `test` also becomes `meta.test`.
+pub(super) fn started_by_hand(test: bool, at: i64) -> Json {
+    let result = if test {
+        "started by hand (test)"
+    } else {
+        "started by hand"
+    };
+    json!({"action": "start", "result": result, "test": test, "at": at})
+}
+
+/// Whether a run was started by hand as a test (its journal opens so).
+pub(super) fn test_run(journal: &[Json]) -> bool {
+    journal
+        .first()
+        .is_some_and(|e| e["action"] == "start" && e["test"] == true)
 }

@@ -708,6 +708,9 @@ impl Engine {
         }
         .value();
         let mut first = Vec::new();
+        if ev.kind == admin::MANUAL {
+            first.push(admin::started_by_hand(ev.meta["test"] == true, now));
+        }
         if let Some(when) = &sc.when {
             match when.truthy(&ctx) {
                 Ok(true) => first.push(json!({"action": "when", "if": when.src,

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/scenarios", get(list_scenarios))
         .route("/api/scenarios/{id}/enable", post(enable_scenario))
         .route("/api/scenarios/{id}/disable", post(disable_scenario))
+        .route("/api/scenarios/{id}/start", post(start_scenario))
         .route("/api/globals", get(list_globals))
         .route(
             "/api/globals/{name}",
@@ -55,12 +56,12 @@ pub fn router(state: AppState) -> Router<AppState> {
 #[openapi(
     info(title = "Switchboard admin API", description = "Events, runs, scenarios, variables and timers of a Switchboard gateway."),
     paths(list_events, get_event, list_runs, get_run, retry_run, cancel_run, retry_outbox,
-          list_scenarios, enable_scenario, disable_scenario, list_globals, put_global,
+          list_scenarios, enable_scenario, disable_scenario, start_scenario, list_globals, put_global,
           delete_global, list_timers, list_suppressions, delete_suppression),
     components(schemas(ErrorBody, EventRow, RunRow, RunSummary, RunStatus, OutboxRow, TimerRow,
                         WaitRow, ScenarioStats, ScenarioView, RunPage, EventPage, EventDetail,
                         RunDetail, ActionResult, TimersPage, EventStatus, Suppression,
-                        SuppressionsPage)),
+                        SuppressionsPage, StartResult, StartItem, EventsBody, CsvEvents)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -145,6 +146,7 @@ pub(super) async fn admin_action(st: &AppState, op: AdminOp) -> Result<Json_, Ap
         Ok(Ok(v)) => Ok(v),
         Ok(Err(AdminError::NotFound(m))) => Err(ApiError::new(StatusCode::NOT_FOUND, m)),
         Ok(Err(AdminError::Conflict(m))) => Err(ApiError::new(StatusCode::CONFLICT, m)),
+        Ok(Err(AdminError::Invalid(m))) => Err(ApiError::bad_request(m)),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the action was not committed; try again",
@@ -459,6 +461,133 @@ async fn disable_scenario(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ActionResult>, ApiError> {
     admin(&st, AdminOp::SetEnabled(id, false)).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StartQuery {
+    /// A test start: said in the run's journal and the runs list, `meta.test` in templates.
+    test: Option<bool>,
+}
+
+/// One event (an object) or a non-empty list of them.
+struct EventsBody;
+
+impl utoipa::PartialSchema for EventsBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let one = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("One event"));
+        let many = ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::Object))
+            .min_items(Some(1))
+            .description(Some("Events, each a run"));
+        OneOfBuilder::new().item(one).item(many).into()
+    }
+}
+
+impl ToSchema for EventsBody {}
+
+/// CSV: a header row naming the fields, then one event per row (at least one).
+struct CsvEvents;
+
+impl utoipa::PartialSchema for CsvEvents {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(
+                r#"^[^,\n\r"]*[^,\n\r"\s][^,\n\r"]*(\n[^,\n\r"]+)+\n?$"#,
+            ))
+            .description(Some(
+                "A header row naming the fields, then one event per row",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CsvEvents {}
+
+/// The runs a start by hand began, in the order of its events.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(super) struct StartResult {
+    pub(super) scenario: String,
+    pub(super) test: bool,
+    /// Per event, its run's id, or null where none started.
+    pub(super) runs: Vec<Option<i64>>,
+    pub(super) items: Vec<StartItem>,
+}
+
+/// What became of one event.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(super) struct StartItem {
+    /// Its position in the body (0 = the first event or CSV row).
+    pub(super) index: usize,
+    pub(super) event_id: i64,
+    pub(super) started: bool,
+    pub(super) run: Option<i64>,
+    /// The run's status once the request was answered.
+    #[serde(default)]
+    pub(super) status: Option<RunStatus>,
+    /// Why no run started: the guard was false, a limit, the scenario is off.
+    #[serde(default)]
+    pub(super) why: Option<String>,
+}
+
+/// Starts `scenario` once per event, answered once committed.
+pub(super) async fn start_runs(
+    st: &AppState,
+    scenario: &str,
+    events: Vec<Json_>,
+    test: bool,
+) -> Result<StartResult, ApiError> {
+    let op = AdminOp::Start {
+        scenario: scenario.to_string(),
+        events,
+        test,
+    };
+    serde_json::from_value(admin_action(st, op).await?).map_err(ApiError::internal)
+}
+
+pub(super) fn known_scenario(st: &AppState, id: &str) -> Result<(), ApiError> {
+    match st.cfg.scenario(id) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no scenario '{id}'"),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/scenarios/{id}/start",
+    params(("id" = String, Path, description = "Scenario id"), StartQuery),
+    request_body(description = "One event (a JSON object), a list of events (a JSON array of objects, at most `max_fan_out`) or CSV (`text/csv`: a header row naming the fields, one event per row)",
+        content((EventsBody = "application/json"), (CsvEvents = "text/csv"))),
+    responses((status = 200, body = StartResult, description = "The runs, in the order of the events; guards and limits apply as to any event"),
+              (status = 400, body = ErrorBody, description = "A malformed body (a bad CSV row is named by its line) or too many events"),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+async fn start_scenario(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StartQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<StartResult>, ApiError> {
+    known_scenario(&st, &id)?;
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = super::start::Format::of(ct).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send events as JSON (application/json) or CSV (text/csv)",
+        )
+    })?;
+    let events = super::start::events(&body, format, st.cfg.gateway.max_fan_out as usize)?;
+    Ok(Json(
+        start_runs(&st, &id, events, q.test.unwrap_or(false)).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/globals",

@@ -5,10 +5,12 @@
 
 mod api;
 mod auth;
+mod broadcast;
 mod hooks;
 mod links;
 mod ops;
 pub mod pages;
+mod start;
 mod ui;
 
 use std::sync::Arc;

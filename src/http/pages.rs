@@ -40,6 +40,8 @@ impl Pages {
             ("runs.html", include_str!("ui/runs.html")),
             ("run.html", include_str!("ui/run.html")),
             ("scenarios.html", include_str!("ui/scenarios.html")),
+            ("started.html", include_str!("ui/started.html")),
+            ("broadcast.html", include_str!("ui/broadcast.html")),
         ] {
             env.add_template(name, src)
                 .expect("built-in templates compile");
@@ -121,11 +123,31 @@ mod tests {
             assert!(out.contains("boom") && out.contains("id=\"retry\""));
             let scenario = serde_json::json!({"id": "s", "description": null, "enabled": true,
                 "stats": {"started": 1, "done": 1, "failed": 0, "active": 0, "limited": 0}, "last_fired": null});
-            html(
+            let scenarios = vec![scenario.clone(), {
+                let mut s = scenario;
+                s["recent"] = serde_json::json!(["{\n  \"phone\": \"+1\"\n}"]);
+                s
+            }];
+            let out = html(
                 &p,
                 "scenarios.html",
-                context! { lang, here => "scenarios", scenarios => vec![scenario] },
+                context! { lang, here => "scenarios", scenarios },
             );
+            assert!(out.contains("start-recent") && out.contains("&quot;phone&quot;"));
+            let item = serde_json::json!({"index": 0, "event_id": 1, "started": false, "run": null, "why": "guard false"});
+            html(
+                &p,
+                "started.html",
+                context! { lang, here => "scenarios", scenario => "s", test => true, items => vec![item], broadcast => "/ui/broadcast?runs=" },
+            );
+            let row = serde_json::json!({"run": 2, "status": "done", "replied": true, "messages": [
+                {"channel": "ops", "to": "x", "status": "delivered", "statuses": ["delivered", "read"], "failed": false}]});
+            let out = html(
+                &p,
+                "broadcast.html",
+                context! { lang, here => "runs", parent => 1, rows => vec![row], total => 1, newer => (), older => () },
+            );
+            assert!(out.contains("delivered, read"));
             html(
                 &p,
                 "runs.html",

@@ -29,6 +29,11 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/ui/outbox/{id}/retry", post(retry_outbox))
         .route("/ui/scenarios", get(scenarios_page))
         .route("/ui/scenarios/{id}/{action}", post(switch_scenario))
+        .route(
+            "/ui/scenarios/{id}/start",
+            post(super::broadcast::start_page),
+        )
+        .route("/ui/broadcast", get(super::broadcast::broadcast_page))
 }
 
 fn fmt_time(ms: i64) -> String {
@@ -42,7 +47,7 @@ fn fmt_time(ms: i64) -> String {
     clippy::result_large_err,
     reason = "the error is the response itself, made once per request"
 )]
-fn guard(
+pub(super) fn guard(
     st: &AppState,
     headers: &HeaderMap,
     params: &Params,
@@ -118,14 +123,17 @@ async fn runs_page(
         Ok(page) => page,
         Err(e) => return e.into_response(),
     };
-    let runs: Vec<Json> = page
-        .runs
-        .iter()
-        .map(|r| {
+    let mut runs: Vec<Json> = Vec::with_capacity(page.runs.len());
+    for r in &page.runs {
+        let test = match r.event_id {
+            Some(e) => started_as_test(&st, e).await,
+            None => false,
+        };
+        runs.push(
             serde_json::json!({"id": r.id, "scenario": r.scenario, "subject": r.subject,
-                "status": r.status, "created": fmt_time(r.created_at), "error": r.error})
-        })
-        .collect();
+            "status": r.status, "created": fmt_time(r.created_at), "error": r.error, "test": test}),
+        );
+    }
     let older = page.next_before.map(|b| {
         let mut q = p.clone();
         q.insert("before".into(), b.to_string());
@@ -148,6 +156,12 @@ async fn runs_page(
         "runs.html",
         context! { lang, here => "runs", runs, older, scenarios, statuses, filter => p },
     )
+}
+
+/// Whether the event was a test start by hand.
+async fn started_as_test(st: &AppState, event_id: i64) -> bool {
+    matches!(st.store.event(event_id).await, Ok(Some(e))
+        if e.kind == crate::engine::admin::MANUAL && e.meta["test"] == true)
 }
 
 fn step_class(e: &Json) -> &'static str {
@@ -220,10 +234,11 @@ async fn run_page(
     });
     let event = pretty(&d.run.event);
     let notice = p.get("notice").filter(|n| n.starts_with("ui-")).cloned();
+    let fanned_out = super::broadcast::fanned_out(&d.run).len();
     st.pages.render(
         StatusCode::OK,
         "run.html",
-        context! { lang, here => "runs", run, steps, requests, event, notice },
+        context! { lang, here => "runs", run, steps, requests, event, notice, fanned_out },
     )
 }
 
@@ -294,19 +309,43 @@ async fn scenarios_page(
         Ok(l) => l,
         Err(e) => return e.into_response(),
     };
-    let scenarios: Vec<Json> = list
-        .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s).unwrap_or_default();
-            v["last_fired"] = serde_json::json!(s_last(&v).map(fmt_time));
-            v
-        })
-        .collect();
+    let mut scenarios: Vec<Json> = Vec::with_capacity(list.len());
+    for s in &list {
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        v["last_fired"] = serde_json::json!(s_last(&v).map(fmt_time));
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        v["recent"] = serde_json::json!(recent_events(&st, &id).await);
+        scenarios.push(v);
+    }
     st.pages.render(
         StatusCode::OK,
         "scenarios.html",
         context! { lang, here => "scenarios", scenarios },
     )
+}
+
+/// Events that started the scenario's latest runs, as JSON texts for the start form's picker.
+async fn recent_events(st: &AppState, scenario: &str) -> Vec<String> {
+    const RECENT: i64 = 5;
+    let filter = crate::store::RunFilter {
+        scenario: Some(scenario.to_string()),
+        limit: RECENT,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for r in st.store.list_runs(&filter).await.unwrap_or_default() {
+        let Some(Ok(Some(e))) = (match r.event_id {
+            Some(id) => Some(st.store.event(id).await),
+            None => None,
+        }) else {
+            continue;
+        };
+        let text = serde_json::to_string_pretty(&e.data).unwrap_or_default();
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    out
 }
 
 fn s_last(v: &Json) -> Option<i64> {

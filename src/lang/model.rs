@@ -21,6 +21,8 @@ pub struct Gateway {
     pub timezone: chrono_tz::Tz,
     pub max_steps: u32,
     pub max_call_depth: u32,
+    /// Most runs one fan-out (`call` with `for_each`, a start by hand) may start.
+    pub max_fan_out: u32,
     pub http_timeout: Duration,
     pub http_attempts: u32,
     pub retry_delay: Duration,
@@ -468,6 +470,8 @@ pub enum HttpBody {
 pub struct CallSpec {
     pub scenario: String,
     pub vars: Vec<(String, ValueTmpl)>,
+    /// One run per item of this list, the item under `event.<name>`.
+    pub for_each: Option<(Expr, String)>,
 }
 
 pub enum SleepTime {

@@ -128,6 +128,9 @@ pub struct DefaultsSection {
     /// The gateway's time zone (IANA name, e.g. `Europe/Warsaw`; default `UTC`): working hours
     /// and local times use it when nothing closer (the step, the recipient) names one.
     pub timezone: Option<Sp<String>>,
+    /// Most runs one `call` with `for_each`, or one start through the admin API, may start
+    /// (default 1000).
+    pub max_fan_out: Option<u32>,
 }
 
 /// A channel: `type` (`log`, `telegram`, …) and the keys of that type, e.g. a Telegram
@@ -551,6 +554,12 @@ pub struct CallDef {
     /// Variables for the called run (expressions).
     #[serde(default)]
     pub vars: BTreeMap<String, Sp<serde_json::Value>>,
+    /// Expression giving a list: one run of the scenario per item (at most `max_fan_out`).
+    pub for_each: Option<Sp<String>>,
+    /// With `for_each`: the name of the item in the called run's event (default `item`);
+    /// `event.index` is its position from 0.
+    #[serde(rename = "as")]
+    pub item_name: Option<Sp<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -2,6 +2,7 @@
 //! PostgreSQL server the tests start.
 
 mod api;
+mod broadcast;
 mod browser;
 mod channels;
 mod cli;

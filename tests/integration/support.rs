@@ -567,3 +567,20 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// A journal-pages session: (client that does not follow redirects, cookie header).
+pub async fn pages_session(t: &TestApp) -> (reqwest::Client, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{}/ui/login", t.app.admin_url()))
+        .form(&[("token", ADMIN_TOKEN), ("next", "/ui/runs")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let session = cookie.split(';').next().unwrap().to_string();
+    (client, session)
+}

@@ -719,23 +719,6 @@ async fn status_entries(t: &TestApp, run: i64) -> Vec<String> {
         .collect()
 }
 
-/// A journal-pages session: (client that does not follow redirects, cookie header).
-async fn pages_session(t: &TestApp) -> (reqwest::Client, String) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = client
-        .post(format!("{}/ui/login", t.app.admin_url()))
-        .form(&[("token", ADMIN_TOKEN), ("next", "/ui/runs")])
-        .send()
-        .await
-        .unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap();
-    let session = cookie.split(';').next().unwrap().to_string();
-    (client, session)
-}
-
 #[tokio::test]
 async fn statuses_are_recorded_on_the_message_and_in_the_journal_of_the_run_that_sent_it() {
     let fake = FakeWhatsApp::start().await;

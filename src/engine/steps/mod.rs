@@ -168,6 +168,7 @@ impl Engine {
                 "run_id": run.id, "scenario": sc.id, "subject": run.subject,
                 "event_id": run.event_id, "now": crate::clock::rfc3339(now), "now_ms": now,
                 "public_url": self.public_url,
+                "test": super::admin::test_run(&run.journal),
             });
             let ctx = Ctx {
                 event: &run.event,

@@ -138,6 +138,7 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             .unwrap_or(chrono_tz::UTC),
         max_steps: d.max_steps.unwrap_or(200),
         max_call_depth: d.max_call_depth.unwrap_or(8),
+        max_fan_out: d.max_fan_out.unwrap_or(1000).max(1),
         http_timeout: dur(cx, &d.http_timeout, 10),
         http_attempts: d.http_attempts.unwrap_or(5).max(1),
         retry_delay: dur(cx, &d.retry_delay, 1),

@@ -54,10 +54,44 @@ pub(super) fn compile_call(
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), literal_or_expr(cx, t, v)?)))
         .collect();
+    let item = match &c.item_name {
+        Some(n) if c.for_each.is_none() => {
+            cx.err(
+                n.span(),
+                "`as` names the item of `for_each`: add `for_each`",
+            );
+            None
+        }
+        Some(n) if !is_name(n.get()) || n.get() == "index" => {
+            cx.err(
+                n.span(),
+                format!(
+                    "`as` must be a plain name (letters, digits, `_`) other than `index`, not '{}'",
+                    n.get()
+                ),
+            );
+            None
+        }
+        Some(n) => Some(n.get().clone()),
+        None => Some("item".to_string()),
+    };
+    let for_each = match &c.for_each {
+        Some(e) => Some((cx.expr(t, e)?, item?)),
+        None => None,
+    };
     Some(Action::Call(CallSpec {
         scenario: c.scenario.get().clone(),
         vars,
+        for_each,
     }))
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 pub(super) fn compile_sleep(
@@ -115,4 +149,30 @@ pub(super) fn compile_cancel(
         subject: c.subject.as_ref().and_then(|s| cx.tmpl(t, s)),
         key: c.key.as_ref().and_then(|k| cx.tmpl(t, k)),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::errors;
+
+    fn call(def: &str) -> Vec<String> {
+        errors(&format!(
+            "id = \"a\"\non = {{ call = true }}\n[[step]]\ncall = {{ scenario = \"a\", {def} }}\n"
+        ))
+    }
+
+    #[test]
+    fn a_fan_out_names_its_item_plainly() {
+        assert!(call("for_each = \"event.list\", as = \"contact\"").is_empty());
+        assert!(call("for_each = \"event.list\"").is_empty());
+        let errs = call("for_each = \"event.list\", as = \"index\"");
+        assert!(
+            errs[0].starts_with("4:56: `as` must be a plain name"),
+            "{errs:?}"
+        );
+        let errs = call("as = \"contact\"");
+        assert!(errs[0].contains("add `for_each`"), "{errs:?}");
+        let errs = call("for_each = \"event.list +\"");
+        assert!(errs[0].contains("bad expression"), "{errs:?}");
+    }
 }
