@@ -100,7 +100,11 @@ fn trigger_text(sc: &Scenario) -> String {
         Trigger::Unmatched(Some(kind)) => format!("a {kind} no scenario took"),
     };
     match &sc.yearly {
-        Some(y) => format!("{text}, then yearly on {} at {}", y.date.src, y.at.format("%H:%M")),
+        Some(y) => format!(
+            "{text}, then yearly on {} at {}",
+            y.date.src,
+            y.at.format("%H:%M")
+        ),
         None => text,
     }
 }
@@ -121,10 +125,9 @@ fn action_text(a: &Action) -> String {
         Action::Http(h) => format!("http {} {}", h.method, h.url.src()),
         Action::Call(c) => format!("call {}", c.scenario),
         Action::Sleep(s) => {
-            let at = s
-                .at
-                .map(|t| format!(" at {}", t.format("%H:%M")))
-                .unwrap_or_default();
+            let at =
+                s.at.map(|t| format!(" at {}", t.format("%H:%M")))
+                    .unwrap_or_default();
             match &s.time {
                 SleepTime::For(d) => format!("sleep {}{at}", humantime::format_duration(*d)),
                 SleepTime::Until(e) => format!("sleep until {}{at}", e.src),
