@@ -15,12 +15,26 @@ pub struct Clock {
 #[derive(Default)]
 struct Inner {
     offset_ms: AtomicI64,
+    /// A clock that stands still: `offset_ms` is the time itself.
+    frozen: std::sync::atomic::AtomicBool,
     changed: Notify,
 }
 
 impl Clock {
     pub fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis() + self.inner.offset_ms.load(Ordering::Relaxed)
+        let offset = self.inner.offset_ms.load(Ordering::Relaxed);
+        if self.inner.frozen.load(Ordering::Relaxed) {
+            return offset;
+        }
+        chrono::Utc::now().timestamp_millis() + offset
+    }
+
+    /// A clock that reads `at_ms` until it is moved (offline scenario tests).
+    pub fn frozen_at(at_ms: i64) -> Clock {
+        let c = Clock::default();
+        c.inner.offset_ms.store(at_ms, Ordering::Relaxed);
+        c.inner.frozen.store(true, Ordering::Relaxed);
+        c
     }
 
     /// A clock that reads `at_ms` now and runs on from there (tests start on a chosen day).

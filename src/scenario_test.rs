@@ -187,7 +187,7 @@ async fn drive(
         None => chrono::DateTime::parse_from_rfc3339(DEFAULT_START)?.timestamp_millis(),
     };
     let store: Arc<dyn Store> = store;
-    let clock = Clock::starting_at(start);
+    let clock = Clock::frozen_at(start);
     let (work_tx, mut work_rx, outbox_tx, mut outbox_rx) = crate::engine::intake::channels();
     let mut engine = Engine::new(
         cfg.clone(),
@@ -215,6 +215,9 @@ async fn drive(
     let mut http: VecDeque<&Sp<crate::lang::raw::TestHttpReply>> = def.http.iter().collect();
     let mut inputs: VecDeque<&Sp<TestInput>> = def.then.iter().collect();
     let mut seen = Seen::default();
+    // Time passing (`after`): the clock steps from one due timer to the next up to here, each
+    // timer's work done at its own time, as the gateway would.
+    let mut until: Option<i64> = None;
     // Bounded, so that a scenario that loops forever ends its test.
     for _ in 0..10_000 {
         while let Some(w) = queue.pop_front() {
@@ -255,10 +258,37 @@ async fn drive(
                 queue.push_back(w);
             }
         }
+        if let Some(target) = until {
+            let now = clock.now_ms();
+            match store.due_timers(target, 1).await?.into_iter().next() {
+                Some(t) => {
+                    if t.due_at > now {
+                        clock.advance(Duration::from_millis((t.due_at - now) as u64));
+                    }
+                    let due = store.due_timers(clock.now_ms(), 10_000).await?;
+                    queue.extend(due.into_iter().map(Work::Timer));
+                }
+                None => {
+                    clock.advance(Duration::from_millis((target - now).max(0) as u64));
+                    until = None;
+                }
+            }
+            continue;
+        }
         let Some(input) = inputs.pop_front() else {
             break;
         };
         let at = pos.at(input.span().start);
+        if let Some(after) = &input.get().after {
+            match crate::lang::compile::values::parse_duration(after) {
+                Ok(d) => until = Some(clock.now_ms() + d.as_millis() as i64),
+                Err(e) => {
+                    failures.push((at, format!("after: {e}")));
+                    return Ok(());
+                }
+            }
+            continue;
+        }
         match next_work(&store, cfg, &clock, input.get()).await? {
             Ok(work) => queue.extend(work),
             Err(why) => {
@@ -272,23 +302,14 @@ async fn drive(
     Ok(())
 }
 
-/// The work one input makes: a reply to the asking (or waiting) run, the event a waiting run
-/// gets, or the timers that fall due as time passes.
+/// The work one input makes: a reply to the asking (or waiting) run, or the event a waiting
+/// run gets.
 async fn next_work(
     store: &Arc<dyn Store>,
     cfg: &Config,
     clock: &Clock,
     input: &TestInput,
 ) -> anyhow::Result<Result<Vec<Work>, String>> {
-    if let Some(after) = &input.after {
-        let d = match crate::lang::compile::values::parse_duration(after) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(format!("after: {e}"))),
-        };
-        clock.advance(d);
-        let due = store.due_timers(clock.now_ms(), 10_000).await?;
-        return Ok(Ok(due.into_iter().map(Work::Timer).collect()));
-    }
     let mut waiting = Vec::new();
     let filter = crate::store::RunFilter {
         status: Some(RunStatus::Waiting),

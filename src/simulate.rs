@@ -90,6 +90,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
     let mut replies: VecDeque<String> = opts.replies.into();
     let mut printed: HashMap<i64, usize> = HashMap::new();
     let mut outcome_shown = 0usize;
+    let mut yearly_shown = false;
     for _ in 0..10_000 {
         while let Some(w) = queue.pop_front() {
             engine.process(std::slice::from_ref(&w)).await?;
@@ -150,17 +151,31 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                 queue.push_back(w);
             }
         }
-        // Nothing left to do now: let time pass for sleeps, answer waits from --reply.
+        // Nothing left to do now: let time pass for sleeps and held messages, answer waits
+        // from --reply.
         let mut progressed = false;
         for ev in events.clone() {
             for run in store.runs_for_event(ev).await? {
                 match run.status {
                     RunStatus::Sleeping => {
+                        // A yearly scenario's run schedules next year's when it wakes: one
+                        // year is shown, not every one after it.
+                        let yearly = cfg
+                            .scenario(&run.scenario)
+                            .is_some_and(|sc| sc.yearly.is_some());
+                        if yearly && yearly_shown {
+                            out.push(format!(
+                                "  run {} would sleep until next year (not simulated)",
+                                run.id
+                            ));
+                            continue;
+                        }
                         for t in store.due_timers(i64::MAX, 1000).await? {
-                            if t.run_id == run.id && t.kind == "sleep" {
+                            if t.run_id == run.id && (t.kind == "sleep" || t.kind == "hold") {
                                 out.push(format!("  (run {}: letting the time pass)", run.id));
                                 queue.push_back(Work::Timer(t));
                                 progressed = true;
+                                yearly_shown |= yearly;
                             }
                         }
                     }

@@ -24,6 +24,8 @@ pub enum AdminOp {
         scenario: String,
         events: Vec<Json>,
         test: bool,
+        /// The caller's idempotency key: the same key again starts nothing new.
+        key: Option<String>,
     },
 }
 
@@ -203,8 +205,9 @@ impl Engine {
                 scenario,
                 events,
                 test,
+                key,
             } => {
-                self.start_by_hand(tx, scenario, events, *test, after)
+                self.start_by_hand(tx, scenario, events, *test, key.as_deref(), after)
                     .await?
             }
         })
@@ -218,6 +221,7 @@ impl Engine {
         scenario: &str,
         events: &[Json],
         test: bool,
+        key: Option<&str>,
         after: &mut After,
     ) -> Result<AdminResult, StoreError> {
         let Some(sc) = self.cfg.scenario(scenario).cloned() else {
@@ -239,13 +243,22 @@ impl Engine {
             let ev = NewEvent {
                 kind: MANUAL.into(),
                 source: sc.id.clone(),
-                dedupe_key: None,
+                // The same event at the same place under the same key: a repeat. (A form
+                // sent again with another file is not.)
+                dedupe_key: key.map(|k| {
+                    use sha2::Digest;
+                    let digest = sha2::Sha256::digest(data.to_string().as_bytes());
+                    format!("start:{}:{k}:{index}:{}", sc.id, hex::encode(&digest[..8]))
+                }),
                 data: data.clone(),
                 meta: json!({"test": test}),
                 rejected: None,
                 received_at: now,
             };
             let Some(id) = tx.insert_event(&ev).await? else {
+                runs.push(Json::Null);
+                items.push(json!({"index": index, "run": null, "started": false,
+                    "why": "already started by an earlier request with the same key"}));
                 continue;
             };
             let ev = super::EventItem::stored(id, ev);

@@ -172,6 +172,8 @@ struct After {
     timers_changed: bool,
     runs: Vec<(i64, String, RunStatus)>,
     replies: Vec<(admin::AdminReply, admin::AdminResult)>,
+    /// Recipients (channel, address) the step being run leaves out (over their cap).
+    skip: Vec<(String, String)>,
     /// Scenario switches: on or off, made at (ms).
     enable: Vec<(Arc<Scenario>, bool, i64)>,
 }
@@ -704,7 +706,8 @@ impl Engine {
             subject: &empty,
             global: &self.globals,
             meta: json!({"event_id": ev.id, "scenario": sc.id, "now": crate::clock::rfc3339(now),
-                "now_ms": now, "public_url": self.public_url}),
+                "now_ms": now, "public_url": self.public_url,
+                "test": ev.kind == admin::MANUAL && ev.meta["test"] == true}),
         }
         .value();
         let mut first = Vec::new();

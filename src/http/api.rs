@@ -524,7 +524,10 @@ pub(super) struct StartResult {
 pub(super) struct StartItem {
     /// Its position in the body (0 = the first event or CSV row).
     pub(super) index: usize,
-    pub(super) event_id: i64,
+    /// The stored event; none when an earlier request with the same `Idempotency-Key`
+    /// stored it.
+    #[serde(default)]
+    pub(super) event_id: Option<i64>,
     pub(super) started: bool,
     pub(super) run: Option<i64>,
     /// The run's status once the request was answered.
@@ -541,11 +544,13 @@ pub(super) async fn start_runs(
     scenario: &str,
     events: Vec<Json_>,
     test: bool,
+    key: Option<String>,
 ) -> Result<StartResult, ApiError> {
     let op = AdminOp::Start {
         scenario: scenario.to_string(),
         events,
         test,
+        key,
     };
     serde_json::from_value(admin_action(st, op).await?).map_err(ApiError::internal)
 }
@@ -561,7 +566,8 @@ pub(super) fn known_scenario(st: &AppState, id: &str) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/scenarios/{id}/start",
-    params(("id" = String, Path, description = "Scenario id"), StartQuery),
+    params(("id" = String, Path, description = "Scenario id"), StartQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "Sent again with the same key, the request starts nothing new (its items say so)")),
     request_body(description = "One event (a JSON object), a list of events (a JSON array of objects, at most `max_fan_out`) or CSV (`text/csv`: a header row naming the fields, one event per row)",
         content((EventsBody = "application/json"), (CsvEvents = "text/csv"))),
     responses((status = 200, body = StartResult, description = "The runs, in the order of the events; guards and limits apply as to any event"),
@@ -585,8 +591,14 @@ async fn start_scenario(
         )
     })?;
     let events = super::start::events(&body, format, st.cfg.gateway.max_fan_out as usize)?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(String::from);
     Ok(Json(
-        start_runs(&st, &id, events, q.test.unwrap_or(false)).await?,
+        start_runs(&st, &id, events, q.test.unwrap_or(false), key).await?,
     ))
 }
 

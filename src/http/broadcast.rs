@@ -67,6 +67,7 @@ async fn start_from_form(
     let mut event = String::new();
     let mut csv = Vec::new();
     let mut test = false;
+    let mut once = None;
     while let Some(field) = multipart
         .next_field()
         .await
@@ -81,6 +82,7 @@ async fn start_from_form(
             "event" => event = String::from_utf8_lossy(&bytes).into_owned(),
             "csv" => csv = bytes.to_vec(),
             "test" => test = true,
+            "once" => once = Some(String::from_utf8_lossy(&bytes).into_owned()),
             _ => {}
         }
     }
@@ -90,7 +92,9 @@ async fn start_from_form(
     } else {
         events(event.as_bytes(), Format::Json, max)?
     };
-    start_runs(st, id, list, test).await
+    // The form's one-time token: sending the same form again (a reload, a double click)
+    // starts nothing new.
+    start_runs(st, id, list, test, once.filter(|o| !o.is_empty())).await
 }
 
 /// `?run=<id>`: the runs a run's `call … for_each` started; `?runs=1,2,3`: those runs.
@@ -107,7 +111,12 @@ pub(super) async fn broadcast_page(
         Ok(l) => l,
         Err(r) => return r,
     };
-    let page: usize = p.get("page").and_then(|n| n.parse().ok()).unwrap_or(0);
+    // Past the last page is the last page's neighbour: nothing, not an overflow.
+    let page: usize = p
+        .get("page")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+        .min(1_000_000);
     match broadcast_rows(&st, &p, page).await {
         Ok((parent, rows, total)) => {
             let pages = total.div_ceil(PAGE);

@@ -73,8 +73,18 @@ fn from_json(body: &[u8]) -> Result<Vec<Json>, ApiError> {
 
 /// One event per row, the header row naming the fields; every value is a text.
 fn from_csv(body: &[u8]) -> Result<Vec<Json>, ApiError> {
+    // Spreadsheets in languages that write decimal commas separate fields by semicolons:
+    // the header row tells which.
+    let first = body.split(|b| *b == b'\n').next().unwrap_or_default();
+    let count = |c: u8| first.iter().filter(|b| **b == c).count();
+    let delimiter = if count(b';') > count(b',') {
+        b';'
+    } else {
+        b','
+    };
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
+        .delimiter(delimiter)
         .from_reader(body);
     let headers: Vec<String> = r
         .headers()
@@ -148,6 +158,9 @@ mod tests {
         assert_eq!(bad, "CSV line 3: 1 fields, but the header row has 2");
         assert!(err(events(b"a,,b\n1,2,3\n", Format::Csv, 10)).contains("line 1"));
         assert!(err(events(b"a\n", Format::Csv, 10)).contains("no events"));
+        // Semicolons, as spreadsheets in Polish or Russian write them; commas inside stay.
+        let semi = events(b"phone;name\n+1;Kowalski, Jan\n", Format::Csv, 10).unwrap();
+        assert_eq!(semi, vec![json!({"phone": "+1", "name": "Kowalski, Jan"})]);
     }
 
     #[test]

@@ -320,7 +320,8 @@ async fn scenarios_page(
     st.pages.render(
         StatusCode::OK,
         "scenarios.html",
-        context! { lang, here => "scenarios", scenarios },
+        // A fresh token per page: a start form sent twice starts its runs once.
+        context! { lang, here => "scenarios", scenarios, once => crate::links::Links::nonce() },
     )
 }
 

@@ -129,8 +129,8 @@ pub struct DefaultsSection {
     /// and local times use it when nothing closer (the step, the recipient) names one.
     pub timezone: Option<Sp<String>>,
     /// Most runs one `call` with `for_each`, or one start through the admin API, may start
-    /// (default 1000).
-    pub max_fan_out: Option<u32>,
+    /// (default 1000, at most 10000).
+    pub max_fan_out: Option<Sp<u32>>,
 }
 
 /// A channel: `type` (`log`, `telegram`, …) and the keys of that type, e.g. a Telegram

@@ -374,3 +374,40 @@ async fn the_broadcast_view_shows_each_recipients_message_statuses() {
     }
     assert!(html.contains("data-status=\"failed\""), "{html}");
 }
+
+#[tokio::test]
+async fn a_start_sent_again_with_its_idempotency_key_starts_nothing_new() {
+    let cfg = config(Some(3));
+    let t = TestApp::spawn(&cfg).await;
+    let list = json!([
+        {"campaign": "k", "index": 0, "contact": {"name": "Ada"}},
+        {"campaign": "k", "index": 1, "contact": {"name": "Bob"}},
+    ]);
+    let send = |key: &'static str| {
+        t.http
+            .post(format!("{}/api/scenarios/notify/start", t.app.admin_url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(list.to_string())
+            .send()
+    };
+    let first: Value = send("batch-7").await.unwrap().json().await.unwrap();
+    assert_eq!(first["items"][0]["started"], true, "{first}");
+    assert_eq!(first["items"][1]["started"], true, "{first}");
+    let again = send("batch-7").await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    for i in 0..2 {
+        assert_eq!(again["items"][i]["started"], false, "{again}");
+        assert_eq!(
+            again["items"][i]["why"],
+            "already started by an earlier request with the same key"
+        );
+        assert!(again["runs"][i].is_null());
+    }
+    // Another key is another start.
+    let other: Value = send("batch-8").await.unwrap().json().await.unwrap();
+    assert_eq!(other["items"][1]["started"], true, "{other}");
+    assert_eq!(runs_of_scenario(&t, "notify").await.len(), 4);
+}

@@ -224,20 +224,88 @@ async fn the_fourth_message_of_a_day_to_one_person_waits_for_room() {
         &gateway(&fake, "", "limits = { per_recipient = \"3/1d\" }"),
     );
     let t = TestApp::spawn_at(&cfg, "2026-06-01T10:00:00Z").await;
+    let mut first = None;
     for n in 1..=3 {
+        let before = t.app.clock.now_ms();
         posted(&t, "notify", json!({"chat": 3, "text": format!("m{n}")})).await;
+        // When the first message was counted: between these two readings.
+        first.get_or_insert((before, t.app.clock.now_ms()));
         t.advance(Duration::from_secs(3600));
     }
     let fourth = posted(&t, "notify", json!({"chat": 3, "text": "m4"})).await;
     assert_eq!(fourth.status, RunStatus::Sleeping);
-    // The day counts from the first message (the clock has run on a little since 10:00).
-    let until = held_until(&fourth);
-    assert!(until.starts_with("2026-06-02T10:00:0"), "{until}");
+    // The day counts from the first message.
+    let until = chrono::DateTime::parse_from_rfc3339(&held_until(&fourth))
+        .unwrap()
+        .timestamp_millis();
+    let (earliest, latest) = first.unwrap();
+    const DAY: i64 = 24 * 3600 * 1000;
+    assert!((earliest + DAY..=latest + DAY).contains(&until), "{until}");
     assert_eq!(texts_eventually(&fake, 3, 3).await, ["m1", "m2", "m3"]);
-    advance_to(&t, "2026-06-02T10:00:30Z");
+    t.advance(Duration::from_millis(
+        (until - t.app.clock.now_ms()).max(0) as u64 + 1,
+    ));
     t.status_of(fourth.id, RunStatus::Done).await;
     assert_eq!(
         texts_eventually(&fake, 3, 4).await,
         ["m1", "m2", "m3", "m4"]
+    );
+}
+
+const TEAM: &str = "\n[[staff]]\nid = \"bob\"\nname = \"Bob\"\ntz = \"Asia/Tokyo\"\nids = { telegram = \"901\" }\ngroups = [\"team\"]\n";
+
+#[tokio::test]
+async fn a_recipient_over_the_cap_is_left_out_and_the_others_get_theirs() {
+    let fake = FakeTelegram::start().await;
+    let direct = "id = \"direct\"\non = { webhook = \"direct\" }\n[[step]]\nsend = { to = \"tg:900\", template = \"to Anna\" }\n";
+    let team = "id = \"team\"\non = { webhook = \"notify\" }\n[[step]]\nsend = { to = \"staff:@team\", template = \"to the team\" }\n";
+    let cfg = ConfigDir::with(&[("direct.toml", direct), ("team.toml", team)]);
+    let gw = gateway(
+        &fake,
+        "",
+        "limits = { per_recipient = \"1/1d\", over = \"drop\" }",
+    )
+    .replace(
+        "ids = { telegram = \"900\" }",
+        "ids = { telegram = \"900\" }\ngroups = [\"team\"]",
+    );
+    cfg.write("gateway.toml", &format!("{gw}\n[hooks.direct]\n{TEAM}"));
+    let t = TestApp::spawn_at(&cfg, "2026-06-01T10:00:00Z").await;
+    posted(&t, "direct", json!({})).await;
+    let run = posted(&t, "notify", json!({})).await;
+    assert_eq!(run.status, RunStatus::Done);
+    assert_eq!(texts_eventually(&fake, 901, 1).await, ["to the team"]);
+    assert_eq!(texts_eventually(&fake, 900, 1).await, ["to Anna"]);
+    let journal = serde_json::to_string(&run.journal).unwrap();
+    assert!(
+        journal.contains("dropped: 900 on tg already had 1 messages in 1day"),
+        "{journal}"
+    );
+    let sent: Vec<String> = t
+        .messages(run.id)
+        .await
+        .iter()
+        .map(|m| m["to"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sent, ["901"]);
+}
+
+#[tokio::test]
+async fn recipients_whose_hours_never_meet_fail_the_step_with_the_reason() {
+    let fake = FakeTelegram::start().await;
+    let team = "id = \"team\"\non = { webhook = \"notify\" }\nhours = { allow = \"Mon-Fri 09:00-10:00\" }\n[[step]]\nsend = { to = \"staff:@team\", template = \"to the team\" }\n";
+    let cfg = ConfigDir::with(&[("team.toml", team)]);
+    let gw = gateway(&fake, "", "").replace(
+        "ids = { telegram = \"900\" }",
+        "ids = { telegram = \"900\" }\ngroups = [\"team\"]",
+    );
+    cfg.write("gateway.toml", &format!("{gw}{TEAM}"));
+    let t = TestApp::spawn_at(&cfg, "2026-06-01T10:00:00Z").await;
+    let run = posted(&t, "notify", json!({})).await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("the recipients' working hours are never open at the same time (Mon-Fri 09:00-10:00 in America/New_York; Mon-Fri 09:00-10:00 in Asia/Tokyo)"),
+        "{error}"
     );
 }

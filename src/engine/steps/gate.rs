@@ -61,33 +61,65 @@ impl Engine {
         let recipients = tryv!(self.recipients(&specs, ctx));
         let now = self.now();
 
-        // Working hours: held until every recipient's window is open.
-        let mut held: Option<(i64, String)> = None;
+        // Working hours: held until every recipient's window is open at once.
+        let mut windows = Vec::new();
         for r in &recipients {
             let Some(hours) = own.or_else(|| rules.get(&r.channel).and_then(|x| x.hours.as_ref()))
             else {
                 continue;
             };
-            let zone = self.zone(hours, r, ctx, entry);
-            if let Some((at, local)) = hours.schedule.next_open(now, zone) {
-                if held.as_ref().is_none_or(|(h, _)| at > *h) {
-                    let why = format!(
-                        "hours {} in {}: opens {}",
-                        hours.src,
-                        zone.name(),
-                        local.format("%a %Y-%m-%d %H:%M")
-                    );
-                    held = Some((at, why));
+            windows.push((hours, self.zone(hours, r, ctx, entry)));
+        }
+        if !windows.is_empty() {
+            // From now, move to the latest next opening until all are open together.
+            let mut at = now;
+            let mut why = String::new();
+            let mut found = false;
+            for _ in 0..64 {
+                let mut latest: Option<(i64, String)> = None;
+                for (hours, zone) in &windows {
+                    if let Some((open, local)) = hours.schedule.next_open(at, *zone) {
+                        if latest.as_ref().is_none_or(|(l, _)| open > *l) {
+                            let text = format!(
+                                "hours {} in {}: opens {}",
+                                hours.src,
+                                zone.name(),
+                                local.format("%a %Y-%m-%d %H:%M")
+                            );
+                            latest = Some((open, text));
+                        }
+                    }
+                }
+                match latest {
+                    None => {
+                        found = true;
+                        break;
+                    }
+                    Some((open, text)) => {
+                        at = open;
+                        why = text;
+                    }
                 }
             }
-        }
-        if let Some((until, why)) = held {
-            return self.hold(tx, run, sc, until, &why, entry, after).await;
+            if !found {
+                return Ok(Err(format!(
+                    "the recipients' working hours are never open at the same time ({})",
+                    windows
+                        .iter()
+                        .map(|(h, z)| format!("{} in {}", h.src, z.name()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )));
+            }
+            if at > now {
+                return self.hold(tx, run, sc, at, &why, entry, after).await;
+            }
         }
 
         // Per-recipient caps: counted when the step goes. (In one order, so that replicas
         // taking the counters' locks never wait on each other in a circle.)
         let mut counts = Vec::new();
+        let mut dropped: Vec<(String, String, String)> = Vec::new();
         let mut sorted: Vec<&Recipient> = recipients.iter().collect();
         sorted.sort_by(|a, b| (&a.channel, &a.to).cmp(&(&b.channel, &b.to)));
         sorted.dedup_by(|a, b| (&a.channel, &a.to) == (&b.channel, &b.to));
@@ -112,9 +144,9 @@ impl Engine {
             if state.window_count >= cap.n as i64 {
                 let why = over(&cap, r);
                 if cap.drop && matches!(step.action, Action::Send(_)) {
-                    entry["result"] = json!(format!("dropped: {why}"));
-                    entry["dropped"] = json!({"channel": r.channel, "to": r.to});
-                    return Ok(Ok(Some(Flow::Next)));
+                    // Only this recipient's message is left out.
+                    dropped.push((r.channel.clone(), r.to.clone(), why));
+                    continue;
                 }
                 let until = state.window_start + per;
                 return self.hold(tx, run, sc, until, &why, entry, after).await;
@@ -126,6 +158,20 @@ impl Engine {
         for (key, to, state) in counts {
             tx.put_subject_limit(&key, &to, &state).await?;
         }
+        if dropped.is_empty() {
+            return Ok(Ok(None));
+        }
+        let whys: Vec<&str> = dropped.iter().map(|(_, _, w)| w.as_str()).collect();
+        entry["result"] = json!(format!("dropped: {}", whys.join("; ")));
+        entry["dropped"] = json!(dropped
+            .iter()
+            .map(|(c, t, _)| json!({"channel": c, "to": t}))
+            .collect::<Vec<_>>());
+        if dropped.len() == recipients.len() {
+            return Ok(Ok(Some(Flow::Next)));
+        }
+        // The others get theirs.
+        after.skip = dropped.into_iter().map(|(c, t, _)| (c, t)).collect();
         Ok(Ok(None))
     }
 

@@ -30,7 +30,9 @@ impl Engine {
         entry: &mut Json,
         after: &mut After,
     ) -> Result<Result<Flow, String>, StoreError> {
-        let messages = tryv!(self.render_messages(s, ctx, run, sc));
+        let mut messages = tryv!(self.render_messages(s, ctx, run, sc));
+        let skip = std::mem::take(&mut after.skip);
+        messages.retain(|(channel, m)| !skip.iter().any(|(c, t)| c == channel && *t == m.to));
         let mut shown = Vec::new();
         for (channel, m) in messages {
             shown.push(message_entry(&channel, &m));

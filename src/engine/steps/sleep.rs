@@ -198,6 +198,7 @@ impl Engine {
             .await?
         {
             fail(&mut run, &format!("yearly: {e}"), now);
+            self.run_failed(tx, &mut run, after).await?;
         }
         tx.save_run(&run).await?;
         after.runs.push((run.id, run.scenario.clone(), run.status));

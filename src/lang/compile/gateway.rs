@@ -138,7 +138,16 @@ pub(super) fn compile_gateway(g: &raw::GatewayFile, cx: &mut FileCx) -> Gateway 
             .unwrap_or(chrono_tz::UTC),
         max_steps: d.max_steps.unwrap_or(200),
         max_call_depth: d.max_call_depth.unwrap_or(8),
-        max_fan_out: d.max_fan_out.unwrap_or(1000).max(1),
+        max_fan_out: match &d.max_fan_out {
+            Some(n) if !(1..=10_000).contains(n.get()) => {
+                cx.err(
+                    n.span(),
+                    format!("max_fan_out is {}; it must be between 1 and 10000", n.get()),
+                );
+                1000
+            }
+            n => n.as_ref().map_or(1000, |n| *n.get()),
+        },
         http_timeout: dur(cx, &d.http_timeout, 10),
         http_attempts: d.http_attempts.unwrap_or(5).max(1),
         retry_delay: dur(cx, &d.retry_delay, 1),

@@ -75,6 +75,18 @@ pub(super) fn compile_call(
         Some(n) => Some(n.get().clone()),
         None => Some("item".to_string()),
     };
+    if let (Some(_), Some(name)) = (&c.for_each, &item) {
+        for (k, v) in &c.vars {
+            if k == name || k == "index" {
+                cx.err(
+                    v.span(),
+                    format!(
+                        "`vars.{k}` would be replaced by the fan-out's `{k}`: name it differently"
+                    ),
+                );
+            }
+        }
+    }
     let for_each = match &c.for_each {
         Some(e) => Some((cx.expr(t, e)?, item?)),
         None => None,
