@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::config::{Action, Config, Position, Scenario};
 use crate::engine::{DeliveryResult, Engine, EventItem, Work};
 use crate::lang::interpolate::{expand, Expanded};
-use crate::lang::raw::{Sp, TestDef, TestInput};
+use crate::lang::raw::{Sp, TestDef, TestFile, TestInput};
 use crate::store::{IngestOutcome, NewEvent, RunRow, RunStatus, SqliteStore, Store};
 
 /// Where a test's clock starts unless it says: a Monday morning.
@@ -62,20 +62,72 @@ pub fn run_all(cfg: Arc<Config>, filter: Option<&str>) -> anyhow::Result<Vec<Out
             Clock::default(),
         )));
     let mut jobs = VecDeque::new();
-    for sc in scenarios {
+    let mut add = |sc: &Arc<Scenario>,
+                   path: &PathBuf,
+                   file: Arc<(String, Expanded)>,
+                   tests: Vec<Sp<TestDef>>| {
+        let tests = Arc::new(tests);
+        for i in 0..tests.len() {
+            if filter.is_some_and(|f| !tests[i].get().name.contains(f)) {
+                continue;
+            }
+            jobs.push_back((
+                jobs.len(),
+                sc.clone(),
+                path.clone(),
+                tests.clone(),
+                i,
+                file.clone(),
+            ));
+        }
+    };
+    for sc in &scenarios {
         let source = std::fs::read_to_string(&sc.file)
             .with_context(|| format!("reading {}", sc.file.display()))?;
         let expanded = expand(&source, &env);
         let parsed: TestsOf = toml::from_str(&expanded.text)
             .with_context(|| format!("reading the tests of {}", sc.file.display()))?;
-        let file = Arc::new((source, expanded));
-        let tests = Arc::new(parsed.tests);
-        for i in 0..tests.len() {
-            if filter.is_some_and(|f| !tests[i].get().name.contains(f)) {
-                continue;
+        add(sc, &sc.file, Arc::new((source, expanded)), parsed.tests);
+    }
+    // Tests kept beside their scenario, in `*.test.toml` files.
+    let mut test_files: Vec<PathBuf> = std::fs::read_dir(&cfg.dir)
+        .with_context(|| format!("reading {}", cfg.dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.to_string_lossy()
+                .ends_with(crate::config::TEST_FILE_SUFFIX)
+        })
+        .collect();
+    test_files.sort();
+    for path in test_files {
+        let source = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let expanded = expand(&source, &env);
+        let at = |offset: usize| Position::of(&source, expanded.source_offset(offset));
+        let parsed: TestFile = match toml::from_str(&expanded.text) {
+            Ok(p) => p,
+            Err(e) => {
+                let pos = at(e.span().map_or(0, |s| s.start));
+                anyhow::bail!(
+                    "{}:{}:{}: {}",
+                    path.display(),
+                    pos.line,
+                    pos.col,
+                    e.message()
+                );
             }
-            jobs.push_back((jobs.len(), sc.clone(), tests.clone(), i, file.clone()));
-        }
+        };
+        let Some(sc) = scenarios.iter().find(|s| s.id == *parsed.scenario.get()) else {
+            let pos = at(parsed.scenario.span().start);
+            anyhow::bail!(
+                "{}:{}:{}: no scenario '{}' to test",
+                path.display(),
+                pos.line,
+                pos.col,
+                parsed.scenario.get()
+            );
+        };
+        add(sc, &path, Arc::new((source, expanded)), parsed.tests);
     }
     let n = jobs.len();
     let jobs = std::sync::Mutex::new(jobs);
@@ -94,7 +146,7 @@ pub fn run_all(cfg: Arc<Config>, filter: Option<&str>) -> anyhow::Result<Vec<Out
                     // one takes longer than most tests.
                     let store = Arc::new(rt.block_on(SqliteStore::open("sqlite::memory:"))?);
                     loop {
-                        let Some((order, sc, tests, i, file)) =
+                        let Some((order, sc, path, tests, i, file)) =
                             jobs.lock().expect("not poisoned").pop_front()
                         else {
                             return Ok(());
@@ -104,7 +156,7 @@ pub fn run_all(cfg: Arc<Config>, filter: Option<&str>) -> anyhow::Result<Vec<Out
                         let t = &tests[i];
                         let failures = rt.block_on(run_one(&cfg, &store, &sc, t, &pos));
                         let outcome = Outcome {
-                            file: sc.file.clone(),
+                            file: path,
                             pos: pos.at(t.span().start),
                             scenario: sc.id.clone(),
                             name: t.get().name.clone(),
@@ -245,8 +297,11 @@ async fn drive(
                             .map(|b| b.text.clone())
                             .chain(m.choices.iter().map(|c| c.text.clone()))
                             .collect();
-                        seen.sent
-                            .push((format!("{}:{}", job.row.channel, m.to), m.text, buttons));
+                        let to = match m.to.as_str() {
+                            "" => job.row.channel.clone(),
+                            to => format!("{}:{to}", job.row.channel),
+                        };
+                        seen.sent.push((to, m.text, buttons));
                     }
                     json!({"message": format!("m{}", job.row.id)})
                 };
@@ -369,6 +424,14 @@ async fn next_work(
         }
         return Ok(Err(format!("reply {text:?}: no run asks or waits for one")));
     }
+    if let Some(button) = &input.click {
+        for run in &waiting {
+            if let Some(Action::Offer(o)) = step_of(run) {
+                return click(store, cfg, clock, run, o, button, input.by.as_deref()).await;
+            }
+        }
+        return Ok(Err(format!("click {button:?}: no run waits on an offer")));
+    }
     if let Some(body) = &input.webhook {
         if let Some(run) = waiting
             .iter()
@@ -381,7 +444,80 @@ async fn next_work(
         }
         return Ok(Err("webhook: no run waits for one".into()));
     }
-    Ok(Err("an input needs `reply`, `webhook` or `after`".into()))
+    Ok(Err(
+        "an input needs `reply`, `webhook`, `click` or `after`".into()
+    ))
+}
+
+/// A press on a button of the offer `run` waits on, from `by` (a staff member, who presses on
+/// their own message, or a user id), as the channel would report it.
+async fn click(
+    store: &Arc<dyn Store>,
+    cfg: &Config,
+    clock: &Clock,
+    run: &RunRow,
+    o: &crate::config::OfferSpec,
+    button: &str,
+    by: Option<&str>,
+) -> anyhow::Result<Result<Vec<Work>, String>> {
+    let Some(index) = o.buttons.iter().position(|b| b.id == button) else {
+        let ids: Vec<&str> = o.buttons.iter().map(|b| b.id.as_str()).collect();
+        return Ok(Err(format!(
+            "click {button:?}: the offer has no such button (it has {})",
+            ids.join(", ")
+        )));
+    };
+    let mut tx = store.begin().await?;
+    let Some(offer) = tx.open_offer_of(run.id).await? else {
+        return Ok(Err(format!("click {button:?}: the offer is not open")));
+    };
+    let messages = tx.offer_messages(offer.id).await?;
+    tx.commit().await?;
+    let gw = &cfg.gateway;
+    let staff = by.and_then(|b| gw.staff.iter().find(|s| s.id == b));
+    // The clicker's own message when the offer went to them, else the first one.
+    let own = |m: &&crate::store::OfferMessage| {
+        staff.is_some_and(|s| {
+            gw.staff_id(s, &m.channel)
+                .is_some_and(|id| id.trim_start_matches('@') == m.chat_id)
+        })
+    };
+    let Some(m) = messages.iter().find(own).or(messages.first()) else {
+        return Ok(Err(format!(
+            "click {button:?}: the offer has no message yet"
+        )));
+    };
+    let (user, name) = match staff {
+        Some(s) => (
+            gw.staff_id(s, &m.channel)
+                .map(|id| id.trim_start_matches('@').to_string())
+                .unwrap_or_else(|| s.id.clone()),
+            s.name.clone(),
+        ),
+        None => {
+            let who = by.unwrap_or("1").to_string();
+            (who.clone(), who)
+        }
+    };
+    let ev = NewEvent {
+        kind: "click".into(),
+        source: m.channel.clone(),
+        dedupe_key: None,
+        data: json!({
+            "click": format!("test-{}-{index}", offer.id),
+            "data": format!("o:{}:{index}", offer.id),
+            "message": m.message_id,
+            "chat": {"id": m.chat_id},
+            "from": {"id": user, "first_name": name},
+        }),
+        meta: json!({}),
+        rejected: None,
+        received_at: clock.now_ms(),
+    };
+    let IngestOutcome::Accepted(id) = store.ingest(std::slice::from_ref(&ev)).await?[0] else {
+        anyhow::bail!("the click was not accepted");
+    };
+    Ok(Ok(vec![Work::Event(EventItem::stored(id, ev))]))
 }
 
 /// A run variable by dotted path.

@@ -19,6 +19,9 @@ pub use crate::lang::{model, raw};
 pub const GATEWAY_FILE: &str = "gateway.toml";
 
 /// Everything loaded from one config folder.
+/// The ending of files that hold tests of scenarios beside them.
+pub const TEST_FILE_SUFFIX: &str = ".test.toml";
+
 pub struct Config {
     pub dir: PathBuf,
     pub gateway: Gateway,
@@ -200,7 +203,11 @@ fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
             )])
         }
     };
-    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    // `*.test.toml` files hold tests of scenarios (`switchboard test`), not scenarios.
+    files.retain(|p| {
+        p.extension().is_some_and(|e| e == "toml")
+            && !p.to_string_lossy().ends_with(TEST_FILE_SUFFIX)
+    });
     files.sort();
 
     let gateway_path = dir.join(GATEWAY_FILE);

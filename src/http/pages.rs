@@ -42,6 +42,10 @@ impl Pages {
             ("scenarios.html", include_str!("ui/scenarios.html")),
             ("started.html", include_str!("ui/started.html")),
             ("broadcast.html", include_str!("ui/broadcast.html")),
+            (
+                "scenario_graph.html",
+                include_str!("ui/scenario_graph.html"),
+            ),
         ] {
             env.add_template(name, src)
                 .expect("built-in templates compile");
@@ -118,9 +122,16 @@ mod tests {
                 &p,
                 "run.html",
                 context! { lang, here => "runs", run, steps => vec![step],
-                requests => Vec::<u8>::new(), event => "{}", notice => "ui-retried" },
+                requests => Vec::<u8>::new(), event => "{}", notice => "ui-retried", graph => "<svg></svg>" },
             );
             assert!(out.contains("boom") && out.contains("id=\"retry\""));
+            assert!(out.contains("<div id=\"graph\" class=\"graph\"><svg></svg></div>"));
+            let out = html(
+                &p,
+                "scenario_graph.html",
+                context! { lang, here => "scenarios", scenario => "s", days => 7, runs => 3, graph => "<svg></svg>" },
+            );
+            assert!(out.contains("graph-runs") && out.contains("?days=30"));
             let scenario = serde_json::json!({"id": "s", "description": null, "enabled": true,
                 "stats": {"started": 1, "done": 1, "failed": 0, "active": 0, "limited": 0}, "last_fired": null});
             let scenarios = vec![scenario.clone(), {

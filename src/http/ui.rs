@@ -28,6 +28,7 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/ui/runs/{id}/cancel", post(cancel_run))
         .route("/ui/outbox/{id}/retry", post(retry_outbox))
         .route("/ui/scenarios", get(scenarios_page))
+        .route("/ui/scenarios/{id}/graph", get(scenario_graph_page))
         .route("/ui/scenarios/{id}/{action}", post(switch_scenario))
         .route(
             "/ui/scenarios/{id}/start",
@@ -235,10 +236,67 @@ async fn run_page(
     let event = pretty(&d.run.event);
     let notice = p.get("notice").filter(|n| n.starts_with("ui-")).cloned();
     let fanned_out = super::broadcast::fanned_out(&d.run).len();
+    // The scenario's graph with this run's way through it (while the scenario exists).
+    let graph = st.cfg.scenario(&d.run.scenario).and_then(|sc| {
+        use crate::lang::graph;
+        let done = d.run.status == crate::store::RunStatus::Done;
+        let path = graph::path_of(&d.run.journal, done);
+        graph::svg(&graph::graph(sc), Some(&path)).ok()
+    });
     st.pages.render(
         StatusCode::OK,
         "run.html",
-        context! { lang, here => "runs", run, steps, requests, event, notice, fanned_out },
+        context! { lang, here => "runs", run, steps, requests, event, notice, fanned_out, graph },
+    )
+}
+
+/// Most recent runs a scenario's graph counts.
+const GRAPH_RUNS: i64 = 500;
+
+/// A scenario's graph with how many of its runs took each edge over the last `days` (1, 7 or
+/// 30; the latest 500 runs at most).
+async fn scenario_graph_page(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    Query(p): Query<Params>,
+) -> Response {
+    let lang = match guard(&st, &headers, &p, &format!("/ui/scenarios/{id}/graph")) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let Some(sc) = st.cfg.scenario(&id).cloned() else {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("no scenario '{id}'")).into_response();
+    };
+    let days: i64 = match p.get("days").map(String::as_str) {
+        Some("1") => 1,
+        Some("30") => 30,
+        _ => 7,
+    };
+    let from = st.clock.now_ms() - days * 24 * 3600 * 1000;
+    let filter = crate::store::RunFilter {
+        scenario: Some(id.clone()),
+        from: Some(from),
+        limit: GRAPH_RUNS,
+        ..Default::default()
+    };
+    let runs = match st.store.list_runs(&filter).await {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut total = crate::lang::graph::Path::default();
+    for r in &runs {
+        if let Ok(Some(run)) = st.store.run(r.id).await {
+            let done = run.status == crate::store::RunStatus::Done;
+            total.count(&crate::lang::graph::path_of(&run.journal, done));
+        }
+    }
+    let graph =
+        crate::lang::graph::svg(&crate::lang::graph::graph(&sc), Some(&total)).unwrap_or_default();
+    st.pages.render(
+        StatusCode::OK,
+        "scenario_graph.html",
+        context! { lang, here => "scenarios", scenario => id, days, runs => runs.len(), graph },
     )
 }
 

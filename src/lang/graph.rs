@@ -53,6 +53,20 @@ pub enum Verdict {
 pub struct Path {
     pub steps: HashMap<usize, (Verdict, String)>,
     pub edges: Vec<(Option<usize>, Option<usize>)>,
+    /// Over many runs: how many took each edge (shown on it, none drawn bold).
+    pub counts: HashMap<(Option<usize>, Option<usize>), u64>,
+}
+
+impl Path {
+    /// Adds one run's way to the counts.
+    pub fn count(&mut self, run: &Path) {
+        let mut seen = std::collections::HashSet::new();
+        for e in &run.edges {
+            if seen.insert(*e) {
+                *self.counts.entry(*e).or_default() += 1;
+            }
+        }
+    }
 }
 
 fn step_id(i: usize) -> String {
@@ -355,17 +369,32 @@ pub fn dot(g: &Graph, path: Option<&Path>) -> String {
         if e.dashed {
             attrs.push("style=dashed".into());
         }
-        let taken = path.is_some_and(|p| {
+        let key = {
             let from = if e.from == "trigger" {
                 None
             } else {
                 node_of(&e.from)
             };
             let to = node_of(&e.to);
-            (e.from == "trigger" || from.is_some())
-                && (to.is_some() || e.to == "finish")
-                && p.edges.contains(&(from, to))
-        });
+            ((e.from == "trigger" || from.is_some()) && (to.is_some() || e.to == "finish"))
+                .then_some((from, to))
+        };
+        let taken = path.is_some_and(|p| key.is_some_and(|k| p.edges.contains(&k)));
+        if let (Some(p), Some(k)) = (path, key) {
+            if !p.counts.is_empty() {
+                let n = p.counts.get(&k).copied().unwrap_or(0);
+                let label = if e.label.is_empty() {
+                    format!("×{n}")
+                } else {
+                    format!("{} ×{n}", e.label)
+                };
+                attrs.retain(|a| !a.starts_with("label="));
+                attrs.insert(0, format!("label=\"{}\"", dot_text(&label)));
+                if n > 0 {
+                    attrs.push("color=\"#2d6a4f\"".into());
+                }
+            }
+        }
         if taken {
             attrs.push("penwidth=3".into());
             attrs.push("color=\"#2d6a4f\"".into());
@@ -385,7 +414,8 @@ pub fn dot(g: &Graph, path: Option<&Path>) -> String {
     out
 }
 
-/// The graph laid out as SVG.
+/// The graph laid out as SVG; with a run's `path`, each step it reached shows what the run
+/// saw there on hover.
 pub fn svg(g: &Graph, path: Option<&Path>) -> Result<String, String> {
     use layout::backends::svg::SVGWriter;
     use layout::gv::{DotParser, GraphBuilder};
@@ -396,7 +426,76 @@ pub fn svg(g: &Graph, path: Option<&Path>) -> Result<String, String> {
     let mut visual = builder.get();
     let mut writer = SVGWriter::new();
     visual.do_it(false, false, false, &mut writer);
-    Ok(writer.finalize())
+    let mut out = writer.finalize();
+    for n in &g.nodes {
+        let (NodeKind::Step(i), Some(p)) = (n.kind, path) else {
+            continue;
+        };
+        let Some((_, hover)) = p.steps.get(&i) else {
+            continue;
+        };
+        // The node's text element: a title inside it is its tooltip.
+        let first = xml_escape(n.text.lines().next().unwrap_or(""));
+        let Some(at) = out.find(&format!(">{first}</tspan>")) else {
+            continue;
+        };
+        let Some(start) = out[..at].rfind("<text") else {
+            continue;
+        };
+        let Some(end) = out[start..].find('>').map(|e| start + e + 1) else {
+            continue;
+        };
+        out.insert_str(end, &format!("<title>{}</title>", xml_escape(hover)));
+    }
+    Ok(out)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A run's way through its scenario's graph, read from its journal: each step's last
+/// verdict (with what it saw and did, for the hover) and the moves between steps.
+pub fn path_of(journal: &[serde_json::Value], finished: bool) -> Path {
+    let mut path = Path::default();
+    let mut last: Option<usize> = None;
+    for e in journal {
+        let Some(step) = e["step"].as_u64().map(|s| s as usize) else {
+            continue;
+        };
+        let result = e["result"].as_str().unwrap_or("");
+        let verdict = if result == "error" || result == "failed" || result.starts_with("failed:") {
+            Verdict::Failed
+        } else if result == "skipped" {
+            Verdict::Skipped
+        } else {
+            Verdict::Ok
+        };
+        let mut hover = vec![format!(
+            "{}: {result}",
+            e["action"].as_str().unwrap_or("step")
+        )];
+        if let Some(seen) = e["seen"].as_object().filter(|s| !s.is_empty()) {
+            for (k, v) in seen {
+                hover.push(format!("{k} = {v}"));
+            }
+        }
+        if let Some(err) = e["error"].as_str() {
+            hover.push(err.to_string());
+        }
+        path.steps.insert(step, (verdict, hover.join("\n")));
+        if last != Some(step) {
+            path.edges.push((last, Some(step)));
+            last = Some(step);
+        }
+    }
+    if finished {
+        path.edges.push((last, None));
+    }
+    path
 }
 
 #[cfg(test)]

@@ -215,6 +215,16 @@ pub struct ScenarioFile {
     pub tests: Vec<Sp<TestDef>>,
 }
 
+/// A `*.test.toml` file: tests of one scenario kept beside it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    /// The id of the scenario the tests are of.
+    pub scenario: Sp<String>,
+    #[serde(default, rename = "test")]
+    pub tests: Vec<Sp<TestDef>>,
+}
+
 /// A scenario test: the event, what happens next, and what the run is expected to do.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -227,8 +237,9 @@ pub struct TestDef {
     /// The clock when the event arrives (RFC 3339; default `2026-01-05T10:00:00Z`, a Monday).
     pub at: Option<Sp<String>>,
     /// What happens next, in order: `{ reply = "1" }` (an answer to an `ask`, or to a `wait`),
-    /// `{ webhook = { … } }` (the event a `wait` gets), `{ after = "2h" }` (time passes;
-    /// sleeps, holds and timeouts due by then fire).
+    /// `{ webhook = { … } }` (the event a `wait` gets), `{ click = "accept", by = "anna" }` (a
+    /// press on the waiting offer's button), `{ after = "2h" }` (time passes; sleeps, holds
+    /// and timeouts due by then fire at their own times).
     #[serde(default)]
     pub then: Vec<Sp<TestInput>>,
     /// Responses of the run's `http` requests, in order; default `{ status = 200 }`.
@@ -244,6 +255,10 @@ pub struct TestInput {
     pub reply: Option<String>,
     pub webhook: Option<serde_json::Map<String, serde_json::Value>>,
     pub after: Option<String>,
+    /// A press on a button (its `id`) of the offer a run waits on.
+    pub click: Option<String>,
+    /// Who presses: a staff member's id (on the channel of their message), else a user id.
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -59,6 +59,23 @@ def main(admin: str, token: str, shots: str) -> None:
         assert page.locator("#timeline .step.ok").count() >= 2
         page.screenshot(path=f"{shots}/run-retried.png", full_page=True)
 
+        # The scenario's graph with the way this run took: its steps filled green, the
+        # edges it took drawn bold, what a step saw on hover.
+        graph = page.locator("#graph svg")
+        assert graph.count() == 1, page.content()
+        svg = page.inner_html("#graph")
+        assert svg.count("#b7e4c7") >= 2, svg
+        assert 'stroke-width="3"' in svg, svg
+        assert "<title>http: " in svg, svg
+        page.locator("#graph").screenshot(path=f"{shots}/run-graph.png")
+
+        # The scenario's graph counts its runs on each edge: all three went from the trigger
+        # to the first step.
+        page.goto(f"{admin}/ui/scenarios/push/graph?days=1")
+        assert "3 runs" in page.inner_text("#graph-runs"), page.content()
+        assert "×3" in page.inner_html("#graph"), page.inner_html("#graph")
+        page.locator("#graph").screenshot(path=f"{shots}/scenario-graph.png")
+
         page.goto(f"{admin}/ui/scenarios")
         assert page.locator("tr[data-scenario=push]").count() == 1
         page.screenshot(path=f"{shots}/scenarios.png", full_page=True)

@@ -96,6 +96,8 @@ async fn the_journal_pages_work_in_a_real_browser() {
         "runs.png",
         "run-failed.png",
         "run-retried.png",
+        "run-graph.png",
+        "scenario-graph.png",
         "scenarios.png",
         "runs-ru.png",
     ] {

@@ -259,12 +259,14 @@ fn simulate_reports_a_broken_event_file() {
 }
 
 #[test]
-fn schema_describes_both_file_kinds() {
+fn schema_describes_every_file_kind() {
     let (code, out, _) = run(&["schema"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["definitions"]["scenario"]["properties"]["step"].is_object());
+    assert!(v["definitions"]["scenario"]["properties"]["test"].is_object());
     assert!(v["definitions"]["gateway"]["properties"]["hooks"].is_object());
+    assert!(v["definitions"]["tests"]["properties"]["scenario"].is_object());
 }
 
 #[test]

@@ -45,6 +45,7 @@ ui-enable = Enable
 ui-disable = Disable
 ui-event = Event
 ui-journal = Journal
+ui-graph = Path through the scenario
 ui-login = Sign in
 ui-token = Admin token
 ui-bad-token = Wrong token.
@@ -66,3 +67,14 @@ ui-broadcast-total = { $n } recipients
 ui-messages = Messages
 ui-replied = replied
 ui-newer = Newer
+ui-graph-of = Graph of { $scenario }
+ui-graph-period = Runs of the last
+ui-graph-days = { $n ->
+    [one] day
+   *[other] { $n } days
+}
+ui-graph-runs = { $n ->
+    [one] one run counted on the edges
+   *[other] { $n } runs counted on the edges
+}
+ui-graph-link = graph

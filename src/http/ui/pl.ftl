@@ -45,6 +45,7 @@ ui-enable = Włącz
 ui-disable = Wyłącz
 ui-event = Zdarzenie
 ui-journal = Dziennik
+ui-graph = Droga przez scenariusz
 ui-login = Zaloguj
 ui-token = Token administratora
 ui-bad-token = Zły token.
@@ -66,3 +67,15 @@ ui-broadcast-total = Odbiorcy: { $n }
 ui-messages = Wiadomości
 ui-replied = odpowiedział
 ui-newer = Nowsze
+ui-graph-of = Graf scenariusza { $scenario }
+ui-graph-period = Przebiegi z ostatnich
+ui-graph-days = { $n ->
+    [one] dnia
+   *[other] { $n } dni
+}
+ui-graph-runs = { $n ->
+    [one] jeden przebieg policzony na krawędziach
+    [few] { $n } przebiegi policzone na krawędziach
+   *[other] { $n } przebiegów policzonych na krawędziach
+}
+ui-graph-link = graf

@@ -45,6 +45,7 @@ ui-enable = Включить
 ui-disable = Выключить
 ui-event = Событие
 ui-journal = Журнал
+ui-graph = Путь по сценарию
 ui-login = Войти
 ui-token = Токен администратора
 ui-bad-token = Неверный токен.
@@ -66,3 +67,16 @@ ui-broadcast-total = Получателей: { $n }
 ui-messages = Сообщения
 ui-replied = ответил
 ui-newer = Новее
+ui-graph-of = Граф сценария { $scenario }
+ui-graph-period = Запуски за последние
+ui-graph-days = { $n ->
+    [one] { $n } день
+    [few] { $n } дня
+   *[other] { $n } дней
+}
+ui-graph-runs = { $n ->
+    [one] { $n } запуск учтён на рёбрах
+    [few] { $n } запуска учтены на рёбрах
+   *[other] { $n } запусков учтено на рёбрах
+}
+ui-graph-link = граф
