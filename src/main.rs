@@ -286,31 +286,16 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Test { dir, filter, junit } => {
-            let cfg = match switchboard::config::load(&dir) {
-                Ok(cfg) => std::sync::Arc::new(cfg),
-                Err(errors) => {
-                    out!("{errors}");
-                    eprintln!("{} problem(s)", errors.0.len());
-                    return Ok(ExitCode::from(1));
-                }
-            };
-            let outcomes = tokio::task::spawn_blocking(move || {
-                switchboard::scenario_test::run_all(cfg, filter.as_deref())
+            let passed = tokio::task::spawn_blocking(move || {
+                let mut stdout = std::io::stdout().lock();
+                switchboard::scenario_test::command(
+                    &dir,
+                    filter.as_deref(),
+                    junit.as_deref(),
+                    &mut stdout,
+                )
             })
             .await??;
-            if let Some(path) = junit {
-                let xml = switchboard::scenario_test::junit(&outcomes)?;
-                std::fs::write(&path, xml)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            let mut stdout = std::io::stdout().lock();
-            let passed = match switchboard::scenario_test::report(&outcomes, &mut stdout) {
-                Ok(p) => p,
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                    return Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => return Err(e.into()),
-            };
             if !passed {
                 return Ok(ExitCode::from(1));
             }
@@ -338,15 +323,8 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(1));
             };
-            let g = switchboard::lang::graph::graph(sc);
-            match format.as_str() {
-                "dot" => out!("{}", switchboard::lang::graph::dot(&g, None)),
-                "svg" => out!(
-                    "{}",
-                    switchboard::lang::graph::svg(&g, None).map_err(anyhow::Error::msg)?
-                ),
-                _ => out!("{}", switchboard::lang::graph::mermaid(&g)),
-            }
+            let text = switchboard::lang::graph::render(sc, &format).map_err(anyhow::Error::msg)?;
+            out!("{text}");
         }
         Command::Migrate { database } => {
             let shown = switchboard::app::without_password(&database);

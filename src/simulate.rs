@@ -196,28 +196,12 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
                                 run.id
                             )),
                             (Some(reply), Some(Action::Ask(a))) => {
-                                // The reply comes as a chat message from the asked chat.
-                                let rows = store.outbox_for_run(run.id).await?;
-                                let chat = rows
-                                    .iter()
-                                    .rev()
-                                    .find_map(|o| o.request["to"].as_str().map(str::to_string))
-                                    .unwrap_or_default();
-                                let ev = NewEvent {
-                                    kind: "message".into(),
-                                    source: a.question.channel.clone(),
-                                    dedupe_key: None,
-                                    data: json!({"chat": {"id": chat}, "text": reply}),
-                                    meta: json!({}),
-                                    rejected: None,
-                                    received_at: clock.now_ms(),
-                                };
                                 out.push(format!("  (run {}: the chat replies {reply:?})", run.id));
-                                if let IngestOutcome::Accepted(id) =
-                                    store.ingest(std::slice::from_ref(&ev)).await?[0]
+                                let now = clock.now_ms();
+                                if let Some(ev) = reply_to_ask(&store, &run, a, &reply, now).await?
                                 {
-                                    events.push(id);
-                                    queue.push_back(Work::Event(EventItem::stored(id, ev)));
+                                    events.push(ev.id);
+                                    queue.push_back(Work::Event(ev));
                                     progressed = true;
                                 }
                             }
@@ -253,4 +237,34 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// A reply to the question `run` asks, as a message from the chat the question went to
+/// (stored, ready for the engine); `None` if the store refused it.
+pub(crate) async fn reply_to_ask(
+    store: &Arc<dyn Store>,
+    run: &crate::store::RunRow,
+    ask: &crate::config::AskSpec,
+    text: &str,
+    now: i64,
+) -> anyhow::Result<Option<EventItem>> {
+    let rows = store.outbox_for_run(run.id).await?;
+    let chat = rows
+        .iter()
+        .rev()
+        .find_map(|o| o.request["to"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let ev = NewEvent {
+        kind: "message".into(),
+        source: ask.question.channel.clone(),
+        dedupe_key: None,
+        data: json!({"chat": {"id": chat}, "from": {"id": chat}, "text": text}),
+        meta: json!({}),
+        rejected: None,
+        received_at: now,
+    };
+    Ok(match store.ingest(std::slice::from_ref(&ev)).await?[0] {
+        IngestOutcome::Accepted(id) => Some(EventItem::stored(id, ev)),
+        _ => None,
+    })
 }
