@@ -37,12 +37,19 @@ impl<T: JsonSchema> JsonSchema for Sp<T> {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayFile {
+    /// Where the gateway listens and how much it takes in: `listen`, `public_url`,
+    /// `max_body_bytes`, `max_backlog`, `backlog_wait`.
     #[serde(default)]
     pub server: ServerSection,
+    /// Defaults for every scenario: language, time zone, limits of steps and calls, HTTP timeouts
+    /// and retries, retention.
     #[serde(default)]
     pub defaults: DefaultsSection,
+    /// Connection pool and work sharing on PostgreSQL (SQLite keeps its own settings).
     #[serde(default)]
     pub database: DatabaseSection,
+    /// What outgoing `http` steps may reach besides public addresses, and how much of a response
+    /// they read.
     #[serde(default)]
     pub http: HttpSection,
     /// Named channels; `log` is built in and always present.
@@ -153,6 +160,7 @@ pub struct HookSection {
 pub struct SecretCheck {
     /// Header name (default `X-Hook-Secret`).
     pub header: Option<String>,
+    /// The expected header value, e.g. `"${CRM_SECRET}"` (must not be empty).
     pub value: Sp<String>,
 }
 
@@ -161,6 +169,7 @@ pub struct SecretCheck {
 pub struct HmacCheck {
     /// Header carrying the hex signature (default `X-Signature-256`).
     pub header: Option<String>,
+    /// The HMAC-SHA256 key, e.g. `"${CRM_KEY}"` (must not be empty).
     pub secret: Sp<String>,
     /// Text before the hex digest, e.g. `sha256=` (default).
     pub prefix: Option<String>,
@@ -174,8 +183,11 @@ pub struct HmacCheck {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaffEntry {
+    /// The member's id in this directory, e.g. `elena`: `to = "staff:elena"` reaches them.
     pub id: Sp<String>,
+    /// The name shown to others, e.g. in "Already taken by Elena".
     pub name: String,
+    /// The member's language for messages to them, e.g. `ru` (default: `defaults.language`).
     pub language: Option<String>,
     /// The member's time zone (IANA name), for working hours and local times.
     pub tz: Option<Sp<String>>,
@@ -194,20 +206,26 @@ pub struct StaffEntry {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {
+    /// The scenario's unique id: letters, digits, `-` and `_`, e.g. `deal-routing`.
     pub id: Sp<String>,
+    /// What the scenario is for, shown in the journal pages.
     pub description: Option<String>,
     /// Disabled scenarios are loaded and checked but never start runs.
     pub enabled: Option<bool>,
+    /// What starts the scenario, e.g. `{ webhook = "crm-deal" }`, `{ schedule = "0 9 * * 1-5", tz =
+    /// "Europe/Warsaw" }`, `{ message = "tg" }`.
     pub on: Sp<TriggerDef>,
     /// Guard expression; the run starts only when it is true.
     pub when: Option<Sp<String>>,
     /// Template of the subject key, e.g. `deal:{{ event.deal.id }}`.
     pub subject: Option<Sp<String>>,
+    /// How often a run may start per subject, e.g. `{ per_subject = "1/5s", single = true }`.
     pub limit: Option<Sp<LimitDef>>,
     /// When this scenario's messages (`send`, `ask`, `offer`) may go out; outside, a step
     /// waits for the next opening. A step's own `hours` take precedence; these take
     /// precedence over the channel's.
     pub hours: Option<Sp<HoursDef>>,
+    /// The steps, in order: `[[step]]` tables with one action each.
     #[serde(default, rename = "step")]
     pub steps: Vec<Sp<StepDef>>,
     /// Tests of this scenario, run offline by `switchboard test`.
@@ -221,6 +239,7 @@ pub struct ScenarioFile {
 pub struct TestFile {
     /// The id of the scenario the tests are of.
     pub scenario: Sp<String>,
+    /// The tests, as in a scenario file's `[[test]]` tables.
     #[serde(default, rename = "test")]
     pub tests: Vec<Sp<TestDef>>,
 }
@@ -245,6 +264,7 @@ pub struct TestDef {
     /// Responses of the run's `http` requests, in order; default `{ status = 200 }`.
     #[serde(default)]
     pub http: Vec<Sp<TestHttpReply>>,
+    /// What the run should have done: `status`, `labels`, `vars`, `sent`, `requests`, `error`.
     #[serde(default)]
     pub expect: TestExpect,
 }
@@ -252,8 +272,13 @@ pub struct TestDef {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestInput {
+    /// A reply to the asking run from the chat it asked, or the text a waiting run gets, e.g.
+    /// `"1"`.
     pub reply: Option<String>,
+    /// The event a waiting run (`wait`) gets, e.g. `{ answer = "1" }`.
     pub webhook: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Time that passes, e.g. `"2h"`: sleeps, held messages and timeouts due by then go on, each at
+    /// its own time.
     pub after: Option<String>,
     /// A press on a button (its `id`) of the offer a run waits on.
     pub click: Option<String>,
@@ -264,8 +289,11 @@ pub struct TestInput {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestHttpReply {
+    /// The response's status (default 200).
     pub status: Option<u16>,
+    /// The response's JSON body, e.g. `{ id = 7 }`.
     pub json: Option<serde_json::Value>,
+    /// The response's body as text (read as JSON too when it is).
     pub body: Option<String>,
 }
 
@@ -328,6 +356,7 @@ pub struct TriggerDef {
     /// Started by clicks on buttons with an id that `send` steps put under messages, e.g.
     /// `click = "tg"` (with `button = "ack"`: only that button).
     pub click: Option<Sp<String>>,
+    /// With `click`: only presses on the button with this id, e.g. `"ack"`.
     pub button: Option<Sp<String>>,
     /// Started by delivery statuses of messages sent on a channel (`sent`, `delivered`,
     /// `read`, `failed`), e.g. `status = "wa"`.
@@ -389,6 +418,7 @@ pub struct HoursDef {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepDef {
+    /// A name for `goto`, `else` and `branch` to jump to, e.g. `"escalate"`.
     pub label: Option<Sp<String>>,
     /// Expression; when false the step is skipped (or `else` is taken).
     #[serde(rename = "if")]
@@ -396,19 +426,35 @@ pub struct StepDef {
     /// Label to jump to when `if` is false.
     #[serde(rename = "else")]
     pub else_goto: Option<Sp<String>>,
+    /// Jump to the step with this label.
     pub goto: Option<Sp<String>>,
     /// Assignments `"run.x" = "expression"`; namespaces `run`, `subject`, `global`.
     pub set: Option<Sp<BTreeMap<String, Sp<serde_json::Value>>>>,
     /// Adds one to a counter variable, e.g. `"global.deals"`.
     pub incr: Option<Sp<String>>,
+    /// Send a message: `{ to = "tg:{{ event.chat }}", text = "fluent-id" }` or `template = "…"`.
     pub send: Option<Sp<SendDef>>,
+    /// Make an HTTP request and wait for its response: `{ post = "https://crm/x", json = { … } }`.
     pub http: Option<Sp<HttpDef>>,
+    /// Start another scenario (or one run per item with `for_each`) and go on: `{ scenario =
+    /// "notify" }`.
     pub call: Option<Sp<CallDef>>,
+    /// Wait durably: `{ for = "30m" }`, `{ until = "event.at" }`, `{ until = …, at = "10:00", tz =
+    /// … }`.
     pub sleep: Option<Sp<SleepDef>>,
+    /// End other sleeping or waiting runs: `{ scenario = "cart-reminder", key = "reminder" }`.
     pub cancel: Option<Sp<CancelDef>>,
+    /// Wait for a webhook event that matches: `{ webhook = "reply", match = "order:{{ event.id }}",
+    /// timeout = "24h" }`.
     pub wait: Option<Sp<WaitDef>>,
+    /// Ask a question on a chat channel and wait for a valid reply, re-asking: `{ to = …, text = …,
+    /// choices = ["1", "2"] }`.
     pub ask: Option<Sp<AskDef>>,
+    /// Post a message with buttons; the first allowed press wins: `{ to = …, text = …, buttons = [{
+    /// id = "accept", text = "Accept" }] }`.
     pub offer: Option<Sp<OfferDef>>,
+    /// Change the text and buttons of a message sent before: `{ message = "note", template = "…"
+    /// }`.
     pub edit: Option<Sp<EditDef>>,
     /// When this step's message may go out (a `send`, `ask` or `offer`); outside, the run
     /// waits for the next opening.
@@ -472,6 +518,7 @@ pub struct SendDef {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowTemplateDef {
+    /// The approved template's name, e.g. `"appointment_reminder"`.
     pub name: Sp<String>,
     /// Its language code (template; default: the message's language).
     pub language: Option<Sp<String>>,
@@ -486,21 +533,30 @@ pub struct WindowTemplateDef {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedDef {
+    /// The card's title (template).
     pub title: Option<Sp<String>>,
+    /// The card's text (template, Discord markdown).
     pub description: Option<Sp<String>>,
+    /// Where the title links to (template).
     pub url: Option<Sp<String>>,
     /// `#rrggbb`.
     pub color: Option<Sp<String>>,
+    /// Name and value pairs shown in the card, e.g. `[{ name = "Budget", value = "{{ event.budget
+    /// }}", inline = true }]`.
     #[serde(default)]
     pub fields: Vec<EmbedFieldDef>,
+    /// Small text under the card (template).
     pub footer: Option<Sp<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedFieldDef {
+    /// The field's name (template).
     pub name: Sp<String>,
+    /// The field's value (template).
     pub value: Sp<String>,
+    /// Show the field beside the previous one.
     #[serde(default)]
     pub inline: bool,
 }
@@ -518,7 +574,9 @@ pub struct EditDef {
     pub text: Option<Sp<String>>,
     /// Inline template of the new text instead.
     pub template: Option<Sp<String>>,
+    /// Arguments of the Fluent message `text`, e.g. `{ name = "{{ run.claim.name }}" }`.
     pub args: Option<BTreeMap<String, Sp<String>>>,
+    /// The language of the new text (template; default: the recipient's).
     pub lang: Option<Sp<String>>,
     /// The new buttons (none: the buttons go away).
     #[serde(default)]
@@ -539,13 +597,21 @@ pub struct ButtonDef {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpDef {
+    /// GET this URL (template).
     pub get: Option<Sp<String>>,
+    /// POST to this URL (template).
     pub post: Option<Sp<String>>,
+    /// PUT to this URL (template).
     pub put: Option<Sp<String>>,
+    /// PATCH this URL (template).
     pub patch: Option<Sp<String>>,
+    /// DELETE this URL (template).
     pub delete: Option<Sp<String>>,
+    /// With `url`: the method, e.g. `"POST"`.
     pub method: Option<Sp<String>>,
+    /// With `method`: the URL (template).
     pub url: Option<Sp<String>>,
+    /// Request headers (templates), e.g. `{ Authorization = "Bearer ${CRM_TOKEN}" }`.
     #[serde(default)]
     pub headers: BTreeMap<String, Sp<String>>,
     /// JSON body; strings are templates, `"{{ expr }}"` alone keeps the value's type.
@@ -565,6 +631,7 @@ pub struct HttpDef {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallDef {
+    /// The id of the scenario to start.
     pub scenario: Sp<String>,
     /// Variables for the called run (expressions).
     #[serde(default)]
@@ -636,8 +703,10 @@ pub struct AskDef {
     pub template: Option<Sp<String>>,
     /// Fluent message id sent after an invalid reply (default: the question again).
     pub retry_text: Option<Sp<String>>,
+    /// Arguments of the Fluent message `text`, e.g. `{ when = "{{ event.time }}" }`.
     #[serde(default)]
     pub args: BTreeMap<String, Sp<String>>,
+    /// The question's language (template, e.g. `"{{ event.lang }}"`).
     pub lang: Option<Sp<String>>,
     /// Accepted answers; a reply matches after trimming, case-folding and dropping a final `.`.
     #[serde(default)]
@@ -671,10 +740,14 @@ pub struct OfferDef {
     /// `channel:chat` (templated), e.g. `tg:-1001234`, `staff:<id>` or `staff:@group` (one
     /// message per member), or a list of these: every recipient gets the buttons.
     pub to: Sp<serde_json::Value>,
+    /// The offer's message: a Fluent message id.
     pub text: Option<Sp<String>>,
+    /// The offer's message as a template (instead of `text`).
     pub template: Option<Sp<String>>,
+    /// Arguments of the Fluent message `text`.
     #[serde(default)]
     pub args: BTreeMap<String, Sp<String>>,
+    /// The message's language (template; staff members get their own).
     pub lang: Option<Sp<String>>,
     /// Buttons (default one: `accept`). A `decline` button excludes the clicker and keeps
     /// the offer open.
@@ -696,7 +769,10 @@ pub struct OfferDef {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OfferButtonDef {
+    /// The button's id: `branch` names it, `run.claim.button` holds it.
     pub id: Sp<String>,
+    /// The button's label (template).
     pub text: Sp<String>,
+    /// A press excludes the presser and keeps the offer open.
     pub decline: Option<bool>,
 }

@@ -15,3 +15,45 @@ pub fn json_schema() -> serde_json::Value {
         "oneOf": [ { "$ref": "#/definitions/gateway" }, { "$ref": "#/definitions/scenario" }, { "$ref": "#/definitions/tests" } ]
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value as Json;
+
+    /// Every key of every table has a description (an editor shows it on hover).
+    #[test]
+    fn every_key_is_described() {
+        fn walk(v: &Json, at: &str, missing: &mut Vec<String>) {
+            match v {
+                Json::Object(m) => {
+                    if let Some(Json::Object(props)) = m.get("properties") {
+                        for (key, p) in props {
+                            let described = p
+                                .get("description")
+                                .and_then(Json::as_str)
+                                .is_some_and(|d| !d.trim().is_empty());
+                            if !described {
+                                missing.push(format!("{at}.{key}"));
+                            }
+                        }
+                    }
+                    for (k, child) in m {
+                        walk(child, &format!("{at}/{k}"), missing);
+                    }
+                }
+                Json::Array(a) => {
+                    for (i, child) in a.iter().enumerate() {
+                        walk(child, &format!("{at}/{i}"), missing);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::json_schema(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "keys without a description: {missing:#?}"
+        );
+    }
+}
