@@ -71,48 +71,38 @@ pub struct LogSettings {
 }
 
 /// The `log` channel type.
-pub struct Kind;
-
-impl super::Kind for Kind {
-    fn name(&self) -> &'static str {
-        "log"
-    }
-
-    fn parse(
-        &self,
-        section: &crate::lang::channel::Section,
-        cx: &mut dyn crate::lang::channel::SectionCx,
-    ) -> Option<crate::lang::channel::Channel> {
-        let stdout = match section.text("output", cx) {
-            None => true,
-            Some(o) => match o.get().as_str() {
-                "stdout" => true,
-                "journal" => false,
-                other => {
-                    cx.err(
-                        o.span(),
-                        format!("unknown log output '{other}' (expected stdout or journal)"),
-                    );
-                    true
-                }
-            },
-        };
-        section.finish("log", cx);
-        Some(crate::lang::channel::Channel {
-            kind: "log",
-            caps: Capabilities::WRITE_ONLY,
-            settings: std::sync::Arc::new(LogSettings { stdout }),
-            off: None,
-        })
-    }
-
-    fn start(
-        &self,
-        name: &str,
-        ch: &crate::lang::channel::Channel,
-        _shared: Option<std::sync::Arc<dyn crate::store::Store>>,
-    ) -> Option<std::sync::Arc<dyn Adapter>> {
+pub static KIND: super::Kind = super::Kind {
+    name: "log",
+    parse,
+    start: |name, ch, _shared| {
         let s = ch.settings::<LogSettings>()?;
         Some(std::sync::Arc::new(Log::new(name, s.stdout)))
-    }
+    },
+};
+
+fn parse(
+    section: &crate::lang::channel::Section,
+    cx: &mut dyn crate::lang::channel::SectionCx,
+) -> Option<crate::lang::channel::Channel> {
+    let stdout = match section.text("output", cx) {
+        None => true,
+        Some(o) => match o.get().as_str() {
+            "stdout" => true,
+            "journal" => false,
+            other => {
+                cx.err(
+                    o.span(),
+                    format!("unknown log output '{other}' (expected stdout or journal)"),
+                );
+                true
+            }
+        },
+    };
+    section.finish("log", cx);
+    Some(crate::lang::channel::Channel {
+        kind: "log",
+        caps: Capabilities::WRITE_ONLY,
+        settings: std::sync::Arc::new(LogSettings { stdout }),
+        off: None,
+    })
 }

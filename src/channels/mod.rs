@@ -28,28 +28,26 @@ use crate::store::Store;
 pub use crate::lang::capabilities::{Capabilities, ChoiceLimits, Markup};
 
 /// A channel type: parses its section of the gateway file and starts its channels.
-pub trait Kind: Sync {
+pub struct Kind {
     /// As written in `type = "…"`.
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
     /// The channel a section describes; problems are reported with their positions.
-    fn parse(&self, section: &Section, cx: &mut dyn SectionCx) -> Option<Channel>;
+    pub parse: fn(&Section, &mut dyn SectionCx) -> Option<Channel>,
     /// The live channel; `None` if `ch` is not of this type.
-    fn start(
-        &self,
-        name: &str,
-        ch: &Channel,
-        shared: Option<Arc<dyn Store>>,
-    ) -> Option<Arc<dyn Adapter>>;
+    pub start: StartFn,
 }
 
+/// Starts a channel by its name and configuration (with the shared store, on replicas).
+pub type StartFn = fn(&str, &Channel, Option<Arc<dyn Store>>) -> Option<Arc<dyn Adapter>>;
+
 /// Every channel type. A new platform is a folder beside `telegram/` and one line here.
-pub static REGISTRY: &[&dyn Kind] = &[
-    &log::Kind,
-    &telegram::Kind,
-    &whatsapp::Kind,
-    &email::Kind,
-    &discord::Kind,
-    &discord::WebhookKind,
+pub static REGISTRY: &[&Kind] = &[
+    &log::KIND,
+    &telegram::KIND,
+    &whatsapp::KIND,
+    &email::KIND,
+    &discord::KIND,
+    &discord::WEBHOOK_KIND,
 ];
 
 /// The registry as the scenario language sees it.
@@ -57,7 +55,7 @@ pub struct Registry;
 
 impl ChannelKinds for Registry {
     fn names(&self) -> Vec<&'static str> {
-        REGISTRY.iter().map(|k| k.name()).collect()
+        REGISTRY.iter().map(|k| k.name).collect()
     }
 
     fn parse(
@@ -68,8 +66,8 @@ impl ChannelKinds for Registry {
     ) -> Option<Option<Channel>> {
         REGISTRY
             .iter()
-            .find(|k| k.name() == kind)
-            .map(|k| k.parse(section, cx))
+            .find(|k| k.name == kind)
+            .map(|k| (k.parse)(section, cx))
     }
 }
 
@@ -362,8 +360,8 @@ impl Channels {
             // Every parsed channel has a type in the registry.
             let started = REGISTRY
                 .iter()
-                .filter(|k| k.name() == ch.kind)
-                .find_map(|k| k.start(name, ch, shared.clone()));
+                .filter(|k| k.name == ch.kind)
+                .find_map(|k| (k.start)(name, ch, shared.clone()));
             match started {
                 Some(adapter) => {
                     live.insert(name.clone(), adapter);

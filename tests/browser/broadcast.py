@@ -12,7 +12,7 @@ from journal import FLAGS
 
 
 def until_delivered(page, n: int) -> None:
-    deadline = time.time() + 20
+    deadline = time.time() + 60
     while True:
         rows = page.locator("tr.member")
         done = page.locator("tr.member .message[data-status=delivered]")

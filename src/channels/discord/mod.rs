@@ -437,54 +437,20 @@ impl Adapter for Webhook {
 }
 
 /// The `discord` channel type.
-pub struct Kind;
-
-impl super::Kind for Kind {
-    fn name(&self) -> &'static str {
-        "discord"
-    }
-
-    fn parse(
-        &self,
-        section: &crate::lang::channel::Section,
-        cx: &mut dyn crate::lang::channel::SectionCx,
-    ) -> Option<crate::lang::channel::Channel> {
-        config::parse(section, cx)
-    }
-
-    fn start(
-        &self,
-        name: &str,
-        ch: &crate::lang::channel::Channel,
-        shared: Option<Arc<dyn crate::store::Store>>,
-    ) -> Option<Arc<dyn Adapter>> {
+pub static KIND: super::Kind = super::Kind {
+    name: "discord",
+    parse: config::parse,
+    start: |name, ch, shared| {
         let cfg = ch.settings::<DiscordChannel>()?;
         Some(Arc::new(Discord::new(name, cfg, shared)))
-    }
-}
+    },
+};
 
 /// The `discord-webhook` channel type.
-pub struct WebhookKind;
-
-impl super::Kind for WebhookKind {
-    fn name(&self) -> &'static str {
-        "discord-webhook"
-    }
-
-    fn parse(
-        &self,
-        section: &crate::lang::channel::Section,
-        cx: &mut dyn crate::lang::channel::SectionCx,
-    ) -> Option<crate::lang::channel::Channel> {
-        config::parse_webhook(section, cx)
-    }
-
-    fn start(
-        &self,
-        name: &str,
-        ch: &crate::lang::channel::Channel,
-        shared: Option<Arc<dyn crate::store::Store>>,
-    ) -> Option<Arc<dyn Adapter>> {
+pub static WEBHOOK_KIND: super::Kind = super::Kind {
+    name: "discord-webhook",
+    parse: config::parse_webhook,
+    start: |name, ch, shared| {
         let cfg = ch.settings::<WebhookChannel>()?;
         Some(Arc::new(Webhook {
             name: name.to_string(),
@@ -494,8 +460,8 @@ impl super::Kind for WebhookKind {
             global: GlobalHold::default(),
             pace: spacing(cfg.per_webhook),
         }))
-    }
-}
+    },
+};
 
 #[cfg(test)]
 mod tests {

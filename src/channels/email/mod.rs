@@ -434,28 +434,11 @@ impl Adapter for Email {
 }
 
 /// The `email` channel type.
-pub struct Kind;
-
-impl super::Kind for Kind {
-    fn name(&self) -> &'static str {
-        "email"
-    }
-
-    fn parse(
-        &self,
-        section: &crate::lang::channel::Section,
-        cx: &mut dyn crate::lang::channel::SectionCx,
-    ) -> Option<crate::lang::channel::Channel> {
-        config::parse(section, cx)
-    }
-
-    fn start(
-        &self,
-        name: &str,
-        ch: &crate::lang::channel::Channel,
-        shared: Option<Arc<dyn Store>>,
-    ) -> Option<Arc<dyn Adapter>> {
+pub static KIND: super::Kind = super::Kind {
+    name: "email",
+    parse: config::parse,
+    start: |name, ch, shared| {
         let cfg = ch.settings::<EmailChannel>()?;
         Some(Arc::new(Email::new(name, cfg, shared)))
-    }
-}
+    },
+};

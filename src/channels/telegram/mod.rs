@@ -356,28 +356,11 @@ fn send_error(channel: &str, e: RequestError) -> SendError {
 }
 
 /// The `telegram` channel type.
-pub struct Kind;
-
-impl super::Kind for Kind {
-    fn name(&self) -> &'static str {
-        "telegram"
-    }
-
-    fn parse(
-        &self,
-        section: &crate::lang::channel::Section,
-        cx: &mut dyn crate::lang::channel::SectionCx,
-    ) -> Option<crate::lang::channel::Channel> {
-        config::parse(section, cx)
-    }
-
-    fn start(
-        &self,
-        name: &str,
-        ch: &crate::lang::channel::Channel,
-        shared: Option<Arc<dyn crate::store::Store>>,
-    ) -> Option<Arc<dyn Adapter>> {
+pub static KIND: super::Kind = super::Kind {
+    name: "telegram",
+    parse: config::parse,
+    start: |name, ch, shared| {
         let cfg = ch.settings::<TelegramChannel>()?;
         Some(Arc::new(Telegram::new(name, cfg, shared)))
-    }
-}
+    },
+};

@@ -322,28 +322,11 @@ impl Adapter for WhatsApp {
 }
 
 /// The `whatsapp` channel type.
-pub struct Kind;
-
-impl super::Kind for Kind {
-    fn name(&self) -> &'static str {
-        "whatsapp"
-    }
-
-    fn parse(
-        &self,
-        section: &crate::lang::channel::Section,
-        cx: &mut dyn crate::lang::channel::SectionCx,
-    ) -> Option<crate::lang::channel::Channel> {
-        config::parse(section, cx)
-    }
-
-    fn start(
-        &self,
-        name: &str,
-        ch: &crate::lang::channel::Channel,
-        shared: Option<Arc<dyn crate::store::Store>>,
-    ) -> Option<Arc<dyn Adapter>> {
+pub static KIND: super::Kind = super::Kind {
+    name: "whatsapp",
+    parse: config::parse,
+    start: |name, ch, shared| {
         let cfg = ch.settings::<WhatsAppChannel>()?;
         Some(Arc::new(WhatsApp::new(name, cfg, shared)))
-    }
-}
+    },
+};
