@@ -12,10 +12,12 @@ use tokio::task::JoinHandle;
 
 use crate::channels::Channels;
 use crate::clock::Clock;
+use crate::config::live::{Live, Refusal};
 use crate::config::{self, Config};
 use crate::engine::ingest::Ingest;
 use crate::engine::{Engine, Load, Work, WorkSender};
 use crate::links::Links;
+use crate::reload::Reloader;
 use crate::store::{self, Store};
 
 pub struct Options {
@@ -38,7 +40,8 @@ pub struct App {
     pub admin_addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub clock: Clock,
-    pub config: Arc<Config>,
+    pub live: Arc<Live>,
+    reloader: Reloader,
     stop: Arc<watch::Sender<bool>>,
     load: Arc<Load>,
     engine_abort: tokio::task::AbortHandle,
@@ -57,11 +60,10 @@ impl App {
                 format!("opening the database {}", without_password(&opts.database))
             })?;
         let clock = opts.clock.clone();
-        for (id, on, at) in store.scenario_states().await? {
-            if let Some(sc) = cfg.scenario(&id) {
-                sc.set_enabled(on, at);
-            }
-        }
+        crate::reload::prepare(&cfg, &store).await?;
+        let live = Arc::new(Live::new(cfg.clone(), clock.now_ms()));
+        // Unfinished runs that started on other versions go on with them.
+        crate::reload::load_versions(&live, &store, &store.versions_in_use().await?).await;
         let (stop, stop_rx) = watch::channel(false);
         let stop = Arc::new(stop);
         let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -101,8 +103,14 @@ impl App {
         ));
         cfg.templates.set_links(links.clone());
 
+        let reloader = Reloader {
+            live: live.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            links: links.clone(),
+        };
         let engine = Engine::new(
-            cfg.clone(),
+            live.clone(),
             store.clone(),
             clock.clone(),
             outbox_tx.clone(),
@@ -121,7 +129,7 @@ impl App {
         tasks.push(tokio::spawn(rescans(work_tx.clone(), stop_rx.clone())));
         if !store.exclusive() {
             tasks.push(tokio::spawn(crate::replicas::upkeep(
-                cfg.clone(),
+                live.clone(),
                 store.clone(),
                 work_tx.clone(),
                 outbox_tx.clone(),
@@ -143,7 +151,7 @@ impl App {
         let pacing = (!store.exclusive()).then(|| store.clone());
         let channels = Arc::new(Channels::new(cfg.clone(), pacing));
         tasks.push(tokio::spawn(crate::outbox::worker(
-            cfg.clone(),
+            live.clone(),
             clock.clone(),
             work_tx.clone(),
             channels.clone(),
@@ -168,9 +176,13 @@ impl App {
             timer_wake,
             stop_rx.clone(),
         )));
-        tasks.extend(crate::timers::start_schedules(
-            &cfg, &store, &clock, &ingest, &stop_rx,
-        ));
+        tasks.push(tokio::spawn(crate::timers::schedules(
+            live.clone(),
+            store.clone(),
+            clock.clone(),
+            ingest.clone(),
+            stop_rx.clone(),
+        )));
 
         tasks.push(tokio::spawn(crate::timers::retention_worker(
             store.clone(),
@@ -180,14 +192,15 @@ impl App {
         )));
         tasks.push(tokio::spawn(crate::telemetry::upkeep(stop_rx.clone())));
         let state = crate::http::AppState {
-            cfg: cfg.clone(),
+            live: live.clone(),
+            reloader: reloader.clone(),
             ingest,
             clock: clock.clone(),
             store: store.clone(),
             engine: work_tx.clone(),
             links,
             admin_token: opts.admin_token.filter(|t| !t.is_empty()).map(Into::into),
-            pages: Arc::new(crate::http::pages::Pages::new()),
+            pages: Arc::new(crate::http::pages::Pages::for_live(live.clone())),
             channels,
             rejections: Arc::new(crate::http::RejectionBudget::new()),
             sessions: Arc::default(),
@@ -226,7 +239,8 @@ impl App {
             admin_addr,
             store,
             clock,
-            config: cfg,
+            live,
+            reloader,
             stop,
             load,
             engine_abort,
@@ -234,6 +248,16 @@ impl App {
             server,
             tasks,
         })
+    }
+
+    /// The config new events are served with.
+    pub fn config(&self) -> Arc<Config> {
+        self.live.config()
+    }
+
+    /// Loads the config folder again (what SIGHUP and `POST /api/config/reload` do).
+    pub async fn reload(&self) -> Result<crate::reload::Reloaded, Refusal> {
+        self.reloader.reload().await
     }
 
     pub fn url(&self) -> String {
@@ -255,21 +279,31 @@ impl App {
         *self.stop.borrow()
     }
 
-    /// Serves until SIGINT or SIGTERM, then stops.
+    /// Serves until SIGINT or SIGTERM, then stops; SIGHUP reloads the config folder.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
         let mut stopped = self.stop.subscribe();
         let stopped = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
+        tokio::pin!(stopped);
         #[cfg(unix)]
         {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-                _ = stopped => {}
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => break,
+                    _ = term.recv() => break,
+                    _ = &mut stopped => break,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the config");
+                        // A refusal is logged and shown on /readyz and the journal pages.
+                        let _ = self.reload().await;
+                    }
+                }
             }
         }
         #[cfg(not(unix))]

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod lang;
 pub mod links;
 pub mod outbox;
+pub mod reload;
 pub mod replicas;
 pub mod scenario_test;
 pub mod simulate;

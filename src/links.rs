@@ -53,8 +53,8 @@ pub struct Links {
     key: Vec<u8>,
     public_url: String,
     clock: Clock,
-    /// Scenarios with a `link` trigger.
-    targets: HashSet<String>,
+    /// Scenarios with a `link` trigger (replaced by a reload).
+    targets: std::sync::RwLock<HashSet<String>>,
 }
 
 impl Links {
@@ -63,8 +63,21 @@ impl Links {
             key: key.to_vec(),
             public_url: public_url.trim_end_matches('/').to_string(),
             clock,
-            targets,
+            targets: targets.into(),
         }
+    }
+
+    /// The scenarios of `cfg` that have a `link` trigger.
+    pub fn targets_of(cfg: &crate::config::Config) -> HashSet<String> {
+        cfg.scenarios
+            .iter()
+            .filter(|s| matches!(s.trigger, crate::config::Trigger::Link))
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    pub fn set_targets(&self, targets: HashSet<String>) {
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = targets;
     }
 
     /// Links for the scenarios of `cfg` that have a `link` trigger.
@@ -74,13 +87,7 @@ impl Links {
         public_url: &str,
         clock: Clock,
     ) -> Links {
-        let targets = cfg
-            .scenarios
-            .iter()
-            .filter(|s| matches!(s.trigger, crate::config::Trigger::Link))
-            .map(|s| s.id.clone())
-            .collect();
-        Links::new(key, public_url, clock, targets)
+        Links::new(key, public_url, clock, Links::targets_of(cfg))
     }
 
     /// A fresh random signing key.
@@ -101,7 +108,12 @@ impl Links {
     }
 
     pub fn token(&self, claims: &Claims) -> Result<String, String> {
-        if !self.targets.contains(&claims.s) {
+        let known = self
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&claims.s);
+        if !known {
             return Err(format!(
                 "scenario '{}' cannot be started by a link (it needs on = {{ link = true }})",
                 claims.s

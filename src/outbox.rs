@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::channels::{Channels, Outbound, SendError};
 use crate::clock::Clock;
+use crate::config::live::Live;
 use crate::config::Config;
 use crate::engine::{DeliveryResult, OutboxJob, Work, WorkSender};
 use crate::store::{OutboxRow, Store};
@@ -36,7 +37,7 @@ const REMEMBERED_REFS: usize = 10_000;
 
 /// What every delivery needs.
 struct Deliverer {
-    cfg: Arc<Config>,
+    live: Arc<Live>,
     clock: Clock,
     engine: WorkSender,
     http: reqwest::Client,
@@ -54,14 +55,14 @@ struct Deliverer {
 /// committed, each after the platform answered the previous one (retries included); click
 /// answers go out at once.
 pub async fn worker(
-    cfg: Arc<Config>,
+    live: Arc<Live>,
     clock: Clock,
     engine: WorkSender,
     channels: Arc<Channels>,
     store: Arc<dyn Store>,
     mut rx: mpsc::UnboundedReceiver<OutboxJob>,
 ) {
-    let guard = crate::egress::Guard::new(cfg.gateway.http.clone());
+    let guard = crate::egress::Guard::new(live.config().gateway.http.clone());
     let http = guard.client(IN_FLIGHT);
     // Without it the keys would repeat across databases; the first delivery needs it anyway.
     let database = loop {
@@ -75,7 +76,7 @@ pub async fn worker(
     };
     let d = Arc::new(Deliverer {
         key_prefix: format!("switchboard-{database}-outbox-"),
-        cfg,
+        live,
         clock,
         engine,
         http,
@@ -239,8 +240,9 @@ fn backoff(cfg: &Config) -> impl Iterator<Item = Duration> {
 }
 
 async fn deliver(d: &Deliverer, job: OutboxJob, mut op: Option<Outbound>) {
-    let (cfg, clock, engine, http, channels) =
-        (&*d.cfg, &d.clock, &d.engine, &d.http, &*d.channels);
+    // A reload changes the retry delays of the attempts that start after it.
+    let cfg = d.live.config();
+    let (cfg, clock, engine, http, channels) = (&*cfg, &d.clock, &d.engine, &d.http, &*d.channels);
     let row = &job.row;
     clock.sleep_until(row.next_attempt_at, None).await;
     let mut attempts = row.attempts;

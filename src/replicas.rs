@@ -14,7 +14,7 @@ use crate::engine::{EventItem, Work, WorkSender};
 use crate::store::Store;
 
 pub async fn upkeep(
-    cfg: Arc<crate::config::Config>,
+    live: Arc<crate::config::live::Live>,
     store: Arc<dyn Store>,
     engine: WorkSender,
     outbox: OutboxSender,
@@ -26,6 +26,7 @@ pub async fn upkeep(
     let beat = (lease / 5).max(Duration::from_millis(100));
     let sweep = (lease / 2).max(Duration::from_millis(200));
     let mut next_sweep = tokio::time::Instant::now();
+    let mut versions_seen = chrono::Utc::now().timestamp_millis();
     loop {
         match store.heartbeat().await {
             Ok(true) => {}
@@ -45,7 +46,22 @@ pub async fn upkeep(
                 next_sweep = tokio::time::Instant::now() + lease;
             }
         }
+        // Versions of scenarios another replica loaded: its runs may move here.
+        let now = chrono::Utc::now().timestamp_millis();
+        let window = lease.as_millis() as i64; // tolerates clocks a little apart
+        match store.scenario_versions_since(versions_seen - window).await {
+            Ok(versions) => {
+                versions_seen = now;
+                for (hash, id, text) in versions {
+                    if let Err(why) = live.add(&hash, &id, &text) {
+                        tracing::debug!("{why}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading scenario versions failed"),
+        }
         // Scenarios an operator switched on or off through another replica.
+        let cfg = live.config();
         match store.scenario_states().await {
             Ok(states) => {
                 for (id, on, at) in states {

@@ -54,7 +54,7 @@ pub async fn simulate(opts: SimOptions<'_>) -> anyhow::Result<Vec<String>> {
             clock.clone(),
         )));
     let mut engine = Engine::new(
-        cfg.clone(),
+        Arc::new(crate::config::live::Live::new(cfg.clone(), 0)),
         store.clone(),
         clock.clone(),
         outbox_tx,

@@ -79,6 +79,32 @@ pub async fn timer_worker(
     }
 }
 
+/// Keeps one task per scheduled scenario of the current config, started again after a reload.
+pub async fn schedules(
+    live: Arc<crate::config::live::Live>,
+    store: Arc<dyn Store>,
+    clock: Clock,
+    ingest: Ingest,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut installed = live.installed();
+    loop {
+        let (stop_these, these) = watch::channel(false);
+        let tasks = start_schedules(&live.config(), &store, &clock, &ingest, &these);
+        let ended = tokio::select! {
+            r = installed.changed() => r.is_err(),
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        let _ = stop_these.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
 /// One task per scheduled scenario.
 pub fn start_schedules(
     cfg: &Arc<Config>,

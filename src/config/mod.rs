@@ -2,6 +2,8 @@
 //! capabilities, Fluent messages and environment into the compiler (`crate::lang`), and
 //! assembles the `Config` the gateway runs.
 
+pub mod live;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +30,14 @@ pub struct Config {
     pub scenarios: Vec<Arc<Scenario>>,
     pub templates: Templates,
     pub i18n: I18n,
+    /// The text of every scenario file, as loaded.
+    sources: Vec<(PathBuf, String)>,
+    /// Scenario id → the SHA-256 (hex) of its file's text: the version new runs start with.
+    hashes: HashMap<String, String>,
+    /// The parts of the gateway file a running gateway cannot change: `[server]`,
+    /// `[database]` and each channel's connection (everything but `hours` and the
+    /// per-recipient limit). A reload that changes them is refused.
+    pub restart_only: toml::Table,
     by_id: HashMap<String, usize>,
     by_hook: HashMap<String, Vec<usize>>,
     by_channel: HashMap<String, Vec<usize>>,
@@ -69,6 +79,9 @@ impl Config {
             scenarios,
             templates,
             i18n,
+            sources: Vec::new(),
+            hashes: HashMap::new(),
+            restart_only: toml::Table::new(),
             by_id,
             by_hook,
             by_channel,
@@ -143,6 +156,65 @@ impl Config {
         })
     }
 
+    /// The version (SHA-256 of the file's text) new runs of scenario `id` start with.
+    pub fn version_of(&self, id: &str) -> Option<&str> {
+        self.hashes.get(id).map(String::as_str)
+    }
+
+    /// Every scenario's version: (hash, scenario id, the file's text).
+    pub fn versions(&self) -> Vec<(String, String, String)> {
+        self.scenarios
+            .iter()
+            .filter_map(|sc| {
+                let hash = self.hashes.get(&sc.id)?;
+                let (_, text) = self.sources.iter().find(|(f, _)| *f == sc.file)?;
+                Some((hash.clone(), sc.id.clone(), text.clone()))
+            })
+            .collect()
+    }
+
+    /// Compiles another version of scenario `id` (a text stored earlier) against this
+    /// config: its gateway, locales and the other scenarios as they are now.
+    pub fn compile_version(&self, id: &str, text: &str) -> Result<Arc<Scenario>, ConfigErrors> {
+        let env = |k: &str| std::env::var(k).ok();
+        let host = Host {
+            kinds: &crate::channels::Registry,
+            env: &env,
+        };
+        let current = self.scenario(id).map(|sc| sc.file.clone());
+        let path = current
+            .clone()
+            .unwrap_or_else(|| self.dir.join(format!("{id}.toml")));
+        let mut texts: Vec<(PathBuf, std::io::Result<String>)> = self
+            .sources
+            .iter()
+            .filter(|(f, _)| Some(f) != current.as_ref())
+            .map(|(f, t)| (f.clone(), Ok(t.clone())))
+            .collect();
+        texts.push((path.clone(), Ok(text.to_string())));
+        let mut problems = Vec::new();
+        let compiled = compile::scenarios(
+            &texts,
+            &self.templates,
+            &self.gateway,
+            &self.i18n,
+            &host,
+            &mut problems,
+        );
+        let problems: Vec<ConfigError> = problems.into_iter().filter(|p| p.file == path).collect();
+        match compiled
+            .into_iter()
+            .find(|sc| sc.file == path && sc.id == id)
+        {
+            Some(sc) if problems.is_empty() => Ok(sc),
+            _ if problems.is_empty() => Err(ConfigErrors(vec![ConfigError::at_file(
+                &path,
+                format!("this version does not define scenario '{id}'"),
+            )])),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+
     pub fn scenario(&self, id: &str) -> Option<&Arc<Scenario>> {
         self.by_id.get(id).map(|&i| &self.scenarios[i])
     }
@@ -184,10 +256,16 @@ impl Messages for I18n {
 
 /// Loads and checks the whole folder. Every problem is collected before failing.
 pub fn load(dir: &Path) -> Result<Config, ConfigErrors> {
-    load_dir(dir).map_err(ConfigErrors)
+    load_dir(dir, None).map_err(ConfigErrors)
 }
 
-fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
+/// Loads the folder again for a running gateway: the template environment of `running` is
+/// kept when the fuel is the same. Parts that need a restart are compared by the caller.
+pub fn reload(dir: &Path, running: &Config) -> Result<Config, ConfigErrors> {
+    load_dir(dir, Some(&running.templates)).map_err(ConfigErrors)
+}
+
+fn load_dir(dir: &Path, keep: Option<&Templates>) -> Result<Config, Vec<ConfigError>> {
     let env = |k: &str| std::env::var(k).ok();
     let host = Host {
         kinds: &crate::channels::Registry,
@@ -219,7 +297,11 @@ fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         // it as unknown channels and staff.
         return Err(problems);
     }
-    let templates = Templates::new(raw_gateway.defaults.template_fuel.unwrap_or(20_000));
+    let fuel = raw_gateway.defaults.template_fuel.unwrap_or(20_000);
+    let templates = match keep {
+        Some(t) if t.fuel() == fuel => t.clone(),
+        _ => Templates::new(fuel),
+    };
     let locales = match &raw_gateway.defaults.locales {
         Some(l) => dir.join(l.get()),
         None => {
@@ -251,15 +333,83 @@ fn load_dir(dir: &Path) -> Result<Config, Vec<ConfigError>> {
         })
         .collect();
     let scenarios = compile::scenarios(&texts, &templates, &gateway, &i18n, &host, &mut problems);
-    if problems.is_empty() {
-        Ok(Config::new(
-            dir.to_path_buf(),
-            gateway,
-            scenarios,
-            templates,
-            i18n,
-        ))
-    } else {
-        Err(problems)
+    if !problems.is_empty() {
+        return Err(problems);
     }
+    let sources: Vec<(PathBuf, String)> = texts
+        .into_iter()
+        .filter_map(|(f, t)| Some((f, t.ok()?)))
+        .collect();
+    let hashes = scenarios
+        .iter()
+        .filter_map(|sc| {
+            let (_, text) = sources.iter().find(|(f, _)| *f == sc.file)?;
+            Some((sc.id.clone(), version_hash(text)))
+        })
+        .collect();
+    let mut cfg = Config::new(dir.to_path_buf(), gateway, scenarios, templates, i18n);
+    cfg.sources = sources;
+    cfg.hashes = hashes;
+    cfg.restart_only = restart_only(&gateway_text);
+    Ok(cfg)
+}
+
+/// A scenario file's version: the SHA-256 of its text, in hex.
+pub fn version_hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Sections of the gateway file that take a restart to change: what the listeners, the
+/// store, the outgoing-request guard and the channels' sessions were built from.
+const RESTART_ONLY: [&str; 4] = ["server", "database", "http", "channels"];
+
+/// The parts of a gateway file that take a restart to change (see `Config::restart_only`).
+fn restart_only(gateway_text: &str) -> toml::Table {
+    let mut table = toml::from_str::<toml::Table>(gateway_text).unwrap_or_default();
+    table.retain(|k, _| RESTART_ONLY.contains(&&k[..]));
+    if let Some(toml::Value::Table(channels)) = table.get_mut("channels") {
+        for (_, ch) in channels.iter_mut() {
+            let Some(ch) = ch.as_table_mut() else {
+                continue;
+            };
+            ch.remove("hours");
+            if let Some(toml::Value::Table(limits)) = ch.get_mut("limits") {
+                limits.remove("per_recipient");
+                limits.remove("over");
+            }
+        }
+    }
+    table
+}
+
+/// What differs between two configs' restart-only parts, as `[section]` names.
+pub fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
+    let (a, b) = (&running.restart_only, &next.restart_only);
+    let mut changed = Vec::new();
+    for key in RESTART_ONLY.iter().filter(|k| **k != "channels") {
+        if a.get(*key) != b.get(*key) {
+            changed.push(format!("[{key}]"));
+        }
+    }
+    let empty = toml::Table::new();
+    let channels = |t: &toml::Table| -> toml::Table {
+        match t.get("channels") {
+            Some(toml::Value::Table(c)) => c.clone(),
+            _ => empty.clone(),
+        }
+    };
+    let (ca, cb) = (channels(a), channels(b));
+    let mut names: Vec<&String> = ca.keys().chain(cb.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        match (ca.get(name), cb.get(name)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(_), Some(_)) => changed.push(format!("[channels.{name}] changed")),
+            (None, _) => changed.push(format!("[channels.{name}] added")),
+            (_, None) => changed.push(format!("[channels.{name}] removed")),
+        }
+    }
+    changed
 }

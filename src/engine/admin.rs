@@ -92,11 +92,9 @@ impl Engine {
                         run.status.as_str()
                     ))));
                 }
-                let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
-                    return Ok(Err(AdminError::Conflict(format!(
-                        "scenario '{}' is no longer configured",
-                        run.scenario
-                    ))));
+                let sc = match self.scenario_of(tx, &run).await? {
+                    Ok(sc) => sc,
+                    Err(why) => return Ok(Err(AdminError::Conflict(why))),
                 };
                 run.error = None;
                 let http_step = matches!(

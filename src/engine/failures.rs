@@ -171,7 +171,10 @@ impl Engine {
         let action = f
             .step
             .and_then(|i| {
-                let sc = self.cfg.scenario(&run.scenario)?;
+                let sc = match self.live.scenario(&run.scenario, run.version.as_deref()) {
+                    crate::config::live::Version::Found(sc) => sc,
+                    _ => self.cfg.scenario(&run.scenario)?.clone(),
+                };
                 Some(sc.steps.get(i.max(0) as usize)?.action.name())
             })
             .map(|a| a.to_string());

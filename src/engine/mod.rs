@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value as Json};
 use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
+use crate::config::live::{Live, Version};
 use crate::config::{Action, Config, Scenario};
 use crate::store::{
     EventRow, OutboxRow, RunRow, RunStatus, Store, StoreError, SubjectLimit, TimerRow, Tx,
@@ -265,7 +266,9 @@ fn storable_subject(s: String) -> String {
 }
 
 pub struct Engine {
+    /// The config of the batch being processed: the current one, read at its start.
     cfg: Arc<Config>,
+    live: Arc<Live>,
     store: Arc<dyn Store>,
     clock: Clock,
     outbox: OutboxSender,
@@ -292,7 +295,7 @@ const PARKED_CACHE: usize = 10_000;
 
 impl Engine {
     pub async fn new(
-        cfg: Arc<Config>,
+        live: Arc<Live>,
         store: Arc<dyn Store>,
         clock: Clock,
         outbox: OutboxSender,
@@ -301,10 +304,12 @@ impl Engine {
         public_url: String,
     ) -> Result<Engine, StoreError> {
         let globals = store.globals().await?;
+        let cfg = live.config();
         let uses_globals = cfg.scenarios.iter().any(|s| s.uses_globals);
         let started_at = clock.now_ms();
         Ok(Engine {
             cfg,
+            live,
             clock,
             outbox,
             timers,
@@ -370,6 +375,7 @@ impl Engine {
                     intake.queued.remove(&e.id);
                 }
             }
+            self.refresh_config();
             let started = std::time::Instant::now();
             let result = self.process(&batch).await;
             tracing::debug!(
@@ -414,6 +420,43 @@ impl Engine {
 
     fn load(&self) -> &Arc<Load> {
         self.me.load()
+    }
+
+    /// Takes up a reloaded config (a batch is served by one config throughout).
+    fn refresh_config(&mut self) {
+        let cfg = self.live.config();
+        if !Arc::ptr_eq(&cfg, &self.cfg) {
+            self.uses_globals = cfg.scenarios.iter().any(|s| s.uses_globals)
+                || self.live.older().iter().any(|s| s.uses_globals);
+            self.cfg = cfg;
+        }
+    }
+
+    /// The version of its scenario a run follows: the one it started with, compiled from
+    /// its stored text when this process has not seen it yet. `Err` says why there is none.
+    pub(crate) async fn scenario_of(
+        &mut self,
+        tx: &mut dyn Tx,
+        run: &RunRow,
+    ) -> Result<Result<Arc<Scenario>, String>, StoreError> {
+        match self.live.scenario(&run.scenario, run.version.as_deref()) {
+            Version::Found(sc) => Ok(Ok(sc)),
+            Version::Missing(why) => Ok(Err(why)),
+            Version::Unknown(hash) => Ok(match tx.scenario_version(&hash).await? {
+                Some((id, text)) => {
+                    let found = self.live.add(&hash, &id, &text);
+                    if found.as_ref().is_ok_and(|sc| sc.uses_globals) {
+                        self.uses_globals = true;
+                    }
+                    found
+                }
+                None => Err(format!(
+                    "version {} of scenario '{}' is not in the database",
+                    crate::config::live::short(&hash),
+                    run.scenario
+                )),
+            }),
+        }
     }
 
     /// Records an item that failed alone again and again as a failure of its own (the event
@@ -761,6 +804,7 @@ impl Engine {
             error: None,
             created_at: now,
             updated_at: now,
+            version: self.cfg.version_of(&sc.id).map(str::to_string),
         };
         if let Some(y) = &sc.yearly {
             return self.start_yearly(tx, run, sc, y, &ctx, after).await;
@@ -826,11 +870,14 @@ impl Engine {
         let Some(mut run) = tx.load_run(t.run_id).await? else {
             return Ok(());
         };
-        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
-            steps::fail(&mut run, "the scenario is no longer configured", self.now());
-            self.run_failed(tx, &mut run, after).await?;
-            tx.save_run(&run).await?;
-            return Ok(());
+        let sc = match self.scenario_of(tx, &run).await? {
+            Ok(sc) => sc,
+            Err(why) => {
+                steps::fail(&mut run, &why, self.now());
+                self.run_failed(tx, &mut run, after).await?;
+                tx.save_run(&run).await?;
+                return Ok(());
+            }
         };
         let now = self.now();
         match (t.kind.as_str(), run.status) {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json_;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use crate::reload::Reloaded;
+
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::config::Trigger;
 use crate::engine::admin::{AdminError, AdminOp, AdminReply};
@@ -29,6 +31,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/outbox/{id}/retry", post(retry_outbox))
         .route("/api/scenarios", get(list_scenarios))
+        .route("/api/config", get(config_status))
+        .route("/api/config/reload", post(reload_config))
         .route("/api/scenarios/{id}/enable", post(enable_scenario))
         .route("/api/scenarios/{id}/disable", post(disable_scenario))
         .route("/api/scenarios/{id}/start", post(start_scenario))
@@ -57,11 +61,13 @@ pub fn router(state: AppState) -> Router<AppState> {
     info(title = "Switchboard admin API", description = "Events, runs, scenarios, variables and timers of a Switchboard gateway."),
     paths(list_events, get_event, list_runs, get_run, retry_run, cancel_run, retry_outbox,
           list_scenarios, enable_scenario, disable_scenario, start_scenario, list_globals, put_global,
-          delete_global, list_timers, list_suppressions, delete_suppression),
+          delete_global, list_timers, list_suppressions, delete_suppression, config_status,
+          reload_config),
     components(schemas(ErrorBody, EventRow, RunRow, RunSummary, RunStatus, OutboxRow, TimerRow,
                         WaitRow, ScenarioStats, ScenarioView, RunPage, EventPage, EventDetail,
                         RunDetail, ActionResult, TimersPage, EventStatus, Suppression,
-                        SuppressionsPage, StartResult, StartItem, EventsBody, CsvEvents)),
+                        SuppressionsPage, StartResult, StartItem, EventsBody, CsvEvents,
+                        Reloaded, ReloadRefused, ConfigStatus)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -394,6 +400,8 @@ pub(super) struct ScenarioView {
     /// `webhook:<name>`, `schedule:<cron>`, `call` or `link`.
     trigger: String,
     file: String,
+    /// The SHA-256 of the file's text that new runs start with.
+    version: Option<String>,
     stats: ScenarioStats,
 }
 
@@ -405,11 +413,12 @@ pub(super) async fn scenarios(st: &AppState) -> Result<Vec<ScenarioView>, ApiErr
         .into_iter()
         .map(|s| (s.scenario.clone(), s))
         .collect();
-    Ok(st
-        .cfg
+    let cfg = st.cfg();
+    Ok(cfg
         .scenarios
         .iter()
         .map(|sc| ScenarioView {
+            version: cfg.version_of(&sc.id).map(str::to_string),
             id: sc.id.clone(),
             description: sc.description.clone(),
             enabled: sc.enabled(),
@@ -437,6 +446,70 @@ pub(super) async fn scenarios(st: &AppState) -> Result<Vec<ScenarioView>, ApiErr
             }),
         })
         .collect())
+}
+
+/// The config being served and the last refused reload.
+#[derive(Serialize, ToSchema)]
+struct ConfigStatus {
+    /// The config folder.
+    dir: String,
+    /// When the served config was loaded (RFC 3339).
+    loaded_at: Option<String>,
+    scenarios: usize,
+    /// The last reload refused since then: its errors (`file:line:col: message`).
+    refused: Option<ReloadRefused>,
+}
+
+/// A reload that was refused: the running config stays.
+#[derive(Serialize, ToSchema)]
+struct ReloadRefused {
+    error: String,
+    /// RFC 3339.
+    refused_at: Option<String>,
+    errors: Vec<String>,
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn refused_body(r: crate::config::live::Refusal) -> ReloadRefused {
+    ReloadRefused {
+        error: "the config was not reloaded; the running one stays".into(),
+        refused_at: rfc3339(r.at_ms),
+        errors: r.errors,
+    }
+}
+
+#[utoipa::path(get, path = "/api/config",
+    responses((status = 200, body = ConfigStatus), (status = 401, body = ErrorBody)))]
+async fn config_status(State(st): State<AppState>) -> Json<ConfigStatus> {
+    let cfg = st.cfg();
+    Json(ConfigStatus {
+        dir: cfg.dir.display().to_string(),
+        loaded_at: rfc3339(st.live.loaded_at()),
+        scenarios: cfg.scenarios.len(),
+        refused: st.live.refused().map(refused_body),
+    })
+}
+
+/// Loads the config folder again (as SIGHUP does). A broken config is refused with its
+/// errors and the running one stays; runs keep the version of their scenario they started
+/// with.
+#[utoipa::path(post, path = "/api/config/reload",
+    responses((status = 200, body = Reloaded), (status = 401, body = ErrorBody),
+              (status = 422, body = ReloadRefused)))]
+async fn reload_config(State(st): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match st.reloader.reload().await {
+        Ok(r) => Json(r).into_response(),
+        Err(r) => (
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            Json(refused_body(r)),
+        )
+            .into_response(),
+    }
 }
 
 #[utoipa::path(get, path = "/api/scenarios",
@@ -556,7 +629,7 @@ pub(super) async fn start_runs(
 }
 
 pub(super) fn known_scenario(st: &AppState, id: &str) -> Result<(), ApiError> {
-    match st.cfg.scenario(id) {
+    match st.cfg().scenario(id) {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -590,7 +663,7 @@ async fn start_scenario(
             "send events as JSON (application/json) or CSV (text/csv)",
         )
     })?;
-    let events = super::start::events(&body, format, st.cfg.gateway.max_fan_out as usize)?;
+    let events = super::start::events(&body, format, st.cfg().gateway.max_fan_out as usize)?;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())

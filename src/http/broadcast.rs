@@ -86,7 +86,7 @@ async fn start_from_form(
             _ => {}
         }
     }
-    let max = st.cfg.gateway.max_fan_out as usize;
+    let max = st.cfg().gateway.max_fan_out as usize;
     let list = if csv.iter().any(|b| !b.is_ascii_whitespace()) {
         events(&csv, Format::Csv, max)?
     } else {

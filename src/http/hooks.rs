@@ -26,11 +26,11 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !st.cfg.hook_known(&name) {
+    if !st.cfg().hook_known(&name) {
         return ApiError::new(StatusCode::NOT_FOUND, format!("unknown hook '{name}'"))
             .into_response();
     }
-    let limit = st.cfg.gateway.max_body_bytes;
+    let limit = st.cfg().gateway.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -57,7 +57,13 @@ pub async fn receive(
             .await;
         }
     };
-    let hook = st.cfg.gateway.hooks.get(&name).cloned().unwrap_or_default();
+    let hook = st
+        .cfg()
+        .gateway
+        .hooks
+        .get(&name)
+        .cloned()
+        .unwrap_or_default();
     if let Err(reason) = verify(&hook, &headers, &bytes, st.clock.now_ms()) {
         return reject(&st, &name, StatusCode::UNAUTHORIZED, reason, &bytes, None).await;
     }

@@ -30,7 +30,7 @@ fn user_agent(h: &HeaderMap) -> &str {
 fn check(st: &AppState, token: &str, lang: &str) -> Result<Claims, Response> {
     let page = |status, title, text| st.pages.message(status, lang, title, text);
     match st.links.open(token) {
-        Ok(c) => match st.cfg.scenario(&c.s) {
+        Ok(c) => match st.cfg().scenario(&c.s) {
             Some(sc) if sc.enabled() => Ok(c),
             _ => Err(page(
                 StatusCode::NOT_FOUND,

@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 use crate::clock::Clock;
+use crate::config::live::Live;
 use crate::config::Config;
 use crate::engine::ingest::Ingest;
 use crate::engine::WorkSender;
@@ -33,7 +34,9 @@ use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub cfg: Arc<Config>,
+    /// The config being served; a reload replaces it (read it once per request).
+    pub live: Arc<Live>,
+    pub reloader: crate::reload::Reloader,
     pub ingest: Ingest,
     pub clock: Clock,
     pub store: Arc<dyn Store>,
@@ -49,6 +52,12 @@ pub struct AppState {
     pub sessions: Arc<auth::Sessions>,
     /// Session cookies are `Secure` (the gateway is reached over https).
     pub secure_cookies: bool,
+}
+
+impl AppState {
+    pub fn cfg(&self) -> Arc<Config> {
+        self.live.config()
+    }
 }
 
 /// Rejected requests journaled per second (after a burst); the rest are only counted in
@@ -86,7 +95,7 @@ pub fn public_router(state: AppState) -> Router {
     let channels = state.channels.routes(&state.ingest, &state.clock);
     Router::new()
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
+        .route("/readyz", get(ops::readyz_public))
         .route("/hooks/{name}", post(hooks::receive))
         .route(
             "/l/{token}",
@@ -101,7 +110,7 @@ pub fn public_router(state: AppState) -> Router {
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
+        .route("/readyz", get(ops::readyz_admin))
         .route("/metrics", get(ops::metrics))
         .merge(api::router(state.clone()))
         .merge(ui::router(state.clone()))

@@ -13,7 +13,42 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Ready when the database answers and every channel is connected.
-pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+/// On the public listener a refused reload is only mentioned: its errors name files and
+/// keys of the config.
+pub async fn readyz_public(State(st): State<AppState>) -> impl IntoResponse {
+    readyz(st, false).await
+}
+
+/// On the admin listener a refused reload comes with its errors.
+pub async fn readyz_admin(State(st): State<AppState>) -> impl IntoResponse {
+    readyz(st, true).await
+}
+
+/// The config being served, and the last refused reload (readiness does not depend on it:
+/// the running config goes on serving).
+fn config_status(st: &AppState, detailed: bool) -> serde_json::Value {
+    let loaded_at = chrono::DateTime::from_timestamp_millis(st.live.loaded_at())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    match st.live.refused() {
+        None => json!({"status": "ok", "loaded_at": loaded_at}),
+        Some(r) => {
+            let at = chrono::DateTime::from_timestamp_millis(r.at_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            let mut v = json!({
+                "status": "reload refused",
+                "loaded_at": loaded_at,
+                "refused_at": at,
+                "error_count": r.errors.len(),
+            });
+            if detailed {
+                v["errors"] = json!(r.errors);
+            }
+            v
+        }
+    }
+}
+
+async fn readyz(st: AppState, detailed: bool) -> impl IntoResponse {
     // The reason stays in the log: `/readyz` is public, and database errors can name
     // hosts, users and tables.
     let db = match st.store.ping().await {
@@ -45,7 +80,10 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        Json(json!({"ready": ok, "database": db, "engine": engine, "channels": channels})),
+        Json(
+            json!({"ready": ok, "database": db, "engine": engine, "channels": channels,
+                    "config": config_status(&st, detailed)}),
+        ),
     )
 }
 

@@ -72,6 +72,18 @@ impl Pages {
         Pages { env, i18n }
     }
 
+    /// Pages of a running gateway: the journal pages say when a reload was refused.
+    pub fn for_live(live: Arc<crate::config::live::Live>) -> Pages {
+        let mut p = Pages::new();
+        p.env.add_function("config_refused", move || -> Value {
+            match live.refused() {
+                Some(r) => Value::from_serialize(&r.errors),
+                None => Value::from(()),
+            }
+        });
+        p
+    }
+
     /// The page language: `?lang=` if given and known, else `Accept-Language`.
     pub fn lang(&self, headers: &HeaderMap, wanted: Option<&str>) -> String {
         if let Some(w) = wanted.filter(|w| !w.is_empty()) {

@@ -143,7 +143,8 @@ async fn runs_page(
             serde_urlencoded::to_string(&q).unwrap_or_default()
         )
     });
-    let scenarios: Vec<&str> = st.cfg.scenarios.iter().map(|s| s.id.as_str()).collect();
+    let cfg = st.cfg();
+    let scenarios: Vec<&str> = cfg.scenarios.iter().map(|s| s.id.as_str()).collect();
     let statuses = [
         "running",
         "waiting",
@@ -228,20 +229,26 @@ async fn run_page(
             })
         })
         .collect();
+    let current = st.cfg().version_of(&d.run.scenario).map(str::to_string);
+    let version = d.run.version.as_deref().map(|h| {
+        serde_json::json!({"short": crate::config::live::short(h), "hash": h,
+                           "current": current.as_deref() == Some(h)})
+    });
     let run = serde_json::json!({
         "id": d.run.id, "scenario": d.run.scenario, "subject": d.run.subject,
-        "status": d.run.status, "error": d.run.error,
+        "status": d.run.status, "error": d.run.error, "version": version,
         "created": fmt_time(d.run.created_at), "updated": fmt_time(d.run.updated_at),
     });
     let event = pretty(&d.run.event);
     let notice = p.get("notice").filter(|n| n.starts_with("ui-")).cloned();
     let fanned_out = super::broadcast::fanned_out(&d.run).len();
-    // The scenario's graph with this run's way through it (while the scenario exists).
-    let graph = st.cfg.scenario(&d.run.scenario).and_then(|sc| {
+    // The graph of the version this run follows, with its way through it.
+    let sc = crate::reload::scenario_of_run(&st.live, &st.store, &d.run).await;
+    let graph = sc.and_then(|sc| {
         use crate::lang::graph;
         let done = d.run.status == crate::store::RunStatus::Done;
         let path = graph::path_of(&d.run.journal, done);
-        graph::svg(&graph::graph(sc), Some(&path)).ok()
+        graph::svg(&graph::graph(&sc), Some(&path)).ok()
     });
     st.pages.render(
         StatusCode::OK,
@@ -265,7 +272,7 @@ async fn scenario_graph_page(
         Ok(l) => l,
         Err(r) => return r,
     };
-    let Some(sc) = st.cfg.scenario(&id).cloned() else {
+    let Some(sc) = st.cfg().scenario(&id).cloned() else {
         return ApiError::new(StatusCode::NOT_FOUND, format!("no scenario '{id}'")).into_response();
     };
     let days: i64 = match p.get("days").map(String::as_str) {

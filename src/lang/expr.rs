@@ -148,9 +148,12 @@ fn email(address: String) -> Result<String, minijinja::Error> {
 /// The shared template environment. It lives for the whole process: compiled expressions
 /// borrow it, and configs are loaded once per process.
 #[derive(Clone)]
+/// Cheap to clone: a reloaded config keeps the environment (and its compiled templates) when
+/// the fuel is the same, so reloads do not leave environments behind.
 pub struct Templates {
     env: &'static Environment<'static>,
     links: Arc<RwLock<Option<Arc<dyn LinkSigner>>>>,
+    fuel: u64,
 }
 
 /// An evaluation failure: a template error, running out of fuel, a bad value.
@@ -247,7 +250,13 @@ impl Templates {
         Templates {
             env: Box::leak(Box::new(env)),
             links,
+            fuel,
         }
+    }
+
+    /// The most work one evaluation may do.
+    pub fn fuel(&self) -> u64 {
+        self.fuel
     }
 
     /// Makes `link(…)` work in templates (it needs the signing key and the public URL).

@@ -277,7 +277,7 @@ async fn drive(
     let clock = Clock::frozen_at(start);
     let (work_tx, mut work_rx, outbox_tx, mut outbox_rx) = crate::engine::intake::channels();
     let mut engine = Engine::new(
-        cfg.clone(),
+        Arc::new(crate::config::live::Live::new(cfg.clone(), 0)),
         store.clone(),
         clock.clone(),
         outbox_tx,

@@ -211,6 +211,8 @@ pub struct RunRow {
     pub error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The SHA-256 of the scenario file the run started with (`None`: before versions).
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -466,6 +468,18 @@ pub trait Store: Send + Sync {
     /// Scenarios an operator switched on or off.
     /// Operators' switches: scenario, on or off, when (ms).
     async fn scenario_states(&self) -> Result<Vec<(String, bool, i64)>>;
+    /// Records versions of scenario files: (hash, scenario id, text); known ones are kept.
+    async fn put_scenario_versions(
+        &self,
+        versions: &[(String, String, String)],
+        now: i64,
+    ) -> Result<()>;
+    /// Versions first recorded at or after `since` (ms): (hash, scenario id, text).
+    async fn scenario_versions_since(&self, since: i64) -> Result<Vec<(String, String, String)>>;
+    /// One version: (scenario id, text).
+    async fn scenario_version(&self, hash: &str) -> Result<Option<(String, String)>>;
+    /// The versions unfinished runs use.
+    async fn versions_in_use(&self) -> Result<Vec<String>>;
     /// The delivered outbox row of `channel` whose message has reference `message_ref`.
     async fn outbox_by_ref(&self, channel: &str, message_ref: &str) -> Result<Option<OutboxRow>>;
     /// Puts an address on a channel's suppression list (kept: the first reason).
@@ -551,6 +565,8 @@ pub trait Tx: Send {
     async fn new_run_id(&mut self) -> Result<i64>;
     async fn save_run(&mut self, run: &RunRow) -> Result<()>;
     async fn load_run(&mut self, id: i64) -> Result<Option<RunRow>>;
+    /// A stored version of a scenario file: (scenario id, text).
+    async fn scenario_version(&mut self, hash: &str) -> Result<Option<(String, String)>>;
     /// Reads (and, with replicas, locks) the runs a batch is about to load, in one round
     /// trip; `load_run` then answers from memory.
     async fn prefetch_runs(&mut self, _ids: &[i64]) -> Result<()> {

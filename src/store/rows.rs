@@ -59,6 +59,7 @@ macro_rules! row_mappers {
                 error: r.get("error"),
                 created_at: r.get("created_at"),
                 updated_at: r.get("updated_at"),
+                version: r.get("version"),
             })
         }
 
@@ -170,6 +171,7 @@ pub(super) struct SavedRun {
     pub(super) error: Option<String>,
     pub(super) created_at: i64,
     pub(super) updated_at: i64,
+    pub(super) version: Option<String>,
 }
 
 impl SavedRun {
@@ -188,6 +190,7 @@ impl SavedRun {
             error: r.error.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
+            version: r.version.clone(),
         }
     }
 
@@ -208,6 +211,7 @@ impl SavedRun {
             error: self.error.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            version: self.version.clone(),
         })
     }
 }

@@ -239,6 +239,55 @@ macro_rules! impl_store {
                     .transpose()
             }
 
+            async fn put_scenario_versions(
+                &self,
+                versions: &[(String, String, String)],
+                now: i64,
+            ) -> Result<()> {
+                for chunk in versions.chunks(200) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO scenario_versions (hash, scenario, source, first_seen) ",
+                    );
+                    q.push_values(chunk, |mut b, (hash, id, source)| {
+                        b.push_bind(hash.clone())
+                            .push_bind(id.clone())
+                            .push_bind(source.clone())
+                            .push_bind(now);
+                    });
+                    q.push(" ON CONFLICT (hash) DO NOTHING");
+                    q.build().execute(&self.pool).await?;
+                }
+                Ok(())
+            }
+
+            async fn scenario_versions_since(
+                &self,
+                since: i64,
+            ) -> Result<Vec<(String, String, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT hash, scenario, source FROM scenario_versions WHERE first_seen >= $1",
+                )
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn scenario_version(&self, hash: &str) -> Result<Option<(String, String)>> {
+                Ok(sqlx::query_as("SELECT scenario, source FROM scenario_versions WHERE hash = $1")
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn versions_in_use(&self) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT DISTINCT version FROM runs
+                     WHERE status IN ('running', 'waiting', 'sleeping') AND version IS NOT NULL",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn scenario_states(&self) -> Result<Vec<(String, bool, i64)>> {
                 let rows = sqlx::query("SELECT scenario, enabled, updated_at FROM scenario_state")
                     .fetch_all(&self.pool)
@@ -396,7 +445,7 @@ macro_rules! impl_tx {
                 for chunk in chunks(&runs) {
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
-                                           depth, error, created_at, updated_at) ",
+                                           depth, error, created_at, updated_at, version) ",
                     );
                     q.push_values(chunk, |mut b, r| {
                         b.push_bind(r.id)
@@ -411,7 +460,8 @@ macro_rules! impl_tx {
                             .push_bind(r.depth)
                             .push_bind(r.error.clone())
                             .push_bind(r.created_at)
-                            .push_bind(r.updated_at);
+                            .push_bind(r.updated_at)
+                            .push_bind(r.version.clone());
                     });
                     q.push(
                         " ON CONFLICT (id) DO UPDATE SET status = excluded.status, pc = excluded.pc,
@@ -509,6 +559,13 @@ macro_rules! impl_tx {
             async fn save_run(&mut self, run: &RunRow) -> Result<()> {
                 self.runs.insert(run.id, SavedRun::new(run));
                 Ok(())
+            }
+
+            async fn scenario_version(&mut self, hash: &str) -> Result<Option<(String, String)>> {
+                Ok(sqlx::query_as("SELECT scenario, source FROM scenario_versions WHERE hash = $1")
+                    .bind(hash)
+                    .fetch_optional(&mut *self.tx)
+                    .await?)
             }
 
             async fn event_pending(&mut self, id: i64) -> Result<bool> {

@@ -89,6 +89,7 @@ fn run(id: i64, scenario: &str, subject: Option<&str>, status: RunStatus, at: i6
         error: None,
         created_at: at,
         updated_at: at,
+        version: Some(format!("{scenario}-v1")),
     }
 }
 

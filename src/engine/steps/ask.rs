@@ -152,7 +152,7 @@ impl Engine {
             let Some(run) = tx.load_run(run_id).await? else {
                 continue;
             };
-            let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+            let Ok(sc) = self.scenario_of(tx, &run).await? else {
                 continue;
             };
             if run.status != RunStatus::Waiting {
@@ -189,9 +189,10 @@ impl Engine {
             true => tx.load_run(run_id).await?,
             false => None,
         };
-        let sc = run
-            .as_ref()
-            .and_then(|r| self.cfg.scenario(&r.scenario).cloned());
+        let sc = match &run {
+            Some(r) => self.scenario_of(tx, r).await?.ok(),
+            None => None,
+        };
         let (Some(run), Some(sc)) = (run, sc) else {
             outcome.push(json!({"run": run_id, "verdict": "no run asks this chat"}));
             return self

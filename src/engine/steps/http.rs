@@ -127,8 +127,13 @@ impl Engine {
         if run.status != RunStatus::Waiting || Some(run.pc) != d.step {
             return Ok(()); // the run moved on (cancelled, or this is a repeated result)
         }
-        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
-            return Ok(());
+        let sc = match self.scenario_of(tx, &run).await? {
+            Ok(sc) => sc,
+            Err(why) => {
+                fail(&mut run, &why, now);
+                self.run_failed(tx, &mut run, after).await?;
+                return tx.save_run(&run).await;
+            }
         };
         let Some((Action::Http(h), stop_after)) =
             sc.steps.get(run.pc as usize).map(|s| (&s.action, s.stop))

@@ -138,7 +138,7 @@ impl Engine {
                 .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
-        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+        let Ok(sc) = self.scenario_of(tx, &run).await? else {
             return self
                 .answer_click(tx, ev, run_id, "inactive", None, false, after)
                 .await;
@@ -375,7 +375,7 @@ impl Engine {
         let Some(run) = tx.load_run(offer.run_id).await? else {
             return Ok(());
         };
-        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+        let Ok(sc) = self.scenario_of(tx, &run).await? else {
             return Ok(());
         };
         let Some(Action::Offer(spec)) = sc.steps.get(offer.step as usize).map(|s| &s.action) else {

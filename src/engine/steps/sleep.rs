@@ -266,6 +266,8 @@ impl Engine {
             error: None,
             created_at: now,
             updated_at: now,
+            // Next year's run follows the scenario as it is then configured.
+            version: self.cfg.version_of(&run.scenario).map(str::to_string),
             ..run.clone()
         };
         let empty = Default::default();

@@ -59,8 +59,21 @@ impl Engine {
         outcome: &mut Vec<Json>,
         after: &mut After,
     ) -> Result<bool, StoreError> {
-        let cfg = self.cfg.clone();
-        for (sc, step) in cfg.waits_for_hook(&ev.source) {
+        // Runs that started on an older version of their scenario wait where it says.
+        let mut waits: Vec<(Arc<Scenario>, usize)> = self
+            .cfg
+            .waits_for_hook(&ev.source)
+            .map(|(sc, j)| (sc.clone(), j))
+            .collect();
+        for sc in self.live.older() {
+            for (j, st) in sc.steps.iter().enumerate() {
+                if matches!(&st.action, Action::Wait(w) if w.hook == ev.source) {
+                    waits.push((sc.clone(), j));
+                }
+            }
+        }
+        for (sc, step) in &waits {
+            let (sc, step) = (sc, *step);
             let Action::Wait(w) = &sc.steps[step].action else {
                 continue;
             };
@@ -83,6 +96,10 @@ impl Engine {
                 let Some(mut run) = tx.load_run(run_id).await? else {
                     continue;
                 };
+                // Another version of the scenario may wait at the same step.
+                if !self.live.is_version(sc, run.version.as_deref()) {
+                    continue;
+                }
                 // The run is read under its lock: another replica may have resumed it
                 // between finding the wait and taking the lock.
                 if run.status != RunStatus::Waiting || run.pc != step as i64 {
@@ -165,7 +182,7 @@ impl Engine {
         let Some(mut run) = tx.load_run(run_id).await? else {
             return Ok(());
         };
-        let Some(sc) = self.cfg.scenario(&run.scenario).cloned() else {
+        let Ok(sc) = self.scenario_of(tx, &run).await? else {
             return Ok(());
         };
         let Some(Action::Wait(w)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {

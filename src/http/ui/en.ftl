@@ -78,3 +78,7 @@ ui-graph-runs = { $n ->
    *[other] { $n } runs counted on the edges
 }
 ui-graph-link = graph
+ui-config-refused = The config folder was not reloaded: it has errors. The running config stays.
+ui-run-version = Version
+ui-run-version-current = current
+ui-run-version-older = an earlier one

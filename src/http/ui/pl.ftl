@@ -79,3 +79,7 @@ ui-graph-runs = { $n ->
    *[other] { $n } przebiegów policzonych na krawędziach
 }
 ui-graph-link = graf
+ui-config-refused = Folder konfiguracji nie został przeładowany: zawiera błędy. Działa dotychczasowa konfiguracja.
+ui-run-version = Wersja
+ui-run-version-current = bieżąca
+ui-run-version-older = wcześniejsza

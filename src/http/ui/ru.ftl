@@ -80,3 +80,7 @@ ui-graph-runs = { $n ->
    *[other] { $n } запусков учтено на рёбрах
 }
 ui-graph-link = граф
+ui-config-refused = Папка конфигурации не перезагружена: в ней ошибки. Работает прежняя конфигурация.
+ui-run-version = Версия
+ui-run-version-current = текущая
+ui-run-version-older = прежняя
