@@ -171,6 +171,16 @@ impl Live {
         read(&self.older).values().cloned().collect()
     }
 
+    /// Older versions in memory: (hash, scenario id).
+    pub fn older_versions(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = read(&self.older)
+            .iter()
+            .map(|(h, sc)| (h.clone(), sc.id.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Whether `sc` is the version a run with `version` follows.
     pub fn is_version(&self, sc: &Arc<Scenario>, version: Option<&str>) -> bool {
         match self.scenario(&sc.id, version) {

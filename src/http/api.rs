@@ -67,7 +67,7 @@ pub fn router(state: AppState) -> Router<AppState> {
                         WaitRow, ScenarioStats, ScenarioView, RunPage, EventPage, EventDetail,
                         RunDetail, ActionResult, TimersPage, EventStatus, Suppression,
                         SuppressionsPage, StartResult, StartItem, EventsBody, CsvEvents,
-                        Reloaded, ReloadRefused, ConfigStatus)),
+                        Reloaded, ReloadRefused, ConfigStatus, OlderVersion)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]
@@ -456,8 +456,17 @@ struct ConfigStatus {
     /// When the served config was loaded (RFC 3339).
     loaded_at: Option<String>,
     scenarios: usize,
+    /// Earlier versions of scenarios that unfinished runs follow, as compiled here.
+    older_versions: Vec<OlderVersion>,
     /// The last reload refused since then: its errors (`file:line:col: message`).
     refused: Option<ReloadRefused>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct OlderVersion {
+    scenario: String,
+    /// The SHA-256 of the file's text.
+    version: String,
 }
 
 /// A reload that was refused: the running config stays.
@@ -490,6 +499,12 @@ async fn config_status(State(st): State<AppState>) -> Json<ConfigStatus> {
         dir: cfg.dir.display().to_string(),
         loaded_at: rfc3339(st.live.loaded_at()),
         scenarios: cfg.scenarios.len(),
+        older_versions: st
+            .live
+            .older_versions()
+            .into_iter()
+            .map(|(version, scenario)| OlderVersion { scenario, version })
+            .collect(),
         refused: st.live.refused().map(refused_body),
     })
 }

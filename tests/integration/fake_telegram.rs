@@ -334,7 +334,8 @@ fn respond(state: &State_, call: &mut Call) -> Result<Value, Refusal> {
     match call.method.as_str() {
         "getme" => Ok(
             json!({"id": 1, "is_bot": true, "first_name": "Test", "username": "test_bot",
-            "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false}),
+            "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false,
+            "can_connect_to_business": false, "has_main_web_app": false}),
         ),
         "sendmessage" => {
             let chat = params["chat_id"].as_i64().unwrap_or(0);

@@ -25,6 +25,7 @@ mod migrations;
 mod offers;
 mod parity;
 mod pg;
+mod reload;
 mod replicas;
 mod store;
 mod support;
