@@ -33,6 +33,8 @@ pub struct Options {
     /// Key that signs trigger links; generated once and kept in the database when not given.
     pub link_key: Option<String>,
     pub clock: Clock,
+    /// Reload when a file of the config folder or its locales changes.
+    pub watch: bool,
 }
 
 pub struct App {
@@ -191,6 +193,9 @@ impl App {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(crate::telemetry::upkeep(stop_rx.clone())));
+        if opts.watch {
+            tasks.push(crate::reload::watch(reloader.clone(), stop_rx.clone())?);
+        }
         let state = crate::http::AppState {
             live: live.clone(),
             reloader: reloader.clone(),

@@ -58,6 +58,10 @@ enum Command {
         /// Key that signs trigger links (unset: generated once and kept in the database).
         #[arg(long, env = "SWITCHBOARD_LINK_KEY", hide_env_values = true)]
         link_key: Option<String>,
+        /// Reload when a file in the config folder or its locales changes (SIGHUP and
+        /// `POST /api/config/reload` reload too).
+        #[arg(long, env = "SWITCHBOARD_WATCH")]
+        watch: bool,
     },
     /// Validate a config folder; prints `path:line:col: message` per problem, exit 1 on any.
     Check {
@@ -210,6 +214,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             admin_listen,
             admin_token,
             link_key,
+            watch,
         } => {
             // Set but empty is a token gone missing (`SWITCHBOARD_ADMIN_TOKEN=$UNSET`), not
             // a wish to lock the admin side: that is what leaving it unset does.
@@ -229,6 +234,7 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 // An empty value (an unset variable in a compose file) means none.
                 link_key: link_key.filter(|k| !k.is_empty()),
                 clock: Clock::default(),
+                watch,
             })
             .await?;
             out!(

@@ -87,6 +87,61 @@ impl Reloader {
     }
 }
 
+/// How long the folder must be quiet before a change is loaded: an editor or a `git pull`
+/// writes several files, and often a file in several steps.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Reloads when a `.toml` file of the config folder or a `.ftl` file of its locales changes.
+pub fn watch(
+    reloader: Reloader,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use notify_debouncer_mini::notify::RecursiveMode;
+    use notify_debouncer_mini::{new_debouncer, DebounceEventResult};
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut debouncer = new_debouncer(SETTLE, move |res: DebounceEventResult| {
+        let relevant = match res {
+            Ok(events) => events.iter().any(|e| {
+                e.path
+                    .extension()
+                    .is_some_and(|x| x == "toml" || x == "ftl")
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the config folder");
+                false
+            }
+        };
+        if relevant {
+            let _ = tx.send(());
+        }
+    })?;
+    let cfg = reloader.live.config();
+    let mut folders = vec![cfg.dir.clone()];
+    if cfg.locales.is_dir() && !cfg.locales.starts_with(&cfg.dir) {
+        folders.push(cfg.locales.clone());
+    }
+    for f in &folders {
+        debouncer
+            .watcher()
+            .watch(f, RecursiveMode::Recursive)
+            .map_err(|e| anyhow::anyhow!("watching {}: {e}", f.display()))?;
+    }
+    tracing::info!(folders = ?folders, "reloading when the config changes");
+    Ok(tokio::spawn(async move {
+        let _keep = debouncer;
+        loop {
+            tokio::select! {
+                got = rx.recv() => if got.is_none() { return },
+                _ = stop.changed() => return,
+            }
+            while rx.try_recv().is_ok() {}
+            // A refusal is logged and shown; the next change tries again.
+            let _ = reloader.reload().await;
+        }
+    }))
+}
+
 /// Applies the operators' switches to a freshly loaded config and records its versions.
 pub async fn prepare(cfg: &Config, store: &Arc<dyn Store>) -> crate::store::Result<()> {
     for (id, on, at) in store.scenario_states().await? {

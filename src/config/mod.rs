@@ -30,6 +30,8 @@ pub struct Config {
     pub scenarios: Vec<Arc<Scenario>>,
     pub templates: Templates,
     pub i18n: I18n,
+    /// The locales folder the texts came from.
+    pub locales: PathBuf,
     /// The text of every scenario file, as loaded.
     sources: Vec<(PathBuf, String)>,
     /// Scenario id → the SHA-256 (hex) of its file's text: the version new runs start with.
@@ -79,6 +81,7 @@ impl Config {
             scenarios,
             templates,
             i18n,
+            locales: PathBuf::new(),
             sources: Vec::new(),
             hashes: HashMap::new(),
             restart_only: toml::Table::new(),
@@ -349,6 +352,7 @@ fn load_dir(dir: &Path, keep: Option<&Templates>) -> Result<Config, Vec<ConfigEr
         .collect();
     let mut cfg = Config::new(dir.to_path_buf(), gateway, scenarios, templates, i18n);
     cfg.sources = sources;
+    cfg.locales = locales;
     cfg.hashes = hashes;
     cfg.restart_only = restart_only(&gateway_text);
     Ok(cfg)

@@ -110,6 +110,7 @@ async fn an_unset_token_switches_the_api_off() {
         admin_token: None,
         link_key: None,
         clock: Default::default(),
+        watch: false,
     })
     .await
     .unwrap();

@@ -420,3 +420,48 @@ async fn a_replica_follows_a_version_another_replica_loaded() {
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].to_string().contains("resumed (v2)"), "{sent:?}");
 }
+
+#[tokio::test]
+async fn a_watched_folder_reloads_when_a_file_changes() {
+    let cfg = ConfigDir::with(&[("echo.toml", &echo("one"))]);
+    let app = switchboard::app::App::start(switchboard::app::Options {
+        config_dir: cfg.dir(),
+        database: cfg.db(),
+        listen: Some("127.0.0.1:0".into()),
+        public_url: None,
+        admin_listen: Some("127.0.0.1:0".into()),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        link_key: Some("test-link-key".into()),
+        clock: switchboard::clock::Clock::default(),
+        watch: true,
+    })
+    .await
+    .unwrap();
+    let live = app.live.clone();
+    let version = || {
+        live.config()
+            .version_of("echo")
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+
+    let two = echo("two");
+    cfg.write("echo.toml", &two);
+    let v2 = switchboard::config::version_hash(&two);
+    eventually(|| async { (version() == v2).then_some(()) }).await;
+
+    // A new scenario file is picked up too; a broken one is refused and shown.
+    cfg.write(
+        "other.toml",
+        "id = \"other\"\non = { webhook = \"other\" }\n[[step]]\nstop = true\n",
+    );
+    eventually(|| async { app.config().scenario("other").map(|_| ()) }).await;
+    cfg.write(
+        "other.toml",
+        "id = \"other\"\non = { webhook = \"other\" }\n[[step]]\nstop = 1\n",
+    );
+    let refused = eventually(|| async { app.live.refused() }).await;
+    assert!(refused.errors[0].contains("other.toml:4:"), "{refused:?}");
+    assert_eq!(version(), v2);
+    app.stop().await;
+}

@@ -145,6 +145,7 @@ impl TestApp {
             admin_token: Some(ADMIN_TOKEN.into()),
             link_key: Some("test-link-key".into()),
             clock,
+            watch: false,
         })
         .await
         .expect("the app starts");
