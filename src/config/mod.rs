@@ -371,7 +371,7 @@ const RESTART_ONLY: [&str; 4] = ["server", "database", "http", "channels"];
 /// The parts of a gateway file that take a restart to change (see `Config::restart_only`).
 fn restart_only(gateway_text: &str) -> toml::Table {
     let mut table = toml::from_str::<toml::Table>(gateway_text).unwrap_or_default();
-    table.retain(|k, _| RESTART_ONLY.contains(&&k[..]));
+    table.retain(|k, _| RESTART_ONLY.contains(&k));
     if let Some(toml::Value::Table(channels)) = table.get_mut("channels") {
         for (_, ch) in channels.iter_mut() {
             let Some(ch) = ch.as_table_mut() else {
