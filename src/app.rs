@@ -178,13 +178,13 @@ impl App {
             timer_wake,
             stop_rx.clone(),
         )));
-        tasks.push(tokio::spawn(crate::timers::schedules(
+        tasks.push(crate::timers::schedules(
             live.clone(),
             store.clone(),
             clock.clone(),
             ingest.clone(),
             stop_rx.clone(),
-        )));
+        ));
 
         tasks.push(tokio::spawn(crate::timers::retention_worker(
             store.clone(),

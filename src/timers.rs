@@ -79,30 +79,36 @@ pub async fn timer_worker(
     }
 }
 
-/// Keeps one task per scheduled scenario of the current config, started again after a reload.
-pub async fn schedules(
+/// Keeps one task per scheduled scenario of the current config, started again after a
+/// reload. The first ones start before this returns (their first fire counts from now).
+pub fn schedules(
     live: Arc<crate::config::live::Live>,
     store: Arc<dyn Store>,
     clock: Clock,
     ingest: Ingest,
     mut stop: watch::Receiver<bool>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let mut installed = live.installed();
-    loop {
-        let (stop_these, these) = watch::channel(false);
-        let tasks = start_schedules(&live.config(), &store, &clock, &ingest, &these);
-        let ended = tokio::select! {
-            r = installed.changed() => r.is_err(),
-            _ = stop.wait_for(|s| *s) => true,
-        };
-        let _ = stop_these.send(true);
-        for t in tasks {
-            let _ = t.await;
+    let (mut stop_these, these) = watch::channel(false);
+    let mut tasks = start_schedules(&live.config(), &store, &clock, &ingest, &these);
+    tokio::spawn(async move {
+        loop {
+            let ended = tokio::select! {
+                r = installed.changed() => r.is_err(),
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            let _ = stop_these.send(true);
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+            if ended {
+                return;
+            }
+            let (tx, these) = watch::channel(false);
+            stop_these = tx;
+            tasks = start_schedules(&live.config(), &store, &clock, &ingest, &these);
         }
-        if ended {
-            return;
-        }
-    }
+    })
 }
 
 /// One task per scheduled scenario.

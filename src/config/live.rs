@@ -112,14 +112,16 @@ impl Live {
         let cfg = self.config();
         let current = cfg.scenario(id);
         match version {
+            // Runs from before versions were recorded follow the current one.
             None => match current {
                 Some(sc) => Version::Found(sc.clone()),
-                None => Version::Missing(format!("the scenario '{id}' is no longer configured")),
+                None => Version::Missing("the scenario is no longer configured".into()),
             },
             Some(hash) if cfg.version_of(id) == Some(hash) => match current {
                 Some(sc) => Version::Found(sc.clone()),
-                None => Version::Missing(format!("the scenario '{id}' is no longer configured")),
+                None => Version::Missing("the scenario is no longer configured".into()),
             },
+            // Another version, or a scenario since removed: its runs finish as they began.
             Some(hash) => {
                 if let Some(sc) = read(&self.older).get(hash) {
                     return Version::Found(sc.clone());

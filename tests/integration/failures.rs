@@ -415,9 +415,14 @@ async fn a_scenario_a_failure_scenario_calls_reports_no_failure_either() {
 }
 
 #[tokio::test]
-async fn a_timer_of_a_scenario_no_longer_configured_reports_the_run_failed() {
-    let nap = "id = \"nap\"\non = { webhook = \"nap\" }\n[[step]]\nlabel = \"rest\"\nsleep = { for = \"1h\" }\n";
+async fn a_timer_of_a_scenario_that_no_longer_compiles_reports_the_run_failed() {
+    let nap = "id = \"nap\"\non = { webhook = \"nap\" }\n[[step]]\nlabel = \"rest\"\nsleep = { for = \"1h\" }\n[[step]]\nsend = { to = \"naps\", template = \"woke\" }\n";
     let cfg = ConfigDir::with(&[("nap.toml", nap), ("alert.toml", ALERT)]);
+    let gateway = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    cfg.write(
+        "gateway.toml",
+        &format!("{gateway}\n[channels.naps]\ntype = \"log\"\n"),
+    );
     let t = TestApp::spawn(&cfg).await;
     let (_, b) = t.post("nap", json!({"who": "Ada"})).await;
     let nap_run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
@@ -425,14 +430,18 @@ async fn a_timer_of_a_scenario_no_longer_configured_reports_the_run_failed() {
     let database = t.database.clone();
     t.app.stop().await;
 
-    // The scenario is removed while its run sleeps; its timer still fires.
+    // The scenario and the channel it sends to are removed while its run sleeps: the run's
+    // version no longer compiles. Its timer still fires.
     std::fs::remove_file(cfg.dir().join("nap.toml")).unwrap();
+    cfg.write("gateway.toml", &gateway);
     let t = TestApp::spawn_on(&cfg, &database).await;
     t.advance(std::time::Duration::from_secs(2 * 3600));
     let failed = t.status_of(nap_run, RunStatus::Failed).await;
-    assert_eq!(
-        failed.error.as_deref(),
-        Some("the scenario is no longer configured")
+    let reason = failed.error.clone().unwrap();
+    assert!(
+        reason.contains("of scenario 'nap' does not compile against the current config")
+            && reason.contains("naps"),
+        "{reason}"
     );
     let alert = eventually(|| async {
         let ids = runs_of_scenario(&t, "alert").await;
@@ -443,7 +452,7 @@ async fn a_timer_of_a_scenario_no_longer_configured_reports_the_run_failed() {
     assert_eq!(seen["kind"], "run");
     assert_eq!(seen["run"], nap_run);
     assert_eq!(seen["scenario"], "nap");
-    assert_eq!(seen["reason"], "the scenario is no longer configured");
+    assert_eq!(seen["reason"], reason);
     // Where it stopped, though the step's label went with the file.
     assert_eq!(seen["step"], json!({"index": 0, "label": null}));
     assert_eq!(seen["event"], json!({"who": "Ada"}));

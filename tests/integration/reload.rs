@@ -465,3 +465,26 @@ async fn a_watched_folder_reloads_when_a_file_changes() {
     assert_eq!(version(), v2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_removed_scenario_s_runs_finish_as_they_began() {
+    let nap = "id = \"nap\"\non = { webhook = \"nap\" }\n[[step]]\nsleep = { for = \"1h\" }\n[[step]]\nsend = { to = \"ops\", template = \"woke\" }\n";
+    let cfg = ConfigDir::with(&[("nap.toml", nap)]);
+    let t = TestApp::spawn(&cfg).await;
+    let (_, b) = t.post("nap", json!({})).await;
+    let run = t.runs_of(b["event_id"].as_i64().unwrap()).await[0].id;
+    t.status_of(run, RunStatus::Sleeping).await;
+
+    std::fs::remove_file(cfg.dir().join("nap.toml")).unwrap();
+    let (s, r) = t.post_api("/api/config/reload").await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["removed"], json!(["nap"]), "{r}");
+    assert_eq!(r["versions_in_use"], 1, "{r}");
+    // New events find no scenario; the sleeping run wakes and sends as version 1 said.
+    let (s, _) = t.post("nap", json!({})).await;
+    assert_eq!(s, 404);
+    t.advance(std::time::Duration::from_secs(2 * 3600));
+    let done = t.finished(run).await;
+    assert_eq!(done.status, RunStatus::Done, "{:?}", done.journal);
+    assert!(t.messages(run).await[0].to_string().contains("woke"));
+}
