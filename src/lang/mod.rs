@@ -16,6 +16,7 @@ pub mod interpolate;
 pub mod model;
 pub mod raw;
 pub mod schema;
+mod schema_examples;
 
 pub use capabilities::{Capabilities, ChoiceLimits, Markup};
 pub use error::{ConfigError, ConfigErrors, Position};

@@ -1,24 +1,89 @@
 //! The JSON Schema of the gateway file and of scenario files (`switchboard schema`), for editors.
 
+use serde_json::{Map, Value as Json};
+
 use super::raw;
+use super::schema_examples::{self, EXAMPLES};
 
 /// The JSON Schema of the gateway file and of scenario files, for editors.
 pub fn json_schema() -> serde_json::Value {
     let gateway = schemars::schema_for!(raw::GatewayFile);
     let scenario = schemars::schema_for!(raw::ScenarioFile);
     let tests = schemars::schema_for!(raw::TestFile);
-    serde_json::json!({
+    let mut schema = serde_json::json!({
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": "Switchboard configuration",
         "description": "gateway.toml follows `gateway`; `*.test.toml` files follow `tests`; every other file in bot-configs/ follows `scenario`.",
         "definitions": { "gateway": gateway, "scenario": scenario, "tests": tests },
         "oneOf": [ { "$ref": "#/definitions/gateway" }, { "$ref": "#/definitions/scenario" }, { "$ref": "#/definitions/tests" } ]
-    })
+    });
+    add_examples(&mut schema);
+    schema
+}
+
+/// Sets `examples` of every property that `schema_examples::EXAMPLES` has a value for.
+fn add_examples(schema: &mut Json) {
+    for_each_properties(schema, "", &mut |definition, properties| {
+        for (key, property) in properties.iter_mut() {
+            let Json::Object(property) = property else {
+                continue;
+            };
+            let example = EXAMPLES
+                .iter()
+                .find(|(d, k, _)| *d == definition && *k == key.as_str())
+                .and_then(|(_, _, src)| schema_examples::to_json(src).ok());
+            if let Some(example) = example {
+                property.insert("examples".into(), Json::Array(vec![example]));
+            }
+        }
+    });
+}
+
+/// Calls `f` with every `properties` map in `schema` and the name of the definition it
+/// belongs to: the key under the nearest enclosing `definitions` (`gateway`, `scenario` and
+/// `tests` at the top). Properties may sit directly in a definition, inline in a property,
+/// or under `allOf`/`anyOf`; all are found. Example values are not searched.
+fn for_each_properties(
+    schema: &mut Json,
+    definition: &str,
+    f: &mut dyn FnMut(&str, &mut Map<String, Json>),
+) {
+    match schema {
+        Json::Object(m) => {
+            for (key, child) in m.iter_mut() {
+                match (key.as_str(), child) {
+                    ("examples" | "default", _) => {}
+                    ("properties", Json::Object(properties)) => {
+                        f(definition, properties);
+                        for property in properties.values_mut() {
+                            for_each_properties(property, definition, f);
+                        }
+                    }
+                    ("definitions", Json::Object(definitions)) => {
+                        for (name, d) in definitions.iter_mut() {
+                            for_each_properties(d, name, f);
+                        }
+                    }
+                    (_, child) => for_each_properties(child, definition, f),
+                }
+            }
+        }
+        Json::Array(a) => {
+            for child in a {
+                for_each_properties(child, definition, f);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Value as Json;
+    use std::collections::BTreeSet;
+
+    use serde_json::{json, Value as Json};
+
+    use super::{for_each_properties, raw, schema_examples, EXAMPLES};
 
     /// Every key of every table has a description (an editor shows it on hover).
     #[test]
@@ -55,5 +120,179 @@ mod tests {
             missing.is_empty(),
             "keys without a description: {missing:#?}"
         );
+    }
+
+    /// Every property of the schema as (definition, key, property schema).
+    fn properties() -> Vec<(String, String, Json)> {
+        let mut out = Vec::new();
+        for_each_properties(&mut super::json_schema(), "", &mut |definition, props| {
+            for (key, p) in props.iter() {
+                out.push((definition.to_string(), key.clone(), p.clone()));
+            }
+        });
+        out
+    }
+
+    /// Every key of every table has an example (an editor shows it in completion and hover).
+    #[test]
+    fn every_key_has_an_example() {
+        let missing: Vec<String> = properties()
+            .into_iter()
+            .filter(|(_, _, p)| {
+                p.get("examples")
+                    .and_then(Json::as_array)
+                    .is_none_or(|e| e.is_empty())
+            })
+            .map(|(definition, key, _)| format!("{definition}.{key}"))
+            .collect();
+        assert!(missing.is_empty(), "keys without an example: {missing:#?}");
+    }
+
+    /// Every example names a key the schema has, once, and is a TOML value.
+    #[test]
+    fn every_example_is_of_a_key() {
+        let keys: BTreeSet<(String, String)> = properties()
+            .into_iter()
+            .map(|(definition, key, _)| (definition, key))
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut problems = Vec::new();
+        for (definition, key, src) in EXAMPLES {
+            let name = format!("{definition}.{key}");
+            if !keys.contains(&(definition.to_string(), key.to_string())) {
+                problems.push(format!("{name}: no such key"));
+            }
+            if !seen.insert(name.clone()) {
+                problems.push(format!("{name}: given twice"));
+            }
+            if let Err(e) = schema_examples::to_json(src) {
+                problems.push(format!("{name}: {e}"));
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    /// Whether `value` is of the JSON Schema `type` (a name or a list of names), and so is
+    /// each of its items when the schema names the type of `items`.
+    fn agrees(schema: &Json, value: &Json) -> bool {
+        let of = |name: &str| match name {
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            "null" => value.is_null(),
+            _ => false,
+        };
+        let type_agrees = match schema.get("type") {
+            None => true,
+            Some(Json::String(name)) => of(name),
+            Some(Json::Array(names)) => names.iter().filter_map(Json::as_str).any(of),
+            Some(_) => false,
+        };
+        let items_agree = match (schema.get("items"), value) {
+            (Some(items), Json::Array(values)) => values.iter().all(|v| agrees(items, v)),
+            _ => true,
+        };
+        type_agrees && items_agree
+    }
+
+    #[test]
+    fn the_type_check_refuses_a_wrong_type() {
+        let count = json!({ "type": ["integer", "null"] });
+        assert!(agrees(&count, &json!(16)));
+        assert!(!agrees(&count, &json!("16")));
+        assert!(!agrees(&count, &json!(1.5)));
+        let list = json!({ "type": "array", "items": { "type": "string" } });
+        assert!(agrees(&list, &json!(["a", "b"])));
+        assert!(!agrees(&list, &json!(["a", 2])));
+        assert!(!agrees(&list, &json!("a")));
+        assert!(agrees(
+            &json!({ "$ref": "#/definitions/StepDef" }),
+            &json!(1)
+        ));
+    }
+
+    /// Each example is of the type the property declares, where it declares one.
+    #[test]
+    fn examples_agree_with_the_declared_types() {
+        let wrong: Vec<String> = properties()
+            .into_iter()
+            .filter_map(|(definition, key, p)| {
+                let example = p.get("examples")?.get(0)?;
+                (!agrees(&p, example)).then(|| {
+                    let ty = p.get("type").cloned().unwrap_or(Json::Null);
+                    format!("{definition}.{key}: {example} is not {ty}")
+                })
+            })
+            .collect();
+        assert!(wrong.is_empty(), "examples of the wrong type: {wrong:#?}");
+    }
+
+    /// The examples of each definition, written together as one table, are read by the
+    /// parser of the config files.
+    #[test]
+    fn examples_parse_as_the_config_types() {
+        fn check<T: serde::de::DeserializeOwned>(definition: &str, problems: &mut Vec<String>) {
+            let table: String = EXAMPLES
+                .iter()
+                .filter(|(d, ..)| *d == definition)
+                .map(|(_, key, src)| format!("{key} = {src}\n"))
+                .collect();
+            if let Err(e) = toml::from_str::<T>(&table) {
+                problems.push(format!("{definition}: {e}\n{table}"));
+            }
+        }
+        let mut problems = Vec::new();
+        let mut checked = BTreeSet::new();
+        macro_rules! check {
+            ($($definition:literal => $ty:ty),* $(,)?) => {$(
+                check::<$ty>($definition, &mut problems);
+                checked.insert($definition);
+            )*};
+        }
+        check! {
+            "gateway" => raw::GatewayFile,
+            "ServerSection" => raw::ServerSection,
+            "DefaultsSection" => raw::DefaultsSection,
+            "DatabaseSection" => raw::DatabaseSection,
+            "HttpSection" => raw::HttpSection,
+            "HookSection" => raw::HookSection,
+            "SecretCheck" => raw::SecretCheck,
+            "HmacCheck" => raw::HmacCheck,
+            "StaffEntry" => raw::StaffEntry,
+            "scenario" => raw::ScenarioFile,
+            "TriggerDef" => raw::TriggerDef,
+            "LimitDef" => raw::LimitDef,
+            "HoursDef" => raw::HoursDef,
+            "StepDef" => raw::StepDef,
+            "SendDef" => raw::SendDef,
+            "WindowTemplateDef" => raw::WindowTemplateDef,
+            "EmbedDef" => raw::EmbedDef,
+            "EmbedFieldDef" => raw::EmbedFieldDef,
+            "EditDef" => raw::EditDef,
+            "ButtonDef" => raw::ButtonDef,
+            "HttpDef" => raw::HttpDef,
+            "CallDef" => raw::CallDef,
+            "SleepDef" => raw::SleepDef,
+            "CancelDef" => raw::CancelDef,
+            "WaitDef" => raw::WaitDef,
+            "AskDef" => raw::AskDef,
+            "OfferDef" => raw::OfferDef,
+            "OfferButtonDef" => raw::OfferButtonDef,
+            "tests" => raw::TestFile,
+            "TestDef" => raw::TestDef,
+            "TestInput" => raw::TestInput,
+            "TestHttpReply" => raw::TestHttpReply,
+            "TestExpect" => raw::TestExpect,
+            "TestMessage" => raw::TestMessage,
+            "TestRequest" => raw::TestRequest,
+        }
+        let named: BTreeSet<&str> = EXAMPLES.iter().map(|(d, ..)| *d).collect();
+        for definition in named.difference(&checked) {
+            problems.push(format!("{definition}: no type to parse its examples as"));
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }
