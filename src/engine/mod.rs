@@ -28,6 +28,8 @@ use crate::store::{
 };
 pub use intake::{Load, OutboxSender, WorkReceiver, WorkSender};
 use queue::FairQueue;
+/// Callback data of an `ask`'s choice and of a `send` step's button (for `switchboard test`).
+pub use steps::{ASK_PREFIX, BUTTON_PREFIX};
 
 /// Largest number of work items committed in one transaction.
 const BATCH: usize = 256;

@@ -316,6 +316,8 @@ pub struct TestExpect {
     pub requests: Option<Vec<Sp<TestRequest>>>,
     /// A part of the run's error.
     pub error: Option<Sp<String>>,
+    /// A part of each answer a press got, in order: "You took it", "already taken by Elena".
+    pub answers: Option<Vec<Sp<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

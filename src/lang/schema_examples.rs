@@ -480,6 +480,11 @@ pub(super) const EXAMPLES: &[(&str, &str, &str)] = &[
         r#"[{ method = "POST", url = "crm.example/deals/7/owner" }]"#,
     ),
     ("TestExpect", "error", r#""max_fan_out is 1000""#),
+    (
+        "TestExpect",
+        "answers",
+        r#"["You took the deal", "already taken by Elena"]"#,
+    ),
     ("TestMessage", "to", r#""tg:42""#),
     ("TestMessage", "text", r#""Roof repair""#),
     ("TestMessage", "buttons", r#"["Accept", "Decline"]"#),

@@ -185,4 +185,24 @@ pub(super) fn check(
             }
         }
     }
+    if let Some(want) = &e.answers {
+        let shown: Vec<String> = seen.answers.iter().map(|a| format!("  {a:?}")).collect();
+        let wrong = want.len() != seen.answers.len()
+            || want
+                .iter()
+                .zip(&seen.answers)
+                .any(|(w, got)| !got.contains(w.get().as_str()));
+        if wrong {
+            let expected: Vec<&str> = want.iter().map(|w| w.get().as_str()).collect();
+            failures.push((
+                pos.at(want.first().map(|w| w.span().start).unwrap_or(0)),
+                format!(
+                    "answers: expected {} containing {expected:?}, presses got {}:\n{}",
+                    want.len(),
+                    seen.answers.len(),
+                    shown.join("\n")
+                ),
+            ));
+        }
+    }
 }

@@ -221,6 +221,8 @@ pub(super) struct Seen {
     pub(super) sent: Vec<(String, String, Vec<String>)>,
     /// (method, url)
     pub(super) requests: Vec<(String, String)>,
+    /// The answers presses got (a popup on Telegram and Discord, a message on WhatsApp).
+    pub(super) answers: Vec<String>,
 }
 
 /// Positions in a scenario file as written, from offsets into its expanded text.
@@ -302,6 +304,7 @@ async fn drive(
     let mut http: VecDeque<&Sp<crate::lang::raw::TestHttpReply>> = def.http.iter().collect();
     let mut inputs: VecDeque<&Sp<TestInput>> = def.then.iter().collect();
     let mut seen = Seen::default();
+    let mut played = inputs::Played::default();
     // Time passing (`after`): the clock steps from one due timer to the next up to here, each
     // timer's work done at its own time, as the gateway would.
     let mut until: Option<i64> = None;
@@ -325,7 +328,11 @@ async fn drive(
                         .unwrap_or(Json::Null);
                     json!({"status": status, "headers": {}, "json": json, "body": body})
                 } else {
-                    if let Ok(Outbound::Send(m)) = Outbound::from_json(r) {
+                    if let Ok(Outbound::Answer(a)) = Outbound::from_json(r) {
+                        if !a.text.is_empty() {
+                            seen.answers.push(a.text);
+                        }
+                    } else if let Ok(Outbound::Send(m)) = Outbound::from_json(r) {
                         let buttons = m
                             .links
                             .iter()
@@ -379,7 +386,7 @@ async fn drive(
             }
             continue;
         }
-        match inputs::next_work(&store, cfg, &clock, input.get()).await? {
+        match inputs::next_work(&store, cfg, &clock, input.get(), &mut played).await? {
             Ok(work) => queue.extend(work),
             Err(why) => {
                 failures.push((at, why));

@@ -584,3 +584,56 @@ fn scenario_tests_of_the_examples_pass_and_a_wrong_expectation_says_where() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 passed, 0 failed"), "{out}");
 }
+
+#[test]
+fn scenario_tests_press_a_sent_message_s_button_and_say_where_a_press_has_no_target() {
+    let cfg = ConfigDir::with(&[
+        (
+            "quote.toml",
+            r#"id = "quote"
+on = { webhook = "quote" }
+[[step]]
+send = { to = "tg:42", template = "Your quote: {{ event.price }}", buttons = [{ id = "call-me", text = "Call me" }] }
+
+[[test]]
+name = "a press on Call me reaches the sales team"
+event = { price = 120 }
+then = [{ click = "call-me", by = "42" }]
+expect = { status = "done", sent = [
+    { to = "tg:42", text = "120", buttons = ["Call me"] },
+    { to = "ops", text = "call 42 back" },
+] }
+
+[[test]]
+name = "a press on a button nobody sent"
+event = { price = 5 }
+then = [{ click = "email-me" }]
+expect = { status = "done" }
+"#,
+        ),
+        (
+            "call-back.toml",
+            r#"id = "call-back"
+on = { click = "tg", button = "call-me" }
+[[step]]
+send = { to = "ops", template = "call {{ event.from.id }} back" }
+"#,
+        ),
+    ]);
+    let gw = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    cfg.write(
+        "gateway.toml",
+        &format!("{gw}\n[channels.tg]\ntype = \"telegram\"\ntoken = \"123:abc\"\n"),
+    );
+    let dir = cfg.dir();
+    let (code, out, err) = run(&["test", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("ok    quote › a press on Call me reaches the sales team"),
+        "{out}"
+    );
+    assert!(
+        out.contains("quote.toml:18:9: click \"email-me\": no offer waits, no question asks with such a button, and no message was sent with one"),
+        "{out}"
+    );
+}

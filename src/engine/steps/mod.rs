@@ -36,6 +36,7 @@ mod wait;
 
 /// Callback data of a `send` step's button: `b:<id>`.
 pub const BUTTON_PREFIX: &str = "b:";
+pub use ask::ASK_PREFIX;
 
 /// What expressions see.
 #[derive(Serialize)]
