@@ -110,6 +110,7 @@ impl App {
             store: store.clone(),
             clock: clock.clone(),
             links: links.clone(),
+            lock: Arc::default(),
         };
         let engine = Engine::new(
             live.clone(),

@@ -30,11 +30,14 @@ pub struct Reloader {
     pub store: Arc<dyn Store>,
     pub clock: Clock,
     pub links: Arc<Links>,
+    /// One reload at a time: a slower one must not install an older state of the folder.
+    pub lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
     /// Loads and checks the folder again; installs it when it is good.
     pub async fn reload(&self) -> Result<Reloaded, Refusal> {
+        let _one = self.lock.lock().await;
         let now = self.clock.now_ms();
         let running = self.live.config();
         let refuse = |errors: Vec<String>| {

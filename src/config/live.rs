@@ -183,6 +183,17 @@ impl Live {
         v
     }
 
+    /// Whether a webhook is known to the current config or waited for by a run of an older
+    /// version (whose hook the current config may no longer name).
+    pub fn hook_known(&self, hook: &str) -> bool {
+        self.config().hook_known(hook)
+            || read(&self.older).values().any(|sc| {
+                sc.steps
+                    .iter()
+                    .any(|st| matches!(&st.action, super::Action::Wait(w) if w.hook == hook))
+            })
+    }
+
     /// Whether `sc` is the version a run with `version` follows.
     pub fn is_version(&self, sc: &Arc<Scenario>, version: Option<&str>) -> bool {
         match self.scenario(&sc.id, version) {

@@ -26,7 +26,7 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !st.cfg().hook_known(&name) {
+    if !st.live.hook_known(&name) {
         return ApiError::new(StatusCode::NOT_FOUND, format!("unknown hook '{name}'"))
             .into_response();
     }

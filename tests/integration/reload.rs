@@ -488,3 +488,32 @@ async fn a_removed_scenario_s_runs_finish_as_they_began() {
     assert_eq!(done.status, RunStatus::Done, "{:?}", done.journal);
     assert!(t.messages(run).await[0].to_string().contains("woke"));
 }
+
+#[tokio::test]
+async fn a_hook_only_an_earlier_version_waits_for_still_reaches_its_runs() {
+    let cfg = ConfigDir::with(&[("waiter.toml", WAITER_V1)]);
+    let t = TestApp::spawn(&cfg).await;
+    let (_, ev) = t.post("start", json!({"id": 7})).await;
+    let run = t.runs_of(ev["event_id"].as_i64().unwrap()).await[0].id;
+    t.status_of(run, RunStatus::Waiting).await;
+
+    // Version 2 no longer waits for `answer`: the hook is still open for version 1's run.
+    cfg.write(
+        "waiter.toml",
+        "id = \"waiter\"\non = { webhook = \"start\" }\n[[step]]\nstop = true\n",
+    );
+    let (s, r) = t.post_api("/api/config/reload").await;
+    assert_eq!(s, 200, "{r}");
+    let (s, b) = t.post("answer", json!({"id": 7})).await;
+    assert_eq!(s, 202, "{b}");
+    let done = t.finished(run).await;
+    assert_eq!(done.status, RunStatus::Done, "{:?}", done.journal);
+    assert!(t.messages(run).await[0]
+        .to_string()
+        .contains("resumed (v1)"));
+    // Once no run waits for it, the hook is unknown again.
+    let (s, r) = t.post_api("/api/config/reload").await;
+    assert_eq!(s, 200, "{r}");
+    let (s, _) = t.post("answer", json!({"id": 8})).await;
+    assert_eq!(s, 404);
+}
