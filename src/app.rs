@@ -62,7 +62,7 @@ impl App {
                 format!("opening the database {}", without_password(&opts.database))
             })?;
         let clock = opts.clock.clone();
-        crate::reload::prepare(&cfg, &store).await?;
+        crate::reload::prepare(&cfg, &store, clock.now_ms()).await?;
         let live = Arc::new(Live::new(cfg.clone(), clock.now_ms()));
         // Unfinished runs that started on other versions go on with them.
         crate::reload::load_versions(&live, &store, &store.versions_in_use().await?).await;
@@ -188,9 +188,9 @@ impl App {
         ));
 
         tasks.push(tokio::spawn(crate::timers::retention_worker(
+            live.clone(),
             store.clone(),
             clock.clone(),
-            cfg.gateway.retention,
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(crate::telemetry::upkeep(stop_rx.clone())));

@@ -224,6 +224,10 @@ async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                      set one, or leave it unset to keep the admin API and pages locked"
                 );
             }
+            // SIGHUP reloads once the gateway is up; until then it must not end the process
+            // (its default), so it is taken over before anything else.
+            #[cfg(unix)]
+            let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             let app = App::start(Options {
                 config_dir: config,
                 database,

@@ -70,12 +70,20 @@ impl Reloader {
         }
         let next = Arc::new(next);
         let fail = |e: crate::store::StoreError| refuse(vec![format!("the database: {e}")]);
-        prepare(&next, &self.store).await.map_err(fail)?;
+        prepare(&next, &self.store, now).await.map_err(fail)?;
         let in_use = self.store.versions_in_use().await.map_err(fail)?;
         let report = compare(&running, &next, &in_use);
         next.templates.set_links(self.links.clone());
         self.links.set_targets(Links::targets_of(&next));
         self.live.install(next.clone(), &in_use, now);
+        // A switch made while the folder was loading applies to the new config too.
+        if let Ok(states) = self.store.scenario_states().await {
+            for (id, on, at) in states {
+                if let Some(sc) = next.scenario(&id) {
+                    sc.set_enabled(on, at);
+                }
+            }
+        }
         // Versions of unfinished runs that are not in memory are compiled now, so that what
         // they wait for is found; a version that no longer compiles fails its run when it
         // next moves (journaled with the reason).
@@ -146,15 +154,13 @@ pub fn watch(
 }
 
 /// Applies the operators' switches to a freshly loaded config and records its versions.
-pub async fn prepare(cfg: &Config, store: &Arc<dyn Store>) -> crate::store::Result<()> {
+pub async fn prepare(cfg: &Config, store: &Arc<dyn Store>, now: i64) -> crate::store::Result<()> {
     for (id, on, at) in store.scenario_states().await? {
         if let Some(sc) = cfg.scenario(&id) {
             sc.set_enabled(on, at);
         }
     }
-    store
-        .put_scenario_versions(&cfg.versions(), chrono::Utc::now().timestamp_millis())
-        .await
+    store.put_scenario_versions(&cfg.versions(), now).await
 }
 
 /// The version of its scenario a run follows, for reading (the journal pages).
@@ -168,7 +174,7 @@ pub async fn scenario_of_run(
         Version::Missing(_) => None,
         Version::Unknown(hash) => {
             let (id, text) = store.scenario_version(&hash).await.ok()??;
-            live.add(&hash, &id, &text).ok()
+            live.learn(&hash, &id, &text).ok()
         }
     }
 }

@@ -26,7 +26,6 @@ pub async fn upkeep(
     let beat = (lease / 5).max(Duration::from_millis(100));
     let sweep = (lease / 2).max(Duration::from_millis(200));
     let mut next_sweep = tokio::time::Instant::now();
-    let mut versions_seen = chrono::Utc::now().timestamp_millis();
     loop {
         match store.heartbeat().await {
             Ok(true) => {}
@@ -46,17 +45,22 @@ pub async fn upkeep(
                 next_sweep = tokio::time::Instant::now() + lease;
             }
         }
-        // Versions of scenarios another replica loaded: its runs may move here.
-        let now = chrono::Utc::now().timestamp_millis();
-        let window = lease.as_millis() as i64; // tolerates clocks a little apart
-        match store.scenario_versions_since(versions_seen - window).await {
-            Ok(versions) => {
-                versions_seen = now;
-                for (hash, id, text) in versions {
-                    if let Err(why) = live.add(&hash, &id, &text) {
-                        tracing::debug!("{why}");
+        // The versions unfinished runs follow, whichever replica started them: their runs
+        // may move here. Versions no run follows any more are let go.
+        match store.versions_in_use().await {
+            Ok(in_use) => {
+                for hash in in_use.iter().filter(|h| !live.known(h)) {
+                    match store.scenario_version(hash).await {
+                        Ok(Some((id, text))) => {
+                            if let Err(why) = live.learn(hash, &id, &text) {
+                                tracing::debug!("{why}");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "reading a scenario version failed"),
                     }
                 }
+                live.prune(&in_use);
             }
             Err(e) => tracing::warn!(error = %e, "reading scenario versions failed"),
         }

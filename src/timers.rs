@@ -179,13 +179,24 @@ pub fn start_schedules(
 /// Deletes journal rows (finished runs, processed events, delivered or failed requests)
 /// older than `keep`, a thousand at a time, so that it never holds the database for long.
 pub async fn retention_worker(
+    live: Arc<crate::config::live::Live>,
     store: Arc<dyn Store>,
     clock: Clock,
-    keep: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {
+        // Read each time: a reload may change it.
+        let cfg = live.config();
+        let keep = cfg.gateway.retention;
+        // The versions being served are kept fresh, so that only those no gateway serves and
+        // no run follows are pruned.
+        if let Err(e) = store
+            .put_scenario_versions(&cfg.versions(), clock.now_ms())
+            .await
+        {
+            tracing::warn!(error = %e, "recording scenario versions failed");
+        }
+        let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
         let before = clock.now_ms() - keep.as_millis() as i64;
         loop {
             match store.prune(before, 1000).await {

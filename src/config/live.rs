@@ -32,6 +32,11 @@ pub struct Live {
     /// Versions that do not compile against the current config: hash → why.
     broken: RwLock<HashMap<String, String>>,
     refused: RwLock<Option<Refusal>>,
+    /// `[hooks.*]` settings a reload removed, kept while older versions wait on the hook:
+    /// the hook stays open for their runs with its secret still checked.
+    retired_hooks: RwLock<HashMap<String, super::Hook>>,
+    /// Whether an older version in memory reads or writes globals.
+    older_globals: std::sync::atomic::AtomicBool,
     loaded_at: std::sync::atomic::AtomicI64,
     generation: watch::Sender<u64>,
 }
@@ -51,6 +56,8 @@ impl Live {
             older: RwLock::default(),
             broken: RwLock::default(),
             refused: RwLock::default(),
+            retired_hooks: RwLock::default(),
+            older_globals: false.into(),
             loaded_at: now_ms.into(),
             generation: watch::channel(0).0,
         }
@@ -80,23 +87,39 @@ impl Live {
         *write(&self.refused) = Some(refusal);
     }
 
-    /// Serves `next` from now on. Older versions are kept only where runs use them.
+    /// Serves `next` from now on. Older versions are kept only where runs use them, and the
+    /// versions being replaced until the next install (a batch still being served by the
+    /// outgoing config may start runs on them).
     pub fn install(&self, next: Arc<Config>, in_use: &[String], now_ms: i64) {
         let current = self.config();
         {
             let mut older = write(&self.older);
-            // The versions being replaced stay available to the runs that started on them.
+            let mut replaced = Vec::new();
             for sc in &current.scenarios {
                 if let Some(hash) = current.version_of(&sc.id) {
                     if next.version_of(&sc.id) != Some(hash) {
                         older.insert(hash.to_string(), sc.clone());
+                        replaced.push(hash.to_string());
                     }
                 }
             }
             older.retain(|hash, sc| {
-                in_use.contains(hash) && next.version_of(&sc.id) != Some(hash.as_str())
+                (in_use.contains(hash) || replaced.contains(hash))
+                    && next.version_of(&sc.id) != Some(hash.as_str())
             });
         }
+        {
+            let mut retired = write(&self.retired_hooks);
+            for (name, hook) in &current.gateway.hooks {
+                if !next.gateway.hooks.contains_key(name) {
+                    retired.insert(name.clone(), hook.clone());
+                }
+            }
+            for name in next.gateway.hooks.keys() {
+                retired.remove(name);
+            }
+        }
+        self.after_change();
         // What did not compile against the old config may against the new one.
         write(&self.broken).clear();
         self.current.store(next);
@@ -104,6 +127,28 @@ impl Live {
         self.loaded_at
             .store(now_ms, std::sync::atomic::Ordering::Relaxed);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Drops older versions no unfinished run uses.
+    pub fn prune(&self, in_use: &[String]) {
+        write(&self.older).retain(|hash, _| in_use.contains(hash));
+        self.after_change();
+    }
+
+    /// Keeps what depends on the older versions in step with them.
+    fn after_change(&self) {
+        let older = read(&self.older);
+        self.older_globals.store(
+            older.values().any(|sc| sc.uses_globals),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        write(&self.retired_hooks).retain(|name, _| older.values().any(|sc| waits_on(sc, name)));
+    }
+
+    /// Whether an older version in memory reads or writes globals.
+    pub fn older_uses_globals(&self) -> bool {
+        self.older_globals
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The scenario a run follows: `version` of scenario `id` (`None`: runs from before
@@ -134,8 +179,25 @@ impl Live {
         }
     }
 
-    /// Compiles a stored version (its text) against the current config and keeps it.
+    /// Compiles a stored version (its text) against the current config and keeps it; one that
+    /// does not compile is remembered as such (until the next install).
     pub fn add(&self, hash: &str, id: &str, text: &str) -> Result<Arc<Scenario>, String> {
+        self.compile(hash, id, text, true)
+    }
+
+    /// Like `add`, for a version another replica loaded: one that does not compile here is
+    /// not remembered (this replica may not have loaded the config it belongs to yet).
+    pub fn learn(&self, hash: &str, id: &str, text: &str) -> Result<Arc<Scenario>, String> {
+        self.compile(hash, id, text, false)
+    }
+
+    fn compile(
+        &self,
+        hash: &str,
+        id: &str,
+        text: &str,
+        remember_broken: bool,
+    ) -> Result<Arc<Scenario>, String> {
         if let Some(sc) = read(&self.older).get(hash) {
             return Ok(sc.clone());
         }
@@ -151,6 +213,7 @@ impl Live {
         match cfg.compile_version(id, text) {
             Ok(sc) => {
                 write(&self.older).insert(hash.to_string(), sc.clone());
+                self.after_change();
                 Ok(sc)
             }
             Err(e) => {
@@ -162,7 +225,9 @@ impl Live {
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
-                write(&self.broken).insert(hash.to_string(), why.clone());
+                if remember_broken {
+                    write(&self.broken).insert(hash.to_string(), why.clone());
+                }
                 Err(why)
             }
         }
@@ -171,6 +236,16 @@ impl Live {
     /// Older versions in memory, for lookups by what they wait for.
     pub fn older(&self) -> Vec<Arc<Scenario>> {
         read(&self.older).values().cloned().collect()
+    }
+
+    /// Whether a version is current or in memory.
+    pub fn known(&self, hash: &str) -> bool {
+        let cfg = self.config();
+        read(&self.older).contains_key(hash)
+            || cfg
+                .scenarios
+                .iter()
+                .any(|sc| cfg.version_of(&sc.id) == Some(hash))
     }
 
     /// Older versions in memory: (hash, scenario id).
@@ -183,15 +258,25 @@ impl Live {
         v
     }
 
-    /// Whether a webhook is known to the current config or waited for by a run of an older
-    /// version (whose hook the current config may no longer name).
-    pub fn hook_known(&self, hook: &str) -> bool {
-        self.config().hook_known(hook)
-            || read(&self.older).values().any(|sc| {
-                sc.steps
-                    .iter()
-                    .any(|st| matches!(&st.action, super::Action::Wait(w) if w.hook == hook))
-            })
+    /// The settings a webhook is received with: the current config's, or, for a hook only an
+    /// older version waits on, those it had when a reload removed it. `None`: unknown.
+    pub fn hook(&self, name: &str) -> Option<super::Hook> {
+        let cfg = self.config();
+        if let Some(h) = cfg.gateway.hooks.get(name) {
+            return Some(h.clone());
+        }
+        if cfg.hook_known(name) {
+            return Some(super::Hook::default());
+        }
+        if read(&self.older).values().any(|sc| waits_on(sc, name)) {
+            return Some(
+                read(&self.retired_hooks)
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
+        None
     }
 
     /// Whether `sc` is the version a run with `version` follows.
@@ -201,6 +286,13 @@ impl Live {
             _ => false,
         }
     }
+}
+
+/// Whether a scenario has a `wait` for webhook `hook`.
+fn waits_on(sc: &Scenario, hook: &str) -> bool {
+    sc.steps
+        .iter()
+        .any(|st| matches!(&st.action, super::Action::Wait(w) if w.hook == hook))
 }
 
 /// How versions are shown: the first 12 hex digits.

@@ -160,23 +160,19 @@ impl Engine {
         after: &mut After,
     ) -> Result<Option<i64>, StoreError> {
         let run = f.run;
+        // The step as the run's own version has it.
+        let sc = match self.live.scenario(&run.scenario, run.version.as_deref()) {
+            crate::config::live::Version::Found(sc) => Some(sc),
+            _ => None,
+        };
+        let at = |i: i64| sc.as_ref().and_then(|sc| sc.steps.get(i.max(0) as usize));
         let step = f.step.map(|i| {
-            let label = self
-                .cfg
-                .scenario(&run.scenario)
-                .and_then(|sc| sc.steps.get(i.max(0) as usize))
-                .and_then(|s| s.label.clone());
+            let label = at(i).and_then(|s| s.label.clone());
             json!({"index": i, "label": label})
         });
         let action = f
             .step
-            .and_then(|i| {
-                let sc = match self.live.scenario(&run.scenario, run.version.as_deref()) {
-                    crate::config::live::Version::Found(sc) => sc,
-                    _ => self.cfg.scenario(&run.scenario)?.clone(),
-                };
-                Some(sc.steps.get(i.max(0) as usize)?.action.name())
-            })
+            .and_then(|i| Some(at(i)?.action.name()))
             .map(|a| a.to_string());
         let ev = NewEvent {
             kind: FAILED_KIND.into(),

@@ -287,6 +287,8 @@ pub struct Engine {
     globals_locked: bool,
     /// Whether any scenario reads or writes globals (else nothing re-reads them per batch).
     uses_globals: bool,
+    /// Whether a scenario of `cfg` does.
+    cfg_globals: bool,
     step_histograms: HashMap<&'static str, metrics::Histogram>,
     /// When this process started (ms): events stored since reach the engine directly.
     started_at: i64,
@@ -307,7 +309,8 @@ impl Engine {
     ) -> Result<Engine, StoreError> {
         let globals = store.globals().await?;
         let cfg = live.config();
-        let uses_globals = cfg.scenarios.iter().any(|s| s.uses_globals);
+        let cfg_globals = cfg.scenarios.iter().any(|s| s.uses_globals);
+        let uses_globals = cfg_globals || live.older_uses_globals();
         let started_at = clock.now_ms();
         Ok(Engine {
             cfg,
@@ -324,6 +327,7 @@ impl Engine {
             cache_runs: store.exclusive(),
             globals_locked: false,
             uses_globals,
+            cfg_globals,
             store,
         })
     }
@@ -428,10 +432,28 @@ impl Engine {
     fn refresh_config(&mut self) {
         let cfg = self.live.config();
         if !Arc::ptr_eq(&cfg, &self.cfg) {
-            self.uses_globals = cfg.scenarios.iter().any(|s| s.uses_globals)
-                || self.live.older().iter().any(|s| s.uses_globals);
+            self.cfg_globals = cfg.scenarios.iter().any(|s| s.uses_globals);
             self.cfg = cfg;
         }
+        self.uses_globals = self.cfg_globals || self.live.older_uses_globals();
+    }
+
+    /// Fails a run that cannot go on because its version of its scenario is not available
+    /// (journaled with why); it was answered or pressed, so it would otherwise wait on.
+    async fn fail_unavailable(
+        &mut self,
+        tx: &mut dyn Tx,
+        mut run: RunRow,
+        why: &str,
+        after: &mut After,
+    ) -> Result<(), StoreError> {
+        if !run.status.is_active() {
+            return Ok(());
+        }
+        tx.clear_parks(run.id).await?;
+        steps::fail(&mut run, why, self.now());
+        self.run_failed(tx, &mut run, after).await?;
+        tx.save_run(&run).await
     }
 
     /// The version of its scenario a run follows: the one it started with, compiled from

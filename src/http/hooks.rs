@@ -26,10 +26,10 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !st.live.hook_known(&name) {
+    let Some(hook) = st.live.hook(&name) else {
         return ApiError::new(StatusCode::NOT_FOUND, format!("unknown hook '{name}'"))
             .into_response();
-    }
+    };
     let limit = st.cfg().gateway.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -57,13 +57,6 @@ pub async fn receive(
             .await;
         }
     };
-    let hook = st
-        .cfg()
-        .gateway
-        .hooks
-        .get(&name)
-        .cloned()
-        .unwrap_or_default();
     if let Err(reason) = verify(&hook, &headers, &bytes, st.clock.now_ms()) {
         return reject(&st, &name, StatusCode::UNAUTHORIZED, reason, &bytes, None).await;
     }

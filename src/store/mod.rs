@@ -468,14 +468,12 @@ pub trait Store: Send + Sync {
     /// Scenarios an operator switched on or off.
     /// Operators' switches: scenario, on or off, when (ms).
     async fn scenario_states(&self) -> Result<Vec<(String, bool, i64)>>;
-    /// Records versions of scenario files: (hash, scenario id, text); known ones are kept.
+    /// Records versions of scenario files being served: (hash, scenario id, text), seen `now`.
     async fn put_scenario_versions(
         &self,
         versions: &[(String, String, String)],
         now: i64,
     ) -> Result<()>;
-    /// Versions first recorded at or after `since` (ms): (hash, scenario id, text).
-    async fn scenario_versions_since(&self, since: i64) -> Result<Vec<(String, String, String)>>;
     /// One version: (scenario id, text).
     async fn scenario_version(&self, hash: &str) -> Result<Option<(String, String)>>;
     /// The versions unfinished runs use.

@@ -246,7 +246,7 @@ macro_rules! impl_store {
             ) -> Result<()> {
                 for chunk in versions.chunks(200) {
                     let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO scenario_versions (hash, scenario, source, first_seen) ",
+                        "INSERT INTO scenario_versions (hash, scenario, source, seen_at) ",
                     );
                     q.push_values(chunk, |mut b, (hash, id, source)| {
                         b.push_bind(hash.clone())
@@ -254,22 +254,10 @@ macro_rules! impl_store {
                             .push_bind(source.clone())
                             .push_bind(now);
                     });
-                    q.push(" ON CONFLICT (hash) DO NOTHING");
+                    q.push(" ON CONFLICT (hash) DO UPDATE SET seen_at = excluded.seen_at");
                     q.build().execute(&self.pool).await?;
                 }
                 Ok(())
-            }
-
-            async fn scenario_versions_since(
-                &self,
-                since: i64,
-            ) -> Result<Vec<(String, String, String)>> {
-                Ok(sqlx::query_as(
-                    "SELECT hash, scenario, source FROM scenario_versions WHERE first_seen >= $1",
-                )
-                .bind(since)
-                .fetch_all(&self.pool)
-                .await?)
             }
 
             async fn scenario_version(&self, hash: &str) -> Result<Option<(String, String)>> {

@@ -396,6 +396,17 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // Versions of scenarios no gateway has loaded since and no run follows.
+        n += sqlx::query(
+            "DELETE FROM scenario_versions WHERE hash IN (SELECT hash FROM scenario_versions
+             WHERE seen_at < $1 AND NOT EXISTS
+             (SELECT 1 FROM runs WHERE runs.version = scenario_versions.hash) LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(n)
     }

@@ -492,19 +492,31 @@ async fn a_removed_scenario_s_runs_finish_as_they_began() {
 #[tokio::test]
 async fn a_hook_only_an_earlier_version_waits_for_still_reaches_its_runs() {
     let cfg = ConfigDir::with(&[("waiter.toml", WAITER_V1)]);
+    let gateway = std::fs::read_to_string(cfg.dir().join("gateway.toml")).unwrap();
+    cfg.write(
+        "gateway.toml",
+        &format!(
+            "{gateway}\n[hooks.answer]\nsecret = {{ header = \"X-Token\", value = \"s3cret\" }}\n"
+        ),
+    );
     let t = TestApp::spawn(&cfg).await;
     let (_, ev) = t.post("start", json!({"id": 7})).await;
     let run = t.runs_of(ev["event_id"].as_i64().unwrap()).await[0].id;
     t.status_of(run, RunStatus::Waiting).await;
 
-    // Version 2 no longer waits for `answer`: the hook is still open for version 1's run.
+    // Version 2 no longer waits for `answer`, and the gateway file no longer names the hook:
+    // it is still open for version 1's run, with its secret still checked.
     cfg.write(
         "waiter.toml",
         "id = \"waiter\"\non = { webhook = \"start\" }\n[[step]]\nstop = true\n",
     );
+    cfg.write("gateway.toml", &gateway);
     let (s, r) = t.post_api("/api/config/reload").await;
     assert_eq!(s, 200, "{r}");
     let (s, b) = t.post("answer", json!({"id": 7})).await;
+    assert_eq!(s, 401, "{b}");
+    let body = json!({"id": 7}).to_string();
+    let (s, b) = t.post_with("answer", &body, &[("X-Token", "s3cret")]).await;
     assert_eq!(s, 202, "{b}");
     let done = t.finished(run).await;
     assert_eq!(done.status, RunStatus::Done, "{:?}", done.journal);
@@ -516,4 +528,41 @@ async fn a_hook_only_an_earlier_version_waits_for_still_reaches_its_runs() {
     assert_eq!(s, 200, "{r}");
     let (s, _) = t.post("answer", json!({"id": 8})).await;
     assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn a_reply_to_a_run_whose_version_no_longer_compiles_fails_it_with_the_reason() {
+    let fake = FakeTelegram::start().await;
+    let asking = "id = \"confirm\"\non = { webhook = \"booked\" }\n[[step]]\nask = { to = \"tg:{{ event.chat }}\", template = \"Reply 1\", choices = [\"1\"] }\n[[step]]\nsend = { to = \"tg:{{ event.chat }}\", text = \"order-resumed\" }\n";
+    let cfg = ConfigDir::with(&[("confirm.toml", asking)]);
+    cfg.write("gateway.toml", &gateway(&fake));
+    let locales = cfg.root.path().join("locales");
+    for lang in ["en", "ru", "pl"] {
+        std::fs::write(
+            locales.join(lang).join("orders.ftl"),
+            "order-resumed = Resumed.\n",
+        )
+        .unwrap();
+    }
+    let t = TestApp::spawn(&cfg).await;
+    let run = booked(&t, json!({"chat": 505})).await;
+    texts_eventually(&fake, 505, 1).await;
+    settled_outbox(&t, run).await;
+    let db = t.database.clone();
+    t.app.stop().await;
+
+    // While it is down the scenario stops using the message and the message goes.
+    cfg.write("confirm.toml", V2);
+    for lang in ["en", "ru", "pl"] {
+        std::fs::remove_file(locales.join(lang).join("orders.ftl")).unwrap();
+    }
+    let t = TestApp::spawn_on(&cfg, &db).await;
+    fake.inject(text_update(505, 10, "en", "1"));
+    let failed = t.status_of(run, RunStatus::Failed).await;
+    let why = failed.error.unwrap_or_default();
+    assert!(
+        why.contains("does not compile against the current config")
+            && why.contains("order-resumed"),
+        "{why}"
+    );
 }

@@ -152,8 +152,12 @@ impl Engine {
             let Some(run) = tx.load_run(run_id).await? else {
                 continue;
             };
-            let Ok(sc) = self.scenario_of(tx, &run).await? else {
-                continue;
+            let sc = match self.scenario_of(tx, &run).await? {
+                Ok(sc) => sc,
+                Err(why) => {
+                    self.fail_unavailable(tx, run, &why, after).await?;
+                    continue;
+                }
             };
             if run.status != RunStatus::Waiting {
                 continue;
@@ -190,7 +194,13 @@ impl Engine {
             false => None,
         };
         let sc = match &run {
-            Some(r) => self.scenario_of(tx, r).await?.ok(),
+            Some(r) => match self.scenario_of(tx, r).await? {
+                Ok(sc) => Some(sc),
+                Err(why) => {
+                    self.fail_unavailable(tx, r.clone(), &why, after).await?;
+                    None
+                }
+            },
             None => None,
         };
         let (Some(run), Some(sc)) = (run, sc) else {

@@ -138,10 +138,14 @@ impl Engine {
                 .answer_click(tx, ev, None, "inactive", None, false, after)
                 .await;
         };
-        let Ok(sc) = self.scenario_of(tx, &run).await? else {
-            return self
-                .answer_click(tx, ev, run_id, "inactive", None, false, after)
-                .await;
+        let sc = match self.scenario_of(tx, &run).await? {
+            Ok(sc) => sc,
+            Err(why) => {
+                self.fail_unavailable(tx, run, &why, after).await?;
+                return self
+                    .answer_click(tx, ev, run_id, "inactive", None, false, after)
+                    .await;
+            }
         };
         let Some(Action::Offer(spec)) = sc.steps.get(offer.step as usize).map(|s| &s.action) else {
             return self

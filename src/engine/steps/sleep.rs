@@ -253,10 +253,27 @@ impl Engine {
         t: &TimerRow,
         after: &mut After,
     ) -> Result<bool, StoreError> {
-        let Some(y) = &sc.yearly else {
+        if sc.yearly.is_none() {
+            return Ok(true);
+        }
+        let now = self.now();
+        // Next year's run follows the scenario as it is configured now (this run may follow
+        // an earlier version); the operator's switch is the current one's.
+        let current = self.cfg.scenario(&run.scenario).cloned();
+        let enabled = current.as_ref().is_none_or(|c| c.enabled());
+        let Some(nsc) = current.filter(|c| c.yearly.is_some()) else {
+            note(
+                run,
+                json!({"step": 0, "action": "sleep", "result": "woke", "key": YEARLY_KEY,
+                    "next": "no next year's run: the scenario is no longer configured as yearly",
+                    "at": now}),
+            );
+            run.pc = 0;
             return Ok(true);
         };
-        let now = self.now();
+        let Some(y) = &nsc.yearly else {
+            return Ok(true);
+        };
         let mut next = RunRow {
             id: tx.new_run_id().await?,
             status: RunStatus::Sleeping,
@@ -276,13 +293,13 @@ impl Engine {
             run: &empty,
             subject: &empty,
             global: &self.globals,
-            meta: json!({"run_id": next.id, "event_id": run.event_id, "scenario": sc.id,
+            meta: json!({"run_id": next.id, "event_id": run.event_id, "scenario": nsc.id,
                 "subject": run.subject, "now": crate::clock::rfc3339(now), "now_ms": now,
                 "public_url": self.public_url}),
         }
         .value();
         let parked = self
-            .park_yearly(tx, &mut next, sc, y, &ctx, t.due_at.max(now), after)
+            .park_yearly(tx, &mut next, &nsc, y, &ctx, t.due_at.max(now), after)
             .await?;
         let next_year = match parked {
             Ok(()) => {
@@ -295,7 +312,7 @@ impl Engine {
             Err(e) => format!("next year's run could not be scheduled: {e}"),
         };
         run.updated_at = now;
-        if !sc.enabled() {
+        if !enabled {
             note(
                 run,
                 json!({"step": 0, "action": "sleep", "result": "skipped",

@@ -182,8 +182,9 @@ impl Engine {
         let Some(mut run) = tx.load_run(run_id).await? else {
             return Ok(());
         };
-        let Ok(sc) = self.scenario_of(tx, &run).await? else {
-            return Ok(());
+        let sc = match self.scenario_of(tx, &run).await? {
+            Ok(sc) => sc,
+            Err(why) => return self.fail_unavailable(tx, run, &why, after).await,
         };
         let Some(Action::Wait(w)) = sc.steps.get(run.pc as usize).map(|s| &s.action) else {
             return Ok(());
