@@ -78,7 +78,24 @@ pub static KIND: super::Kind = super::Kind {
         let s = ch.settings::<LogSettings>()?;
         Some(std::sync::Arc::new(Log::new(name, s.stdout)))
     },
+    schema,
 };
+
+/// The JSON Schema of a log channel's section.
+pub fn schema() -> serde_json::Value {
+    super::section_schema(
+        "log",
+        "A log channel: prints each message it sends, or only keeps it in the journal.",
+        json!({
+            "output": {
+                "description": "Where messages go: `stdout` (the default) prints them; `journal` keeps them in the database only.",
+                "type": "string",
+                "examples": ["stdout"]
+            }
+        }),
+        &[],
+    )
+}
 
 fn parse(
     section: &crate::lang::channel::Section,

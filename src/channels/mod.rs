@@ -35,10 +35,41 @@ pub struct Kind {
     pub parse: fn(&Section, &mut dyn SectionCx) -> Option<Channel>,
     /// The live channel; `None` if `ch` is not of this type.
     pub start: StartFn,
+    /// The JSON Schema of its section (see [`section_schema`]), for editors.
+    pub schema: fn() -> Json,
 }
 
 /// Starts a channel by its name and configuration (with the shared store, on replicas).
 pub type StartFn = fn(&str, &Channel, Option<Arc<dyn Store>>) -> Option<Arc<dyn Adapter>>;
+
+/// The JSON Schema of a section of type `name`: an object whose `type` is `name`, with the
+/// type's own `properties` (each with a description and an example) and the keys its parser
+/// requires besides `type`. Other keys are refused, as [`Section::finish`] reports them.
+pub fn section_schema(name: &str, description: &str, properties: Json, required: &[&str]) -> Json {
+    let mut properties = match properties {
+        Json::Object(p) => p,
+        _ => serde_json::Map::new(),
+    };
+    properties.insert(
+        "type".into(),
+        serde_json::json!({
+            "description": "The channel type.",
+            "type": "string",
+            "const": name,
+            "examples": [name]
+        }),
+    );
+    let required: Vec<&str> = std::iter::once("type")
+        .chain(required.iter().copied())
+        .collect();
+    serde_json::json!({
+        "description": description,
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false
+    })
+}
 
 /// Every channel type. A new platform is a folder beside `telegram/` and one line here.
 pub static REGISTRY: &[&Kind] = &[

@@ -14,8 +14,59 @@ use crate::lang::expr::Templates;
 
 pub use crate::lang::error::{ConfigError, ConfigErrors, Position};
 pub use crate::lang::model::*;
-pub use crate::lang::schema::json_schema;
 pub use crate::lang::{model, raw};
+
+/// The JSON Schema of the config files (`switchboard schema`), for editors: the language's,
+/// with each channel type's section as the schema of `[channels.<name>]`.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = crate::lang::schema::json_schema();
+    let sections: Vec<serde_json::Value> = crate::channels::REGISTRY
+        .iter()
+        .map(|kind| channel_section(kind))
+        .collect();
+    if let Some(serde_json::Value::Object(channels)) =
+        schema.pointer_mut("/definitions/gateway/properties/channels")
+    {
+        channels.insert(
+            "additionalProperties".into(),
+            serde_json::json!({ "oneOf": sections }),
+        );
+    }
+    schema
+}
+
+/// The schema of a channel type's section with the keys every type takes (`hours`, and
+/// `per_recipient` and `over` in `limits`), which the language reads before the type does.
+fn channel_section(kind: &crate::channels::Kind) -> serde_json::Value {
+    use serde_json::Value as Json;
+    let mut section = (kind.schema)();
+    let Some(Json::Object(properties)) = section.get_mut("properties") else {
+        return section;
+    };
+    let Json::Object(shared) = compile::channel_rules_schema() else {
+        return section;
+    };
+    for (key, common) in shared {
+        let Some(own) = properties.get_mut(&key) else {
+            properties.insert(key, common);
+            continue;
+        };
+        // The type's own table (its `limits`) gains the shared keys and their description.
+        if let (Some(Json::String(d)), Some(more)) = (
+            own.get_mut("description"),
+            common.get("description").and_then(Json::as_str),
+        ) {
+            d.push(' ');
+            d.push_str(more);
+        }
+        if let (Some(Json::Object(p)), Some(Json::Object(more))) =
+            (own.get_mut("properties"), common.get("properties"))
+        {
+            p.extend(more.clone());
+        }
+    }
+    section
+}
 
 /// The gateway file's name inside the config folder; every other `*.toml` is a scenario.
 pub const GATEWAY_FILE: &str = "gateway.toml";
@@ -416,4 +467,315 @@ pub fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
         }
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::Value as Json;
+
+    use super::compile;
+
+    /// Each channel type's section in the schema, by type name.
+    fn sections() -> Vec<(String, Json)> {
+        let schema = super::json_schema();
+        let one_of = schema
+            .pointer("/definitions/gateway/properties/channels/additionalProperties/oneOf")
+            .and_then(Json::as_array)
+            .expect("the channels' sections")
+            .clone();
+        one_of
+            .into_iter()
+            .map(|s| {
+                let name = s
+                    .pointer("/properties/type/const")
+                    .and_then(Json::as_str)
+                    .expect("a section fixes its type")
+                    .to_string();
+                (name, s)
+            })
+            .collect()
+    }
+
+    fn section(sections: &[(String, Json)], kind: &str) -> Json {
+        sections
+            .iter()
+            .find(|(n, _)| n == kind)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| panic!("no section of type '{kind}'"))
+    }
+
+    /// Calls `f` with the path and schema of every property under `schema`, nested ones too.
+    fn each_property(schema: &Json, at: &str, f: &mut dyn FnMut(&str, &Json)) {
+        if let Some(Json::Object(properties)) = schema.get("properties") {
+            for (key, p) in properties {
+                let path = format!("{at}.{key}");
+                f(&path, p);
+                each_property(p, &path, f);
+            }
+        }
+    }
+
+    /// Whether `value` is of the schema's `type` (a name or a list of names), and so are its
+    /// items and, for a table, its keys (each a property of the schema).
+    fn agrees(schema: &Json, value: &Json) -> Result<(), String> {
+        let of = |name: &str| match name {
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            _ => false,
+        };
+        let ok = match schema.get("type") {
+            None => true,
+            Some(Json::String(name)) => of(name),
+            Some(Json::Array(names)) => names.iter().filter_map(Json::as_str).any(of),
+            Some(_) => false,
+        };
+        if !ok {
+            return Err(format!("{value} is not {}", schema["type"]));
+        }
+        match value {
+            Json::Array(items) => match schema.get("items") {
+                Some(s) => items.iter().try_for_each(|v| agrees(s, v)),
+                None => Ok(()),
+            },
+            Json::Object(entries) => match schema.get("properties") {
+                Some(properties) => entries
+                    .iter()
+                    .try_for_each(|(k, v)| match properties.get(k) {
+                        Some(p) => agrees(p, v).map_err(|e| format!("{k}: {e}")),
+                        None => Err(format!("{k}: no such key")),
+                    }),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    #[test]
+    fn the_channel_schema_has_every_type() {
+        let names: Vec<String> = sections().into_iter().map(|(n, _)| n).collect();
+        let kinds: Vec<&str> = crate::channels::REGISTRY.iter().map(|k| k.name).collect();
+        assert_eq!(names, kinds);
+        let channels = &super::json_schema()["definitions"]["gateway"]["properties"]["channels"];
+        assert!(channels["description"].is_string() && channels["examples"].is_array());
+    }
+
+    /// Every key of every section, nested ones too, has a description and an example.
+    #[test]
+    fn every_key_of_the_channel_schema_has_a_description_and_an_example() {
+        let mut missing = Vec::new();
+        for (name, s) in sections() {
+            each_property(&s, &name, &mut |path, p| {
+                let described = p
+                    .get("description")
+                    .and_then(Json::as_str)
+                    .is_some_and(|d| !d.trim().is_empty());
+                if !described {
+                    missing.push(format!("{path}: no description"));
+                }
+                let example = p
+                    .get("examples")
+                    .and_then(Json::as_array)
+                    .is_some_and(|e| !e.is_empty());
+                if !example {
+                    missing.push(format!("{path}: no example"));
+                }
+            });
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    /// Each example is of its key's declared type, and a table's example uses only its keys.
+    #[test]
+    fn channel_schema_examples_agree_with_the_declared_types() {
+        let mut wrong = Vec::new();
+        for (name, s) in sections() {
+            each_property(&s, &name, &mut |path, p| {
+                for example in p
+                    .get("examples")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Err(e) = agrees(p, example) {
+                        wrong.push(format!("{path}: {e}"));
+                    }
+                }
+            });
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        let port = serde_json::json!({ "type": ["integer", "string"] });
+        assert!(agrees(&port, &serde_json::json!(587)).is_ok());
+        assert!(agrees(&port, &serde_json::json!(true)).is_err());
+        let table =
+            serde_json::json!({ "type": "object", "properties": { "a": { "type": "string" } } });
+        assert!(agrees(&table, &serde_json::json!({ "a": "x" })).is_ok());
+        assert!(agrees(&table, &serde_json::json!({ "a": 1 })).is_err());
+        assert!(agrees(&table, &serde_json::json!({ "b": "x" })).is_err());
+    }
+
+    /// The keys a parser reads, as it lists them when it reports the unknown key `zzz` in the
+    /// section `[channels.x]` written as `text` (`None`: nothing reported about `zzz`).
+    fn keys_read(text: &str) -> Option<Vec<String>> {
+        let (problems, _) = crate::channels::testing::gateway(text);
+        let problem = problems.iter().find(|p| p.contains("zzz"))?;
+        let (_, list) = problem.rsplit_once('(')?;
+        let list = list.trim_end_matches(')');
+        let list = list.strip_prefix("it takes: ").unwrap_or(list);
+        let mut keys: Vec<String> = list.split(", ").map(str::to_string).collect();
+        keys.sort();
+        Some(keys)
+    }
+
+    /// Each section and each table in it has a property for every key its parser reads (and
+    /// none it does not), as the parser lists them when it reports an unknown key.
+    #[test]
+    fn the_channel_schema_has_every_key_the_parsers_read() {
+        let Json::Object(shared) = compile::channel_rules_schema() else {
+            panic!("the shared keys are a table");
+        };
+        let own_keys = |schema: &Json, shared: Option<&Json>| -> Vec<String> {
+            let mut keys: Vec<String> = schema["properties"]
+                .as_object()
+                .into_iter()
+                .flat_map(|p| p.keys())
+                .filter(|k| {
+                    shared
+                        .and_then(|s| s.get("properties"))
+                        .is_none_or(|s| s.get(k.as_str()).is_none())
+                })
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        };
+        let mut checked = 0;
+        for (name, s) in sections() {
+            let head = format!("[channels.x]\ntype = \"{name}\"\n");
+            let kind = crate::channels::REGISTRY.iter().find(|k| k.name == name);
+            let mut top = own_keys(&(kind.unwrap().schema)(), None);
+            top.retain(|k| k != "type");
+            assert_eq!(
+                keys_read(&format!("{head}zzz = \"\"\n")),
+                Some(top),
+                "{name}"
+            );
+            for (key, p) in s["properties"].as_object().unwrap() {
+                if p.get("properties").is_none() {
+                    continue;
+                }
+                // A type's table less the keys the language takes out of it first (its
+                // `limits` less `per_recipient` and `over`); `hours` is the language's own.
+                let expected = match own_keys(p, shared.get(key.as_str())) {
+                    // A log channel's `limits` has no rates: nothing lists its keys.
+                    keys if keys.is_empty() && key == "limits" => continue,
+                    keys if keys.is_empty() => own_keys(p, None),
+                    keys => keys,
+                };
+                let read = keys_read(&format!("{head}{key} = {{ zzz = \"\" }}\n"));
+                assert_eq!(read, Some(expected), "{name}.{key}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 14, "tables checked: {checked}");
+    }
+
+    /// The channel sections of a gateway file, checked against the schema: problems as
+    /// `channel: key: what is wrong`.
+    fn check_channels(gateway: &toml::Table, sections: &[(String, Json)]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let channels = gateway.get("channels").and_then(toml::Value::as_table);
+        for (name, ch) in channels.into_iter().flatten() {
+            let ch = serde_json::to_value(ch).expect("TOML is JSON");
+            let kind = ch["type"].as_str().unwrap_or_default();
+            let schema = section(sections, kind);
+            if let Err(e) = agrees(&schema, &ch) {
+                problems.push(format!("{name}: {e}"));
+            }
+        }
+        problems
+    }
+
+    /// Every key the example gateway file and the README's gateway examples set in a channel
+    /// section is a key of its type's section, of the declared type.
+    #[test]
+    fn the_example_gateway_files_follow_the_channel_schema() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let sections = sections();
+        let text = std::fs::read_to_string(root.join("bot-configs/gateway.toml")).unwrap();
+        let gateway: toml::Table = toml::from_str(&text).unwrap();
+        let channels = gateway["channels"].as_table().unwrap();
+        assert!(channels.len() >= 5, "the example configures its channels");
+        let problems = check_channels(&gateway, &sections);
+        assert!(
+            problems.is_empty(),
+            "bot-configs/gateway.toml: {problems:#?}"
+        );
+
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let mut checked = 0;
+        for block in readme.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            if !block.contains("[channels.") {
+                continue;
+            }
+            let gateway: toml::Table = toml::from_str(block)
+                .unwrap_or_else(|e| panic!("a README example does not parse: {e}\n{block}"));
+            let problems = check_channels(&gateway, &sections);
+            assert!(problems.is_empty(), "README.md: {problems:#?}\n{block}");
+            checked += 1;
+        }
+        assert!(checked >= 5, "the README's channel examples: {checked}");
+
+        // A key the schema lacks is found.
+        let typo: toml::Table =
+            toml::from_str("[channels.tg]\ntype = \"telegram\"\ntoken = \"\"\ntokn = \"\"\n")
+                .unwrap();
+        assert_eq!(
+            check_channels(&typo, &sections),
+            vec!["tg: tokn: no such key"]
+        );
+    }
+
+    /// The examples of each type's keys, written together as one section, are read by the
+    /// type's parser without problems.
+    #[test]
+    fn the_channel_schema_examples_parse_as_channels() {
+        let env = |name: &str| {
+            Some(match name {
+                n if n.ends_with("_URL") => "https://example.com/api/webhooks/1/x".to_string(),
+                n if n.ends_with("_ID") => "1234567890".to_string(),
+                n if n.ends_with("_KEY") => "ab".repeat(32),
+                _ => "value".to_string(),
+            })
+        };
+        let host = compile::Host {
+            kinds: &crate::channels::Registry,
+            env: &env,
+        };
+        for (name, s) in sections() {
+            let mut section = toml::Table::new();
+            for (key, p) in s["properties"].as_object().unwrap() {
+                let example = p["examples"][0].clone();
+                section.insert(key.clone(), toml::Value::try_from(example).unwrap());
+            }
+            let mut channels = toml::Table::new();
+            channels.insert("x".into(), toml::Value::Table(section));
+            let mut file = toml::Table::new();
+            file.insert("channels".into(), toml::Value::Table(channels));
+            let text = toml::to_string(&file).unwrap();
+            let mut problems = Vec::new();
+            let (_, gateway) =
+                compile::gateway(Path::new("gateway.toml"), &text, &host, &mut problems);
+            let problems: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+            assert!(problems.is_empty(), "{name}: {problems:#?}\n{text}");
+            assert_eq!(gateway.channels["x"].kind(), name);
+            assert_eq!(gateway.channels["x"].off, None, "{name}");
+        }
+    }
 }

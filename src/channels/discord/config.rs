@@ -59,6 +59,89 @@ fn api_url(section: &Section, cx: &mut dyn SectionCx) -> Option<String> {
     }
 }
 
+/// The JSON Schema of a Discord bot's section.
+pub fn schema() -> serde_json::Value {
+    crate::channels::section_schema(
+        "discord",
+        "A Discord bot.",
+        serde_json::json!({
+            "token": {
+                "description": "The bot's token. Empty: the channel is off and its messages fail (journaled).",
+                "type": "string",
+                "examples": ["${DISCORD_TOKEN}"]
+            },
+            "application_id": {
+                "description": "The application's id (digits); needed when `token` is set.",
+                "type": "string",
+                "examples": ["${DISCORD_APPLICATION_ID}"]
+            },
+            "public_key": {
+                "description": "The application's public key (64 hex digits), which checks the signature of each request to the interactions endpoint `{public_url}/discord/<name>`; needed with `mode = \"interactions\"`.",
+                "type": "string",
+                "examples": ["${DISCORD_PUBLIC_KEY}"]
+            },
+            "mode": {
+                "description": "`gateway` (the default) keeps a gateway session, over which messages and button presses arrive; `interactions` keeps none, and presses come to `{public_url}/discord/<name>`.",
+                "type": "string",
+                "examples": ["gateway"]
+            },
+            "api_url": {
+                "description": "Discord's API address, e.g. a proxy (default `https://discord.com`).",
+                "type": "string",
+                "examples": ["https://discord.com"]
+            },
+            "limits": {
+                "description": "Send rates as `count/period`: `channel` for one Discord channel (default `5/5s`), `bot` for the whole bot (default `50/1s`).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "channel": {
+                        "description": "Messages to one Discord channel (default `5/5s`).",
+                        "type": "string",
+                        "examples": ["5/5s"]
+                    },
+                    "bot": {
+                        "description": "Messages from the whole bot (default `50/1s`).",
+                        "type": "string",
+                        "examples": ["50/1s"]
+                    }
+                },
+                "examples": [{ "channel": "5/5s", "bot": "50/1s" }]
+            }
+        }),
+        &["token"],
+    )
+}
+
+/// The JSON Schema of a Discord webhook's section.
+pub fn webhook_schema() -> serde_json::Value {
+    crate::channels::section_schema(
+        "discord-webhook",
+        "A Discord channel's webhook: posts notifications without a bot.",
+        serde_json::json!({
+            "url": {
+                "description": "The webhook's URL (`https://discord.com/api/webhooks/<id>/<token>`), a secret. Empty: the channel is off.",
+                "type": "string",
+                "examples": ["${DISCORD_WEBHOOK_URL}"]
+            },
+            "limits": {
+                "description": "Send rates as `count/period`: `webhook` for the webhook (default `5/2s`).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "webhook": {
+                        "description": "Messages through the webhook (default `5/2s`).",
+                        "type": "string",
+                        "examples": ["5/2s"]
+                    }
+                },
+                "examples": [{ "webhook": "5/2s" }]
+            }
+        }),
+        &["url"],
+    )
+}
+
 pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
     let token = match section.text("token", cx) {
         Some(t) => cx.env(&t).unwrap_or_default(),

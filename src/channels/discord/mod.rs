@@ -440,6 +440,7 @@ impl Adapter for Webhook {
 pub static KIND: super::Kind = super::Kind {
     name: "discord",
     parse: config::parse,
+    schema: config::schema,
     start: |name, ch, shared| {
         let cfg = ch.settings::<DiscordChannel>()?;
         Some(Arc::new(Discord::new(name, cfg, shared)))
@@ -450,6 +451,7 @@ pub static KIND: super::Kind = super::Kind {
 pub static WEBHOOK_KIND: super::Kind = super::Kind {
     name: "discord-webhook",
     parse: config::parse_webhook,
+    schema: config::webhook_schema,
     start: |name, ch, shared| {
         let cfg = ch.settings::<WebhookChannel>()?;
         Some(Arc::new(Webhook {

@@ -77,6 +77,121 @@ pub struct EmailChannel {
     pub per_domain: (u32, Duration),
 }
 
+/// The JSON Schema of an e-mail channel's section.
+pub fn schema() -> Json {
+    let mut smtp = server_schema(
+        "SMTP",
+        "The server mail is sent through.",
+        "The SMTP server's host name. Empty: the channel is off (its messages fail, journaled).",
+        "`starttls` (the default: plain, then upgraded; refused if the server cannot), `tls` (TLS from the first byte) or `none` (a relay on loopback or a trusted network).",
+        "default 465 with `tls`, 587 with `starttls`, 25 with `none`",
+    );
+    smtp["examples"] = serde_json::json!([{
+        "host": "${SMTP_HOST}", "port": 587, "security": "starttls",
+        "user": "${SMTP_USER}", "password": "${SMTP_PASSWORD}"
+    }]);
+    let mut imap = server_schema(
+        "IMAP",
+        "The server replies and new mail are read from (one reader per mailbox). Without it the channel only sends and `check` refuses an `ask` on it.",
+        "The IMAP server's host name. Empty: nothing is read yet.",
+        "`tls` (the default: TLS from the first byte) or `none` (a server on loopback or a trusted network); `starttls` is refused.",
+        "default 993 with `tls`, 143 with `none`",
+    );
+    imap["properties"]["mailbox"] = serde_json::json!({
+        "description": "The folder read for new mail (default `INBOX`).",
+        "type": "string",
+        "examples": ["INBOX"]
+    });
+    imap["properties"]["poll"] = serde_json::json!({
+        "description": "How often the mailbox is checked when the server has no IDLE, and the longest one IDLE lasts before it is renewed (default `1m`, at least `100ms`).",
+        "type": "string",
+        "examples": ["1m"]
+    });
+    imap["examples"] = serde_json::json!([{
+        "host": "${IMAP_HOST}", "port": 993, "security": "tls", "user": "${IMAP_USER}",
+        "password": "${IMAP_PASSWORD}", "mailbox": "INBOX", "poll": "1m"
+    }]);
+    crate::channels::section_schema(
+        "email",
+        "A mailbox: sends by SMTP and, with `imap`, reads replies and new mail.",
+        serde_json::json!({
+            "from": {
+                "description": "The sender of every message: an address, with a name if wanted.",
+                "type": "string",
+                "examples": ["Acme Support <support@example.com>"]
+            },
+            "reply_to": {
+                "description": "Where replies go, as a plain address without a `+tag`: replies go to support+<token>@example.com, which finds the run even when a mail client drops the thread headers (the mail server must deliver +tagged addresses to the mailbox). Empty or left out: no `Reply-To`.",
+                "type": "string",
+                "examples": ["support@example.com"]
+            },
+            "smtp": smtp,
+            "imap": imap,
+            "limits": {
+                "description": "Send rates as `count/period`: `mailbox` for the whole mailbox (default `30/1m`), `domain` for one recipient domain (default `10/1m`).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "mailbox": {
+                        "description": "Messages from the whole mailbox (default `30/1m`).",
+                        "type": "string",
+                        "examples": ["30/1m"]
+                    },
+                    "domain": {
+                        "description": "Messages to one recipient domain (default `10/1m`).",
+                        "type": "string",
+                        "examples": ["10/1m"]
+                    }
+                },
+                "examples": [{ "mailbox": "30/1m", "domain": "10/1m" }]
+            }
+        }),
+        &["from", "smtp"],
+    )
+}
+
+/// The JSON Schema of a server table, `{ host, port, security, user, password }`, with the
+/// descriptions of the table, its host and its security and the default ports.
+fn server_schema(what: &str, description: &str, host: &str, security: &str, ports: &str) -> Json {
+    let var = |key: &str| format!("${{{what}_{key}}}");
+    serde_json::json!({
+        "description": description,
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "host": {
+                "description": host,
+                "type": "string",
+                "examples": [var("HOST")]
+            },
+            "port": {
+                "description": format!("The {what} port, a number or a text (`\"${{{what}_PORT}}\"`); {ports}."),
+                "type": ["integer", "string"],
+                "examples": [if what == "SMTP" { 587 } else { 993 }]
+            },
+            "security": {
+                "description": security,
+                "type": "string",
+                "examples": [if what == "SMTP" { "starttls" } else { "tls" }]
+            },
+            "user": {
+                "description": if what == "SMTP" {
+                    "The SMTP login. Empty: mail is sent without login (a relay that trusts the network).".to_string()
+                } else {
+                    "The IMAP login.".to_string()
+                },
+                "type": "string",
+                "examples": [var("USER")]
+            },
+            "password": {
+                "description": format!("The {what} password."),
+                "type": "string",
+                "examples": [var("PASSWORD")]
+            }
+        }
+    })
+}
+
 pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
     let from = match section.text("from", cx) {
         Some(f) => cx

@@ -437,6 +437,7 @@ impl Adapter for Email {
 pub static KIND: super::Kind = super::Kind {
     name: "email",
     parse: config::parse,
+    schema: config::schema,
     start: |name, ch, shared| {
         let cfg = ch.settings::<EmailChannel>()?;
         Some(Arc::new(Email::new(name, cfg, shared)))

@@ -29,6 +29,60 @@ pub struct TelegramChannel {
     pub per_bot: (u32, Duration),
 }
 
+/// The JSON Schema of a Telegram channel's section.
+pub fn schema() -> serde_json::Value {
+    crate::channels::section_schema(
+        "telegram",
+        "A Telegram bot.",
+        serde_json::json!({
+            "token": {
+                "description": "The bot's token from @BotFather. Empty: the channel is off and its messages fail (journaled).",
+                "type": "string",
+                "examples": ["${TELEGRAM_TOKEN}"]
+            },
+            "api_url": {
+                "description": "The Bot API server, e.g. a local one (default `https://api.telegram.org`).",
+                "type": "string",
+                "examples": ["http://127.0.0.1:8081"]
+            },
+            "mode": {
+                "description": "How updates arrive: `polling` (the default; one `getUpdates` long poll per bot) or `webhook` (Telegram posts them to `{public_url}/telegram/<name>`; needs `webhook_secret`).",
+                "type": "string",
+                "examples": ["polling"]
+            },
+            "webhook_secret": {
+                "description": "In webhook mode, the secret Telegram sends in `X-Telegram-Bot-Api-Secret-Token` (1-256 of A-Z a-z 0-9 _ -); must not be empty.",
+                "type": "string",
+                "examples": ["${TELEGRAM_WEBHOOK_SECRET}"]
+            },
+            "limits": {
+                "description": "Send rates as `count/period`: `chat` for one private chat (default `1/1s`), `group` for one group (default `20/1m`), `bot` for the whole bot (default `30/1s`).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "chat": {
+                        "description": "Messages to one private chat (default `1/1s`).",
+                        "type": "string",
+                        "examples": ["1/1s"]
+                    },
+                    "group": {
+                        "description": "Messages to one group (default `20/1m`).",
+                        "type": "string",
+                        "examples": ["20/1m"]
+                    },
+                    "bot": {
+                        "description": "Messages from the whole bot (default `30/1s`).",
+                        "type": "string",
+                        "examples": ["30/1s"]
+                    }
+                },
+                "examples": [{ "chat": "1/1s", "group": "20/1m", "bot": "30/1s" }]
+            }
+        }),
+        &["token"],
+    )
+}
+
 pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
     let token = match section.text("token", cx) {
         Some(t) => cx.env(&t),

@@ -359,6 +359,7 @@ fn send_error(channel: &str, e: RequestError) -> SendError {
 pub static KIND: super::Kind = super::Kind {
     name: "telegram",
     parse: config::parse,
+    schema: config::schema,
     start: |name, ch, shared| {
         let cfg = ch.settings::<TelegramChannel>()?;
         Some(Arc::new(Telegram::new(name, cfg, shared)))

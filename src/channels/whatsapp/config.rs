@@ -49,6 +49,84 @@ const NEEDED: [(&str, &str); 3] = [
     ("verify_token", "${WHATSAPP_VERIFY_TOKEN}"),
 ];
 
+/// The JSON Schema of a WhatsApp channel's section.
+pub fn schema() -> serde_json::Value {
+    crate::channels::section_schema(
+        "whatsapp",
+        "A WhatsApp Business number on the Cloud API. Meta's webhook goes to `{public_url}/whatsapp/<name>`.",
+        serde_json::json!({
+            "token": {
+                "description": "The Cloud API access token. Empty: the channel is off (its messages fail, journaled) and needs nothing else.",
+                "type": "string",
+                "examples": ["${WHATSAPP_TOKEN}"]
+            },
+            "phone_number_id": {
+                "description": "The business number's id in the Cloud API; needed when `token` is set.",
+                "type": "string",
+                "examples": ["${WHATSAPP_PHONE_NUMBER_ID}"]
+            },
+            "app_secret": {
+                "description": "The Meta app's secret, which checks `X-Hub-Signature-256` of each webhook delivery; needed when `token` is set, and must not be empty.",
+                "type": "string",
+                "examples": ["${WHATSAPP_APP_SECRET}"]
+            },
+            "verify_token": {
+                "description": "The token Meta sends in the webhook subscription handshake; needed when `token` is set.",
+                "type": "string",
+                "examples": ["${WHATSAPP_VERIFY_TOKEN}"]
+            },
+            "api_url": {
+                "description": "The Graph API's address, e.g. a proxy (default `https://graph.facebook.com`).",
+                "type": "string",
+                "examples": ["https://graph.facebook.com"]
+            },
+            "api_version": {
+                "description": "The Graph API version, like `v21.0` (the default).",
+                "type": "string",
+                "examples": ["v21.0"]
+            },
+            "window_template": {
+                "description": "The approved template sent outside the 24-hour window by steps without a `window_template` of their own, with the message's text as its one body parameter. Needs both `name` and `language`.",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "name": {
+                        "description": "The template's name as approved by Meta.",
+                        "type": "string",
+                        "examples": ["reopen_conversation"]
+                    },
+                    "language": {
+                        "description": "The template's language code.",
+                        "type": "string",
+                        "examples": ["en"]
+                    }
+                },
+                "required": ["name", "language"],
+                "examples": [{ "name": "reopen_conversation", "language": "en" }]
+            },
+            "limits": {
+                "description": "Send rates as `count/period`: `number` for the whole number (default `80/1s`), `customer` for one customer (default `1/6s`).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "number": {
+                        "description": "Messages from the whole number (default `80/1s`).",
+                        "type": "string",
+                        "examples": ["80/1s"]
+                    },
+                    "customer": {
+                        "description": "Messages to one customer (default `1/6s`).",
+                        "type": "string",
+                        "examples": ["1/6s"]
+                    }
+                },
+                "examples": [{ "number": "80/1s", "customer": "1/6s" }]
+            }
+        }),
+        &["token"],
+    )
+}
+
 pub fn parse(section: &Section, cx: &mut dyn SectionCx) -> Option<Channel> {
     let token = match section.text("token", cx) {
         Some(t) => cx.env(&t),

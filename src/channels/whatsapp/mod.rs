@@ -325,6 +325,7 @@ impl Adapter for WhatsApp {
 pub static KIND: super::Kind = super::Kind {
     name: "whatsapp",
     parse: config::parse,
+    schema: config::schema,
     start: |name, ch, shared| {
         let cfg = ch.settings::<WhatsAppChannel>()?;
         Some(Arc::new(WhatsApp::new(name, cfg, shared)))

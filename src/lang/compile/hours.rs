@@ -187,6 +187,61 @@ pub(super) fn channel_rules(
     rules
 }
 
+/// The JSON Schema of the keys [`channel_rules`] reads, which every channel type takes:
+/// `hours` and the `per_recipient` and `over` parts of `limits`. A channel type's own
+/// `limits` gain these two properties; a type without limits of its own takes this `limits`.
+pub fn channel_rules_schema() -> serde_json::Value {
+    serde_json::json!({
+        "hours": {
+            "description": "Working hours of the channel: a `send`, `ask` or `offer` whose message would go out while closed is held until the window opens. A step's or a scenario's own `hours` take precedence.",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "allow": {
+                    "description": "Open times: weekdays (`Mon`, `Mon-Fri`, `Sat/Sun`, `daily`) and time ranges (`09:00-13:00 14:00-18:00`), groups separated by commas; a range may end after midnight.",
+                    "type": "string",
+                    "examples": ["Mon-Fri 08:00-19:00"]
+                },
+                "quiet": {
+                    "description": "Closed times in the same form, e.g. `daily 21:00-08:00`; taken out of `allow` (or out of the whole week without `allow`).",
+                    "type": "string",
+                    "examples": ["daily 21:00-08:00"]
+                },
+                "tz": {
+                    "description": "The zone the times are read in, as an IANA name (no template on a channel). Left out: the recipient's zone (a staff member's `tz`), else the gateway's `timezone`.",
+                    "type": "string",
+                    "examples": ["Europe/Warsaw"]
+                },
+                "holidays": {
+                    "description": "Whole days off: `2026-12-24`, or `12-25` for every year.",
+                    "type": "array",
+                    "items": { "type": "string" },
+                    "examples": [["12-25", "01-01"]]
+                }
+            },
+            "examples": [{ "allow": "Mon-Fri 08:00-19:00", "holidays": ["12-25", "01-01"] }]
+        },
+        "limits": {
+            "description": "`per_recipient` and `over` cap what one recipient gets from the channel across all scenarios.",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "per_recipient": {
+                    "description": "At most this many messages to one recipient, as `count/period`; the window starts with the recipient's first message.",
+                    "type": "string",
+                    "examples": ["3/1d"]
+                },
+                "over": {
+                    "description": "A message over `per_recipient`: `hold` (the default) keeps it until the window ends; `drop` leaves a `send` out for that recipient. Questions and offers are always held.",
+                    "type": "string",
+                    "examples": ["hold"]
+                }
+            },
+            "examples": [{ "per_recipient": "3/1d", "over": "hold" }]
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{compile_with_env, errors_on_telegram};

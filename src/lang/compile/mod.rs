@@ -15,6 +15,8 @@ pub mod values;
 mod wait;
 mod when;
 
+pub use self::hours::channel_rules_schema;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
