@@ -17,6 +17,7 @@ pub fn json_schema() -> serde_json::Value {
         "definitions": { "gateway": gateway, "scenario": scenario, "tests": tests },
         "oneOf": [ { "$ref": "#/definitions/gateway" }, { "$ref": "#/definitions/scenario" }, { "$ref": "#/definitions/tests" } ]
     });
+    hoist_definitions(&mut schema);
     add_examples(&mut schema);
     schema
 }
@@ -77,8 +78,58 @@ fn for_each_properties(
     }
 }
 
+/// Each file kind's schema comes with the definitions its `$ref`s name
+/// (`#/definitions/AskDef`), resolved from the document's root: they move up beside the
+/// file kinds (the same type in two kinds is one definition).
+fn hoist_definitions(schema: &mut Json) {
+    let mut found = Map::new();
+    if let Some(Json::Object(defs)) = schema.get_mut("definitions") {
+        for kind in ["gateway", "scenario", "tests"] {
+            if let Some(Json::Object(k)) = defs.get_mut(kind) {
+                if let Some(Json::Object(inner)) = k.remove("definitions") {
+                    found.extend(inner);
+                }
+                k.remove("$schema");
+            }
+        }
+        for (name, def) in found {
+            defs.entry(name).or_insert(def);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// Every `$ref` names a definition at the root of the document (editors resolve them
+    /// from there).
+    #[test]
+    fn every_reference_resolves() {
+        fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|c| refs(c, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+                _ => {}
+            }
+        }
+        let schema = crate::lang::schema::json_schema();
+        let mut all = Vec::new();
+        refs(&schema, &mut all);
+        assert!(all.len() > 20, "{all:?}");
+        let broken: Vec<&String> = all
+            .iter()
+            .filter(|r| {
+                r.strip_prefix("#/definitions/")
+                    .is_none_or(|name| schema["definitions"].get(name).is_none())
+            })
+            .collect();
+        assert!(broken.is_empty(), "unresolved: {broken:?}");
+    }
+
     use std::collections::BTreeSet;
 
     use serde_json::{json, Value as Json};
