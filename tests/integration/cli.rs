@@ -269,6 +269,66 @@ fn schema_describes_every_file_kind() {
     assert!(v["definitions"]["tests"]["properties"]["scenario"].is_object());
 }
 
+/// What an editor checks against the schema: every example file follows it, and a misspelt
+/// channel key or a step of the wrong shape does not (Python's `jsonschema`, draft 7, which the
+/// test dependencies bring with schemathesis).
+#[test]
+fn the_example_files_follow_the_schema_and_mistakes_do_not() {
+    let (code, out, _) = run(&["schema"]);
+    assert_eq!(code, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(&schema, out).unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::create_dir(&wrong).unwrap();
+    let gw = std::fs::read_to_string(repo().join("bot-configs/gateway.toml")).unwrap();
+    std::fs::write(
+        wrong.join("gateway.toml"),
+        gw.replacen("token = \"${TELEGRAM_TOKEN:-}\"", "tokn = \"x\"", 1),
+    )
+    .unwrap();
+    std::fs::write(
+        wrong.join("flow.toml"),
+        "id = \"flow\"\non = { webhook = \"x\" }\n[[step]]\nsend = 3\n",
+    )
+    .unwrap();
+    let script = r#"
+import glob, json, sys, tomllib
+import jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft7Validator.check_schema(schema)
+v = jsonschema.Draft7Validator(schema)
+for pattern in sys.argv[2:]:
+    for f in sorted(glob.glob(pattern)):
+        errors = list(v.iter_errors(tomllib.load(open(f, "rb"))))
+        print(f, "ok" if not errors else "invalid")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, schema.to_str().unwrap()])
+        .arg(repo().join("bot-configs/*.toml"))
+        .arg(wrong.join("*.toml"))
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let examples = lines.iter().filter(|l| l.contains("/bot-configs/")).count();
+    assert!(examples >= 10, "{text}");
+    for l in &lines {
+        let wants = if l.contains("/wrong/") {
+            "invalid"
+        } else {
+            "ok"
+        };
+        assert!(l.ends_with(wants), "{l}\n{text}");
+    }
+    assert_eq!(lines.iter().filter(|l| l.contains("/wrong/")).count(), 2);
+}
+
 #[test]
 fn migrate_creates_the_database() {
     let dir = tempfile::tempdir().unwrap();
