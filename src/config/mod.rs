@@ -476,6 +476,7 @@ mod tests {
     use serde_json::Value as Json;
 
     use super::compile;
+    use crate::lang::schema::tests::agrees;
 
     /// Each channel type's section in the schema, by type name.
     fn sections() -> Vec<(String, Json)> {
@@ -514,45 +515,6 @@ mod tests {
                 f(&path, p);
                 each_property(p, &path, f);
             }
-        }
-    }
-
-    /// Whether `value` is of the schema's `type` (a name or a list of names), and so are its
-    /// items and, for a table, its keys (each a property of the schema).
-    fn agrees(schema: &Json, value: &Json) -> Result<(), String> {
-        let of = |name: &str| match name {
-            "string" => value.is_string(),
-            "integer" => value.is_i64() || value.is_u64(),
-            "number" => value.is_number(),
-            "boolean" => value.is_boolean(),
-            "array" => value.is_array(),
-            "object" => value.is_object(),
-            _ => false,
-        };
-        let ok = match schema.get("type") {
-            None => true,
-            Some(Json::String(name)) => of(name),
-            Some(Json::Array(names)) => names.iter().filter_map(Json::as_str).any(of),
-            Some(_) => false,
-        };
-        if !ok {
-            return Err(format!("{value} is not {}", schema["type"]));
-        }
-        match value {
-            Json::Array(items) => match schema.get("items") {
-                Some(s) => items.iter().try_for_each(|v| agrees(s, v)),
-                None => Ok(()),
-            },
-            Json::Object(entries) => match schema.get("properties") {
-                Some(properties) => entries
-                    .iter()
-                    .try_for_each(|(k, v)| match properties.get(k) {
-                        Some(p) => agrees(p, v).map_err(|e| format!("{k}: {e}")),
-                        None => Err(format!("{k}: no such key")),
-                    }),
-                None => Ok(()),
-            },
-            _ => Ok(()),
         }
     }
 

@@ -463,6 +463,14 @@ impl Engine {
         tx: &mut dyn Tx,
         run: &RunRow,
     ) -> Result<Result<Arc<Scenario>, String>, StoreError> {
+        // Most runs follow the version of the config this batch is served by.
+        if let Some(v) = &run.version {
+            if self.cfg.version_of(&run.scenario) == Some(v.as_str()) {
+                if let Some(sc) = self.cfg.scenario(&run.scenario) {
+                    return Ok(Ok(sc.clone()));
+                }
+            }
+        }
         match self.live.scenario(&run.scenario, run.version.as_deref()) {
             Version::Found(sc) => Ok(Ok(sc)),
             Version::Missing(why) => Ok(Err(why)),

@@ -99,7 +99,7 @@ fn hoist_definitions(schema: &mut Json) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     /// Every `$ref` names a definition at the root of the document (editors resolve them
     /// from there).
     #[test]
@@ -223,9 +223,10 @@ mod tests {
         assert!(problems.is_empty(), "{problems:#?}");
     }
 
-    /// Whether `value` is of the JSON Schema `type` (a name or a list of names), and so is
-    /// each of its items when the schema names the type of `items`.
-    fn agrees(schema: &Json, value: &Json) -> bool {
+    /// Whether `value` is of the schema's `type` (a name or a list of names), and so are its
+    /// items and, for a table whose schema lists its properties, its keys (each one of them).
+    /// The config's channel sections are checked with it too.
+    pub(crate) fn agrees(schema: &Json, value: &Json) -> Result<(), String> {
         let of = |name: &str| match name {
             "string" => value.is_string(),
             "integer" => value.is_i64() || value.is_u64(),
@@ -236,33 +237,44 @@ mod tests {
             "null" => value.is_null(),
             _ => false,
         };
-        let type_agrees = match schema.get("type") {
+        let ok = match schema.get("type") {
             None => true,
             Some(Json::String(name)) => of(name),
             Some(Json::Array(names)) => names.iter().filter_map(Json::as_str).any(of),
             Some(_) => false,
         };
-        let items_agree = match (schema.get("items"), value) {
-            (Some(items), Json::Array(values)) => values.iter().all(|v| agrees(items, v)),
-            _ => true,
-        };
-        type_agrees && items_agree
+        if !ok {
+            return Err(format!("{value} is not {}", schema["type"]));
+        }
+        match value {
+            Json::Array(items) => match schema.get("items") {
+                Some(s) => items.iter().try_for_each(|v| agrees(s, v)),
+                None => Ok(()),
+            },
+            Json::Object(entries) => match schema.get("properties") {
+                Some(properties) => entries
+                    .iter()
+                    .try_for_each(|(k, v)| match properties.get(k) {
+                        Some(p) => agrees(p, v).map_err(|e| format!("{k}: {e}")),
+                        None => Err(format!("{k}: no such key")),
+                    }),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
     }
 
     #[test]
     fn the_type_check_refuses_a_wrong_type() {
         let count = json!({ "type": ["integer", "null"] });
-        assert!(agrees(&count, &json!(16)));
-        assert!(!agrees(&count, &json!("16")));
-        assert!(!agrees(&count, &json!(1.5)));
+        assert!(agrees(&count, &json!(16)).is_ok());
+        assert!(agrees(&count, &json!("16")).is_err());
+        assert!(agrees(&count, &json!(1.5)).is_err());
         let list = json!({ "type": "array", "items": { "type": "string" } });
-        assert!(agrees(&list, &json!(["a", "b"])));
-        assert!(!agrees(&list, &json!(["a", 2])));
-        assert!(!agrees(&list, &json!("a")));
-        assert!(agrees(
-            &json!({ "$ref": "#/definitions/StepDef" }),
-            &json!(1)
-        ));
+        assert!(agrees(&list, &json!(["a", "b"])).is_ok());
+        assert!(agrees(&list, &json!(["a", 2])).is_err());
+        assert!(agrees(&list, &json!("a")).is_err());
+        assert!(agrees(&json!({ "$ref": "#/definitions/StepDef" }), &json!(1)).is_ok());
     }
 
     /// Each example is of the type the property declares, where it declares one.
@@ -272,10 +284,8 @@ mod tests {
             .into_iter()
             .filter_map(|(definition, key, p)| {
                 let example = p.get("examples")?.get(0)?;
-                (!agrees(&p, example)).then(|| {
-                    let ty = p.get("type").cloned().unwrap_or(Json::Null);
-                    format!("{definition}.{key}: {example} is not {ty}")
-                })
+                let e = agrees(&p, example).err()?;
+                Some(format!("{definition}.{key}: {e}"))
             })
             .collect();
         assert!(wrong.is_empty(), "examples of the wrong type: {wrong:#?}");

@@ -566,3 +566,22 @@ async fn a_reply_to_a_run_whose_version_no_longer_compiles_fails_it_with_the_rea
         "{why}"
     );
 }
+
+#[tokio::test]
+async fn a_schedule_a_reload_adds_fires() {
+    let cfg = ConfigDir::with(&[]);
+    let t = TestApp::spawn(&cfg).await;
+    cfg.write(
+        "tick.toml",
+        "id = \"tick\"\non = { schedule = \"*/5 * * * *\" }\n[[step]]\nincr = \"global.ticks\"\n",
+    );
+    let (s, r) = t.post_api("/api/config/reload").await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["added"], json!(["tick"]), "{r}");
+    // The clock moves five minutes at a time until the new schedule has fired.
+    eventually(|| async {
+        t.advance(std::time::Duration::from_secs(300));
+        t.app.store.globals().await.unwrap().get("ticks").cloned()
+    })
+    .await;
+}
