@@ -42,6 +42,9 @@ pub struct SqliteStore {
     me: Arc<str>,
     /// A gateway's exclusive lock on the file (released when the process ends, however).
     _writer: Option<Arc<std::fs::File>>,
+    /// Held by each write transaction of this process, so that they queue here, in order,
+    /// instead of in SQLite's busy handler, which sleeps 1, 2, 5, 10… ms between tries.
+    write: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The file of a SQLite database URL (`sqlite://path`, `sqlite:path` or a bare path);
@@ -174,6 +177,7 @@ impl SqliteStore {
             }),
             me: "local".into(),
             _writer: None,
+            write: Arc::default(),
         })
     }
 
@@ -231,6 +235,7 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         true
     }
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
+        let _write = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (ids, inserted) = insert_events(&mut tx, &self.ids, batch).await?;
         let mut out = Vec::with_capacity(batch.len());
@@ -253,9 +258,11 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         Ok(out)
     }
     async fn begin(&self) -> Result<Box<dyn Tx>> {
+        let write = self.write.clone().lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteTx {
             tx,
+            _write: write,
             ids: self.ids.clone(),
             me: self.me.clone(),
             runs: HashMap::new(),
@@ -323,6 +330,7 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         rows.iter().map(outbox_row).collect()
     }
     async fn prune(&self, before: i64, limit: i64) -> Result<u64> {
+        let _write = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // What is deleted may hold the highest ids yet: remember them, so that the next
         // start does not hand them out again.
@@ -417,6 +425,9 @@ impl_store!(SqliteStore, Sqlite, "instr", {
 /// statement per table.
 struct SqliteTx {
     tx: Transaction<'static, Sqlite>,
+    /// The process's write lock, until the transaction ends (declared after `tx`, so that
+    /// it is released after the transaction is).
+    _write: tokio::sync::OwnedMutexGuard<()>,
     ids: Arc<Ids>,
     me: Arc<str>,
     runs: HashMap<i64, SavedRun>,
