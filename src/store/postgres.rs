@@ -529,6 +529,17 @@ struct PgTx {
     counters: HashMap<String, (i64, Option<i64>)>,
 }
 
+impl PgTx {
+    /// The transaction's connection.
+    async fn db(&mut self) -> Result<&mut PgConnection> {
+        Ok(&mut *self.tx)
+    }
+
+    async fn finish(self) -> Result<()> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
 impl_tx!(PgTx, Postgres, {
     async fn new_run_id(&mut self) -> Result<i64> {
         let id = self.ids.run.take(&mut self.tx, 1).await?;
@@ -545,7 +556,7 @@ impl_tx!(PgTx, Postgres, {
         // what this one did.
         sqlx::query("SELECT * FROM runs WHERE id = $1 FOR UPDATE")
             .bind(id)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.db().await?)
             .await?
             .as_ref()
             .map(run_row)
@@ -563,7 +574,7 @@ impl_tx!(PgTx, Postgres, {
         // Locked in id order, as every batch does, so that two batches do not deadlock.
         let rows = sqlx::query("SELECT * FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(&want)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.db().await?)
             .await?;
         for r in &rows {
             let run = run_row(r)?;
@@ -584,7 +595,7 @@ impl_tx!(PgTx, Postgres, {
         )
         .bind(scenario)
         .bind(subject)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.db().await?)
         .await?;
         Ok(n.is_some())
     }
@@ -611,7 +622,7 @@ impl_tx!(PgTx, Postgres, {
         .bind(scenario)
         .bind(subject)
         .bind(key)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.db().await?)
         .await?)
     }
     async fn load_offer(&mut self, id: i64) -> Result<Option<OfferRow>> {
@@ -619,7 +630,7 @@ impl_tx!(PgTx, Postgres, {
         // the one before left it (taken, and by whom).
         sqlx::query("SELECT * FROM offers WHERE id = $1 FOR UPDATE")
             .bind(id)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.db().await?)
             .await?
             .as_ref()
             .map(offer_row)
@@ -631,7 +642,7 @@ impl_tx!(PgTx, Postgres, {
         )
             .bind(id)
             .bind(user)
-            .execute(&mut *self.tx)
+            .execute(self.db().await?)
             .await?;
         Ok(())
     }
@@ -651,7 +662,7 @@ impl_tx!(PgTx, Postgres, {
         )
         .bind(scenario)
         .bind(subject)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.db().await?)
         .await?;
         Ok(row.map(|r| SubjectLimit {
             total: r.get("total"),
@@ -664,7 +675,7 @@ impl_tx!(PgTx, Postgres, {
         let v: Option<String> =
             sqlx::query_scalar("SELECT vars FROM subject_vars WHERE subject = $1")
                 .bind(subject)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.db().await?)
                 .await?;
         Ok(match v.map(|v| parse_json(&v)).transpose()? {
             Some(Json::Object(m)) => m,
@@ -674,7 +685,7 @@ impl_tx!(PgTx, Postgres, {
     async fn lock_globals(&mut self) -> Result<Option<Map<String, Json>>> {
         lock_name(&mut self.tx, "globals").await?;
         let rows = sqlx::query("SELECT name, value FROM globals")
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.db().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.get::<String, _>("name"), parse_json(r.get("value"))?)))
@@ -691,8 +702,8 @@ impl_tx!(PgTx, Postgres, {
         )
         .bind(id)
         .bind(now)
-        .bind(&*self.me)
-        .fetch_optional(&mut *self.tx)
+        .bind(self.me.to_string())
+        .fetch_optional(self.db().await?)
         .await?
         .as_ref()
         .map(outbox_row)

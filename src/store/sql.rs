@@ -456,7 +456,7 @@ macro_rules! impl_tx {
                            vars = excluded.vars, journal = excluded.journal, error = excluded.error,
                            updated_at = excluded.updated_at",
                     );
-                    q.build().execute(&mut *self.tx).await?;
+                    q.build().execute(self.db().await?).await?;
                 }
                 Ok(())
             }
@@ -486,7 +486,7 @@ macro_rules! impl_tx {
                             .push_bind(o.now)
                             .push_bind(self.me.to_string());
                     });
-                    q.build().execute(&mut *self.tx).await?;
+                    q.build().execute(self.db().await?).await?;
                 }
                 self.flush_runs().await?;
                 let finished = std::mem::take(&mut self.finished_outbox);
@@ -506,7 +506,7 @@ macro_rules! impl_tx {
                             .push_bind(f.message_ref.clone());
                     });
                     q.push(") AS v WHERE outbox.id = v.column1");
-                    q.build().execute(&mut *self.tx).await?;
+                    q.build().execute(self.db().await?).await?;
                 }
                 for (scenario, (limited, fired)) in std::mem::take(&mut self.counters) {
                     sqlx::query(
@@ -518,7 +518,7 @@ macro_rules! impl_tx {
                     .bind(scenario)
                     .bind(limited)
                     .bind(fired)
-                    .execute(&mut *self.tx)
+                    .execute(self.db().await?)
                     .await?;
                 }
                 let events = std::mem::take(&mut self.finished_events);
@@ -534,7 +534,7 @@ macro_rules! impl_tx {
                             .push_bind(e.now);
                     });
                     q.push(") AS v WHERE events.id = v.column1");
-                    q.build().execute(&mut *self.tx).await?;
+                    q.build().execute(self.db().await?).await?;
                 }
                 Ok(())
             }
@@ -552,7 +552,7 @@ macro_rules! impl_tx {
             async fn scenario_version(&mut self, hash: &str) -> Result<Option<(String, String)>> {
                 Ok(sqlx::query_as("SELECT scenario, source FROM scenario_versions WHERE hash = $1")
                     .bind(hash)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.db().await?)
                     .await?)
             }
 
@@ -560,7 +560,7 @@ macro_rules! impl_tx {
                 let status: Option<String> =
                     sqlx::query_scalar("SELECT status FROM events WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.db().await?)
                         .await?;
                 Ok(status.as_deref() == Some("pending"))
             }
@@ -569,7 +569,7 @@ macro_rules! impl_tx {
                 let row: Option<(String, String)> =
                     sqlx::query_as("SELECT kind, meta FROM events WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&mut *self.tx)
+                        .fetch_optional(self.db().await?)
                         .await?;
                 row.map(|(kind, meta)| Ok((kind, parse_json(&meta)?)))
                     .transpose()
@@ -608,7 +608,7 @@ macro_rules! impl_tx {
                 .bind(error)
                 .bind(now)
                 .bind(id)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -648,14 +648,14 @@ macro_rules! impl_tx {
                 .bind(&t.scenario)
                 .bind(&t.subject)
                 .bind(&t.key)
-                .fetch_one(&mut *self.tx)
+                .fetch_one(self.db().await?)
                 .await?)
             }
 
             async fn delete_timer(&mut self, id: i64) -> Result<bool> {
                 let r = sqlx::query("DELETE FROM timers WHERE id = $1")
                     .bind(id)
-                    .execute(&mut *self.tx)
+                    .execute(self.db().await?)
                     .await?;
                 Ok(r.rows_affected() == 1)
             }
@@ -668,18 +668,18 @@ macro_rules! impl_tx {
                 )
                 .bind(scenario)
                 .bind(subject)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.db().await?)
                 .await?)
             }
 
             async fn clear_parks(&mut self, run_id: i64) -> Result<()> {
                 sqlx::query("DELETE FROM timers WHERE run_id = $1")
                     .bind(run_id)
-                    .execute(&mut *self.tx)
+                    .execute(self.db().await?)
                     .await?;
                 sqlx::query("DELETE FROM waits WHERE run_id = $1")
                     .bind(run_id)
-                    .execute(&mut *self.tx)
+                    .execute(self.db().await?)
                     .await?;
                 Ok(())
             }
@@ -695,7 +695,7 @@ macro_rules! impl_tx {
                 .bind(w.step)
                 .bind(&w.match_key)
                 .bind(w.now)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -715,7 +715,7 @@ macro_rules! impl_tx {
                 .bind(scenario)
                 .bind(step)
                 .bind(match_key)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.db().await?)
                 .await?)
             }
 
@@ -738,7 +738,7 @@ macro_rules! impl_tx {
                 .bind(chat_id)
                 .bind(text)
                 .bind(now)
-                .fetch_one(&mut *self.tx)
+                .fetch_one(self.db().await?)
                 .await?)
             }
 
@@ -748,7 +748,7 @@ macro_rules! impl_tx {
                 )
                 .bind(id)
                 .bind(winner.to_string())
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(r.rows_affected() == 1)
             }
@@ -757,7 +757,7 @@ macro_rules! impl_tx {
                 let r =
                     sqlx::query("UPDATE offers SET status = 'expired' WHERE id = $1 AND status = 'open'")
                         .bind(id)
-                        .execute(&mut *self.tx)
+                        .execute(self.db().await?)
                         .await?;
                 Ok(r.rows_affected() == 1)
             }
@@ -774,7 +774,7 @@ macro_rules! impl_tx {
                 .bind(m.outbox_id)
                 .bind(&m.text)
                 .bind(&m.lang)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -782,7 +782,7 @@ macro_rules! impl_tx {
             async fn offer_messages(&mut self, offer_id: i64) -> Result<Vec<OfferMessage>> {
                 Ok(sqlx::query("SELECT * FROM offer_messages WHERE offer_id = $1 ORDER BY id")
                     .bind(offer_id)
-                    .fetch_all(&mut *self.tx)
+                    .fetch_all(self.db().await?)
                     .await?
                     .iter()
                     .map(offer_message_row)
@@ -802,7 +802,7 @@ macro_rules! impl_tx {
                 .bind(offer_id)
                 .bind(outbox_id)
                 .bind(message_id)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -812,7 +812,7 @@ macro_rules! impl_tx {
                     "SELECT * FROM offers WHERE run_id = $1 AND status = 'open' ORDER BY id DESC LIMIT 1",
                 )
                 .bind(run_id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.db().await?)
                 .await?
                 .as_ref()
                 .map(offer_row)
@@ -825,7 +825,7 @@ macro_rules! impl_tx {
                 )
                 .bind(hook)
                 .bind(match_key)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.db().await?)
                 .await?)
             }
 
@@ -846,7 +846,7 @@ macro_rules! impl_tx {
                 .bind(l.total)
                 .bind(l.window_start)
                 .bind(l.window_count)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -858,7 +858,7 @@ macro_rules! impl_tx {
                 )
                 .bind(subject)
                 .bind(Json::Object(vars.clone()).to_string())
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -872,7 +872,7 @@ macro_rules! impl_tx {
                 .bind(name)
                 .bind(value.to_string())
                 .bind(now)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -880,7 +880,7 @@ macro_rules! impl_tx {
             async fn delete_global(&mut self, name: &str) -> Result<bool> {
                 let r = sqlx::query("DELETE FROM globals WHERE name = $1")
                     .bind(name)
-                    .execute(&mut *self.tx)
+                    .execute(self.db().await?)
                     .await?;
                 Ok(r.rows_affected() > 0)
             }
@@ -904,7 +904,7 @@ macro_rules! impl_tx {
                 .bind(scenario)
                 .bind(enabled as i64)
                 .bind(now)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -919,7 +919,7 @@ macro_rules! impl_tx {
                     .bind(s.entry.to_string())
                     .bind(s.error)
                     .bind(s.entry["at"].as_i64().unwrap_or_default())
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.db().await?)
                     .await?
                     .as_ref()
                     .map(outbox_row)
@@ -944,7 +944,7 @@ macro_rules! impl_tx {
                 .bind(data.to_string())
                 .bind(event_id)
                 .bind(now)
-                .execute(&mut *self.tx)
+                .execute(self.db().await?)
                 .await?;
                 Ok(())
             }
@@ -959,7 +959,7 @@ macro_rules! impl_tx {
                      RETURNING channel, data, event_id",
                 )
                 .bind(message_ref)
-                .fetch_all(&mut *self.tx)
+                .fetch_all(self.db().await?)
                 .await?;
                 rows.into_iter()
                     .map(|(channel, data, id)| {
@@ -975,7 +975,7 @@ macro_rules! impl_tx {
                 sqlx::query("SELECT * FROM outbox WHERE run_id = $1 AND step = $2 ORDER BY id DESC LIMIT 1")
                     .bind(run_id)
                     .bind(step)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.db().await?)
                     .await?
                     .as_ref()
                     .map(outbox_row)
@@ -984,8 +984,7 @@ macro_rules! impl_tx {
 
             async fn commit(mut self: Box<Self>) -> Result<()> {
                 self.flush().await?;
-                self.tx.commit().await?;
-                Ok(())
+                self.finish().await
             }
         }
     };

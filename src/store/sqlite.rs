@@ -194,7 +194,7 @@ impl SqliteStore {
 /// Inserts events with ids from the counter; returns the ids that went in (the others
 /// repeated a dedupe key).
 async fn insert_events(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     ids: &Ids,
     batch: &[NewEvent],
 ) -> Result<(Vec<i64>, HashSet<i64>)> {
@@ -224,7 +224,7 @@ async fn insert_events(
                 .push_bind(ev.received_at);
         });
         q.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
-        let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
         inserted.extend(ids);
     }
     Ok((assigned, inserted))
@@ -258,11 +258,10 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         Ok(out)
     }
     async fn begin(&self) -> Result<Box<dyn Tx>> {
-        let write = self.write.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(Box::new(SqliteTx {
-            tx,
-            _write: write,
+            tx: None,
+            pool: self.pool.clone(),
+            write: self.write.clone(),
             ids: self.ids.clone(),
             me: self.me.clone(),
             runs: HashMap::new(),
@@ -423,11 +422,17 @@ impl_store!(SqliteStore, Sqlite, "instr", {
 /// A write transaction. Frequent writes (run states, finished events, new and finished
 /// outbox rows) are kept until a read needs them or the commit, then written with one
 /// statement per table.
+///
+/// The transaction itself begins (taking the process's write lock) only when the first
+/// statement needs it: a batch that reads nothing before its commit holds the database only
+/// while its writes go in, not while the engine works out what to write. The process is the
+/// file's only writer, so nothing it would have read can change in between.
 struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
-    /// The process's write lock, until the transaction ends (declared after `tx`, so that
-    /// it is released after the transaction is).
-    _write: tokio::sync::OwnedMutexGuard<()>,
+    /// The open transaction and the write lock, held until it ends (the transaction is
+    /// declared first, so that it is dropped — rolled back — before the lock is released).
+    tx: Option<(Transaction<'static, Sqlite>, tokio::sync::OwnedMutexGuard<()>)>,
+    pool: SqlitePool,
+    write: Arc<tokio::sync::Mutex<()>>,
     ids: Arc<Ids>,
     me: Arc<str>,
     runs: HashMap<i64, SavedRun>,
@@ -436,6 +441,26 @@ struct SqliteTx {
     finished_outbox: Vec<FinishedOutbox>,
     /// scenario → (runs refused by limits, last start)
     counters: HashMap<String, (i64, Option<i64>)>,
+}
+
+impl SqliteTx {
+    /// The transaction's connection; begins the transaction on first use.
+    async fn db(&mut self) -> Result<&mut SqliteConnection> {
+        if self.tx.is_none() {
+            let lock = self.write.clone().lock_owned().await;
+            let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            self.tx = Some((tx, lock));
+        }
+        Ok(&mut *self.tx.as_mut().expect("begun above").0)
+    }
+
+    /// Commits what was written (a transaction that never began has nothing to commit).
+    async fn finish(self) -> Result<()> {
+        if let Some((tx, _lock)) = self.tx {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
 }
 
 impl_tx!(SqliteTx, Sqlite, {
@@ -448,7 +473,7 @@ impl_tx!(SqliteTx, Sqlite, {
         }
         sqlx::query("SELECT * FROM runs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.db().await?)
             .await?
             .as_ref()
             .map(run_row)
@@ -462,13 +487,14 @@ impl_tx!(SqliteTx, Sqlite, {
         )
         .bind(scenario)
         .bind(subject)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.db().await?)
         .await?;
         Ok(n.is_some())
     }
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>> {
+        let counters = self.ids.clone();
         let (ids, inserted) =
-            insert_events(&mut self.tx, &self.ids, std::slice::from_ref(ev)).await?;
+            insert_events(self.db().await?, &counters, std::slice::from_ref(ev)).await?;
         Ok(ids.into_iter().find(|id| inserted.contains(id)))
     }
     async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64> {
@@ -489,13 +515,13 @@ impl_tx!(SqliteTx, Sqlite, {
         .bind(scenario)
         .bind(subject)
         .bind(key)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.db().await?)
         .await?)
     }
     async fn load_offer(&mut self, id: i64) -> Result<Option<OfferRow>> {
         sqlx::query("SELECT * FROM offers WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.db().await?)
             .await?
             .as_ref()
             .map(offer_row)
@@ -505,7 +531,7 @@ impl_tx!(SqliteTx, Sqlite, {
         sqlx::query("UPDATE offers SET excluded = json_insert(excluded, '$[#]', $2) WHERE id = $1")
             .bind(id)
             .bind(user)
-            .execute(&mut *self.tx)
+            .execute(self.db().await?)
             .await?;
         Ok(())
     }
@@ -520,7 +546,7 @@ impl_tx!(SqliteTx, Sqlite, {
         )
         .bind(scenario)
         .bind(subject)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.db().await?)
         .await?;
         Ok(row.map(|r| SubjectLimit {
             total: r.get("total"),
@@ -532,7 +558,7 @@ impl_tx!(SqliteTx, Sqlite, {
         let v: Option<String> =
             sqlx::query_scalar("SELECT vars FROM subject_vars WHERE subject = $1")
                 .bind(subject)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.db().await?)
                 .await?;
         Ok(match v.map(|v| parse_json(&v)).transpose()? {
             Some(Json::Object(m)) => m,
@@ -549,7 +575,7 @@ impl_tx!(SqliteTx, Sqlite, {
         )
         .bind(id)
         .bind(now)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.db().await?)
         .await?
         .as_ref()
         .map(outbox_row)
