@@ -430,7 +430,10 @@ impl_store!(SqliteStore, Sqlite, "instr", {
 struct SqliteTx {
     /// The open transaction and the write lock, held until it ends (the transaction is
     /// declared first, so that it is dropped — rolled back — before the lock is released).
-    tx: Option<(Transaction<'static, Sqlite>, tokio::sync::OwnedMutexGuard<()>)>,
+    tx: Option<(
+        Transaction<'static, Sqlite>,
+        tokio::sync::OwnedMutexGuard<()>,
+    )>,
     pool: SqlitePool,
     write: Arc<tokio::sync::Mutex<()>>,
     ids: Arc<Ids>,
