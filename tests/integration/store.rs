@@ -774,3 +774,44 @@ async fn prune_keeps_used_single_use_links_until_they_expire(s: Arc<dyn Store>) 
         .unwrap();
     assert!(matches!(again[0], IngestOutcome::Duplicate(_)), "{again:?}");
 }
+
+/// A SQLite batch transaction takes the database at its first statement, not when it is
+/// opened: while the engine works out a batch (its writes buffered), events are still stored.
+/// Once it writes, another write transaction waits for its commit and then goes in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_batch_holds_the_database_only_from_its_first_statement() {
+    let (s, _dir) = sqlite().await;
+    let stored = s.ingest(&[event(None, 1)]).await.unwrap();
+    let IngestOutcome::Accepted(first) = stored[0] else {
+        panic!("{stored:?}")
+    };
+    let mut tx = s.begin().await.unwrap();
+    tx.finish_event(first, "done", &json!([]), 2_000)
+        .await
+        .unwrap();
+    // Only buffered so far: this ingest is not held up (a transaction begun at once would
+    // keep it waiting until SQLite's busy timeout refused it).
+    let during = tokio::time::timeout(Duration::from_secs(60), s.ingest(&[event(None, 2)]))
+        .await
+        .expect("the ingest is not held up by a batch that has not written")
+        .unwrap();
+    assert!(matches!(during[0], IngestOutcome::Accepted(_)));
+    // A read makes the batch take the database; an ingest now queues behind its commit.
+    assert!(tx.load_run(first + 1_000).await.unwrap().is_none());
+    let late = tokio::spawn({
+        let s = s.clone();
+        async move { s.ingest(&[event(None, 3)]).await }
+    });
+    tx.commit().await.unwrap();
+    let late = late.await.unwrap().unwrap();
+    assert!(matches!(late[0], IngestOutcome::Accepted(_)));
+    assert_eq!(s.event(first).await.unwrap().unwrap().status, "done");
+    let pending: Vec<i64> = s
+        .pending_events(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+}
