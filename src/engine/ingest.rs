@@ -126,10 +126,10 @@ async fn writer(
             }
             continue;
         }
-        let events: Vec<NewEvent> = buf.iter().map(|(e, _)| e.clone()).collect();
+        let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
         let results = store_batch(&*store, &events).await;
         let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
-        for ((ev, reply), result) in buf.drain(..).zip(results) {
+        for ((ev, reply), result) in events.into_iter().zip(replies).zip(results) {
             let outcome = match result {
                 Ok(o) => o,
                 Err(e) => {

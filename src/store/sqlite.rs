@@ -223,9 +223,15 @@ async fn insert_events(
                 .push_bind(ev.rejected.clone())
                 .push_bind(ev.received_at);
         });
-        q.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
-        let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-        inserted.extend(ids);
+        if chunk.iter().all(|(_, ev)| ev.dedupe_key.is_none()) {
+            // Nothing to deduplicate: every row goes in, and none has to be read back.
+            q.build().execute(&mut *tx).await?;
+            inserted.extend(chunk.iter().map(|(id, _)| *id));
+        } else {
+            q.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
+            let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            inserted.extend(ids);
+        }
     }
     Ok((assigned, inserted))
 }

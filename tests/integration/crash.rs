@@ -2,6 +2,7 @@
 //! restart it on the same database, and check that everything completes exactly once.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::json;
 use switchboard::store::{SqliteStore, Store};
@@ -149,4 +150,99 @@ async fn an_offer_and_an_ask_survive_a_kill_and_nothing_is_sent_twice() {
         "{sent:?}"
     );
     assert_eq!(fake.calls("editMessageText").len(), 1);
+}
+
+/// SIGKILL while events pour in over many connections: every event the gateway accepted (a
+/// `202`) is delivered after the restart; each stored event got one run and one request, and a
+/// request sent again (answered but not yet committed when the process died) carries the same
+/// `Idempotency-Key`, never a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_under_load_loses_and_doubles_nothing() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const CONNECTIONS: usize = 20;
+    const MOST: usize = 6_000;
+    let sink = Sink::start().await;
+    let cfg = ConfigDir::with(&[(
+        "load.toml",
+        "id = \"load\"\non = { webhook = \"load\" }\nwhen = 'event.n >= 0'\n[[step]]\nset = { \"run.n\" = \"event.n\" }\n[[step]]\nhttp = { post = \"{{ event.url }}/got/{{ event.n }}\", attempts = 1000 }\n",
+    )]);
+    cfg.write(
+        "gateway.toml",
+        &format!(
+            "[defaults]\nretry_delay = \"100ms\"\nretry_max_delay = \"300ms\"\n{ALLOW_LOOPBACK}"
+        ),
+    );
+    let url = format!("http://{}", sink.addr);
+    let first = Gateway::start(&cfg).await;
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let client = reqwest::Client::new();
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (next, accepted, client) = (next.clone(), accepted.clone(), client.clone());
+            let (hook, url) = (format!("{}/hooks/load", first.url), url.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= MOST {
+                        return;
+                    }
+                    match client
+                        .post(&hook)
+                        .json(&json!({"url": url, "n": n}))
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 202 => accepted.lock().unwrap().push(n),
+                        Ok(_) => {}       // busy: not accepted, not counted
+                        Err(_) => return, // the gateway is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    // The kill lands in full flow: events arriving, runs starting, requests going out.
+    eventually_within(Duration::from_secs(120), || async {
+        (sink.received().len() >= 300).then_some(())
+    })
+    .await;
+    first.kill();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let accepted: Vec<usize> = accepted.lock().unwrap().clone();
+    assert!(accepted.len() >= 300, "{} accepted", accepted.len());
+
+    let second = Gateway::start(&cfg).await;
+    let store = SqliteStore::open(&cfg.db()).await.unwrap();
+    let stored = eventually_within(Duration::from_secs(120), || async {
+        let c = store.counts().await.unwrap();
+        let done = c.runs_by_status.get("done").copied().unwrap_or(0);
+        let delivered = c.outbox_by_status.get("delivered").copied().unwrap_or(0);
+        (done == c.events && delivered == c.events).then_some(c.events)
+    })
+    .await;
+    second.kill();
+
+    let mut keys: HashMap<usize, HashSet<String>> = HashMap::new();
+    for r in sink.received().into_iter().filter(|r| r.status == 200) {
+        let n: usize = r.path.trim_start_matches("/got/").parse().unwrap();
+        let key = r.headers["idempotency-key"].to_str().unwrap().to_string();
+        keys.entry(n).or_default().insert(key);
+    }
+    let lost: Vec<&usize> = accepted.iter().filter(|n| !keys.contains_key(n)).collect();
+    assert!(lost.is_empty(), "accepted but never delivered: {lost:?}");
+    let doubled: Vec<_> = keys.iter().filter(|(_, k)| k.len() > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "sent as different requests: {doubled:?}"
+    );
+    // One run and one request per stored event, and every stored event reached the sink.
+    assert_eq!(keys.len() as i64, stored);
+    let c = store.counts().await.unwrap();
+    let runs: i64 = c.runs_by_status.values().sum();
+    assert_eq!(runs, stored);
 }
