@@ -96,6 +96,37 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The machine's CPU time so far (`/proc/stat`, in ticks): busy, idle (with I/O wait), and
+/// stolen by the hypervisor.
+fn machine_ticks() -> [u64; 3] {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    [at(0) + at(1) + at(2) + at(5) + at(6), at(3) + at(4), at(7)]
+}
+
+/// How the machine's CPU time went between two `machine_ticks` readings, as a line.
+fn machine_report(before: [u64; 3], after: [u64; 3]) -> String {
+    let d: Vec<f64> = (0..3)
+        .map(|i| after[i].saturating_sub(before[i]) as f64)
+        .collect();
+    let total = d.iter().sum::<f64>().max(1.0);
+    format!(
+        "machine during the run: busy {:.0} %, idle {:.0} %, stolen by the host {:.0} % (a VM whose host takes CPU back measures lower)",
+        100.0 * d[0] / total,
+        100.0 * d[1] / total,
+        100.0 * d[2] / total
+    )
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -312,9 +343,11 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
         None => None,
     };
     let cpu_before = cpu();
+    let machine_before = machine_ticks();
     let start_us = sink.base.elapsed().as_micros() as u64;
     fire(&target, "bench", 1000, o.events, 0).await?;
     wait_received(&sink, 1000 + o.events, Duration::from_secs(600)).await?;
+    let machine = machine_report(machine_before, machine_ticks());
     let secs = (sink.last.load(Ordering::Relaxed) - start_us) as f64 / 1e6;
     let cpu = cpu() - cpu_before;
     let (p50, p99, max) = latency_report(&sink);
@@ -346,6 +379,7 @@ pub async fn bench(o: BenchOptions) -> anyhow::Result<Vec<String>> {
             }
         ));
     }
+    out.push(machine);
     out.push(format!(
         "RSS after the throughput run: {:.1} MiB",
         rss() as f64 / 1024.0
