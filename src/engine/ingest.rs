@@ -12,7 +12,7 @@ use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{EventItem, Work, WorkSender};
-use crate::store::{IngestOutcome, NewEvent, Store, StoreError};
+use crate::store::{IngestOutcome, NewEvent, Store, StoreError, WriteTurn};
 
 /// Why an event was not stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,6 +28,9 @@ type Request = (
     NewEvent,
     oneshot::Sender<Result<IngestOutcome, SubmitError>>,
 );
+
+/// Most events stored in one transaction.
+const GATHER: usize = 1024;
 
 /// Longest deduplication key stored as it is; longer ones are stored as their digest.
 const KEY_KEPT: usize = 512;
@@ -126,8 +129,17 @@ async fn writer(
             }
             continue;
         }
+        // Wait for the turn to write; what arrives meanwhile goes into the same transaction.
+        let turn = store.write_turn().await;
+        while buf.len() < GATHER {
+            match rx.try_recv() {
+                Ok(r) => buf.push(r),
+                Err(_) => break,
+            }
+        }
         let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
-        let results = store_batch(&*store, &events).await;
+        let results = store_batch(&*store, &turn, &events).await;
+        drop(turn);
         let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
         for ((ev, reply), result) in events.into_iter().zip(replies).zip(results) {
             let outcome = match result {
@@ -158,15 +170,16 @@ async fn writer(
 /// database refuses fails by itself and not with everyone else's.
 async fn store_batch(
     store: &dyn Store,
+    turn: &WriteTurn,
     events: &[NewEvent],
 ) -> Vec<Result<IngestOutcome, StoreError>> {
-    let mut result = store.ingest(events).await;
+    let mut result = store.ingest_in_turn(turn, events).await;
     if let Err(e) = &result {
         tracing::warn!(error = %e, events = events.len(), "storing events failed; retrying");
         if e.unavailable() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        result = store.ingest(events).await;
+        result = store.ingest_in_turn(turn, events).await;
     }
     match result {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
@@ -181,7 +194,7 @@ async fn store_batch(
         Err(_) => {
             let mut out = Vec::with_capacity(events.len());
             for ev in events {
-                out.push(match store.ingest(std::slice::from_ref(ev)).await {
+                out.push(match store.ingest_in_turn(turn, std::slice::from_ref(ev)).await {
                     Ok(mut o) => Ok(o.remove(0)),
                     Err(e) => {
                         tracing::error!(error = %e, source = %ev.source, "storing an event failed");

@@ -424,6 +424,10 @@ pub struct Counts {
     pub waits: i64,
 }
 
+/// A process's turn to write (`Store::write_turn`), until dropped.
+#[derive(Default)]
+pub struct WriteTurn(pub(crate) Option<tokio::sync::OwnedMutexGuard<()>>);
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// True when this process is the database's only writer (an embedded file), so that the
@@ -432,6 +436,20 @@ pub trait Store: Send + Sync {
     /// Stores a batch of events in one transaction; duplicates (same `dedupe_key`) are
     /// reported with the id of the first delivery.
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>>;
+    /// Waits for this process's turn to write, where its writers queue in the process
+    /// (SQLite); elsewhere at once. A writer holding it can gather more work meanwhile and
+    /// then store it with `ingest_in_turn`.
+    async fn write_turn(&self) -> WriteTurn {
+        WriteTurn::default()
+    }
+    /// `ingest` by a writer that holds `turn`.
+    async fn ingest_in_turn(
+        &self,
+        _turn: &WriteTurn,
+        batch: &[NewEvent],
+    ) -> Result<Vec<IngestOutcome>> {
+        self.ingest(batch).await
+    }
     /// A write transaction: every effect of a batch of engine work commits together.
     async fn begin(&self) -> Result<Box<dyn Tx>>;
 

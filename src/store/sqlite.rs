@@ -241,7 +241,22 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         true
     }
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
-        let _write = self.write.lock().await;
+        let turn = self.write_turn().await;
+        self.ingest_in_turn(&turn, batch).await
+    }
+    async fn write_turn(&self) -> WriteTurn {
+        WriteTurn(Some(self.write.clone().lock_owned().await))
+    }
+    async fn ingest_in_turn(
+        &self,
+        turn: &WriteTurn,
+        batch: &[NewEvent],
+    ) -> Result<Vec<IngestOutcome>> {
+        let ours = matches!(&turn.0, Some(g) if Arc::ptr_eq(tokio::sync::OwnedMutexGuard::mutex(g), &self.write));
+        let _own = match ours {
+            true => None,
+            false => Some(self.write.lock().await),
+        };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (ids, inserted) = insert_events(&mut tx, &self.ids, batch).await?;
         let mut out = Vec::with_capacity(batch.len());
