@@ -30,7 +30,7 @@ type Request = (
 );
 
 /// Most events stored in one transaction.
-const GATHER: usize = 1024;
+const GATHER: usize = 512;
 
 /// Longest deduplication key stored as it is; longer ones are stored as their digest.
 const KEY_KEPT: usize = 512;
@@ -120,8 +120,8 @@ async fn writer(
     backlog: Backlog,
     mut rx: mpsc::Receiver<Request>,
 ) {
-    let mut buf: Vec<Request> = Vec::with_capacity(512);
-    while rx.recv_many(&mut buf, 512).await > 0 {
+    let mut buf: Vec<Request> = Vec::with_capacity(GATHER);
+    while rx.recv_many(&mut buf, GATHER).await > 0 {
         if !engine.load().wait_for_room(backlog.max, backlog.wait).await {
             metrics::counter!("switchboard_busy_total").increment(buf.len() as u64);
             for (_, reply) in buf.drain(..) {

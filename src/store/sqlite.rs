@@ -1,5 +1,6 @@
 //! SQLite (WAL) implementation of the store. One process owns a database file: run ids are
-//! handed out from memory, and write transactions start with `BEGIN IMMEDIATE`.
+//! handed out from memory, and write transactions queue on the process's own lock, then start
+//! with `BEGIN IMMEDIATE` (a batch's at its first statement).
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -253,9 +254,10 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         batch: &[NewEvent],
     ) -> Result<Vec<IngestOutcome>> {
         let ours = matches!(&turn.0, Some(g) if Arc::ptr_eq(tokio::sync::OwnedMutexGuard::mutex(g), &self.write));
-        let _own = match ours {
-            true => None,
-            false => Some(self.write.lock().await),
+        let _own = if ours {
+            None
+        } else {
+            Some(self.write.lock().await)
         };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (ids, inserted) = insert_events(&mut tx, &self.ids, batch).await?;
