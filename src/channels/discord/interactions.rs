@@ -83,6 +83,8 @@ async fn interaction(
     };
     let mut ev = inbound::press(&dc.name, &press, clock.now_ms());
     dc.locale(&mut ev);
+    // The reply below is the acknowledgement: an answer waits for it.
+    let _acking = dc.acking(&press.token);
     let stored = tokio::spawn(async move { ingest.submit(ev).await });
     match tokio::time::timeout(STORE_WAIT, stored).await {
         Ok(Ok(Ok(

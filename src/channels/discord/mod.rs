@@ -152,7 +152,31 @@ pub struct Discord {
     global: GlobalHold,
     /// Each user's Discord language, as their last press said (messages carry none).
     locales: Mutex<std::collections::HashMap<String, String>>,
+    /// Presses whose acknowledgement is on its way, by interaction token: Discord refuses a
+    /// follow-up before it (Unknown Webhook), so an answer waits for it.
+    acking: Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
 }
+
+/// Marks a press's acknowledgement as on its way until dropped (`Discord::acking`).
+pub struct Acking<'a> {
+    dc: &'a Discord,
+    token: String,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Acking<'_> {
+    fn drop(&mut self) {
+        self.dc
+            .acking
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.token);
+        let _ = self.done.send(true);
+    }
+}
+
+/// Longest an answer waits for its press's acknowledgement (Discord's own deadline).
+const ACK_WAIT: Duration = Duration::from_secs(3);
 
 impl Discord {
     pub fn new(
@@ -169,6 +193,34 @@ impl Discord {
             dms: Mutex::new(std::collections::HashMap::new()),
             global: GlobalHold::default(),
             locales: Mutex::new(std::collections::HashMap::new()),
+            acking: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Marks the press with this token as being acknowledged until the guard is dropped.
+    pub fn acking(&self, token: &str) -> Acking<'_> {
+        let (done, rx) = tokio::sync::watch::channel(false);
+        self.acking
+            .lock()
+            .expect("not poisoned")
+            .insert(token.to_string(), rx);
+        Acking {
+            dc: self,
+            token: token.to_string(),
+            done,
+        }
+    }
+
+    /// Waits (at most `ACK_WAIT`) while the press with this token is being acknowledged.
+    async fn acknowledged(&self, token: &str) {
+        let pending = self
+            .acking
+            .lock()
+            .expect("not poisoned")
+            .get(token)
+            .cloned();
+        if let Some(mut rx) = pending {
+            let _ = tokio::time::timeout(ACK_WAIT, rx.wait_for(|done| *done)).await;
         }
     }
 
@@ -239,6 +291,7 @@ impl Discord {
 
     /// A deferred update: the press is acknowledged, the message stays as it is.
     pub async fn acknowledge(&self, interaction: u64, token: &str) -> Result<(), SendError> {
+        let _acking = self.acking(token);
         let path = format!("/interactions/{interaction}/{token}/callback");
         match self
             .rest
@@ -315,6 +368,7 @@ impl Discord {
             .click
             .split_once(':')
             .ok_or_else(|| permanent(format!("discord: '{}' is not a press", a.click)))?;
+        self.acknowledged(token).await;
         // Not a message to a conversation: only the bot's budget applies.
         let sent = paced(
             &self.rest,
@@ -326,7 +380,15 @@ impl Discord {
             &format!("/webhooks/{app}/{token}"),
             &json!({"content": a.text, "flags": 64, "allowed_mentions": {"parse": []}}),
         )
-        .await?;
+        .await
+        .map_err(|mut e| {
+            // The press's acknowledgement (the interactions endpoint's reply) may not have
+            // reached Discord yet: try again in a moment.
+            if e.message.contains("(code 10015)") {
+                e.retry = true;
+            }
+            e
+        })?;
         Ok(Delivered {
             message: None,
             detail: json!({"channel": self.name, "answered": sent["id"], "ephemeral": true}),
