@@ -1,10 +1,14 @@
-//! Group commit for inbound events: one writer takes whatever has arrived, stores it in one
-//! transaction (deduplicating), answers every sender, then hands accepted events to the engine.
-//! While the engine lags behind, the writer waits before storing more (and after a while
-//! answers "busy"), so that latency and memory stay bounded.
+//! Group commit for inbound events: the intake takes whatever has arrived and, on a database
+//! this process alone writes (SQLite), hands it to the engine, whose next batch stores it in
+//! its own transaction (deduplicating) — processing in the same transaction as many of the
+//! events as the batch has room for — and then answers every sender; if that batch does not
+//! start within a moment (the engine is held up), the intake stores them itself. With
+//! replicas (PostgreSQL) the intake stores them in a transaction of its own and then hands
+//! them to the engine. While the engine lags behind, the intake waits before handing
+//! over more (and after a while answers "busy"), so that latency and memory stay bounded.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
@@ -29,8 +33,8 @@ type Request = (
     oneshot::Sender<Result<IngestOutcome, SubmitError>>,
 );
 
-/// Most events stored in one transaction.
-const GATHER: usize = 512;
+/// Most events handed over at once (and stored in one transaction).
+pub(super) const GATHER: usize = 512;
 
 /// Longest deduplication key stored as it is; longer ones are stored as their digest.
 const KEY_KEPT: usize = 512;
@@ -129,19 +133,77 @@ async fn writer(
             }
             continue;
         }
-        // Wait for the turn to write; what arrives meanwhile goes into the same transaction.
-        let turn = store.write_turn().await;
-        while buf.len() < GATHER {
-            match rx.try_recv() {
-                Ok(r) => buf.push(r),
-                Err(_) => break,
-            }
-        }
         let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
-        let results = store_batch(&*store, &turn, &events).await;
-        drop(turn);
+        if !store.exclusive() {
+            // With replicas, a batch can wait for another replica's locks: the events are
+            // stored here, so that their senders are not kept waiting with it.
+            for e in (Arrivals { events, replies }).store_alone(&*store).await {
+                let _ = engine.send(Work::Event(e));
+            }
+            continue;
+        }
+        let n = events.len();
+        let handoff = Handoff(Arc::new(Mutex::new(Some(Arrivals { events, replies }))));
+        // Counted as the events they are, not as one item, so that the backlog stays bounded.
+        engine.load().add(n - 1);
+        // If the engine is gone, the senders hear that the gateway is shutting down.
+        if engine.send(Work::Store(handoff.clone())).is_err() {
+            engine.load().done(n - 1);
+            continue;
+        }
+        // An engine held up in a long batch does not hold up intake: after a moment the
+        // events are stored here and queued for it, as they would be under load.
+        let (store, engine) = (store.clone(), engine.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(HANDOFF_WAIT).await;
+            let Some(a) = handoff.take() else { return };
+            let n = a.len();
+            for e in a.store_alone(&*store).await {
+                let _ = engine.send(Work::Event(e));
+            }
+            engine.load().done(n);
+        });
+    }
+}
+
+/// How long handed-over events wait for the engine's next batch before the intake stores
+/// them itself.
+const HANDOFF_WAIT: Duration = Duration::from_millis(50);
+
+/// Events handed to the engine; taken by whichever comes first: the engine's next batch, or
+/// the intake after `HANDOFF_WAIT`. The taker answers the senders and counts them done.
+#[derive(Clone)]
+pub struct Handoff(Arc<Mutex<Option<Arrivals>>>);
+
+impl Handoff {
+    pub(super) fn take(&self) -> Option<Arrivals> {
+        self.0.lock().expect("not poisoned").take()
+    }
+}
+
+/// Events handed over to the engine, which stores them in its next batch's transaction —
+/// processing as many as that batch has room for in the same transaction — and then
+/// answers their senders.
+pub struct Arrivals {
+    pub(super) events: Vec<NewEvent>,
+    replies: Vec<oneshot::Sender<Result<IngestOutcome, SubmitError>>>,
+}
+
+impl Arrivals {
+    pub(super) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Takes in another hand-over (both are answered together).
+    pub(super) fn extend(&mut self, other: Arrivals) {
+        self.events.extend(other.events);
+        self.replies.extend(other.replies);
+    }
+
+    /// Answers every sender with its event's result, once the events are durable.
+    pub(super) fn answer(self, results: Vec<Result<IngestOutcome, StoreError>>) {
         let mut counts: HashMap<(String, &'static str), u64> = HashMap::new();
-        for ((ev, reply), result) in events.into_iter().zip(replies).zip(results) {
+        for ((ev, reply), result) in self.events.into_iter().zip(self.replies).zip(results) {
             let outcome = match result {
                 Ok(o) => o,
                 Err(e) => {
@@ -151,18 +213,32 @@ async fn writer(
                     continue;
                 }
             };
-            *counts
-                .entry((ev.kind.clone(), outcome_label(outcome)))
-                .or_default() += 1;
-            if let IngestOutcome::Accepted(id) = outcome {
-                let _ = engine.send(Work::Event(EventItem::stored(id, ev)));
-            }
+            *counts.entry((ev.kind, outcome_label(outcome))).or_default() += 1;
             let _ = reply.send(Ok(outcome));
         }
         for ((kind, outcome), n) in counts {
             metrics::counter!("switchboard_events_total", "kind" => kind, "outcome" => outcome)
                 .increment(n);
         }
+    }
+
+    /// Stores the events in a transaction of their own (after the engine's batch that was
+    /// to store them failed), answers their senders and returns the accepted ones.
+    pub(super) async fn store_alone(self, store: &dyn Store) -> Vec<EventItem> {
+        let turn = store.write_turn().await;
+        let results = store_batch(store, &turn, &self.events).await;
+        drop(turn);
+        let accepted = self
+            .events
+            .iter()
+            .zip(&results)
+            .filter_map(|(ev, r)| match r {
+                Ok(IngestOutcome::Accepted(id)) => Some(EventItem::stored(*id, ev.clone())),
+                _ => None,
+            })
+            .collect();
+        self.answer(results);
+        accepted
     }
 }
 

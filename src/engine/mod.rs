@@ -152,6 +152,8 @@ pub enum Work {
     Admin(admin::AdminOp, admin::AdminReply),
     /// Look in the database for work nobody holds: pending events, outbox rows.
     Rescan,
+    /// Events to store in the next batch's transaction, and whom to answer.
+    Store(ingest::Handoff),
 }
 
 impl Work {
@@ -163,6 +165,7 @@ impl Work {
             Work::Answer { .. } => "answers".into(),
             Work::Admin(..) => "admin".into(),
             Work::Rescan => "rescan".into(),
+            Work::Store(_) => "store".into(),
         }
     }
 }
@@ -179,6 +182,26 @@ struct After {
     skip: Vec<(String, String)>,
     /// Scenario switches: on or off, made at (ms).
     enable: Vec<(Arc<Scenario>, bool, i64)>,
+}
+
+/// The events handed over and not taken back, as one hand-over of about `ingest::GATHER`
+/// events at most (hand-overs are not split).
+fn take_arrivals(pending: &mut Vec<ingest::Handoff>) -> Option<ingest::Arrivals> {
+    let mut taken: Option<ingest::Arrivals> = None;
+    let mut used = 0;
+    for h in pending.iter() {
+        if taken.as_ref().is_some_and(|a| a.len() >= ingest::GATHER) {
+            break;
+        }
+        used += 1;
+        match (&mut taken, h.take()) {
+            (_, None) => {}
+            (None, Some(a)) => taken = Some(a),
+            (Some(t), Some(a)) => t.extend(a),
+        }
+    }
+    pending.drain(..used);
+    taken
 }
 
 /// What the engine's queue holds, so that an event read back from the database and the same
@@ -339,8 +362,10 @@ impl Engine {
         let mut intake = Intake::default();
         let mut buf = Vec::with_capacity(BATCH);
         let mut failures = 0u32;
+        // Events handed over by the ingest, stored by the next batch.
+        let mut arrived: Vec<ingest::Handoff> = Vec::new();
         loop {
-            if queue.is_empty() && intake.cursor.is_none() {
+            if queue.is_empty() && intake.cursor.is_none() && arrived.is_empty() {
                 tokio::select! {
                     n = rx.recv_many(&mut buf, 4096) => {
                         if n == 0 { return; }
@@ -361,6 +386,7 @@ impl Engine {
                         rescan = true;
                         self.load().done(1);
                     }
+                    Work::Store(a) => arrived.push(a),
                     w => intake.push(&mut queue, w, self.load()),
                 }
             }
@@ -369,6 +395,19 @@ impl Engine {
             }
             if intake.cursor.is_some() && queue.len() < RESCAN_ROOM {
                 self.rescan_page(&mut intake, &mut queue).await;
+                if queue.is_empty() && arrived.is_empty() {
+                    continue;
+                }
+            }
+            let mut arrivals = take_arrivals(&mut arrived);
+            if arrivals.is_none() && queue.is_empty() {
+                continue;
+            }
+            if failures > 0 {
+                // While batches fail, arriving events are stored by themselves and queued.
+                if let Some(a) = arrivals.take() {
+                    self.store_alone(a, &mut intake, &mut queue).await;
+                }
                 if queue.is_empty() {
                     continue;
                 }
@@ -383,21 +422,35 @@ impl Engine {
             }
             self.refresh_config();
             let started = std::time::Instant::now();
-            let result = self.process(&batch).await;
+            let result = self.process_with(&batch, arrivals.as_ref()).await;
             tracing::debug!(
                 items = batch.len(),
+                arrived = arrivals.as_ref().map_or(0, |a| a.len()),
                 queued = queue.len(),
                 micros = started.elapsed().as_micros() as u64,
                 "batch"
             );
             let e = match result {
-                Ok(()) => {
+                Ok(stored) => {
                     failures = 0;
                     self.load().done(batch.len());
+                    if let (Some(a), Some((outcomes, rest))) = (arrivals, stored) {
+                        let n = a.len();
+                        self.load().add(rest.len());
+                        for w in rest {
+                            intake.push(&mut queue, w, self.load());
+                        }
+                        a.answer(outcomes.into_iter().map(Ok).collect());
+                        self.load().done(n);
+                    }
                     continue;
                 }
                 Err(e) => e,
             };
+            // The events the batch was to store are stored by themselves.
+            if let Some(a) = arrivals {
+                self.store_alone(a, &mut intake, &mut queue).await;
+            }
             // The transaction rolled back; nothing of the batch happened.
             self.http_parked.clear();
             self.globals = self
@@ -426,6 +479,23 @@ impl Engine {
 
     fn load(&self) -> &Arc<Load> {
         self.me.load()
+    }
+
+    /// Stores arriving events in a transaction of their own, answers their senders and
+    /// queues the accepted ones.
+    async fn store_alone(
+        &mut self,
+        a: ingest::Arrivals,
+        intake: &mut Intake,
+        queue: &mut FairQueue<Work>,
+    ) {
+        let n = a.len();
+        let accepted = a.store_alone(&*self.store).await;
+        self.load().add(accepted.len());
+        for e in accepted {
+            intake.push(queue, Work::Event(e), self.load());
+        }
+        self.load().done(n);
     }
 
     /// Takes up a reloaded config (a batch is served by one config throughout).
@@ -519,7 +589,7 @@ impl Engine {
                     d.run_id.filter(|_| d.resume)
                 }
                 // Dropped: the operator is told the action did not happen.
-                Work::Admin(..) | Work::Answer { .. } | Work::Rescan => None,
+                Work::Admin(..) | Work::Answer { .. } | Work::Rescan | Work::Store(_) => None,
             };
             if let Some(id) = run {
                 if let Some(mut run) = tx.load_run(id).await? {
@@ -641,6 +711,17 @@ impl Engine {
     }
 
     pub(crate) async fn process(&mut self, batch: &[Work]) -> Result<(), StoreError> {
+        self.process_with(batch, None).await.map(|_| ())
+    }
+
+    /// Processes a batch in one transaction that also stores `arrivals`: of their accepted
+    /// events, as many as the batch has room for (taken fairly across lanes) are processed
+    /// in it too. Returns the arrivals' outcomes and the accepted events left to queue.
+    async fn process_with(
+        &mut self,
+        batch: &[Work],
+        arrivals: Option<&ingest::Arrivals>,
+    ) -> Result<Option<(Vec<crate::store::IngestOutcome>, Vec<Work>)>, StoreError> {
         if !self.cache_runs && self.uses_globals {
             // Other replicas may have changed them.
             self.globals = self.store.globals().await?;
@@ -659,8 +740,23 @@ impl Engine {
         if !resumed.is_empty() {
             tx.prefetch_runs(&resumed).await?;
         }
+        let mut direct = Vec::new();
+        let mut stored = None;
+        if let Some(a) = arrivals {
+            let outcomes = tx.ingest(&a.events).await?;
+            let mut fresh = FairQueue::default();
+            for (ev, o) in a.events.iter().zip(&outcomes) {
+                if let crate::store::IngestOutcome::Accepted(id) = o {
+                    let w = Work::Event(EventItem::stored(*id, ev.clone()));
+                    fresh.push(&w.lane(), w);
+                }
+            }
+            direct = fresh.take(BATCH.saturating_sub(batch.len()), PER_LANE);
+            let rest = fresh.take(usize::MAX, usize::MAX);
+            stored = Some((outcomes, rest));
+        }
         let mut after = After::default();
-        for w in batch {
+        for w in batch.iter().chain(&direct) {
             match w {
                 Work::Event(e) => {
                     if e.recheck && !tx.event_pending(e.id).await? {
@@ -674,7 +770,7 @@ impl Engine {
                     self.on_answer(&mut *tx, *run_id, data, &mut after).await?
                 }
                 Work::Admin(op, reply) => self.on_admin(&mut *tx, op, reply, &mut after).await?,
-                Work::Rescan => {}
+                Work::Rescan | Work::Store(_) => {}
             }
         }
         // On failure the caller reloads the globals this batch changed in memory.
@@ -708,7 +804,7 @@ impl Engine {
         if after.timers_changed {
             self.timers.notify_one();
         }
-        Ok(())
+        Ok(stored)
     }
 
     fn now(&self) -> i64 {

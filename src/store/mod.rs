@@ -591,6 +591,10 @@ pub trait Tx: Send {
     async fn active_run_exists(&mut self, scenario: &str, subject: &str) -> Result<bool>;
 
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>>;
+    /// Stores arriving events in this transaction, as `Store::ingest` would. Events without
+    /// a deduplication key are written at commit, so one that is also finished in this
+    /// transaction is written once, finished.
+    async fn ingest(&mut self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>>;
     /// Keeps a status whose message's delivery is not recorded yet (once per status).
     async fn keep_early_status(
         &mut self,

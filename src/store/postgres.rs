@@ -189,10 +189,14 @@ async fn insert_events(
     tx: &mut Transaction<'static, Postgres>,
     ids: &Ids,
     me: &str,
-    batch: &[NewEvent],
+    batch: &[&NewEvent],
 ) -> Result<(Vec<i64>, HashSet<i64>)> {
     let assigned = ids.event.take(tx, batch.len()).await?;
-    let rows: Vec<(i64, &NewEvent)> = assigned.iter().copied().zip(batch).collect();
+    let rows: Vec<(i64, &NewEvent)> = assigned
+        .iter()
+        .copied()
+        .zip(batch.iter().copied())
+        .collect();
     let mut inserted = HashSet::with_capacity(batch.len());
     for chunk in chunks(&rows) {
         let mut q = QueryBuilder::<Postgres>::new(
@@ -234,7 +238,8 @@ impl_store!(PgStore, Postgres, "strpos", {
     }
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
         let mut tx = self.begin_fenced().await?;
-        let (ids, inserted) = insert_events(&mut tx, &self.ids, &self.me, batch).await?;
+        let refs: Vec<&NewEvent> = batch.iter().collect();
+        let (ids, inserted) = insert_events(&mut tx, &self.ids, &self.me, &refs).await?;
         let mut out = Vec::with_capacity(batch.len());
         for (ev, id) in batch.iter().zip(ids) {
             if inserted.contains(&id) {
@@ -262,6 +267,7 @@ impl_store!(PgStore, Postgres, "strpos", {
             me: self.me.clone(),
             loaded: HashMap::new(),
             runs: HashMap::new(),
+            arrived: HashMap::new(),
             finished_events: Vec::new(),
             new_outbox: Vec::new(),
             finished_outbox: Vec::new(),
@@ -528,6 +534,7 @@ struct PgTx {
     /// Runs read (and locked) ahead by `prefetch_runs`, as committed.
     loaded: HashMap<i64, RunRow>,
     runs: HashMap<i64, SavedRun>,
+    arrived: HashMap<i64, ArrivedEvent>,
     finished_events: Vec<FinishedEvent>,
     new_outbox: Vec<(i64, NewOutbox)>,
     finished_outbox: Vec<FinishedOutbox>,
@@ -539,6 +546,21 @@ impl PgTx {
     /// The transaction's connection.
     async fn db(&mut self) -> Result<&mut PgConnection> {
         Ok(&mut *self.tx)
+    }
+
+    /// Ids for `n` new events.
+    async fn event_ids(&mut self, n: usize) -> Result<Vec<i64>> {
+        self.ids.event.take(&mut self.tx, n).await
+    }
+
+    /// Inserts events that carry a deduplication key at once (ids assigned, ids inserted).
+    async fn insert_keyed(&mut self, batch: &[&NewEvent]) -> Result<(Vec<i64>, HashSet<i64>)> {
+        insert_events(&mut self.tx, &self.ids, &self.me, batch).await
+    }
+
+    /// The replica recorded as the events' owner.
+    fn event_owner(&self) -> Option<&str> {
+        Some(&self.me)
     }
 
     async fn finish(self) -> Result<()> {
@@ -606,8 +628,7 @@ impl_tx!(PgTx, Postgres, {
         Ok(n.is_some())
     }
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>> {
-        let (ids, inserted) =
-            insert_events(&mut self.tx, &self.ids, &self.me, std::slice::from_ref(ev)).await?;
+        let (ids, inserted) = insert_events(&mut self.tx, &self.ids, &self.me, &[ev]).await?;
         Ok(ids.into_iter().find(|id| inserted.contains(id)))
     }
     async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64> {

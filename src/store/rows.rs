@@ -216,6 +216,43 @@ impl SavedRun {
     }
 }
 
+/// An event stored by a batch's transaction, written at its commit with the status it has
+/// by then: one that the batch also processed goes in finished, not pending and then updated.
+pub(super) struct ArrivedEvent {
+    pub(super) id: i64,
+    pub(super) kind: String,
+    pub(super) source: String,
+    pub(super) status: String,
+    pub(super) data: String,
+    pub(super) meta: String,
+    pub(super) error: Option<String>,
+    pub(super) outcome: Option<String>,
+    pub(super) received_at: i64,
+    pub(super) processed_at: Option<i64>,
+}
+
+impl ArrivedEvent {
+    pub(super) fn new(id: i64, ev: &NewEvent) -> ArrivedEvent {
+        ArrivedEvent {
+            id,
+            kind: ev.kind.clone(),
+            source: ev.source.clone(),
+            status: if ev.rejected.is_some() {
+                "rejected"
+            } else {
+                "pending"
+            }
+            .to_string(),
+            data: ev.data.to_string(),
+            meta: ev.meta.to_string(),
+            error: ev.rejected.clone(),
+            outcome: None,
+            received_at: ev.received_at,
+            processed_at: None,
+        }
+    }
+}
+
 pub(super) struct FinishedEvent {
     pub(super) id: i64,
     pub(super) status: String,

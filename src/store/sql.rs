@@ -461,7 +461,42 @@ macro_rules! impl_tx {
                 Ok(())
             }
 
+            /// Writes the events this transaction stored, with the status each has by now.
+            async fn flush_arrived(&mut self) -> Result<()> {
+                if self.arrived.is_empty() {
+                    return Ok(());
+                }
+                let mut rows: Vec<ArrivedEvent> = self.arrived.drain().map(|(_, e)| e).collect();
+                rows.sort_unstable_by_key(|e| e.id);
+                let owner = self.event_owner().map(str::to_string);
+                for chunk in chunks(&rows) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO events (id, kind, source, status, data, meta, error, outcome,
+                                             received_at, processed_at",
+                    );
+                    q.push(if owner.is_some() { ", owner) " } else { ") " });
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.id)
+                            .push_bind(e.kind.clone())
+                            .push_bind(e.source.clone())
+                            .push_bind(e.status.clone())
+                            .push_bind(e.data.clone())
+                            .push_bind(e.meta.clone())
+                            .push_bind(e.error.clone())
+                            .push_bind(e.outcome.clone())
+                            .push_bind(e.received_at)
+                            .push_bind(e.processed_at);
+                        if let Some(o) = &owner {
+                            b.push_bind(o.clone());
+                        }
+                    });
+                    q.build().execute(self.db().await?).await?;
+                }
+                Ok(())
+            }
+
             async fn flush(&mut self) -> Result<()> {
+                self.flush_arrived().await?;
                 let new_outbox = std::mem::take(&mut self.new_outbox);
                 for chunk in chunks(&new_outbox) {
                     let mut q = QueryBuilder::<$db>::new(
@@ -556,7 +591,51 @@ macro_rules! impl_tx {
                     .await?)
             }
 
+            async fn ingest(&mut self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
+                let outcome = |ev: &NewEvent, id: i64| {
+                    if ev.rejected.is_some() {
+                        IngestOutcome::Rejected(id)
+                    } else {
+                        IngestOutcome::Accepted(id)
+                    }
+                };
+                let keyed: Vec<&NewEvent> =
+                    batch.iter().filter(|e| e.dedupe_key.is_some()).collect();
+                let mut keyed_out = Vec::with_capacity(keyed.len());
+                if !keyed.is_empty() {
+                    let (ids, inserted) = self.insert_keyed(&keyed).await?;
+                    for (ev, id) in keyed.iter().zip(ids) {
+                        keyed_out.push(if inserted.contains(&id) {
+                            outcome(ev, id)
+                        } else {
+                            let first: i64 =
+                                sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = $1")
+                                    .bind(&ev.dedupe_key)
+                                    .fetch_one(self.db().await?)
+                                    .await?;
+                            IngestOutcome::Duplicate(first)
+                        });
+                    }
+                }
+                let mut keyed_out = keyed_out.into_iter();
+                let mut ids = self.event_ids(batch.len() - keyed.len()).await?.into_iter();
+                let mut out = Vec::with_capacity(batch.len());
+                for ev in batch {
+                    if ev.dedupe_key.is_some() {
+                        out.push(keyed_out.next().expect("one outcome per keyed event"));
+                        continue;
+                    }
+                    let id = ids.next().expect("one id per event without a key");
+                    self.arrived.insert(id, ArrivedEvent::new(id, ev));
+                    out.push(outcome(ev, id));
+                }
+                Ok(out)
+            }
+
             async fn event_pending(&mut self, id: i64) -> Result<bool> {
+                if let Some(e) = self.arrived.get(&id) {
+                    return Ok(e.status == "pending");
+                }
                 let status: Option<String> =
                     sqlx::query_scalar("SELECT status FROM events WHERE id = $1")
                         .bind(id)
@@ -566,6 +645,9 @@ macro_rules! impl_tx {
             }
 
             async fn event_origin(&mut self, id: i64) -> Result<Option<(String, Json)>> {
+                if let Some(e) = self.arrived.get(&id) {
+                    return Ok(Some((e.kind.clone(), parse_json(&e.meta)?)));
+                }
                 let row: Option<(String, String)> =
                     sqlx::query_as("SELECT kind, meta FROM events WHERE id = $1")
                         .bind(id)
@@ -582,6 +664,12 @@ macro_rules! impl_tx {
                 outcome: &Json,
                 now: i64,
             ) -> Result<()> {
+                if let Some(e) = self.arrived.get_mut(&id) {
+                    e.status = status.to_string();
+                    e.outcome = Some(outcome.to_string());
+                    e.processed_at = Some(now);
+                    return Ok(());
+                }
                 self.finished_events.push(FinishedEvent {
                     id,
                     status: status.to_string(),

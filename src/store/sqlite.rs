@@ -197,13 +197,17 @@ impl SqliteStore {
 async fn insert_events(
     tx: &mut SqliteConnection,
     ids: &Ids,
-    batch: &[NewEvent],
+    batch: &[&NewEvent],
 ) -> Result<(Vec<i64>, HashSet<i64>)> {
     let assigned: Vec<i64> = batch
         .iter()
         .map(|_| ids.event.fetch_add(1, Ordering::Relaxed))
         .collect();
-    let rows: Vec<(i64, &NewEvent)> = assigned.iter().copied().zip(batch).collect();
+    let rows: Vec<(i64, &NewEvent)> = assigned
+        .iter()
+        .copied()
+        .zip(batch.iter().copied())
+        .collect();
     let mut inserted = HashSet::with_capacity(batch.len());
     for chunk in chunks(&rows) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -260,7 +264,8 @@ impl_store!(SqliteStore, Sqlite, "instr", {
             Some(self.write.lock().await)
         };
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (ids, inserted) = insert_events(&mut tx, &self.ids, batch).await?;
+        let refs: Vec<&NewEvent> = batch.iter().collect();
+        let (ids, inserted) = insert_events(&mut tx, &self.ids, &refs).await?;
         let mut out = Vec::with_capacity(batch.len());
         for (ev, id) in batch.iter().zip(ids) {
             if inserted.contains(&id) {
@@ -288,6 +293,7 @@ impl_store!(SqliteStore, Sqlite, "instr", {
             ids: self.ids.clone(),
             me: self.me.clone(),
             runs: HashMap::new(),
+            arrived: HashMap::new(),
             finished_events: Vec::new(),
             new_outbox: Vec::new(),
             finished_outbox: Vec::new(),
@@ -462,6 +468,7 @@ struct SqliteTx {
     ids: Arc<Ids>,
     me: Arc<str>,
     runs: HashMap<i64, SavedRun>,
+    arrived: HashMap<i64, ArrivedEvent>,
     finished_events: Vec<FinishedEvent>,
     new_outbox: Vec<(i64, NewOutbox)>,
     finished_outbox: Vec<FinishedOutbox>,
@@ -478,6 +485,24 @@ impl SqliteTx {
             self.tx = Some((tx, lock));
         }
         Ok(&mut *self.tx.as_mut().expect("begun above").0)
+    }
+
+    /// Ids for `n` new events.
+    async fn event_ids(&mut self, n: usize) -> Result<Vec<i64>> {
+        Ok((0..n)
+            .map(|_| self.ids.event.fetch_add(1, Ordering::Relaxed))
+            .collect())
+    }
+
+    /// Inserts events that carry a deduplication key at once (ids assigned, ids inserted).
+    async fn insert_keyed(&mut self, batch: &[&NewEvent]) -> Result<(Vec<i64>, HashSet<i64>)> {
+        let ids = self.ids.clone();
+        insert_events(self.db().await?, &ids, batch).await
+    }
+
+    /// The owner recorded on events (PostgreSQL's replicas); none here.
+    fn event_owner(&self) -> Option<&str> {
+        None
     }
 
     /// Commits what was written (a transaction that never began has nothing to commit).
@@ -519,8 +544,7 @@ impl_tx!(SqliteTx, Sqlite, {
     }
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>> {
         let counters = self.ids.clone();
-        let (ids, inserted) =
-            insert_events(self.db().await?, &counters, std::slice::from_ref(ev)).await?;
+        let (ids, inserted) = insert_events(self.db().await?, &counters, &[ev]).await?;
         Ok(ids.into_iter().find(|id| inserted.contains(id)))
     }
     async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64> {

@@ -51,6 +51,7 @@ macro_rules! both {
 
 both!(
     ingest_deduplicates,
+    a_batch_stores_arriving_events,
     runs_round_trip,
     outbox_lifecycle,
     timers_fire_once,
@@ -151,6 +152,79 @@ async fn ingest_deduplicates(s: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(found.iter().map(|e| e.id).collect::<Vec<_>>(), vec![fourth]);
     assert_eq!(s.counts().await.unwrap().events, 3);
+}
+
+/// A batch's transaction stores arriving events: one it also finishes is written once,
+/// finished; the others go in pending; a repeated key is a duplicate of the stored event;
+/// nothing of a batch that rolls back is stored.
+async fn a_batch_stores_arriving_events(s: Arc<dyn Store>) {
+    let stored = s.ingest(&[event(Some("k1"), 1)]).await.unwrap();
+    let IngestOutcome::Accepted(k1) = stored[0] else {
+        panic!("{stored:?}")
+    };
+    let mut tx = s.begin().await.unwrap();
+    let dropped = tx
+        .ingest(&[event(None, 2), event(Some("k2"), 3)])
+        .await
+        .unwrap();
+    drop(tx);
+    for o in &dropped {
+        let IngestOutcome::Accepted(id) = o else {
+            panic!("{dropped:?}")
+        };
+        assert!(s.event(*id).await.unwrap().is_none(), "rolled back: {id}");
+    }
+
+    let mut tx = s.begin().await.unwrap();
+    let out = tx
+        .ingest(&[
+            event(None, 4),
+            event(Some("k1"), 5),
+            event(None, 6),
+            event(Some("k2"), 7),
+        ])
+        .await
+        .unwrap();
+    let [IngestOutcome::Accepted(done), IngestOutcome::Duplicate(dup), IngestOutcome::Accepted(left), IngestOutcome::Accepted(keyed)] =
+        out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(dup, k1);
+    assert!(tx.event_pending(done).await.unwrap());
+    tx.finish_event(done, "done", &json!([{"verdict": "started"}]), 9_000)
+        .await
+        .unwrap();
+    tx.finish_event(keyed, "done", &json!([]), 9_000)
+        .await
+        .unwrap();
+    assert!(!tx.event_pending(done).await.unwrap());
+    assert!(tx.event_pending(left).await.unwrap());
+    let (kind, _) = tx.event_origin(left).await.unwrap().unwrap();
+    assert_eq!(kind, "webhook");
+    tx.commit().await.unwrap();
+
+    let row = s.event(done).await.unwrap().unwrap();
+    assert_eq!(row.status, "done");
+    assert_eq!(row.outcome, Some(json!([{"verdict": "started"}])));
+    assert_eq!(row.data, event(None, 4).data);
+    assert_eq!(row.received_at, 1_004);
+    assert_eq!(s.event(keyed).await.unwrap().unwrap().status, "done");
+    assert_eq!(s.event(left).await.unwrap().unwrap().status, "pending");
+    let pending: Vec<i64> = s
+        .pending_events(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(pending, vec![k1, left]);
+    // The key stored by the batch deduplicates later arrivals.
+    let again = s.ingest(&[event(Some("k2"), 8)]).await.unwrap();
+    assert!(
+        matches!(again[0], IngestOutcome::Duplicate(id) if id == keyed),
+        "{again:?}"
+    );
 }
 
 async fn runs_round_trip(s: Arc<dyn Store>) {
