@@ -1,10 +1,11 @@
 //! Group commit for inbound events: the intake takes whatever has arrived and, on a database
-//! this process alone writes (SQLite), hands it to the engine, whose next batch stores it in
-//! its own transaction (deduplicating) — processing in the same transaction as many of the
-//! events as the batch has room for — and then answers every sender; if that batch does not
-//! start within a moment (the engine is held up), the intake stores them itself. With
-//! replicas (PostgreSQL) the intake stores them in a transaction of its own and then hands
-//! them to the engine. While the engine lags behind, the intake waits before handing
+//! this process alone writes (SQLite) while the engine has little on its hands, hands it to
+//! the engine, whose next batch stores it in its own transaction (deduplicating) —
+//! processing in the same transaction as many of the events as the batch has room for — and
+//! then answers every sender; if that batch does not start within a moment (the engine is
+//! held up), the intake stores them itself. Otherwise (replicas on PostgreSQL, or the engine
+//! busy) the intake stores them in a transaction of its own and then hands them to the
+//! engine, so that storing goes on beside the engine's work. While the engine lags behind, the intake waits before handing
 //! over more (and after a while answers "busy"), so that latency and memory stay bounded.
 
 use std::collections::HashMap;
@@ -133,15 +134,28 @@ async fn writer(
             }
             continue;
         }
-        let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
-        if !store.exclusive() {
-            // With replicas, a batch can wait for another replica's locks: the events are
-            // stored here, so that their senders are not kept waiting with it.
-            for e in (Arrivals { events, replies }).store_alone(&*store).await {
+        // With replicas, a batch can wait for another replica's locks: the events are stored
+        // here, so that their senders are not kept waiting with it. Under load, too: the
+        // engine's batches are full, and storing here goes on beside its work.
+        if !store.exclusive() || engine.load().len() >= HAND_OVER_BELOW {
+            // Wait for the turn to write; what arrives meanwhile goes into the same transaction.
+            let turn = store.write_turn().await;
+            while buf.len() < GATHER {
+                match rx.try_recv() {
+                    Ok(r) => buf.push(r),
+                    Err(_) => break,
+                }
+            }
+            let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
+            for e in (Arrivals { events, replies })
+                .store_alone(&*store, Some(turn))
+                .await
+            {
                 let _ = engine.send(Work::Event(e));
             }
             continue;
         }
+        let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
         let n = events.len();
         let handoff = Handoff(Arc::new(Mutex::new(Some(Arrivals { events, replies }))));
         // Counted as the events they are, not as one item, so that the backlog stays bounded.
@@ -158,13 +172,16 @@ async fn writer(
             tokio::time::sleep(HANDOFF_WAIT).await;
             let Some(a) = handoff.take() else { return };
             let n = a.len();
-            for e in a.store_alone(&*store).await {
+            for e in a.store_alone(&*store, None).await {
                 let _ = engine.send(Work::Event(e));
             }
             engine.load().done(n);
         });
     }
 }
+
+/// Events are handed to the engine while it has fewer work items than this on its hands.
+const HAND_OVER_BELOW: usize = 64;
 
 /// How long handed-over events wait for the engine's next batch before the intake stores
 /// them itself.
@@ -222,10 +239,17 @@ impl Arrivals {
         }
     }
 
-    /// Stores the events in a transaction of their own (after the engine's batch that was
-    /// to store them failed), answers their senders and returns the accepted ones.
-    pub(super) async fn store_alone(self, store: &dyn Store) -> Vec<EventItem> {
-        let turn = store.write_turn().await;
+    /// Stores the events in a transaction of their own (holding `turn` if given), answers
+    /// their senders and returns the accepted ones.
+    pub(super) async fn store_alone(
+        self,
+        store: &dyn Store,
+        turn: Option<WriteTurn>,
+    ) -> Vec<EventItem> {
+        let turn = match turn {
+            Some(t) => t,
+            None => store.write_turn().await,
+        };
         let results = store_batch(store, &turn, &self.events).await;
         drop(turn);
         let accepted = self

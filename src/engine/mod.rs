@@ -490,7 +490,7 @@ impl Engine {
         queue: &mut FairQueue<Work>,
     ) {
         let n = a.len();
-        let accepted = a.store_alone(&*self.store).await;
+        let accepted = a.store_alone(&*self.store, None).await;
         self.load().add(accepted.len());
         for e in accepted {
             intake.push(queue, Work::Event(e), self.load());
