@@ -135,9 +135,10 @@ async fn writer(
             continue;
         }
         // With replicas, a batch can wait for another replica's locks: the events are stored
-        // here, so that their senders are not kept waiting with it. Under load, too: the
-        // engine's batches are full, and storing here goes on beside its work.
-        if !store.exclusive() || engine.load().len() >= HAND_OVER_BELOW {
+        // here, so that their senders are not kept waiting with it. Under load and for a
+        // burst, too: storing here goes on beside the engine's work, and a sender that waits
+        // for its events to be stored (a poller) is not kept waiting for their processing.
+        if !store.exclusive() || engine.load().len() + buf.len() >= HAND_OVER_BELOW {
             // Wait for the turn to write; what arrives meanwhile goes into the same transaction.
             let turn = store.write_turn().await;
             while buf.len() < GATHER {
@@ -180,7 +181,8 @@ async fn writer(
     }
 }
 
-/// Events are handed to the engine while it has fewer work items than this on its hands.
+/// Events are handed to the engine while, with them, it has fewer work items than this on
+/// its hands: a burst (a poller's page of updates) is stored beside the engine's work.
 const HAND_OVER_BELOW: usize = 64;
 
 /// How long handed-over events wait for the engine's next batch before the intake stores
