@@ -126,7 +126,30 @@ async fn writer(
     mut rx: mpsc::Receiver<Request>,
 ) {
     let mut buf: Vec<Request> = Vec::with_capacity(GATHER);
-    while rx.recv_many(&mut buf, GATHER).await > 0 {
+    // The last hand-over, and when the intake takes it back if the engine has not taken it.
+    // Events are stored and processed in the order they arrived: while it is untaken, later
+    // events join it or are stored together with it, never before it.
+    let mut last: Option<(Handoff, tokio::time::Instant)> = None;
+    loop {
+        let received = match &last {
+            Some((_, due)) => tokio::select! {
+                n = rx.recv_many(&mut buf, GATHER) => Some(n),
+                _ = tokio::time::sleep_until(*due) => None,
+            },
+            None => Some(rx.recv_many(&mut buf, GATHER).await),
+        };
+        if received.is_none_or(|n| n == 0) {
+            // An engine held up in a long batch does not hold up intake: the events it has
+            // not taken are stored here and queued for it, as they would be under load.
+            if let Some(a) = last.take().and_then(|(h, _)| h.take()) {
+                let n = a.len();
+                store_here(&*store, &engine, a, None, n).await;
+            }
+            if received.is_none() {
+                continue;
+            }
+            return;
+        }
         if !engine.load().wait_for_room(backlog.max, backlog.wait).await {
             metrics::counter!("switchboard_busy_total").increment(buf.len() as u64);
             for (_, reply) in buf.drain(..) {
@@ -148,37 +171,57 @@ async fn writer(
                 }
             }
             let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
-            for e in (Arrivals { events, replies })
-                .store_alone(&*store, Some(turn))
-                .await
-            {
-                let _ = engine.send(Work::Event(e));
-            }
+            let fresh = Arrivals { events, replies };
+            // An untaken hand-over goes first.
+            let (all, counted) = match last.take().and_then(|(h, _)| h.take()) {
+                Some(mut earlier) => {
+                    let n = earlier.len();
+                    earlier.extend(fresh);
+                    (earlier, n)
+                }
+                None => (fresh, 0),
+            };
+            store_here(&*store, &engine, all, Some(turn), counted).await;
             continue;
         }
         let (events, replies): (Vec<NewEvent>, Vec<_>) = buf.drain(..).unzip();
-        let n = events.len();
-        let handoff = Handoff(Arc::new(Mutex::new(Some(Arrivals { events, replies }))));
+        let fresh = Arrivals { events, replies };
+        let n = fresh.len();
         // Counted as the events they are, not as one item, so that the backlog stays bounded.
-        engine.load().add(n - 1);
+        engine.load().add(n);
+        let fresh = match &last {
+            Some((h, _)) => match h.join(fresh) {
+                Ok(()) => continue,
+                Err(fresh) => fresh,
+            },
+            None => fresh,
+        };
+        let handoff = Handoff(Arc::new(Mutex::new(Some(fresh))));
         // If the engine is gone, the senders hear that the gateway is shutting down.
         if engine.send(Work::Store(handoff.clone())).is_err() {
-            engine.load().done(n - 1);
+            engine.load().done(n);
+            last = None;
             continue;
         }
-        // An engine held up in a long batch does not hold up intake: after a moment the
-        // events are stored here and queued for it, as they would be under load.
-        let (store, engine) = (store.clone(), engine.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(HANDOFF_WAIT).await;
-            let Some(a) = handoff.take() else { return };
-            let n = a.len();
-            for e in a.store_alone(&*store, None).await {
-                let _ = engine.send(Work::Event(e));
-            }
-            engine.load().done(n);
-        });
+        // The send counted the hand-over once more.
+        engine.load().done(1);
+        last = Some((handoff, tokio::time::Instant::now() + HANDOFF_WAIT));
     }
+}
+
+/// Stores events here (holding `turn` if given), queues the accepted ones for the engine, and
+/// counts done the `counted` items a hand-over had added to its load.
+async fn store_here(
+    store: &dyn Store,
+    engine: &WorkSender,
+    a: Arrivals,
+    turn: Option<WriteTurn>,
+    counted: usize,
+) {
+    for e in a.store_alone(store, turn).await {
+        let _ = engine.send(Work::Event(e));
+    }
+    engine.load().done(counted);
 }
 
 /// Events are handed to the engine while, with them, it has fewer work items than this on
@@ -190,13 +233,25 @@ const HAND_OVER_BELOW: usize = 64;
 const HANDOFF_WAIT: Duration = Duration::from_millis(50);
 
 /// Events handed to the engine; taken by whichever comes first: the engine's next batch, or
-/// the intake after `HANDOFF_WAIT`. The taker answers the senders and counts them done.
+/// the intake (after `HANDOFF_WAIT`, or to store them before later events). The taker
+/// answers the senders and counts them done.
 #[derive(Clone)]
 pub struct Handoff(Arc<Mutex<Option<Arrivals>>>);
 
 impl Handoff {
     pub(super) fn take(&self) -> Option<Arrivals> {
         self.0.lock().expect("not poisoned").take()
+    }
+
+    /// Adds later events to the hand-over if nobody has taken it yet.
+    fn join(&self, later: Arrivals) -> Result<(), Arrivals> {
+        match &mut *self.0.lock().expect("not poisoned") {
+            Some(a) => {
+                a.extend(later);
+                Ok(())
+            }
+            None => Err(later),
+        }
     }
 }
 

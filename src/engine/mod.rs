@@ -447,10 +447,6 @@ impl Engine {
                 }
                 Err(e) => e,
             };
-            // The events the batch was to store are stored by themselves.
-            if let Some(a) = arrivals {
-                self.store_alone(a, &mut intake, &mut queue).await;
-            }
             // The transaction rolled back; nothing of the batch happened.
             self.http_parked.clear();
             self.globals = self
@@ -467,12 +463,16 @@ impl Engine {
                 failures = 0;
                 self.set_aside(&batch[0], &e).await;
                 self.load().done(1);
-                continue;
+            } else {
+                tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * failures.clamp(1, 20) as u64)).await;
+                for w in batch {
+                    intake.requeue(&mut queue, w);
+                }
             }
-            tracing::error!(error = %e, items = batch.len(), "engine batch failed; retrying");
-            tokio::time::sleep(Duration::from_millis(100 * failures.clamp(1, 20) as u64)).await;
-            for w in batch {
-                intake.requeue(&mut queue, w);
+            // The events the batch was to store are stored by themselves, after it.
+            if let Some(a) = arrivals {
+                self.store_alone(a, &mut intake, &mut queue).await;
             }
         }
     }

@@ -38,6 +38,23 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({"error": why}))).into_response()
 }
 
+/// Keeps a press marked as being acknowledged for `ACK_SETTLE` after the handler returns.
+struct SettleOnDrop(Option<super::Acking>);
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        if let Some(acking) = self.0.take() {
+            tokio::spawn(async move {
+                tokio::time::sleep(ACK_SETTLE).await;
+                drop(acking);
+            });
+        }
+    }
+}
+
+/// How long after the reply an answer to the press waits (the reply's way to Discord).
+const ACK_SETTLE: Duration = Duration::from_millis(100);
+
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name)?.to_str().ok()
 }
@@ -83,8 +100,10 @@ async fn interaction(
     };
     let mut ev = inbound::press(&dc.name, &press, clock.now_ms());
     dc.locale(&mut ev);
-    // The reply below is the acknowledgement: an answer waits for it.
-    let _acking = dc.acking(&press.token);
+    // The reply below is the acknowledgement: an answer waits for it, and for a moment
+    // after it leaves, while it reaches Discord.
+    let acking = dc.acking(&press.token);
+    let _settled = SettleOnDrop(Some(acking));
     let stored = tokio::spawn(async move { ingest.submit(ev).await });
     match tokio::time::timeout(STORE_WAIT, stored).await {
         Ok(Ok(Ok(

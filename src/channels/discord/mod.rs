@@ -154,23 +154,21 @@ pub struct Discord {
     locales: Mutex<std::collections::HashMap<String, String>>,
     /// Presses whose acknowledgement is on its way, by interaction token: Discord refuses a
     /// follow-up before it (Unknown Webhook), so an answer waits for it.
-    acking: Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    acking: Arc<AckMap>,
 }
 
+type AckMap = Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>;
+
 /// Marks a press's acknowledgement as on its way until dropped (`Discord::acking`).
-pub struct Acking<'a> {
-    dc: &'a Discord,
+pub struct Acking {
+    map: Arc<AckMap>,
     token: String,
     done: tokio::sync::watch::Sender<bool>,
 }
 
-impl Drop for Acking<'_> {
+impl Drop for Acking {
     fn drop(&mut self) {
-        self.dc
-            .acking
-            .lock()
-            .expect("not poisoned")
-            .remove(&self.token);
+        self.map.lock().expect("not poisoned").remove(&self.token);
         let _ = self.done.send(true);
     }
 }
@@ -193,19 +191,19 @@ impl Discord {
             dms: Mutex::new(std::collections::HashMap::new()),
             global: GlobalHold::default(),
             locales: Mutex::new(std::collections::HashMap::new()),
-            acking: Mutex::new(std::collections::HashMap::new()),
+            acking: Arc::default(),
         }
     }
 
     /// Marks the press with this token as being acknowledged until the guard is dropped.
-    pub fn acking(&self, token: &str) -> Acking<'_> {
+    pub fn acking(&self, token: &str) -> Acking {
         let (done, rx) = tokio::sync::watch::channel(false);
         self.acking
             .lock()
             .expect("not poisoned")
             .insert(token.to_string(), rx);
         Acking {
-            dc: self,
+            map: self.acking.clone(),
             token: token.to_string(),
             done,
         }
