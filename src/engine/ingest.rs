@@ -5,8 +5,9 @@
 //! then answers every sender; if that batch does not start within a moment (the engine is
 //! held up), the intake stores them itself. Otherwise (replicas on PostgreSQL, or the engine
 //! busy) the intake stores them in a transaction of its own and then hands them to the
-//! engine, so that storing goes on beside the engine's work. While the engine lags behind, the intake waits before handing
-//! over more (and after a while answers "busy"), so that latency and memory stay bounded.
+//! engine, so that storing goes on beside the engine's work. While the engine lags behind,
+//! the intake waits before handing over more (and after a while answers "busy"), so that
+//! latency and memory stay bounded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -237,25 +237,8 @@ impl_store!(PgStore, Postgres, "strpos", {
         false
     }
     async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
-        let mut tx = self.begin_fenced().await?;
-        let refs: Vec<&NewEvent> = batch.iter().collect();
-        let (ids, inserted) = insert_events(&mut tx, &self.ids, &self.me, &refs).await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (ev, id) in batch.iter().zip(ids) {
-            if inserted.contains(&id) {
-                out.push(if ev.rejected.is_some() {
-                    IngestOutcome::Rejected(id)
-                } else {
-                    IngestOutcome::Accepted(id)
-                });
-            } else {
-                let first: i64 = sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = $1")
-                    .bind(&ev.dedupe_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                out.push(IngestOutcome::Duplicate(first));
-            }
-        }
+        let mut tx = self.begin().await?;
+        let out = tx.ingest(batch).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -63,6 +63,12 @@ both!(
     read_modify_write_of_a_subject_waits_for_the_writer,
 );
 
+/// The ids of the pending events, oldest first.
+async fn pending_ids(s: &dyn Store) -> Vec<i64> {
+    let events = s.pending_events(0, 10).await.unwrap();
+    events.iter().map(|e| e.id).collect()
+}
+
 fn event(key: Option<&str>, n: i64) -> NewEvent {
     NewEvent {
         kind: "webhook".into(),
@@ -211,13 +217,7 @@ async fn a_batch_stores_arriving_events(s: Arc<dyn Store>) {
     assert_eq!(row.received_at, 1_004);
     assert_eq!(s.event(keyed).await.unwrap().unwrap().status, "done");
     assert_eq!(s.event(left).await.unwrap().unwrap().status, "pending");
-    let pending: Vec<i64> = s
-        .pending_events(0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let pending = pending_ids(&*s).await;
     assert_eq!(pending, vec![k1, left]);
     // The key stored by the batch deduplicates later arrivals.
     let again = s.ingest(&[event(Some("k2"), 8)]).await.unwrap();
@@ -880,12 +880,6 @@ async fn sqlite_a_batch_holds_the_database_only_from_its_first_statement() {
     let late = late.await.unwrap().unwrap();
     assert!(matches!(late[0], IngestOutcome::Accepted(_)));
     assert_eq!(s.event(first).await.unwrap().unwrap().status, "done");
-    let pending: Vec<i64> = s
-        .pending_events(0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let pending = pending_ids(&*s).await;
     assert_eq!(pending.len(), 2, "{pending:?}");
 }
