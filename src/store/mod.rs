@@ -20,6 +20,9 @@ pub enum StoreError {
     // cause would be printed twice.
     #[error("database: {0}")]
     Db(sqlx::Error),
+    /// From statements run directly on a SQLite connection's handle.
+    #[error("database: {0}")]
+    Sqlite(rusqlite::Error),
     #[error("migration: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
@@ -37,6 +40,12 @@ impl StoreError {
     /// lost, pool exhausted, server shutting down, file locked, a deadlock between
     /// transactions): no statement is to blame, and trying again later is right.
     pub fn unavailable(&self) -> bool {
+        if let StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = self {
+            return matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            );
+        }
         let StoreError::Db(e) = self else {
             return matches!(self, StoreError::Busy(_));
         };
@@ -72,6 +81,12 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Db(e)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
     }
 }
 

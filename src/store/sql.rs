@@ -419,162 +419,11 @@ macro_rules! impl_store {
 }
 pub(super) use impl_store;
 
-/// `impl_tx!(Type, Database, { own methods })`; also the buffered writes' `flush_runs` and
-/// `flush` (the type has `runs`, `finished_events`, `new_outbox`, `finished_outbox`,
-/// `counters` and `me`).
+/// `impl_tx!(Type, Database, { own methods })`. The type writes what it buffers with its own
+/// `flush_runs` (the runs) and `flush` (everything), and has `runs`, `arrived` and
+/// `counters` fields.
 macro_rules! impl_tx {
     ($tx:ty, $db:ty, { $($own:tt)* }) => {
-        impl $tx {
-            async fn flush_runs(&mut self) -> Result<()> {
-                if self.runs.is_empty() {
-                    return Ok(());
-                }
-                let runs: Vec<SavedRun> = self.runs.drain().map(|(_, r)| r).collect();
-                for chunk in chunks(&runs) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
-                                           depth, error, created_at, updated_at, version) ",
-                    );
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.id)
-                            .push_bind(r.scenario.clone())
-                            .push_bind(r.subject.clone())
-                            .push_bind(r.status.as_str())
-                            .push_bind(r.pc)
-                            .push_bind(r.vars.clone())
-                            .push_bind(r.journal.clone())
-                            .push_bind(r.event_id)
-                            .push_bind(r.event.clone())
-                            .push_bind(r.depth)
-                            .push_bind(r.error.clone())
-                            .push_bind(r.created_at)
-                            .push_bind(r.updated_at)
-                            .push_bind(r.version.clone());
-                    });
-                    q.push(
-                        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, pc = excluded.pc,
-                           vars = excluded.vars, journal = excluded.journal, error = excluded.error,
-                           updated_at = excluded.updated_at",
-                    );
-                    q.build().execute(self.db().await?).await?;
-                }
-                Ok(())
-            }
-
-            /// Writes the events this transaction stored, with the status each has by now.
-            async fn flush_arrived(&mut self) -> Result<()> {
-                if self.arrived.is_empty() {
-                    return Ok(());
-                }
-                let mut rows: Vec<ArrivedEvent> = self.arrived.drain().map(|(_, e)| e).collect();
-                rows.sort_unstable_by_key(|e| e.id);
-                let owner = self.event_owner().map(str::to_string);
-                for chunk in chunks(&rows) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO events (id, kind, source, status, data, meta, error, outcome,
-                                             received_at, processed_at",
-                    );
-                    q.push(if owner.is_some() { ", owner) " } else { ") " });
-                    q.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.id)
-                            .push_bind(e.kind.clone())
-                            .push_bind(e.source.clone())
-                            .push_bind(e.status.clone())
-                            .push_bind(e.data.clone())
-                            .push_bind(e.meta.clone())
-                            .push_bind(e.error.clone())
-                            .push_bind(e.outcome.clone())
-                            .push_bind(e.received_at)
-                            .push_bind(e.processed_at);
-                        if let Some(o) = &owner {
-                            b.push_bind(o.clone());
-                        }
-                    });
-                    q.build().execute(self.db().await?).await?;
-                }
-                Ok(())
-            }
-
-            async fn flush(&mut self) -> Result<()> {
-                self.flush_arrived().await?;
-                let new_outbox = std::mem::take(&mut self.new_outbox);
-                for chunk in chunks(&new_outbox) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO outbox (id, run_id, step, kind, channel, request, status, attempts,
-                                             max_attempts, timeout_ms, next_attempt_at, resume,
-                                             created_at, updated_at, owner) ",
-                    );
-                    q.push_values(chunk, |mut b, (id, o)| {
-                        b.push_bind(*id)
-                            .push_bind(o.run_id)
-                            .push_bind(o.step)
-                            .push_bind(o.kind.clone())
-                            .push_bind(o.channel.clone())
-                            .push_bind(o.request.to_string())
-                            .push_bind("pending")
-                            .push_bind(0i64)
-                            .push_bind(o.max_attempts)
-                            .push_bind(o.timeout_ms)
-                            .push_bind(o.now)
-                            .push_bind(o.resume as i64)
-                            .push_bind(o.now)
-                            .push_bind(o.now)
-                            .push_bind(self.me.to_string());
-                    });
-                    q.build().execute(self.db().await?).await?;
-                }
-                self.flush_runs().await?;
-                let finished = std::mem::take(&mut self.finished_outbox);
-                for chunk in chunks(&finished) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "UPDATE outbox SET status = v.column2, attempts = v.column3, response = v.column4,
-                                last_error = v.column5, updated_at = v.column6, message_ref = v.column7
-                         FROM (",
-                    );
-                    q.push_values(chunk, |mut b, f| {
-                        b.push_bind(f.id)
-                            .push_bind(f.status.clone())
-                            .push_bind(f.attempts)
-                            .push_bind(f.response.clone())
-                            .push_bind(f.error.clone())
-                            .push_bind(f.now)
-                            .push_bind(f.message_ref.clone());
-                    });
-                    q.push(") AS v WHERE outbox.id = v.column1");
-                    q.build().execute(self.db().await?).await?;
-                }
-                for (scenario, (limited, fired)) in std::mem::take(&mut self.counters) {
-                    sqlx::query(
-                        "INSERT INTO scenario_counters (scenario, limited, last_fired) VALUES ($1, $2, $3)
-                         ON CONFLICT (scenario) DO UPDATE
-                         SET limited = scenario_counters.limited + excluded.limited,
-                             last_fired = coalesce(excluded.last_fired, scenario_counters.last_fired)",
-                    )
-                    .bind(scenario)
-                    .bind(limited)
-                    .bind(fired)
-                    .execute(self.db().await?)
-                    .await?;
-                }
-                let events = std::mem::take(&mut self.finished_events);
-                for chunk in chunks(&events) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "UPDATE events SET status = v.column2, outcome = v.column3, processed_at = v.column4
-                         FROM (",
-                    );
-                    q.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.id)
-                            .push_bind(e.status.clone())
-                            .push_bind(e.outcome.clone())
-                            .push_bind(e.now);
-                    });
-                    q.push(") AS v WHERE events.id = v.column1");
-                    q.build().execute(self.db().await?).await?;
-                }
-                Ok(())
-            }
-        }
-
         #[async_trait]
         impl Tx for $tx {
             $($own)*
@@ -1070,8 +919,8 @@ macro_rules! impl_tx {
                     .transpose()
             }
 
-            async fn commit(mut self: Box<Self>) -> Result<()> {
-                self.flush().await?;
+            async fn commit(self: Box<Self>) -> Result<()> {
+                // Writes what is buffered, then commits.
                 self.finish().await
             }
         }

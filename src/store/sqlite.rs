@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::TransactionBehavior;
 use serde_json::{Map, Value as Json};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use super::rows::*;
 use super::sql::{impl_store, impl_tx};
@@ -142,6 +144,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             // An in-memory database exists once per connection: keep exactly one.
             .max_connections(if in_memory { 1 } else { 4 })
+            // A connection here is a thread of this process, not a socket that can drop: a
+            // check before each use would only cost a hand-off to that thread and back.
+            .test_before_acquire(false)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
@@ -192,53 +197,73 @@ impl SqliteStore {
     }
 }
 
+/// Runs `f` on `conn`'s SQLite handle here, on the calling thread: its statements are
+/// prepared and stepped directly, not each handed to the driver's thread and back (on a busy
+/// machine every hand-off waits for that thread to be scheduled). A batch's rows take a few
+/// microseconds each this way, so the caller is held up no longer than by the hand-offs.
+async fn direct<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> Result<T> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: while `handle` is held, the driver's thread makes no call on this database
+    // handle or its statements. The connection made from it does not close the handle when
+    // dropped, and it is dropped (finalizing the statements it prepared) before `handle`.
+    let db = unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }?;
+    let out = f(&db);
+    drop(db);
+    Ok(out?)
+}
+
 /// Inserts events with ids from the counter; returns the ids that went in (the others
 /// repeated a dedupe key).
-async fn insert_events(
-    tx: &mut SqliteConnection,
+fn insert_events(
+    db: &rusqlite::Connection,
     ids: &Ids,
     batch: &[&NewEvent],
-) -> Result<(Vec<i64>, HashSet<i64>)> {
-    let assigned: Vec<i64> = batch
-        .iter()
-        .map(|_| ids.event.fetch_add(1, Ordering::Relaxed))
-        .collect();
-    let rows: Vec<(i64, &NewEvent)> = assigned
-        .iter()
-        .copied()
-        .zip(batch.iter().copied())
-        .collect();
+) -> rusqlite::Result<(Vec<i64>, HashSet<i64>)> {
+    const COLUMNS: &str =
+        "INSERT INTO events (id, kind, source, dedupe_key, status, data, meta, error, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    let mut plain = db.prepare_cached(COLUMNS)?;
+    let mut keyed = db.prepare_cached(&format!("{COLUMNS} ON CONFLICT (dedupe_key) DO NOTHING"))?;
+    let mut assigned = Vec::with_capacity(batch.len());
     let mut inserted = HashSet::with_capacity(batch.len());
-    for chunk in chunks(&rows) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (id, kind, source, dedupe_key, status, data, meta, error, received_at) ",
-        );
-        q.push_values(chunk, |mut b, (id, ev)| {
-            b.push_bind(*id)
-                .push_bind(ev.kind.clone())
-                .push_bind(ev.source.clone())
-                .push_bind(ev.dedupe_key.clone())
-                .push_bind(if ev.rejected.is_some() {
-                    "rejected"
-                } else {
-                    "pending"
-                })
-                .push_bind(ev.data.to_string())
-                .push_bind(ev.meta.to_string())
-                .push_bind(ev.rejected.clone())
-                .push_bind(ev.received_at);
-        });
-        if chunk.iter().all(|(_, ev)| ev.dedupe_key.is_none()) {
-            // Nothing to deduplicate: every row goes in, and none has to be read back.
-            q.build().execute(&mut *tx).await?;
-            inserted.extend(chunk.iter().map(|(id, _)| *id));
+    for ev in batch {
+        let id = ids.event.fetch_add(1, Ordering::Relaxed);
+        assigned.push(id);
+        let stmt = if ev.dedupe_key.is_some() {
+            &mut keyed
         } else {
-            q.push(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING id");
-            let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-            inserted.extend(ids);
+            &mut plain
+        };
+        let status = if ev.rejected.is_some() {
+            "rejected"
+        } else {
+            "pending"
+        };
+        let n = stmt.execute(rusqlite::params![
+            id,
+            ev.kind,
+            ev.source,
+            ev.dedupe_key,
+            status,
+            ev.data.to_string(),
+            ev.meta.to_string(),
+            ev.rejected,
+            ev.received_at,
+        ])?;
+        if n == 1 {
+            inserted.insert(id);
         }
     }
     Ok((assigned, inserted))
+}
+
+/// The id of the stored event that has `key`.
+fn event_with_key(db: &rusqlite::Connection, key: Option<&str>) -> rusqlite::Result<i64> {
+    db.prepare_cached("SELECT id FROM events WHERE dedupe_key = ?1")?
+        .query_row([key], |r| r.get(0))
 }
 
 impl_store!(SqliteStore, Sqlite, "instr", {
@@ -263,31 +288,31 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         } else {
             Some(self.write.lock().await)
         };
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let refs: Vec<&NewEvent> = batch.iter().collect();
-        let (ids, inserted) = insert_events(&mut tx, &self.ids, &refs).await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for (ev, id) in batch.iter().zip(ids) {
-            if inserted.contains(&id) {
-                out.push(if ev.rejected.is_some() {
+        let mut conn = self.pool.acquire().await?;
+        let ids = self.ids.clone();
+        direct(&mut conn, |db| {
+            // Rolled back when dropped uncommitted (an error below).
+            let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)?;
+            let refs: Vec<&NewEvent> = batch.iter().collect();
+            let (assigned, inserted) = insert_events(&tx, &ids, &refs)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for (ev, id) in batch.iter().zip(assigned) {
+                out.push(if !inserted.contains(&id) {
+                    IngestOutcome::Duplicate(event_with_key(&tx, ev.dedupe_key.as_deref())?)
+                } else if ev.rejected.is_some() {
                     IngestOutcome::Rejected(id)
                 } else {
                     IngestOutcome::Accepted(id)
                 });
-            } else {
-                let first: i64 = sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = $1")
-                    .bind(&ev.dedupe_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                out.push(IngestOutcome::Duplicate(first));
             }
-        }
-        tx.commit().await?;
-        Ok(out)
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
     }
     async fn begin(&self) -> Result<Box<dyn Tx>> {
         Ok(Box::new(SqliteTx {
-            tx: None,
+            held: None,
             pool: self.pool.clone(),
             write: self.write.clone(),
             ids: self.ids.clone(),
@@ -449,20 +474,16 @@ impl_store!(SqliteStore, Sqlite, "instr", {
 });
 
 /// A write transaction. Frequent writes (run states, finished events, new and finished
-/// outbox rows) are kept until a read needs them or the commit, then written with one
-/// statement per table.
+/// outbox rows) are kept until a read needs them or the commit, then written in one go on
+/// the connection's handle (`direct`), one prepared statement per table.
 ///
 /// The transaction itself begins (taking the process's write lock) only when the first
 /// statement needs it: a batch that reads nothing before its commit holds the database only
-/// while its writes go in, not while the engine works out what to write. The process is the
-/// file's only writer, so nothing it would have read can change in between.
+/// while its writes go in, not while the engine works out what to write — and its `BEGIN`,
+/// rows and `COMMIT` go in one hand-off. The process is the file's only writer, so nothing it
+/// would have read can change in between.
 struct SqliteTx {
-    /// The open transaction and the write lock, held until it ends (the transaction is
-    /// declared first, so that it is dropped — rolled back — before the lock is released).
-    tx: Option<(
-        Transaction<'static, Sqlite>,
-        tokio::sync::OwnedMutexGuard<()>,
-    )>,
+    held: Option<Held>,
     pool: SqlitePool,
     write: Arc<tokio::sync::Mutex<()>>,
     ids: Arc<Ids>,
@@ -476,15 +497,238 @@ struct SqliteTx {
     counters: HashMap<String, (i64, Option<i64>)>,
 }
 
-impl SqliteTx {
-    /// The transaction's connection; begins the transaction on first use.
-    async fn db(&mut self) -> Result<&mut SqliteConnection> {
-        if self.tx.is_none() {
-            let lock = self.write.clone().lock_owned().await;
-            let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            self.tx = Some((tx, lock));
+/// The connection a transaction writes on, with the process's write lock, from its first
+/// statement to its end.
+struct Held {
+    conn: PoolConnection<Sqlite>,
+    /// Whether `BEGIN` has run on it (and neither `COMMIT` nor `ROLLBACK` since).
+    begun: bool,
+    lock: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// The writes a transaction has buffered, taken out to be written.
+#[derive(Default)]
+struct Buffered {
+    arrived: Vec<ArrivedEvent>,
+    new_outbox: Vec<(i64, NewOutbox)>,
+    runs: Vec<SavedRun>,
+    finished_outbox: Vec<FinishedOutbox>,
+    counters: Vec<(String, (i64, Option<i64>))>,
+    finished_events: Vec<FinishedEvent>,
+}
+
+impl Buffered {
+    fn is_empty(&self) -> bool {
+        self.arrived.is_empty()
+            && self.new_outbox.is_empty()
+            && self.runs.is_empty()
+            && self.finished_outbox.is_empty()
+            && self.counters.is_empty()
+            && self.finished_events.is_empty()
+    }
+
+    /// Writes the rows, table by table (events first: outbox rows and runs refer to them).
+    fn write(&self, db: &rusqlite::Connection, me: &str) -> rusqlite::Result<()> {
+        use rusqlite::params;
+        if !self.arrived.is_empty() {
+            let mut q = db.prepare_cached(
+                "INSERT INTO events (id, kind, source, status, data, meta, error, outcome,
+                                     received_at, processed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for e in &self.arrived {
+                q.execute(params![
+                    e.id,
+                    e.kind,
+                    e.source,
+                    e.status,
+                    e.data,
+                    e.meta,
+                    e.error,
+                    e.outcome,
+                    e.received_at,
+                    e.processed_at,
+                ])?;
+            }
         }
-        Ok(&mut *self.tx.as_mut().expect("begun above").0)
+        if !self.new_outbox.is_empty() {
+            let mut q = db.prepare_cached(
+                "INSERT INTO outbox (id, run_id, step, kind, channel, request, status, attempts,
+                                     max_attempts, timeout_ms, next_attempt_at, resume,
+                                     created_at, updated_at, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8, ?9, ?10, ?9, ?9, ?11)",
+            )?;
+            for (id, o) in &self.new_outbox {
+                q.execute(params![
+                    id,
+                    o.run_id,
+                    o.step,
+                    o.kind,
+                    o.channel,
+                    o.request.to_string(),
+                    o.max_attempts,
+                    o.timeout_ms,
+                    o.now,
+                    o.resume as i64,
+                    me,
+                ])?;
+            }
+        }
+        write_runs(db, &self.runs)?;
+        if !self.finished_outbox.is_empty() {
+            let mut q = db.prepare_cached(
+                "UPDATE outbox SET status = ?2, attempts = ?3, response = ?4, last_error = ?5,
+                                   updated_at = ?6, message_ref = ?7
+                 WHERE id = ?1",
+            )?;
+            for f in &self.finished_outbox {
+                q.execute(params![
+                    f.id,
+                    f.status,
+                    f.attempts,
+                    f.response,
+                    f.error,
+                    f.now,
+                    f.message_ref,
+                ])?;
+            }
+        }
+        for (scenario, (limited, fired)) in &self.counters {
+            db.prepare_cached(
+                "INSERT INTO scenario_counters (scenario, limited, last_fired) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scenario) DO UPDATE
+                 SET limited = scenario_counters.limited + excluded.limited,
+                     last_fired = coalesce(excluded.last_fired, scenario_counters.last_fired)",
+            )?
+            .execute(params![scenario, limited, fired])?;
+        }
+        if !self.finished_events.is_empty() {
+            let mut q = db.prepare_cached(
+                "UPDATE events SET status = ?2, outcome = ?3, processed_at = ?4 WHERE id = ?1",
+            )?;
+            for e in &self.finished_events {
+                q.execute(params![e.id, e.status, e.outcome, e.now])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes runs as saved: new ones inserted, the others' changing columns updated.
+fn write_runs(db: &rusqlite::Connection, runs: &[SavedRun]) -> rusqlite::Result<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let mut q = db.prepare_cached(
+        "INSERT INTO runs (id, scenario, subject, status, pc, vars, journal, event_id, event,
+                           depth, error, created_at, updated_at, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, pc = excluded.pc,
+           vars = excluded.vars, journal = excluded.journal, error = excluded.error,
+           updated_at = excluded.updated_at",
+    )?;
+    for r in runs {
+        q.execute(rusqlite::params![
+            r.id,
+            r.scenario,
+            r.subject,
+            r.status.as_str(),
+            r.pc,
+            r.vars,
+            r.journal,
+            r.event_id,
+            r.event,
+            r.depth,
+            r.error,
+            r.created_at,
+            r.updated_at,
+            r.version,
+        ])?;
+    }
+    Ok(())
+}
+
+impl SqliteTx {
+    /// The connection and the write lock, taken on first use (no `BEGIN` yet).
+    async fn hold(&mut self) -> Result<&mut Held> {
+        if self.held.is_none() {
+            let lock = self.write.clone().lock_owned().await;
+            let conn = self.pool.acquire().await?;
+            self.held = Some(Held {
+                conn,
+                begun: false,
+                lock,
+            });
+        }
+        Ok(self.held.as_mut().expect("taken above"))
+    }
+
+    /// Runs `f` directly on the transaction's connection, beginning the transaction first if
+    /// it has not begun (in the same hand-off).
+    async fn within<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let held = self.hold().await?;
+        let begin = !held.begun;
+        let out = direct(&mut held.conn, |db| {
+            if begin {
+                db.execute_batch("BEGIN IMMEDIATE")?;
+            }
+            let out = f(db);
+            if out.is_err() && begin {
+                // Nothing else is in this transaction yet: end it here.
+                let _ = db.execute_batch("ROLLBACK");
+            }
+            out
+        })
+        .await;
+        if out.is_ok() {
+            held.begun = true;
+        }
+        out
+    }
+
+    /// The transaction's connection (for statements through the driver); begins the
+    /// transaction on first use.
+    async fn db(&mut self) -> Result<&mut SqliteConnection> {
+        if !self.hold().await?.begun {
+            self.within(|_| Ok(())).await?;
+        }
+        Ok(&mut *self.held.as_mut().expect("held above").conn)
+    }
+
+    /// Takes the buffered writes out.
+    fn take_buffered(&mut self) -> Buffered {
+        let mut arrived: Vec<ArrivedEvent> = self.arrived.drain().map(|(_, e)| e).collect();
+        arrived.sort_unstable_by_key(|e| e.id);
+        Buffered {
+            arrived,
+            new_outbox: std::mem::take(&mut self.new_outbox),
+            runs: self.runs.drain().map(|(_, r)| r).collect(),
+            finished_outbox: std::mem::take(&mut self.finished_outbox),
+            counters: self.counters.drain().collect(),
+            finished_events: std::mem::take(&mut self.finished_events),
+        }
+    }
+
+    /// Writes the buffered runs (a read of runs follows).
+    async fn flush_runs(&mut self) -> Result<()> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let runs: Vec<SavedRun> = self.runs.drain().map(|(_, r)| r).collect();
+        self.within(|db| write_runs(db, &runs)).await
+    }
+
+    /// Writes everything buffered (a read follows).
+    async fn flush(&mut self) -> Result<()> {
+        let rows = self.take_buffered();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let me = self.me.clone();
+        self.within(|db| rows.write(db, &me)).await
     }
 
     /// Ids for `n` new events.
@@ -497,20 +741,58 @@ impl SqliteTx {
     /// Inserts events that carry a deduplication key at once (ids assigned, ids inserted).
     async fn insert_keyed(&mut self, batch: &[&NewEvent]) -> Result<(Vec<i64>, HashSet<i64>)> {
         let ids = self.ids.clone();
-        insert_events(self.db().await?, &ids, batch).await
+        self.within(|db| insert_events(db, &ids, batch)).await
     }
 
-    /// The owner recorded on events (PostgreSQL's replicas); none here.
-    fn event_owner(&self) -> Option<&str> {
-        None
-    }
-
-    /// Commits what was written (a transaction that never began has nothing to commit).
-    async fn finish(self) -> Result<()> {
-        if let Some((tx, _lock)) = self.tx {
-            tx.commit().await?;
+    /// Writes what is buffered and commits, in one hand-off (a transaction that never began
+    /// and has nothing to write has nothing to commit).
+    async fn finish(mut self) -> Result<()> {
+        let rows = self.take_buffered();
+        if rows.is_empty() && self.held.as_ref().is_none_or(|h| !h.begun) {
+            return Ok(());
+        }
+        let me = self.me.clone();
+        self.within(|db| {
+            rows.write(db, &me)?;
+            db.execute_batch("COMMIT")
+        })
+        .await?;
+        if let Some(h) = &mut self.held {
+            h.begun = false;
         }
         Ok(())
+    }
+}
+
+impl Drop for SqliteTx {
+    /// A transaction dropped before its end (an error) is rolled back before its connection
+    /// goes back to the pool and the write lock is released.
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        if !held.begun {
+            return;
+        }
+        let Held { mut conn, lock, .. } = held;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if direct(&mut conn, |db| db.execute_batch("ROLLBACK"))
+                        .await
+                        .is_err()
+                    {
+                        // Closing the connection rolls back whatever it had open.
+                        drop(conn.detach());
+                    }
+                    drop(lock);
+                });
+            }
+            Err(_) => {
+                drop(conn.detach());
+                drop(lock);
+            }
+        }
     }
 }
 
@@ -544,7 +826,9 @@ impl_tx!(SqliteTx, Sqlite, {
     }
     async fn insert_event(&mut self, ev: &NewEvent) -> Result<Option<i64>> {
         let counters = self.ids.clone();
-        let (ids, inserted) = insert_events(self.db().await?, &counters, &[ev]).await?;
+        let (ids, inserted) = self
+            .within(|db| insert_events(db, &counters, &[ev]))
+            .await?;
         Ok(ids.into_iter().find(|id| inserted.contains(id)))
     }
     async fn insert_outbox(&mut self, row: &NewOutbox) -> Result<i64> {
