@@ -201,6 +201,13 @@ impl SqliteStore {
 /// prepared and stepped directly, not each handed to the driver's thread and back (on a busy
 /// machine every hand-off waits for that thread to be scheduled). A batch's rows take a few
 /// microseconds each this way, so the caller is held up no longer than by the hand-offs.
+///
+/// Taking the handle queues an "unlock" command for the driver's thread, which may find the
+/// handle free before it has read that command. Unread ones would pile up with quick
+/// successive calls until the command queue is full, and the next call would then wait for
+/// room while holding the handle the thread waits for. So the connection is left *unsettled*:
+/// before `direct` runs on it again, some command through the driver must have been answered
+/// (`settle`, or any query) — which means every earlier one has been read.
 async fn direct<T>(
     conn: &mut SqliteConnection,
     f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
@@ -213,6 +220,23 @@ async fn direct<T>(
     let out = f(&db);
     drop(db);
     Ok(out?)
+}
+
+/// Waits until the driver's thread has read every command queued on `conn` (see `direct`).
+async fn settle(conn: &mut SqliteConnection) {
+    // Should it fail, the thread is gone, and its queue with it.
+    let _ = conn.ping().await;
+}
+
+/// Gives an unsettled connection back to the pool once it is settled, without waiting here.
+fn release(mut conn: PoolConnection<Sqlite>) {
+    // Without a runtime (the process is ending) nobody is left to reuse it.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            settle(&mut conn).await;
+            drop(conn);
+        });
+    }
 }
 
 /// Inserts events with ids from the counter; returns the ids that went in (the others
@@ -290,7 +314,7 @@ impl_store!(SqliteStore, Sqlite, "instr", {
         };
         let mut conn = self.pool.acquire().await?;
         let ids = self.ids.clone();
-        direct(&mut conn, |db| {
+        let stored = direct(&mut conn, |db| {
             // Rolled back when dropped uncommitted (an error below).
             let tx = rusqlite::Transaction::new_unchecked(db, TransactionBehavior::Immediate)?;
             let refs: Vec<&NewEvent> = batch.iter().collect();
@@ -308,7 +332,9 @@ impl_store!(SqliteStore, Sqlite, "instr", {
             tx.commit()?;
             Ok(out)
         })
-        .await
+        .await;
+        release(conn);
+        stored
     }
     async fn begin(&self) -> Result<Box<dyn Tx>> {
         Ok(Box::new(SqliteTx {
@@ -503,6 +529,8 @@ struct Held {
     conn: PoolConnection<Sqlite>,
     /// Whether `BEGIN` has run on it (and neither `COMMIT` nor `ROLLBACK` since).
     begun: bool,
+    /// Whether `direct` ran on it since a command through the driver was last answered.
+    unsettled: bool,
     lock: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -657,6 +685,7 @@ impl SqliteTx {
             self.held = Some(Held {
                 conn,
                 begun: false,
+                unsettled: false,
                 lock,
             });
         }
@@ -670,6 +699,10 @@ impl SqliteTx {
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
         let held = self.hold().await?;
+        if held.unsettled {
+            settle(&mut held.conn).await;
+        }
+        held.unsettled = true;
         let begin = !held.begun;
         let out = direct(&mut held.conn, |db| {
             if begin {
@@ -695,7 +728,10 @@ impl SqliteTx {
         if !self.hold().await?.begun {
             self.within(|_| Ok(())).await?;
         }
-        Ok(&mut *self.held.as_mut().expect("held above").conn)
+        let held = self.held.as_mut().expect("held above");
+        // The caller's query through the driver is answered after every earlier command.
+        held.unsettled = false;
+        Ok(&mut *held.conn)
     }
 
     /// Takes the buffered writes out.
@@ -757,8 +793,9 @@ impl SqliteTx {
             db.execute_batch("COMMIT")
         })
         .await?;
-        if let Some(h) = &mut self.held {
-            h.begun = false;
+        if let Some(h) = self.held.take() {
+            // The lock goes now; the connection once it is settled.
+            release(h.conn);
         }
         Ok(())
     }
@@ -771,21 +808,34 @@ impl Drop for SqliteTx {
         let Some(held) = self.held.take() else {
             return;
         };
-        if !held.begun {
+        let Held {
+            mut conn,
+            lock,
+            begun,
+            unsettled,
+        } = held;
+        if !begun {
+            if unsettled {
+                release(conn);
+            }
             return;
         }
-        let Held { mut conn, lock, .. } = held;
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
+                    if unsettled {
+                        settle(&mut conn).await;
+                    }
                     if direct(&mut conn, |db| db.execute_batch("ROLLBACK"))
                         .await
                         .is_err()
                     {
                         // Closing the connection rolls back whatever it had open.
                         drop(conn.detach());
+                        return;
                     }
                     drop(lock);
+                    settle(&mut conn).await;
                 });
             }
             Err(_) => {

@@ -52,6 +52,7 @@ macro_rules! both {
 both!(
     ingest_deduplicates,
     a_batch_stores_arriving_events,
+    many_small_writes_in_a_row_all_land,
     runs_round_trip,
     outbox_lifecycle,
     timers_fire_once,
@@ -97,6 +98,36 @@ fn run(id: i64, scenario: &str, subject: Option<&str>, status: RunStatus, at: i6
         created_at: at,
         updated_at: at,
         version: Some(format!("{scenario}-v1")),
+    }
+}
+
+/// Hundreds of writes one right after another — in one transaction, and as many ingests at
+/// once — all land (the driver's command queue never stalls between them).
+async fn many_small_writes_in_a_row_all_land(s: Arc<dyn Store>) {
+    let mut tx = s.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        let key = format!("row-{n}");
+        ids.push(
+            tx.insert_event(&event(Some(&key), n))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    tx.commit().await.unwrap();
+    let ingests = (300..600).map(|n| {
+        let s = s.clone();
+        async move { s.ingest(&[event(None, n)]).await.unwrap() }
+    });
+    for o in futures::future::join_all(ingests).await {
+        let IngestOutcome::Accepted(id) = o[0] else {
+            panic!("{o:?}")
+        };
+        ids.push(id);
+    }
+    for id in ids {
+        assert!(s.event(id).await.unwrap().is_some(), "event {id} stored");
     }
 }
 
