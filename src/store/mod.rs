@@ -789,5 +789,18 @@ mod tests {
             .unwrap_err();
         assert!(!refused.unavailable(), "{refused}");
         assert!(StoreError::from(sqlx::Error::PoolTimedOut).unavailable());
+
+        // The same through statements run directly on a handle.
+        let c = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        c.busy_timeout(std::time::Duration::ZERO).unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut a)
+            .await
+            .unwrap();
+        let busy = StoreError::from(c.execute("INSERT INTO t (id) VALUES (2)", []).unwrap_err());
+        assert!(busy.unavailable(), "{busy}");
+        sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
+        let refused = StoreError::from(c.execute("INSERT INTO t (id) VALUES (1)", []).unwrap_err());
+        assert!(!refused.unavailable(), "{refused}");
     }
 }

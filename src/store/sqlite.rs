@@ -230,7 +230,7 @@ async fn settle(conn: &mut SqliteConnection) {
 
 /// Gives an unsettled connection back to the pool once it is settled, without waiting here.
 fn release(mut conn: PoolConnection<Sqlite>) {
-    // Without a runtime (the process is ending) nobody is left to reuse it.
+    // Without a runtime (the process is ending) it is dropped as it is.
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move {
             settle(&mut conn).await;
@@ -704,22 +704,32 @@ impl SqliteTx {
         }
         held.unsettled = true;
         let begin = !held.begun;
+        // Until the call says otherwise (a panic in it leaves the transaction to `Drop`).
+        held.begun = true;
         let out = direct(&mut held.conn, |db| {
             if begin {
                 db.execute_batch("BEGIN IMMEDIATE")?;
             }
             let out = f(db);
-            if out.is_err() && begin {
+            if out.is_err() && begin && !db.is_autocommit() {
                 // Nothing else is in this transaction yet: end it here.
                 let _ = db.execute_batch("ROLLBACK");
             }
-            out
+            // SQLite ends a transaction itself after some errors (a full disk, say).
+            Ok((out, !db.is_autocommit()))
         })
         .await;
-        if out.is_ok() {
-            held.begun = true;
+        match out {
+            Ok((out, open)) => {
+                held.begun = open;
+                Ok(out?)
+            }
+            // Nothing ran: the handle was not reached, or `BEGIN` failed.
+            Err(e) => {
+                held.begun = !begin;
+                Err(e)
+            }
         }
-        out
     }
 
     /// The transaction's connection (for statements through the driver); begins the
@@ -826,10 +836,15 @@ impl Drop for SqliteTx {
                     if unsettled {
                         settle(&mut conn).await;
                     }
-                    if direct(&mut conn, |db| db.execute_batch("ROLLBACK"))
-                        .await
-                        .is_err()
-                    {
+                    let rollback = |db: &rusqlite::Connection| {
+                        // SQLite may have ended it already (after a full disk, say).
+                        if db.is_autocommit() {
+                            Ok(())
+                        } else {
+                            db.execute_batch("ROLLBACK")
+                        }
+                    };
+                    if direct(&mut conn, rollback).await.is_err() {
                         // Closing the connection rolls back whatever it had open.
                         drop(conn.detach());
                         return;
