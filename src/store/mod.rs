@@ -190,6 +190,26 @@ pub struct NewEvent {
     pub received_at: i64,
 }
 
+impl NewEvent {
+    /// The status it is stored with.
+    pub fn status(&self) -> &'static str {
+        if self.rejected.is_some() {
+            "rejected"
+        } else {
+            "pending"
+        }
+    }
+
+    /// What storing it under `id` came to.
+    pub fn stored_as(&self, id: i64) -> IngestOutcome {
+        if self.rejected.is_some() {
+            IngestOutcome::Rejected(id)
+        } else {
+            IngestOutcome::Accepted(id)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
     Accepted(i64),

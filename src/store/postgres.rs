@@ -208,11 +208,7 @@ async fn insert_events(
                 .push_bind(ev.kind.clone())
                 .push_bind(ev.source.clone())
                 .push_bind(ev.dedupe_key.clone())
-                .push_bind(if ev.rejected.is_some() {
-                    "rejected"
-                } else {
-                    "pending"
-                })
+                .push_bind(ev.status())
                 .push_bind(ev.data.to_string())
                 .push_bind(ev.meta.to_string())
                 .push_bind(ev.rejected.clone())

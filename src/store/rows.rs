@@ -237,12 +237,7 @@ impl ArrivedEvent {
             id,
             kind: ev.kind.clone(),
             source: ev.source.clone(),
-            status: if ev.rejected.is_some() {
-                "rejected"
-            } else {
-                "pending"
-            }
-            .to_string(),
+            status: ev.status().to_string(),
             data: ev.data.to_string(),
             meta: ev.meta.to_string(),
             error: ev.rejected.clone(),

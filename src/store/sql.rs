@@ -441,13 +441,6 @@ macro_rules! impl_tx {
             }
 
             async fn ingest(&mut self, batch: &[NewEvent]) -> Result<Vec<IngestOutcome>> {
-                let outcome = |ev: &NewEvent, id: i64| {
-                    if ev.rejected.is_some() {
-                        IngestOutcome::Rejected(id)
-                    } else {
-                        IngestOutcome::Accepted(id)
-                    }
-                };
                 let keyed: Vec<&NewEvent> =
                     batch.iter().filter(|e| e.dedupe_key.is_some()).collect();
                 let mut keyed_out = Vec::with_capacity(keyed.len());
@@ -455,7 +448,7 @@ macro_rules! impl_tx {
                     let (ids, inserted) = self.insert_keyed(&keyed).await?;
                     for (ev, id) in keyed.iter().zip(ids) {
                         keyed_out.push(if inserted.contains(&id) {
-                            outcome(ev, id)
+                            ev.stored_as(id)
                         } else {
                             let first: i64 =
                                 sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = $1")
@@ -476,7 +469,7 @@ macro_rules! impl_tx {
                     }
                     let id = ids.next().expect("one id per event without a key");
                     self.arrived.insert(id, ArrivedEvent::new(id, ev));
-                    out.push(outcome(ev, id));
+                    out.push(ev.stored_as(id));
                 }
                 Ok(out)
             }

@@ -246,32 +246,30 @@ fn insert_events(
     ids: &Ids,
     batch: &[&NewEvent],
 ) -> rusqlite::Result<(Vec<i64>, HashSet<i64>)> {
-    const COLUMNS: &str =
-        "INSERT INTO events (id, kind, source, dedupe_key, status, data, meta, error, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-    let mut plain = db.prepare_cached(COLUMNS)?;
-    let mut keyed = db.prepare_cached(&format!("{COLUMNS} ON CONFLICT (dedupe_key) DO NOTHING"))?;
+    macro_rules! insert {
+        () => {
+            "INSERT INTO events (id, kind, source, dedupe_key, status, data, meta, error, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        };
+    }
+    const PLAIN: &str = insert!();
+    const KEYED: &str = concat!(insert!(), " ON CONFLICT (dedupe_key) DO NOTHING");
     let mut assigned = Vec::with_capacity(batch.len());
     let mut inserted = HashSet::with_capacity(batch.len());
     for ev in batch {
         let id = ids.event.fetch_add(1, Ordering::Relaxed);
         assigned.push(id);
-        let stmt = if ev.dedupe_key.is_some() {
-            &mut keyed
+        let mut stmt = if ev.dedupe_key.is_some() {
+            db.prepare_cached(KEYED)?
         } else {
-            &mut plain
-        };
-        let status = if ev.rejected.is_some() {
-            "rejected"
-        } else {
-            "pending"
+            db.prepare_cached(PLAIN)?
         };
         let n = stmt.execute(rusqlite::params![
             id,
             ev.kind,
             ev.source,
             ev.dedupe_key,
-            status,
+            ev.status(),
             ev.data.to_string(),
             ev.meta.to_string(),
             ev.rejected,
@@ -321,12 +319,10 @@ impl_store!(SqliteStore, Sqlite, "instr", {
             let (assigned, inserted) = insert_events(&tx, &ids, &refs)?;
             let mut out = Vec::with_capacity(batch.len());
             for (ev, id) in batch.iter().zip(assigned) {
-                out.push(if !inserted.contains(&id) {
-                    IngestOutcome::Duplicate(event_with_key(&tx, ev.dedupe_key.as_deref())?)
-                } else if ev.rejected.is_some() {
-                    IngestOutcome::Rejected(id)
+                out.push(if inserted.contains(&id) {
+                    ev.stored_as(id)
                 } else {
-                    IngestOutcome::Accepted(id)
+                    IngestOutcome::Duplicate(event_with_key(&tx, ev.dedupe_key.as_deref())?)
                 });
             }
             tx.commit()?;
